@@ -1,0 +1,124 @@
+"""The ``Engine`` protocol every inference backend implements, and the values it speaks.
+
+A worker holds one engine per served model. Requests arrive already unsealed as ``GenerationRequest``;
+the engine streams ``TextDelta`` events and ends with exactly one ``Finished`` carrying the token counts
+that go into the signed receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: ChatRole
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Decoding knobs in OpenAI's vocabulary; ``max_tokens`` is always set by the caller."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation job. Exactly one of ``messages`` (chat) or ``prompt`` (completion) is set.
+
+    ``continuation`` is text the model already produced for this request elsewhere (mid-stream resume):
+    the engine appends it after the prompt, does not emit it again, and counts it as prompt tokens.
+    """
+
+    params: SamplingParams
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    continuation: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a GenerationRequest needs exactly one of messages or prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text; ``tokens`` is how many completion tokens it holds (may be 0 or >1)."""
+
+    text: str
+    tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The last event of every generation."""
+
+    finish_reason: FinishReason
+    usage: TokenUsage
+
+
+GenerationEvent = TextDelta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What a worker advertises about an engine: model name, weights hash, limits and abilities."""
+
+    model: str
+    model_hash: str
+    context_length: int
+    supports_embeddings: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference backend.
+
+    Contract:
+    - ``start()`` loads the model (may take seconds) and must be called before anything else;
+      ``info`` is valid after it.
+    - ``generate()`` returns an async iterator of ``TextDelta`` events followed by one ``Finished``.
+      Closing the iterator early (``aclose()``, or cancelling the task that drives it) cancels the
+      generation: the engine stops computing promptly and frees its slot.
+    - ``embed()`` raises ``cocoon.errors.BadRequest`` when ``info.supports_embeddings`` is false.
+    - ``count_tokens()`` is exact for the engine's own tokenizer (used for routing and limits).
+    - Errors are ``cocoon.errors.CocoonError`` subclasses (``ContextLengthExceeded``, ``EngineError``,
+      ``UpstreamFailed``), never bare exceptions.
+    """
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    async def embed(self, inputs: list[str]) -> Embeddings: ...
+
+    async def count_tokens(self, text: str) -> int: ...

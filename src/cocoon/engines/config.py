@@ -1,0 +1,36 @@
+"""Configuration of one engine, embedded in the worker's settings (``[[engines]]`` tables in worker.toml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+class EngineSettings(BaseModel):
+    """One model served by a worker, and the backend that serves it."""
+
+    kind: Literal["llamacpp", "openai_upstream", "synthetic"] = Field(
+        "llamacpp",
+        description="llamacpp: embedded llama.cpp on the CPU; openai_upstream: any OpenAI-compatible server "
+        "(vLLM, SGLang, Ollama, llama.cpp server); synthetic: instant deterministic text, for benchmarks",
+    )
+    model: str = Field(DEFAULT_MODEL, description="model name clients ask for")
+    model_path: Path | None = Field(
+        None, description="GGUF file for llamacpp; empty means the bundled Gemma 3 270M (assembled once)"
+    )
+    context_length: int = Field(4096, ge=128, description="context window in tokens (llamacpp n_ctx)")
+    threads: int | None = Field(None, ge=1, description="CPU threads per llama.cpp context; empty: all cores")
+    parallel: int = Field(1, ge=1, le=64, description="llama.cpp contexts kept loaded (jobs computed at once)")
+    embeddings: bool = Field(True, description="also serve /v1/embeddings from this model")
+    upstream_url: str | None = Field(None, description="base URL of the upstream server, e.g. http://127.0.0.1:8000/v1")
+    upstream_api_key: str | None = Field(None, description="bearer token for the upstream server")
+    upstream_model: str | None = Field(None, description="model name at the upstream; empty: same as `model`")
+    model_hash: str | None = Field(
+        None,
+        description="sha256 of the weights (hex); computed from the GGUF for llamacpp, required for upstream",
+    )
+    synthetic_tokens_per_s: float = Field(0.0, ge=0, description="synthetic engine pace; 0 means no delay")
