@@ -1,0 +1,3 @@
+from cocoon.cli import app
+
+app()

@@ -1,0 +1,6 @@
+"""The client role: the async SDK and the OpenAI-compatible sidecar."""
+
+from cocoon.client.gateway import create_gateway
+from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, TextEvent
+
+__all__ = ["CocoonClient", "Completion", "EmbeddingEvent", "TextEvent", "create_gateway"]

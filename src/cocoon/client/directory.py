@@ -1,0 +1,100 @@
+"""The client's view of the network: the proxy's worker directory, each entry checked against the policy.
+
+Workers whose attestation fails are dropped (and logged once); nothing is ever sealed to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cocoon.attestation import AttestationBundle, AttestationVerifier, VerifiedWorker
+from cocoon.errors import AttestationFailed, CocoonError, UpstreamFailed
+
+log = logging.getLogger("cocoon.client")
+
+
+@dataclass(frozen=True, slots=True)
+class AttestedWorker:
+    worker_id: str
+    verified: VerifiedWorker
+    models: dict[str, str]  # model name -> weights hash (each one covered by the attestation)
+    embeddings: frozenset[str]
+    context_length: dict[str, int]
+    price_coefficient: int
+    region: str
+    expected_latency_ms: float
+
+
+class DirectoryCache:
+    """Fetches ``GET /v1/directory`` at most every ``ttl`` seconds and verifies what it gets."""
+
+    def __init__(self, http: httpx.AsyncClient, verifier: AttestationVerifier, ttl: float = 1.0) -> None:
+        self.http = http
+        self.verifier = verifier
+        self.ttl = ttl
+        self._fetched_at = -1e9
+        self._workers: list[AttestedWorker] = []
+        self._refused: set[str] = set()
+
+    async def workers(self, refresh: bool = False) -> list[AttestedWorker]:
+        if refresh or time.monotonic() - self._fetched_at > self.ttl:
+            self._workers = await self._fetch()
+            self._fetched_at = time.monotonic()
+        return self._workers
+
+    async def _fetch(self) -> list[AttestedWorker]:
+        try:
+            response = await self.http.get("/v1/directory")
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"cannot reach the proxy at {self.http.base_url}: {exc!r}") from exc
+        if response.status_code != 200:
+            raise CocoonError.from_openai(response.status_code, _json(response))
+        out = []
+        for raw in response.json().get("workers", []):
+            try:
+                out.append(self._attest(raw))
+            except AttestationFailed as exc:
+                if raw.get("worker_id") not in self._refused:
+                    self._refused.add(raw.get("worker_id"))
+                    log.warning("worker refused worker=%s reason=%s", raw.get("worker_id"), exc.message)
+        return out
+
+    def _attest(self, raw: dict[str, Any]) -> AttestedWorker:
+        try:
+            fields = dict(raw["attestation"])
+            for name in ("quote", "x25519_pub", "ed25519_pub"):
+                fields[name] = base64.b64decode(fields[name])
+            bundle = AttestationBundle.model_validate(fields)
+            x_pub, ed_pub = base64.b64decode(raw["x25519_pub"]), base64.b64decode(raw["ed25519_pub"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AttestationFailed(f"directory entry is malformed: {exc}") from exc
+        verified = self.verifier.verify(bundle)
+        if verified.x25519_pub != x_pub or verified.ed25519_pub != ed_pub:
+            raise AttestationFailed("advertised keys differ from the attested ones")
+        models = {m["model"]: m["model_hash"] for m in raw["models"]}
+        if any(h not in verified.model_hashes for h in models.values()):
+            raise AttestationFailed("a served model is not covered by the attestation")
+        return AttestedWorker(
+            worker_id=raw["worker_id"],
+            verified=verified,
+            models=models,
+            embeddings=frozenset(m["model"] for m in raw["models"] if m.get("supports_embeddings")),
+            context_length={m["model"]: int(m["context_length"]) for m in raw["models"]},
+            price_coefficient=int(raw.get("price_coefficient", 1000)),
+            region=str(raw.get("region", "")),
+            expected_latency_ms=float(raw.get("score", {}).get("expected_latency_ms", 0.0)),
+        )
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

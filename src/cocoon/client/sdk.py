@@ -1,0 +1,296 @@
+"""The async Python SDK: verify workers, seal each request to the best few, stream, verify the receipt.
+
+    async with CocoonClient("http://127.0.0.1:8700", policy) as client:
+        async for event in client.stream("chat", "gemma-3-270m", messages=[...], params=...):
+            ...
+
+Events are ``TextEvent`` / ``EmbeddingEvent`` as they arrive, then exactly one ``Completion`` once every
+receipt has verified. A receipt that does not verify raises ``ReceiptInvalid``: the client pays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import msgpack
+from pydantic import ValidationError
+
+from cocoon.attestation import AttestationPolicy, AttestationVerifier
+from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
+from cocoon.crypto import ResponseDigest, receipt_signature_valid, request_digest
+from cocoon.engines.base import TokenUsage
+from cocoon.errors import (
+    CocoonError,
+    ModelNotFound,
+    NoCapacity,
+    ReceiptInvalid,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from cocoon.protocol import (
+    STREAM_FRAME,
+    Chunk,
+    FrameReader,
+    JobEnd,
+    JobError,
+    JobRequest,
+    JobStart,
+    Receipt,
+    ResponseSealer,
+    RoutingPrefs,
+    WrappedKeyWire,
+    pack,
+    random_salt,
+    seal_request,
+    unpack,
+)
+from cocoon.protocol.payload import ChunkPayload, RequestPayload, SealedMessage, SealedParams
+
+log = logging.getLogger("cocoon.client")
+
+Kind = Literal["chat", "completion", "embedding"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    text: str
+    tokens: int
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingEvent:
+    vectors: list[list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of a request: summed usage over every worker that served it, and their verified receipts."""
+
+    request_id: str
+    model: str
+    finish_reason: str
+    usage: TokenUsage
+    receipts: tuple[Receipt, ...]
+
+
+Event = TextEvent | EmbeddingEvent | Completion
+
+
+class CocoonClient:
+    def __init__(
+        self,
+        proxy_url: str,
+        policy: AttestationPolicy,
+        *,
+        candidates: int = 3,
+        timeout: float = 120.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.candidates = candidates
+        self.timeout = timeout
+        self._http = http or httpx.AsyncClient(
+            base_url=proxy_url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.directory = DirectoryCache(self._http, AttestationVerifier(policy))
+
+    async def __aenter__(self) -> CocoonClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def models(self) -> dict[str, list[AttestedWorker]]:
+        """Model name -> attested workers serving it."""
+        out: dict[str, list[AttestedWorker]] = {}
+        for worker in await self.directory.workers():
+            for model in worker.models:
+                out.setdefault(model, []).append(worker)
+        return out
+
+    async def pick(self, kind: Kind, model: str, routing: RoutingPrefs) -> list[AttestedWorker]:
+        """The candidate workers to seal to, best first; ``ModelNotFound`` / ``NoCapacity`` if none."""
+        workers = await self.directory.workers()
+        serving = [w for w in workers if model in w.models]
+        if not serving:
+            workers = await self.directory.workers(refresh=True)
+            serving = [w for w in workers if model in w.models]
+        if not serving:
+            known = sorted({m for w in workers for m in w.models})
+            raise ModelNotFound(
+                f"the model {model!r} does not exist on this network; "
+                f"available: {', '.join(known) or 'none'}",
+                param="model",
+            )
+        if kind == "embedding":
+            serving = [w for w in serving if model in w.embeddings]
+            if not serving:
+                raise NoCapacity(f"no connected worker serves embeddings for {model!r}")
+        allowed = [
+            w
+            for w in serving
+            if (routing.max_price is None or w.price_coefficient <= routing.max_price)
+            and (not routing.region or w.region == routing.region)
+        ]
+        if not allowed:
+            raise NoCapacity(
+                f"{len(serving)} workers serve {model!r} but none within max_price={routing.max_price} "
+                f"and region={routing.region!r}"
+            )
+        allowed.sort(key=lambda w: w.expected_latency_ms)
+        return allowed[: self.candidates]
+
+    async def stream(
+        self,
+        kind: Kind,
+        model: str,
+        *,
+        params: SealedParams,
+        messages: list[SealedMessage] | None = None,
+        prompt: str | None = None,
+        inputs: list[str] | None = None,
+        routing: RoutingPrefs | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run one request through the network; see the module docstring for the events."""
+        routing = routing or RoutingPrefs()
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + timeout
+        workers = await self.pick(kind, model, routing)
+        by_id = {w.worker_id: w for w in workers}
+        salt = random_salt()
+        payload = RequestPayload(
+            kind=kind, model=model, salt=salt, messages=messages, prompt=prompt, input=inputs, params=params
+        )
+        plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
+        request_id = "req-" + uuid.uuid4().hex
+        sealed, content_key = seal_request(
+            request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers}
+        )
+        job = JobRequest(
+            request_id=request_id,
+            model=model,
+            kind=kind,
+            max_tokens=params.max_tokens,
+            prompt_tokens=_estimate_tokens(payload),
+            keys=[WrappedKeyWire(worker_id=k.worker_id, enc=k.enc, wrapped=k.wrapped) for k in sealed.keys],
+            ciphertext=sealed.ciphertext,
+            routing=routing,
+            timeout=timeout,
+        )
+        receipts: list[Receipt] = []
+        finish_reason = "stop"
+        try:
+            async with self._http.stream(
+                "POST",
+                "/v1/jobs",
+                content=pack(job),
+                headers={"content-type": "application/msgpack"},
+                timeout=httpx.Timeout(timeout, connect=5.0),
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise CocoonError.from_openai(response.status_code, _json(response))
+                reader = FrameReader()
+                worker: AttestedWorker | None = None
+                sealer: ResponseSealer | None = None
+                digest: ResponseDigest | None = None
+                seq = 0
+                async for data in response.aiter_raw():
+                    for raw in reader.feed(data):
+                        message = unpack(raw, STREAM_FRAME)
+                        if isinstance(message, JobStart):
+                            worker = by_id.get(message.worker_id)
+                            if worker is None:
+                                raise UpstreamFailed(f"proxy started an unknown worker {message.worker_id}")
+                            sealer = ResponseSealer(content_key, request_id, worker.worker_id)
+                            digest = ResponseDigest(salt)
+                            seq = 0
+                        elif isinstance(message, Chunk):
+                            if worker is None or sealer is None or digest is None:
+                                raise UpstreamFailed("proxy sent a chunk before naming its worker")
+                            if message.worker_id != worker.worker_id or message.seq != seq:
+                                raise UpstreamFailed("proxy reordered or mixed response chunks")
+                            opened = sealer.open(seq, message.data)
+                            seq += 1
+                            digest.update(opened)
+                            chunk = ChunkPayload.model_validate(msgpack.unpackb(opened, raw=False))
+                            if chunk.finish_reason:
+                                finish_reason = chunk.finish_reason
+                            if chunk.embeddings is not None:
+                                yield EmbeddingEvent(chunk.embeddings)
+                            elif chunk.text:
+                                yield TextEvent(chunk.text, chunk.tokens, worker.worker_id)
+                        elif isinstance(message, JobEnd):
+                            if worker is None or digest is None:
+                                raise UpstreamFailed("proxy sent a receipt before naming its worker")
+                            _check_receipt(message, worker, model, request_id, plaintext, digest)
+                            receipts.append(message.receipt)
+                        elif isinstance(message, JobError):
+                            raise CocoonError.from_openai(
+                                message.status, {"error": message.error.model_dump()}
+                            )
+                    if time.monotonic() > deadline:
+                        raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"connection to the proxy failed: {exc!r}") from exc
+        except ValidationError as exc:
+            raise UpstreamFailed(f"malformed response from the network: {exc.errors()[0]['msg']}") from exc
+        if not receipts:
+            raise UpstreamFailed(f"the stream of {request_id} ended before the worker's receipt")
+        yield Completion(
+            request_id=request_id,
+            model=model,
+            finish_reason=finish_reason,
+            usage=TokenUsage(
+                prompt_tokens=receipts[0].prompt_tokens,
+                completion_tokens=sum(r.completion_tokens for r in receipts),
+                cached_tokens=receipts[0].cached_tokens,
+                reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
+            ),
+            receipts=tuple(receipts),
+        )
+
+
+def _check_receipt(
+    end: JobEnd, worker: AttestedWorker, model: str, request_id: str, plaintext: bytes, digest: ResponseDigest
+) -> None:
+    """Raise ``ReceiptInvalid`` unless the receipt is the attested worker's word on exactly this exchange."""
+    r = end.receipt
+    problems = []
+    if r.worker_id != worker.worker_id:
+        problems.append("it names another worker")
+    if not receipt_signature_valid(worker.verified.ed25519_pub, r, end.signature):
+        problems.append("its signature is not the attested worker key's")
+    if r.request_id != request_id:
+        problems.append("it is for another request")
+    if r.model != model or r.model_hash != worker.models.get(model):
+        problems.append("it names other weights than the attested ones")
+    if r.request_sha256 != request_digest(plaintext):
+        problems.append("its request digest differs from what was sent")
+    if r.response_sha256 != digest.hexdigest():
+        problems.append("its response digest differs from what was received")
+    if problems:
+        raise ReceiptInvalid(
+            f"receipt {r.receipt_id} rejected: " + "; ".join(problems) + ". Nothing is paid."
+        )
+
+
+def _estimate_tokens(payload: RequestPayload) -> int:
+    """A rough count for routing (about 4 characters a token); the worker's receipt has the exact one."""
+    chars = len(payload.prompt or "") + sum(len(m.content) for m in payload.messages or [])
+    chars += sum(len(text) for text in payload.input or [])
+    return chars // 4

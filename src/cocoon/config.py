@@ -1,0 +1,147 @@
+"""One settings model per role, read from a TOML file with environment overrides.
+
+Precedence, highest first: explicit overrides (CLI flags), environment (``COCOON_<ROLE>_<FIELD>``, nested
+with ``__``), the TOML file, defaults. Every field has a description: ``cocoon <role> --help`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cocoon.attestation.policy import AttestationPolicy
+from cocoon.engines.config import EngineSettings
+from cocoon.errors import ConfigError
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("cocoon_config_file", default=None)
+
+
+def cocoon_home() -> Path:
+    """Where cocoon keeps keys, stores and caches: ``$COCOON_HOME`` or ``~/.cocoon``."""
+    return Path(os.environ.get("COCOON_HOME") or Path.home() / ".cocoon")
+
+
+class RoleSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_nested_delimiter="__")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _CONFIG_FILE.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Self:
+        """Settings from ``config_file`` (TOML), the environment and ``overrides`` (``None`` values skipped).
+
+        Raises ``ConfigError`` naming the file and field when anything is wrong.
+        """
+        if config_file is not None:
+            if not config_file.is_file():
+                raise ConfigError(f"config file {config_file} does not exist")
+            try:
+                tomllib.loads(config_file.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        token = _CONFIG_FILE.set(config_file)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            source = f" in {config_file}" if config_file else ""
+            raise ConfigError(f"invalid {cls.__name__} option {where!r}{source}: {first['msg']}") from exc
+        finally:
+            _CONFIG_FILE.reset(token)
+
+
+class WorkerSettings(RoleSettings):
+    """A GPU (or CPU) operator's node: engines it serves and the proxies it dials."""
+
+    model_config = SettingsConfigDict(env_prefix="COCOON_WORKER_")
+
+    proxies: list[str] = Field(
+        default_factory=lambda: ["ws://127.0.0.1:8700/v1/worker/connect"],
+        description="proxy WebSocket URLs to dial (the worker needs no public IP)",
+    )
+    engines: list[EngineSettings] = Field(
+        default_factory=lambda: [EngineSettings()], description="models this worker serves"
+    )
+    slots: int = Field(2, ge=1, le=1024, description="jobs run at once; more wait in the worker's queue")
+    max_queue: int = Field(
+        64, ge=0, description="jobs allowed to wait for a slot before the worker says busy"
+    )
+    price_coefficient: int = Field(1000, ge=1, description="price multiplier, 1000 = 1x the registry price")
+    region: str = Field("", description="region label clients may route by, e.g. eu-west")
+    keys_file: Path = Field(
+        default_factory=lambda: cocoon_home() / "worker" / "keys.json",
+        description="node keys (made on first start; inside a TEE they never leave it)",
+    )
+    attestation: Literal["simulated", "tdx", "sev-snp"] = Field(
+        "simulated", description="attestation provider"
+    )
+    dev_authority_key_file: Path = Field(
+        default_factory=lambda: cocoon_home() / "dev-authority.json",
+        description="key that signs simulated quotes (development networks only)",
+    )
+    heartbeat_interval: float = Field(0.5, gt=0, description="seconds between heartbeats")
+    reconnect_max_backoff: float = Field(10.0, gt=0, description="cap of the reconnect backoff, seconds")
+
+
+class ProxySettings(RoleSettings):
+    """The router and cashier: directory of workers, routing, relaying sealed bytes."""
+
+    model_config = SettingsConfigDict(env_prefix="COCOON_PROXY_")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8700, ge=0, le=65535, description="port for clients, workers, /metrics")
+    policy: AttestationPolicy = Field(
+        default_factory=AttestationPolicy, description="attestation policy workers must satisfy"
+    )
+    heartbeat_timeout: float = Field(2.0, gt=0, description="drop a worker silent for this many seconds")
+    first_byte_timeout: float = Field(30.0, gt=0, description="seconds a worker may take to its first chunk")
+    chunk_timeout: float = Field(30.0, gt=0, description="seconds allowed between two chunks")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest sealed request accepted")
+    data_dir: Path = Field(
+        default_factory=lambda: cocoon_home() / "proxy", description="store and keys of the proxy"
+    )
+
+
+class ClientSettings(RoleSettings):
+    """The app developer's side: the OpenAI-compatible sidecar and SDK defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="COCOON_CLIENT_")
+
+    host: str = Field("127.0.0.1", description="sidecar listen address")
+    port: int = Field(8080, ge=0, le=65535, description="sidecar port (OpenAI base URL: http://host:port/v1)")
+    proxy_url: str = Field("http://127.0.0.1:8700", description="proxy base URL")
+    policy: AttestationPolicy = Field(
+        default_factory=AttestationPolicy, description="attestation policy workers must satisfy"
+    )
+    candidates: int = Field(3, ge=1, le=16, description="workers each request is sealed to (failover set)")
+    timeout: float = Field(120.0, gt=0, description="default request timeout, seconds (COCOON's `timeout`)")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request leaves it out")
+    api_key: str | None = Field(None, description="if set, apps must send it as a bearer token")

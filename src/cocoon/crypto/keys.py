@@ -1,0 +1,129 @@
+"""Key pairs and key files: Ed25519 for signatures, X25519 for sealing.
+
+Raw 32-byte keys everywhere on the wire (hex in JSON); key files are JSON, written atomically with
+mode 0600 so a crash never leaves a half-written secret behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cocoon.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """An Ed25519 key pair held as its 32-byte seed."""
+
+    seed: bytes
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(os.urandom(32))
+
+    @property
+    def public(self) -> bytes:
+        return Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes_raw()
+
+    def sign(self, message: bytes) -> bytes:
+        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SealingKey:
+    """An X25519 key pair (HPKE recipient key) held as its 32-byte private scalar."""
+
+    private: bytes
+
+    @classmethod
+    def generate(cls) -> SealingKey:
+        return cls(X25519PrivateKey.generate().private_bytes_raw())
+
+    @property
+    def public(self) -> bytes:
+        return X25519PrivateKey.from_private_bytes(self.private).public_key().public_bytes_raw()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeys:
+    """A worker's two keys. In a TEE they are made inside the guest and never leave it."""
+
+    signing: SigningKey
+    sealing: SealingKey
+
+    @classmethod
+    def generate(cls) -> NodeKeys:
+        return cls(SigningKey.generate(), SealingKey.generate())
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.signing.public)
+
+
+def node_id_for(ed25519_public: bytes) -> str:
+    """Short stable id of a node: ``w-`` and 16 hex digits of sha256(ed25519 public key)."""
+    return "w-" + hashlib.sha256(ed25519_public).hexdigest()[:16]
+
+
+def write_secret_json(path: Path, payload: dict[str, str]) -> None:
+    """Write ``payload`` to ``path`` atomically with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(payload, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_secret_json(path: Path, fields: tuple[str, ...]) -> dict[str, bytes]:
+    """Read hex fields of a key file; ``ConfigError`` naming the file when it is unreadable."""
+    try:
+        raw = json.loads(path.read_text())
+        return {name: bytes.fromhex(raw[name]) for name in fields}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"key file {path} is unreadable ({exc}); delete it to make new keys") from exc
+
+
+def load_or_create_node_keys(path: Path) -> NodeKeys:
+    """The node keys stored at ``path``, made and saved on first use."""
+    if path.exists():
+        raw = read_secret_json(path, ("ed25519_seed", "x25519_private"))
+        return NodeKeys(SigningKey(raw["ed25519_seed"]), SealingKey(raw["x25519_private"]))
+    keys = NodeKeys.generate()
+    write_secret_json(
+        path, {"ed25519_seed": keys.signing.seed.hex(), "x25519_private": keys.sealing.private.hex()}
+    )
+    return keys
+
+
+def load_or_create_signing_key(path: Path) -> SigningKey:
+    """The Ed25519 key stored at ``path``, made and saved on first use."""
+    if path.exists():
+        return SigningKey(read_secret_json(path, ("ed25519_seed",))["ed25519_seed"])
+    key = SigningKey.generate()
+    write_secret_json(path, {"ed25519_seed": key.seed.hex(), "ed25519_public": key.public.hex()})
+    return key

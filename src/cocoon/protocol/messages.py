@@ -1,0 +1,208 @@
+"""Every message on cocoon's wires, as versioned pydantic models.
+
+worker <-> proxy: one WebSocket, msgpack frames multiplexed by ``job_id``. client <-> proxy: ``POST /v1/jobs``
+with a msgpack ``JobRequest``, answered by a stream of length-prefixed msgpack ``StreamFrame``s. Each message
+has a ``t`` tag and a ``v`` version; an unknown version is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    v: int = PROTOCOL_VERSION
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+# ---- worker -> proxy -------------------------------------------------------------------------------
+
+
+class ModelOffer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    model: str
+    model_hash: str
+    context_length: int
+    supports_embeddings: bool = False
+
+
+class Register(Wire):
+    t: Literal["register"] = "register"
+    worker_id: str
+    software: str
+    models: list[ModelOffer]
+    slots: int = Field(ge=1)
+    price_coefficient: int = Field(1000, ge=1, description="1000 = 1x the registry price")
+    region: str = ""
+    ed25519_pub: bytes
+    x25519_pub: bytes
+    attestation: dict[str, Any]
+
+
+class Heartbeat(Wire):
+    t: Literal["heartbeat"] = "heartbeat"
+    free_slots: int
+    queue_depth: int
+    active_jobs: int
+    tokens_per_s: float
+    prefill_tokens_per_s: float = 0.0
+
+
+class Pong(Wire):
+    t: Literal["pong"] = "pong"
+    nonce: int
+
+
+class Chunk(Wire):
+    """A sealed piece of a response. ``worker_id`` is set on the client side of the proxy only."""
+
+    t: Literal["chunk"] = "chunk"
+    job_id: str = ""
+    seq: int
+    data: bytes
+    worker_id: str = ""
+
+
+class JobEnd(Wire):
+    """The last frame of a job: the receipt as signed by the worker."""
+
+    t: Literal["end"] = "end"
+    job_id: str = ""
+    receipt: Receipt
+    signature: bytes
+
+
+class JobError(Wire):
+    t: Literal["error"] = "error"
+    job_id: str = ""
+    status: int
+    error: ErrorBody
+    retryable: bool = False
+
+
+# ---- proxy -> worker -------------------------------------------------------------------------------
+
+
+class Registered(Wire):
+    t: Literal["registered"] = "registered"
+    proxy_id: str
+    heartbeat_interval: float
+
+
+class Ping(Wire):
+    t: Literal["ping"] = "ping"
+    nonce: int
+
+
+class Job(Wire):
+    t: Literal["job"] = "job"
+    job_id: str
+    request_id: str
+    model: str
+    kind: Literal["chat", "completion", "embedding"]
+    max_tokens: int
+    enc: bytes
+    wrapped_key: bytes
+    ciphertext: bytes
+    resume_from: list[ResumeChunks] = Field(default_factory=list)
+
+
+class ResumeChunks(BaseModel):
+    """Sealed chunks an earlier worker emitted for this request, so a new one can continue after them."""
+
+    model_config = ConfigDict(frozen=True)
+    worker_id: str
+    chunks: list[bytes]
+
+
+class Cancel(Wire):
+    t: Literal["cancel"] = "cancel"
+    job_id: str
+    reason: str = ""
+
+
+# ---- client <-> proxy -----------------------------------------------------------------------------
+
+
+class WrappedKeyWire(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    worker_id: str
+    enc: bytes
+    wrapped: bytes
+
+
+class RoutingPrefs(BaseModel):
+    """OpenRouter's ``provider`` vocabulary, where it fits."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    sort: Literal["latency", "throughput", "price"] | None = None
+    max_price: int | None = Field(None, description="cap on the price coefficient, 1000 = 1x")
+    allow_fallbacks: bool = True
+    region: str | None = None
+
+
+class JobRequest(Wire):
+    t: Literal["job_request"] = "job_request"
+    request_id: str
+    model: str
+    kind: Literal["chat", "completion", "embedding"]
+    max_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(0, ge=0, description="client's estimate, for routing only")
+    keys: list[WrappedKeyWire] = Field(min_length=1)
+    ciphertext: bytes
+    routing: RoutingPrefs = Field(default_factory=RoutingPrefs)
+    prefix_hashes: list[str] = Field(default_factory=list)
+    timeout: float = Field(120.0, gt=0, le=3600)
+
+
+class JobStart(Wire):
+    t: Literal["start"] = "start"
+    worker_id: str
+    job_id: str
+    attempt: int = 0
+
+
+# ---- receipts --------------------------------------------------------------------------------------
+
+
+class Receipt(BaseModel):
+    """What a worker attests it did for one job; signed with its attested Ed25519 key."""
+
+    model_config = ConfigDict(frozen=True)
+    v: int = PROTOCOL_VERSION
+    receipt_id: str
+    request_id: str
+    job_id: str
+    worker_id: str
+    model: str
+    model_hash: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    request_sha256: str
+    response_sha256: str
+    finish_reason: str
+    started_at: float
+    ttft_ms: float
+    duration_ms: float
+
+
+WorkerToProxy = Annotated[Register | Heartbeat | Pong | Chunk | JobEnd | JobError, Field(discriminator="t")]
+ProxyToWorker = Annotated[Registered | Ping | Job | Cancel | JobError, Field(discriminator="t")]
+StreamFrame = Annotated[JobStart | Chunk | JobEnd | JobError, Field(discriminator="t")]
+
+JobEnd.model_rebuild()
+Job.model_rebuild()

@@ -1,0 +1,99 @@
+"""The proxy's live directory: attested workers, what they serve, and their load as last reported.
+
+A worker enters after its attestation verifies and leaves when its WebSocket closes or it misses
+heartbeats for ``heartbeat_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cocoon.attestation import VerifiedWorker
+from cocoon.protocol import Heartbeat, Register
+
+Sender = Callable[[bytes], Awaitable[None]]
+
+
+class WorkerLost:
+    """Put on a job's queue when the worker serving it goes away."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class WorkerEntry:
+    worker_id: str
+    register: Register
+    verified: VerifiedWorker
+    send: Sender
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    free_slots: int = 0
+    queue_depth: int = 0
+    active_jobs: int = 0
+    tokens_per_s: float = 0.0
+    inflight: int = 0
+    avg_job_s: float = 1.0
+    avg_ttft_s: float = 0.2
+    rtt_s: float = 0.0
+    completed: int = 0
+    failed: int = 0
+    jobs: dict[str, asyncio.Queue[dict[str, Any] | WorkerLost]] = field(default_factory=dict)
+
+    def serves(self, model: str) -> bool:
+        return any(offer.model == model for offer in self.register.models)
+
+    def apply(self, beat: Heartbeat) -> None:
+        self.last_seen = time.monotonic()
+        self.free_slots = beat.free_slots
+        self.queue_depth = beat.queue_depth
+        self.active_jobs = beat.active_jobs
+        self.tokens_per_s = beat.tokens_per_s
+
+    def record_job(self, seconds: float, ttft_s: float | None, ok: bool) -> None:
+        alpha = 0.2
+        self.avg_job_s = (1 - alpha) * self.avg_job_s + alpha * seconds
+        if ttft_s is not None:
+            self.avg_ttft_s = (1 - alpha) * self.avg_ttft_s + alpha * ttft_s
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+
+class Directory:
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerEntry] = {}
+
+    def add(self, entry: WorkerEntry) -> WorkerEntry | None:
+        """Add ``entry``; returns the entry it replaced (same worker reconnected), if any."""
+        old = self.workers.get(entry.worker_id)
+        self.workers[entry.worker_id] = entry
+        return old
+
+    def remove(self, entry: WorkerEntry, reason: str) -> None:
+        if self.workers.get(entry.worker_id) is entry:
+            del self.workers[entry.worker_id]
+        for queue in entry.jobs.values():
+            queue.put_nowait(WorkerLost(reason))
+
+    def serving(self, model: str) -> list[WorkerEntry]:
+        return [w for w in self.workers.values() if w.serves(model)]
+
+    def models(self) -> dict[str, list[WorkerEntry]]:
+        out: dict[str, list[WorkerEntry]] = {}
+        for worker in self.workers.values():
+            for offer in worker.register.models:
+                out.setdefault(offer.model, []).append(worker)
+        return out
+
+    def stale(self, timeout_s: float) -> list[WorkerEntry]:
+        now = time.monotonic()
+        return [w for w in self.workers.values() if now - w.last_seen > timeout_s]

@@ -1,0 +1,221 @@
+"""``cocoon up``: a whole local network in one command, as real processes.
+
+Writes role configs under a state folder, starts the proxy, the workers and the client sidecar, waits until
+the network answers (with progress), sends one demo chat request, and stops every child cleanly on Ctrl-C
+or SIGTERM (or when one of them dies, saying which and where its log is).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import tomli_w
+from rich.console import Console
+
+from cocoon.attestation.simulated import DEV_MEASUREMENT
+from cocoon.config import cocoon_home
+from cocoon.crypto import load_or_create_signing_key
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.engines.model_cache import bundled_model_path, sha256_file
+from cocoon.errors import CocoonError
+
+console = Console(stderr=True)
+out = Console()
+
+
+class ChildDied(CocoonError):
+    code = "child_died"
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class LocalNetwork:
+    def __init__(self, port_base: int, workers: int, home: Path | None, model_path: Path | None) -> None:
+        self.client_port = port_base
+        self.proxy_port = port_base + 620
+        self.workers = workers
+        self.home = home or cocoon_home() / "up"
+        self.model_path = model_path
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}/v1"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    def run(self, demo: bool, exit_after_demo: bool) -> int:
+        """Start, wait, demo, then block until a signal or a child's death. Returns the exit code."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            self.start()
+            self.wait_ready(timeout=180)
+            out.print(f"[bold green]cocoon is up[/]: OpenAI base URL [bold]{self.base_url}[/]")
+            out.print(f"  proxy {self.proxy_url} (directory {self.proxy_url}/v1/directory, metrics /metrics)")
+            out.print(f"  try: OPENAI_BASE_URL={self.base_url} OPENAI_API_KEY=unused python your_app.py")
+            if demo:
+                self.demo()
+            if exit_after_demo:
+                return 0
+            out.print("  logs in " + str(self.home / "logs") + "; Ctrl-C stops everything")
+            while not self._stop.wait(0.5):
+                self.check_children()
+            return 0
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        model = self.model_path or bundled_model_path(progress=True)
+        model_hash = sha256_file(model)
+        authority = load_or_create_signing_key(self.home / "dev-authority.json")
+        policy = {
+            "allow_simulated": True,
+            "simulated_authorities": [authority.public.hex()],
+            "allowed_measurements": [DEV_MEASUREMENT],
+            "allowed_model_hashes": [model_hash],
+        }
+        self._write(
+            "proxy.toml", {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
+        )
+        self._spawn("proxy", "proxy.toml")
+        threads = max(1, (os.cpu_count() or 2) // self.workers)
+        for i in range(1, self.workers + 1):
+            self._write(
+                f"worker-{i}.toml",
+                {
+                    "proxies": [f"ws://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
+                    "slots": 2,
+                    "keys_file": str(self.home / f"worker-{i}" / "keys.json"),
+                    "dev_authority_key_file": str(self.home / "dev-authority.json"),
+                    "engines": [
+                        {
+                            "kind": "llamacpp",
+                            "model": DEFAULT_MODEL,
+                            "model_path": str(model),
+                            "threads": threads,
+                            "model_hash": model_hash,
+                        }
+                    ],
+                },
+            )
+            self._spawn(f"worker-{i}", f"worker-{i}.toml")
+        self._write("client.toml", {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy})
+        self._spawn("client", "client.toml")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        steps: list[tuple[str, Callable[[], bool]]] = [
+            ("proxy", lambda: _get(f"{self.proxy_url}/healthz") is not None),
+            (
+                f"{self.workers} workers attested and connected",
+                lambda: (
+                    len((_get(f"{self.proxy_url}/v1/directory") or {}).get("workers", [])) >= self.workers
+                ),
+            ),
+            ("client sidecar", lambda: bool((_get(f"{self.base_url}/models") or {}).get("data"))),
+        ]
+        with console.status("starting cocoon…") as spinner:
+            for label, ready in steps:
+                spinner.update(f"waiting for {label}…")
+                while not ready():
+                    self.check_children()
+                    if self._stop.is_set():
+                        raise ChildDied("interrupted while starting")
+                    if time.monotonic() > deadline:
+                        raise ChildDied(
+                            f"{label} not ready after {timeout:g}s; see logs in {self.home / 'logs'}"
+                        )
+                    time.sleep(0.2)
+                console.print(f"[green]✓[/] {label}")
+
+    def demo(self) -> None:
+        body = {
+            "model": DEFAULT_MODEL,
+            "max_tokens": 32,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
+        }
+        started = time.monotonic()
+        response = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
+        answer = response.json()
+        if response.status_code != 200:
+            raise ChildDied(f"demo request failed: {answer}")
+        usage = answer["usage"]
+        out.print(
+            f"[bold]demo[/] (sealed to an attested worker, receipt verified, "
+            f"{time.monotonic() - started:.2f}s):"
+        )
+        out.print("  > Write one sentence about the sea.")
+        out.print("  < " + answer["choices"][0]["message"]["content"].strip().replace("\n", " "))
+        out.print(
+            f"  usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens, "
+            f"receipt {usage['receipt_ids'][0]}"
+        )
+
+    def check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                tail = child.log.read_text(errors="replace").splitlines()[-15:]
+                raise ChildDied(f"{child.name} exited with code {code}; last log lines:\n" + "\n".join(tail))
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for child in self.children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self.children:
+            console.print("stopped " + ", ".join(c.name for c in self.children))
+        self.children.clear()
+
+    def _write(self, name: str, settings: dict[str, Any]) -> None:
+        (self.home / name).write_text(tomli_w.dumps(settings))
+
+    def _spawn(self, name: str, config: str) -> None:
+        role = name.split("-")[0]
+        log = self.home / "logs" / f"{name}.log"
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cocoon", role, "--config", str(self.home / config)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+        )
+        handle.close()
+        self.children.append(Child(name, process, log))
+
+
+def _get(url: str) -> Any:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None

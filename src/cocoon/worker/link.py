@@ -1,0 +1,144 @@
+"""One worker's WebSocket to one proxy: register, heartbeat, take jobs, reconnect with backoff.
+
+The worker dials out, so it needs no public address. Jobs of a link are cancelled when the link drops:
+the proxy has already moved them elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from cocoon.errors import CocoonError
+from cocoon.protocol import (
+    PROXY_TO_WORKER,
+    Cancel,
+    Chunk,
+    Heartbeat,
+    Job,
+    JobEnd,
+    JobError,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    pack,
+    unpack,
+)
+from cocoon.worker.runner import JobRunner
+
+log = logging.getLogger("cocoon.worker")
+
+
+class RegistrationRefused(CocoonError):
+    """The proxy refused this worker (attestation, protocol version); retrying will not help soon."""
+
+    code = "registration_refused"
+
+
+class ProxyLink:
+    def __init__(
+        self,
+        url: str,
+        register: Register,
+        runner: JobRunner,
+        heartbeat_interval: float,
+        max_backoff: float,
+    ) -> None:
+        self.url = url
+        self.register = register
+        self.runner = runner
+        self.heartbeat_interval = heartbeat_interval
+        self.max_backoff = max_backoff
+        self.connected = asyncio.Event()
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+
+    async def run_forever(self) -> None:
+        """Stay connected until cancelled; back off exponentially (with jitter) between attempts."""
+        backoff = 0.2
+        while True:
+            try:
+                async with connect(self.url, max_size=2**26, ping_interval=None, compression=None) as ws:
+                    backoff = 0.2
+                    await self._session(ws)
+            except RegistrationRefused as exc:
+                log.error("proxy refused registration url=%s reason=%s", self.url, exc.message)
+                backoff = self.max_backoff
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as exc:
+                log.warning("proxy link down url=%s error=%s", self.url, type(exc).__name__)
+            finally:
+                self.connected.clear()
+                await self._cancel_all()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        await ws.send(pack(self.register))
+        async with asyncio.timeout(10):
+            reply = await ws.recv(decode=False)
+        first = unpack(reply, PROXY_TO_WORKER)
+        if isinstance(first, JobError):
+            raise RegistrationRefused(first.error.message)
+        if not isinstance(first, Registered):
+            raise RegistrationRefused(f"expected 'registered', proxy sent {first.t!r}")
+        self.connected.set()
+        log.info("registered url=%s proxy=%s worker=%s", self.url, first.proxy_id, self.register.worker_id)
+        heartbeat = asyncio.create_task(self._heartbeat(ws))
+        try:
+            async for raw in ws:
+                if isinstance(raw, str):
+                    continue
+                message = unpack(raw, PROXY_TO_WORKER)
+                if isinstance(message, Job):
+                    self._start_job(ws, message)
+                elif isinstance(message, Cancel):
+                    task = self._jobs.get(message.job_id)
+                    if task is not None:
+                        task.cancel()
+                elif isinstance(message, Ping):
+                    await ws.send(pack(Pong(nonce=message.nonce)))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    def _start_job(self, ws: ClientConnection, job: Job) -> None:
+        async def send(frame: Chunk | JobEnd | JobError) -> None:
+            await ws.send(pack(frame))
+
+        task = asyncio.create_task(self.runner.run(job, send), name=f"job-{job.job_id}")
+        self._jobs[job.job_id] = task
+        task.add_done_callback(lambda t: self._job_done(job.job_id, t))
+
+    def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, websockets.ConnectionClosed):
+                log.error("job crashed job_id=%s", job_id, exc_info=exc)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        board, meter = self.runner.board, self.runner.meter
+        while True:
+            await ws.send(
+                pack(
+                    Heartbeat(
+                        free_slots=board.free,
+                        queue_depth=board.waiting,
+                        active_jobs=board.running,
+                        tokens_per_s=meter.rate(),
+                    )
+                )
+            )
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._jobs.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,194 @@
+"""Runs one sealed job on an engine: open the request, generate, seal each chunk, sign the receipt.
+
+The runner never sends anything in clear except sizes, token counts and digests (the receipt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgpack
+from pydantic import ValidationError
+
+from cocoon.crypto import NodeKeys, ResponseDigest, request_digest, sign_receipt
+from cocoon.engines.base import (
+    ChatMessage,
+    Engine,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    TokenUsage,
+)
+from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound
+from cocoon.protocol import (
+    Chunk,
+    ErrorBody,
+    Job,
+    JobEnd,
+    JobError,
+    Receipt,
+    ResponseSealer,
+    WrappedKey,
+    open_request,
+    unwrap_content_key,
+)
+from cocoon.protocol.payload import ChunkPayload, RequestPayload
+from cocoon.worker.capacity import SlotBoard, ThroughputMeter
+
+log = logging.getLogger("cocoon.worker")
+
+Send = Callable[[Chunk | JobEnd | JobError], Awaitable[None]]
+
+
+class JobRunner:
+    """Executes jobs on the worker's engines, at most ``slots`` at once."""
+
+    def __init__(self, keys: NodeKeys, engines: dict[str, Engine], slots: int, max_queue: int) -> None:
+        self.keys = keys
+        self.engines = engines
+        self.board = SlotBoard(slots)
+        self.meter = ThroughputMeter()
+        self.max_queue = max_queue
+        self._slots = asyncio.Semaphore(slots)
+
+    async def run(self, job: Job, send: Send) -> None:
+        """Run ``job`` to its end, sending chunks and a receipt (or one error) through ``send``."""
+        if self.board.waiting >= self.max_queue and self.board.free == 0:
+            await send(_error(job.job_id, 503, "no_capacity", "worker queue is full", retryable=True))
+            return
+        self.board.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.board.waiting -= 1
+        self.board.running += 1
+        try:
+            await self._run(job, send)
+        except CocoonError as exc:
+            log.info("job failed job_id=%s code=%s", job.job_id, exc.code)
+            await send(_error(job.job_id, exc.status, exc.code, exc.message, type_=exc.type))
+        finally:
+            self.board.running -= 1
+            self._slots.release()
+
+    async def _run(self, job: Job, send: Send) -> None:
+        started_at = time.time()
+        t0 = time.monotonic()
+        engine = self.engines.get(job.model)
+        if engine is None:
+            raise ModelNotFound(f"this worker does not serve {job.model!r}")
+        worker_id = self.keys.node_id
+        content_key = unwrap_content_key(
+            job.request_id, WrappedKey(worker_id, job.enc, job.wrapped_key), self.keys.sealing.private
+        )
+        plaintext = open_request(job.request_id, job.ciphertext, content_key)
+        try:
+            payload = RequestPayload.model_validate(msgpack.unpackb(plaintext, raw=False))
+        except (ValidationError, ValueError) as exc:
+            raise BadRequest(f"sealed request payload is invalid: {exc}") from exc
+        if payload.model != job.model or payload.kind != job.kind:
+            raise BadRequest("sealed request does not match its clear metadata (model or kind)")
+
+        sealer = ResponseSealer(content_key, job.request_id, worker_id)
+        digest = ResponseDigest(payload.salt)
+        seq = 0
+        ttft_ms = 0.0
+
+        async def emit(chunk: ChunkPayload) -> None:
+            nonlocal seq, ttft_ms
+            data = msgpack.packb(chunk.model_dump(exclude_defaults=True), use_bin_type=True)
+            digest.update(data)
+            if seq == 0:
+                ttft_ms = (time.monotonic() - t0) * 1000
+            await send(Chunk(job_id=job.job_id, seq=seq, data=sealer.seal(seq, data)))
+            seq += 1
+
+        if payload.kind == "embedding":
+            result = await engine.embed(payload.input or [])
+            await emit(ChunkPayload(embeddings=result.vectors))
+            usage = TokenUsage(prompt_tokens=result.prompt_tokens, completion_tokens=0)
+            finish_reason = "stop"
+        else:
+            continuation = _continuation(job, content_key)
+            usage, finish_reason = await self._generate(engine, payload, continuation, emit)
+        receipt = Receipt(
+            receipt_id="rcpt-" + uuid.uuid4().hex,
+            request_id=job.request_id,
+            job_id=job.job_id,
+            worker_id=worker_id,
+            model=job.model,
+            model_hash=engine.info.model_hash,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            request_sha256=request_digest(plaintext),
+            response_sha256=digest.hexdigest(),
+            finish_reason=finish_reason,
+            started_at=started_at,
+            ttft_ms=ttft_ms,
+            duration_ms=(time.monotonic() - t0) * 1000,
+        )
+        await send(
+            JobEnd(job_id=job.job_id, receipt=receipt, signature=sign_receipt(self.keys.signing, receipt))
+        )
+
+    async def _generate(
+        self,
+        engine: Engine,
+        payload: RequestPayload,
+        continuation: str,
+        emit: Callable[[ChunkPayload], Awaitable[None]],
+    ) -> tuple[TokenUsage, str]:
+        params = SamplingParams(
+            max_tokens=payload.params.max_tokens,
+            temperature=payload.params.temperature,
+            top_p=payload.params.top_p,
+            stop=tuple(payload.params.stop),
+            seed=payload.params.seed,
+        )
+        if payload.kind == "chat":
+            messages = tuple(ChatMessage(m.role, m.content) for m in payload.messages or [])
+            request = GenerationRequest(params=params, messages=messages, continuation=continuation)
+        else:
+            request = GenerationRequest(params=params, prompt=payload.prompt or "", continuation=continuation)
+        stream = engine.generate(request)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    self.meter.add(event.tokens)
+                    if event.text:
+                        await emit(ChunkPayload(text=event.text, tokens=event.tokens))
+                elif isinstance(event, Finished):
+                    await emit(ChunkPayload(finish_reason=event.finish_reason))
+                    return event.usage, event.finish_reason
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
+
+
+def _continuation(job: Job, content_key: bytes) -> str:
+    """Text earlier workers streamed for this request (mid-stream resume), opened from their chunks."""
+    parts: list[str] = []
+    for earlier in job.resume_from:
+        opener = ResponseSealer(content_key, job.request_id, earlier.worker_id)
+        for seq, sealed in enumerate(earlier.chunks):
+            chunk = ChunkPayload.model_validate(msgpack.unpackb(opener.open(seq, sealed), raw=False))
+            parts.append(chunk.text)
+    return "".join(parts)
+
+
+def _error(
+    job_id: str, status: int, code: str, message: str, *, type_: str = "api_error", retryable: bool = False
+) -> JobError:
+    return JobError(
+        job_id=job_id,
+        status=status,
+        error=ErrorBody(message=message, type=type_, code=code),
+        retryable=retryable,
+    )
