@@ -13,9 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -45,12 +45,30 @@ class Child:
 
 
 class LocalNetwork:
-    def __init__(self, port_base: int, workers: int, home: Path | None, model_path: Path | None) -> None:
+    """The processes of one local network. Tests use it too, with their own ports and options."""
+
+    def __init__(
+        self,
+        port_base: int = 8080,
+        workers: int = 2,
+        home: Path | None = None,
+        model_path: Path | None = None,
+        *,
+        proxy_port: int | None = None,
+        engine: dict[str, Any] | None = None,
+        proxy_options: dict[str, Any] | None = None,
+        worker_options: dict[str, Any] | None = None,
+        capture_wire: Path | None = None,
+    ) -> None:
         self.client_port = port_base
-        self.proxy_port = port_base + 620
+        self.proxy_port = proxy_port or port_base + 620
         self.workers = workers
         self.home = home or cocoon_home() / "up"
         self.model_path = model_path
+        self.engine = engine or {}
+        self.proxy_options = proxy_options or {}
+        self.worker_options = worker_options or {}
+        self.capture_wire = capture_wire
         self.children: list[Child] = []
         self._stop = threading.Event()
 
@@ -95,33 +113,39 @@ class LocalNetwork:
             "allowed_measurements": [DEV_MEASUREMENT],
             "allowed_model_hashes": [model_hash],
         }
-        self._write(
-            "proxy.toml", {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
-        )
-        self._spawn("proxy", "proxy.toml")
-        threads = max(1, (os.cpu_count() or 2) // self.workers)
+        self.policy = policy
+        self.model_file, self.model_hash = model, model_hash
+        proxy = {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
+        self._write("proxy.toml", proxy | self.proxy_options)
+        extra = ["--capture-wire", str(self.capture_wire)] if self.capture_wire else []
+        self._spawn("proxy", "proxy.toml", extra)
         for i in range(1, self.workers + 1):
-            self._write(
-                f"worker-{i}.toml",
-                {
-                    "proxies": [f"ws://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
-                    "slots": 2,
-                    "keys_file": str(self.home / f"worker-{i}" / "keys.json"),
-                    "dev_authority_key_file": str(self.home / "dev-authority.json"),
-                    "engines": [
-                        {
-                            "kind": "llamacpp",
-                            "model": DEFAULT_MODEL,
-                            "model_path": str(model),
-                            "threads": threads,
-                            "model_hash": model_hash,
-                        }
-                    ],
-                },
-            )
-            self._spawn(f"worker-{i}", f"worker-{i}.toml")
+            self.add_worker(i)
         self._write("client.toml", {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy})
         self._spawn("client", "client.toml")
+
+    def add_worker(self, i: int, **engine: Any) -> Child:
+        """Write worker ``i``'s config (``engine`` overrides its engine table) and start it."""
+        threads = max(1, (os.cpu_count() or 2) // self.workers)
+        table = {
+            "kind": "llamacpp",
+            "model": DEFAULT_MODEL,
+            "model_path": str(self.model_file),
+            "threads": threads,
+            "model_hash": self.model_hash,
+        }
+        worker = {
+            "proxies": [f"ws://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
+            "slots": 2,
+            "keys_file": str(self.home / f"worker-{i}" / "keys.json"),
+            "dev_authority_key_file": str(self.home / "dev-authority.json"),
+            "engines": [table | self.engine | engine],
+        }
+        self._write(f"worker-{i}.toml", worker | self.worker_options)
+        return self._spawn(f"worker-{i}", f"worker-{i}.toml")
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -198,19 +222,21 @@ class LocalNetwork:
     def _write(self, name: str, settings: dict[str, Any]) -> None:
         (self.home / name).write_text(tomli_w.dumps(settings))
 
-    def _spawn(self, name: str, config: str) -> None:
+    def _spawn(self, name: str, config: str, extra: list[str] | None = None) -> Child:
         role = name.split("-")[0]
         log = self.home / "logs" / f"{name}.log"
         handle = log.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "cocoon", role, "--config", str(self.home / config)],
+            [sys.executable, "-m", "cocoon", role, "--config", str(self.home / config), *(extra or [])],
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
         )
         handle.close()
-        self.children.append(Child(name, process, log))
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
 
 
 def _get(url: str) -> Any:

@@ -191,6 +191,7 @@ class CocoonClient:
         )
         receipts: list[Receipt] = []
         finish_reason = "stop"
+        streamed_tokens = 0
         try:
             async with self._http.stream(
                 "POST",
@@ -231,6 +232,7 @@ class CocoonClient:
                             if chunk.embeddings is not None:
                                 yield EmbeddingEvent(chunk.embeddings)
                             elif chunk.text:
+                                streamed_tokens += chunk.tokens
                                 yield TextEvent(chunk.text, chunk.tokens, worker.worker_id)
                         elif isinstance(message, JobEnd):
                             if worker is None or digest is None:
@@ -255,9 +257,12 @@ class CocoonClient:
             request_id=request_id,
             model=model,
             finish_reason=finish_reason,
+            # After a mid-stream resume, a later receipt's prompt includes the earlier text, and a worker
+            # that died before its receipt is not paid: usage tells the app what it got, receipts what it
+            # pays for.
             usage=TokenUsage(
-                prompt_tokens=receipts[0].prompt_tokens,
-                completion_tokens=sum(r.completion_tokens for r in receipts),
+                prompt_tokens=min(r.prompt_tokens for r in receipts),
+                completion_tokens=max(streamed_tokens, sum(r.completion_tokens for r in receipts)),
                 cached_tokens=receipts[0].cached_tokens,
                 reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
             ),

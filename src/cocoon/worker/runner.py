@@ -114,8 +114,8 @@ class JobRunner:
             usage = TokenUsage(prompt_tokens=result.prompt_tokens, completion_tokens=0)
             finish_reason = "stop"
         else:
-            continuation = _continuation(job, content_key)
-            usage, finish_reason = await self._generate(engine, payload, continuation, emit)
+            continuation, emitted = _continuation(job, content_key)
+            usage, finish_reason = await self._generate(engine, payload, continuation, emitted, emit)
         receipt = Receipt(
             receipt_id="rcpt-" + uuid.uuid4().hex,
             request_id=job.request_id,
@@ -143,10 +143,15 @@ class JobRunner:
         engine: Engine,
         payload: RequestPayload,
         continuation: str,
+        emitted: int,
         emit: Callable[[ChunkPayload], Awaitable[None]],
     ) -> tuple[TokenUsage, str]:
+        remaining = payload.params.max_tokens - emitted
+        if remaining <= 0:  # an earlier worker already produced every token asked for
+            await emit(ChunkPayload(finish_reason="length"))
+            return TokenUsage(prompt_tokens=0, completion_tokens=0), "length"
         params = SamplingParams(
-            max_tokens=payload.params.max_tokens,
+            max_tokens=remaining,
             temperature=payload.params.temperature,
             top_p=payload.params.top_p,
             stop=tuple(payload.params.stop),
@@ -172,15 +177,17 @@ class JobRunner:
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
 
 
-def _continuation(job: Job, content_key: bytes) -> str:
-    """Text earlier workers streamed for this request (mid-stream resume), opened from their chunks."""
+def _continuation(job: Job, content_key: bytes) -> tuple[str, int]:
+    """Text and token count earlier workers streamed for this request (mid-stream resume)."""
     parts: list[str] = []
+    tokens = 0
     for earlier in job.resume_from:
         opener = ResponseSealer(content_key, job.request_id, earlier.worker_id)
         for seq, sealed in enumerate(earlier.chunks):
             chunk = ChunkPayload.model_validate(msgpack.unpackb(opener.open(seq, sealed), raw=False))
             parts.append(chunk.text)
-    return "".join(parts)
+            tokens += chunk.tokens
+    return "".join(parts), tokens
 
 
 def _error(
