@@ -1,0 +1,63 @@
+"""Sealing: only the addressed workers open a request; any altered byte is detected."""
+
+from __future__ import annotations
+
+import pytest
+
+from cocoon.crypto import NodeKeys
+from cocoon.protocol import (
+    ResponseSealer,
+    SealError,
+    WrappedKey,
+    open_request,
+    seal_request,
+    unwrap_content_key,
+)
+
+
+def test_every_candidate_opens_the_same_request() -> None:
+    workers = [NodeKeys.generate() for _ in range(3)]
+    sealed, key = seal_request("r1", b"prompt", {w.node_id: w.sealing.public for w in workers})
+    for worker, wrapped in zip(workers, sealed.keys, strict=True):
+        content_key = unwrap_content_key("r1", wrapped, worker.sealing.private)
+        assert content_key == key
+        assert open_request("r1", sealed.ciphertext, content_key) == b"prompt"
+    assert b"prompt" not in sealed.ciphertext
+
+
+def test_a_worker_cannot_open_a_key_wrapped_for_another() -> None:
+    alice, bob = NodeKeys.generate(), NodeKeys.generate()
+    sealed, _ = seal_request("r1", b"prompt", {alice.node_id: alice.sealing.public})
+    with pytest.raises(SealError):
+        unwrap_content_key("r1", sealed.keys[0], bob.sealing.private)
+
+
+def test_relabelled_key_or_request_id_is_detected() -> None:
+    alice, bob = NodeKeys.generate(), NodeKeys.generate()
+    sealed, key = seal_request("r1", b"prompt", {alice.node_id: alice.sealing.public})
+    relabelled = WrappedKey(bob.node_id, sealed.keys[0].enc, sealed.keys[0].wrapped)
+    with pytest.raises(SealError):
+        unwrap_content_key("r1", relabelled, alice.sealing.private)
+    with pytest.raises(SealError):
+        open_request("r2", sealed.ciphertext, key)
+
+
+def test_tampered_ciphertext_is_detected() -> None:
+    alice = NodeKeys.generate()
+    sealed, key = seal_request("r1", b"prompt", {alice.node_id: alice.sealing.public})
+    tampered = bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
+    with pytest.raises(SealError):
+        open_request("r1", tampered, key)
+
+
+def test_response_chunks_open_only_in_order_and_for_their_worker() -> None:
+    key = b"k" * 32
+    sealer = ResponseSealer(key, "r1", "w-a")
+    first, second = sealer.seal(0, b"hello"), sealer.seal(1, b"world")
+    reader = ResponseSealer(key, "r1", "w-a")
+    assert reader.open(0, first) == b"hello"
+    assert reader.open(1, second) == b"world"
+    with pytest.raises(SealError):
+        reader.open(0, second)  # reordered
+    with pytest.raises(SealError):
+        ResponseSealer(key, "r1", "w-b").open(0, first)  # claimed by another worker
