@@ -1,0 +1,487 @@
+#!/usr/bin/env node
+// cocoon devnet: an @ton/sandbox Blockchain behind the subset of the toncenter v2 HTTP API that cocoon's
+// Python chain client uses, plus a few devnet-only endpoints (fund, advance_time, status).
+// Usage: node server.js [--port 8790] [--host 127.0.0.1] [--state devnet-state.json]
+'use strict';
+
+const http = require('node:http');
+const fs = require('node:fs');
+const path = require('node:path');
+const { Blockchain, snapshotToSerializable, snapshotFromSerializable, GetMethodError } = require('@ton/sandbox');
+const { Address, Cell, beginCell, loadMessage, storeMessage, storeTransaction, storeStateInit } = require('@ton/core');
+
+const WALLET_V4R2_CODE_HASH = 'feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0';
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
+const SAVE_EVERY_MS = 5000;
+
+function parseArgs(argv) {
+  const opts = {
+    port: Number(process.env.COCOON_DEVNET_PORT || 8790),
+    host: process.env.COCOON_DEVNET_HOST || '127.0.0.1',
+    state: process.env.COCOON_DEVNET_STATE || null,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${arg} needs a value`);
+      return argv[++i];
+    };
+    if (arg === '--port') opts.port = Number(next());
+    else if (arg === '--host') opts.host = next();
+    else if (arg === '--state') opts.state = next();
+    else throw new Error(`unknown argument ${arg}; usage: server.js [--port N] [--host H] [--state FILE]`);
+  }
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) throw new Error('--port must be 0..65535');
+  return opts;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// ---------------------------------------------------------------- chain state
+
+class Devnet {
+  constructor(blockchain, treasury, saved) {
+    this.bc = blockchain;
+    this.treasury = treasury;
+    this.timeOffset = saved?.timeOffset ?? 0;
+    this.opCounts = saved?.opCounts ?? {};
+    this.lastNow = saved?.lastNow ?? 0;
+    this.dirty = false;
+    this.queue = Promise.resolve();
+  }
+
+  static async create(statePath) {
+    const bc = await Blockchain.create();
+    bc.verbosity = { print: false, blockchainLogs: false, vmLogs: 'none', debugLogs: false };
+    let saved = null;
+    if (statePath && fs.existsSync(statePath)) {
+      saved = JSON.parse(fs.readFileSync(statePath, 'utf8'));
+      await bc.loadFrom(snapshotFromSerializable(saved.snapshot));
+    }
+    const devnet = new Devnet(bc, null, saved);
+    devnet.tick();
+    devnet.treasury = await bc.treasury('cocoon-devnet');
+    return devnet;
+  }
+
+  // Every chain operation runs one at a time, in arrival order: sandbox state is not safe to interleave.
+  serial(fn) {
+    const result = this.queue.then(fn);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  now() {
+    return Math.floor(Date.now() / 1000) + this.timeOffset;
+  }
+
+  // Sandbox refuses to run a contract at a time before its last transaction, so `now` never goes back.
+  tick() {
+    this.lastNow = Math.max(this.lastNow, this.now());
+    this.bc.now = this.lastNow;
+    return this.lastNow;
+  }
+
+  record(transactions) {
+    for (const tx of transactions) {
+      const msg = tx.inMessage;
+      if (!msg) continue;
+      const dest = msg.info.dest;
+      if (!Address.isAddress(dest)) continue;
+      const key = dest.toRawString();
+      let op = 'external';
+      if (msg.info.type === 'internal') {
+        const body = msg.body.beginParse();
+        op = body.remainingBits >= 32 ? '0x' + body.loadUint(32).toString(16).padStart(8, '0') : 'empty';
+      }
+      const counts = (this.opCounts[key] ??= {});
+      counts[op] = (counts[op] ?? 0) + 1;
+    }
+    this.dirty = true;
+  }
+
+  async sendExternal(bocBase64) {
+    let cell;
+    try {
+      cell = Cell.fromBase64(bocBase64);
+    } catch (err) {
+      throw new ApiError(400, `boc is not a valid base64 bag of cells: ${err.message}`);
+    }
+    const msg = loadMessage(cell.beginParse());
+    if (msg.info.type !== 'external-in') throw new ApiError(400, 'sendBoc takes external-in messages only');
+    this.tick();
+    let result;
+    try {
+      result = await this.bc.sendMessage(msg);
+    } catch (err) {
+      throw new ApiError(500, `LITE_SERVER_UNKNOWN: cannot apply external message to current state: ${err.message}`);
+    }
+    this.record(result.transactions);
+    return cell.hash();
+  }
+
+  async fund(address, amount) {
+    this.tick();
+    const result = await this.treasury.send({ to: address, value: amount, bounce: false });
+    this.record(result.transactions);
+    const contract = await this.bc.getContract(address);
+    return contract.balance;
+  }
+
+  transactionsOf(address) {
+    // bc.getTransactions() reverses its internal list in place; read the list ourselves instead.
+    return this.bc.transactions
+      .filter((tx) => {
+        const dest = tx.inMessage?.info?.dest;
+        return Address.isAddress(dest) && dest.equals(address);
+      })
+      .sort((a, b) => (a.lt < b.lt ? 1 : a.lt > b.lt ? -1 : 0));
+  }
+
+  save(statePath) {
+    if (!statePath || !this.dirty) return;
+    const payload = {
+      version: 1,
+      timeOffset: this.timeOffset,
+      lastNow: this.lastNow,
+      opCounts: this.opCounts,
+      snapshot: snapshotToSerializable(this.bc.snapshot()),
+    };
+    const tmp = `${statePath}.${process.pid}.tmp`;
+    fs.mkdirSync(path.dirname(path.resolve(statePath)), { recursive: true });
+    fs.writeFileSync(tmp, JSON.stringify(payload));
+    fs.renameSync(tmp, statePath);
+    this.dirty = false;
+  }
+}
+
+// ---------------------------------------------------------------- toncenter JSON shapes
+
+function parseAddress(raw) {
+  if (typeof raw !== 'string' || raw.length === 0) throw new ApiError(400, 'address is required');
+  try {
+    return Address.parse(raw);
+  } catch (err) {
+    throw new ApiError(400, `invalid address ${JSON.stringify(raw)}: ${err.message}`);
+  }
+}
+
+function hashBase64(bigintHash) {
+  return Buffer.from(bigintHash.toString(16).padStart(64, '0'), 'hex').toString('base64');
+}
+
+function transactionId(lt, hashB64) {
+  return { '@type': 'internal.transactionId', lt: lt.toString(), hash: hashB64 };
+}
+
+function intToToncenter(value) {
+  return value < 0n ? '-0x' + (-value).toString(16) : '0x' + value.toString(16);
+}
+
+function stackEntryToToncenter(item) {
+  switch (item.type) {
+    case 'int':
+      return ['num', intToToncenter(item.value)];
+    case 'nan':
+      return ['num', 'NaN'];
+    case 'null':
+      return ['null', null];
+    case 'cell':
+      return ['cell', { bytes: item.cell.toBoc().toString('base64') }];
+    case 'slice':
+      return ['slice', { bytes: item.cell.toBoc().toString('base64') }];
+    case 'builder':
+      return ['builder', { bytes: item.cell.toBoc().toString('base64') }];
+    case 'tuple':
+      return ['tuple', { '@type': 'tvm.tuple', elements: item.items.map(tupleElementToToncenter) }];
+    default:
+      throw new ApiError(500, `cannot encode stack item of type ${item.type}`);
+  }
+}
+
+// Inside tuples toncenter switches to tonlib's typed objects.
+function tupleElementToToncenter(item) {
+  switch (item.type) {
+    case 'int':
+      return { '@type': 'tvm.stackEntryNumber', number: { '@type': 'tvm.numberDecimal', number: item.value.toString() } };
+    case 'cell':
+      return { '@type': 'tvm.stackEntryCell', cell: { '@type': 'tvm.cell', bytes: item.cell.toBoc().toString('base64') } };
+    case 'slice':
+      return { '@type': 'tvm.stackEntrySlice', slice: { '@type': 'tvm.slice', bytes: item.cell.toBoc().toString('base64') } };
+    case 'tuple':
+      return { '@type': 'tvm.stackEntryTuple', tuple: { '@type': 'tvm.tuple', elements: item.items.map(tupleElementToToncenter) } };
+    default:
+      return { '@type': 'tvm.stackEntryUnsupported' };
+  }
+}
+
+function stackEntryFromToncenter(entry) {
+  if (!Array.isArray(entry) || entry.length !== 2) throw new ApiError(400, 'stack entries are [type, value] pairs');
+  const [type, value] = entry;
+  switch (type) {
+    case 'num':
+    case 'int': {
+      const text = String(value);
+      const negative = text.startsWith('-');
+      const magnitude = BigInt(negative ? text.slice(1) : text);
+      return { type: 'int', value: negative ? -magnitude : magnitude };
+    }
+    case 'tvm.Cell':
+    case 'cell':
+      return { type: 'cell', cell: Cell.fromBase64(value) };
+    case 'tvm.Slice':
+    case 'slice':
+      return { type: 'slice', cell: Cell.fromBase64(value) };
+    case 'tvm.Builder':
+    case 'builder':
+      return { type: 'builder', cell: Cell.fromBase64(value) };
+    default:
+      throw new ApiError(400, `unsupported stack entry type ${JSON.stringify(type)}`);
+  }
+}
+
+function addressText(addr) {
+  return Address.isAddress(addr) ? addr.toString() : '';
+}
+
+function messageToToncenter(msg) {
+  const info = msg.info;
+  const body = msg.body ?? beginCell().endCell();
+  return {
+    '@type': 'raw.message',
+    hash: beginCell().store(storeMessage(msg)).endCell().hash().toString('base64'),
+    source: info.type === 'external-in' ? '' : addressText(info.src),
+    destination: info.type === 'external-out' ? '' : addressText(info.dest),
+    value: info.type === 'internal' ? info.value.coins.toString() : '0',
+    extra_currencies: [],
+    fwd_fee: info.type === 'internal' ? info.forwardFee.toString() : '0',
+    ihr_fee: info.type === 'internal' ? info.ihrFee.toString() : '0',
+    created_lt: info.type === 'external-in' ? '0' : info.createdLt.toString(),
+    body_hash: body.hash().toString('base64'),
+    msg_data: {
+      '@type': 'msg.dataRaw',
+      body: body.toBoc().toString('base64'),
+      init_state: msg.init ? beginCell().store(storeStateInit(msg.init)).endCell().toBoc().toString('base64') : '',
+    },
+    message: '',
+  };
+}
+
+function transactionToToncenter(tx, address) {
+  const storageFee = tx.description.type === 'generic' ? (tx.description.storagePhase?.storageFeesCollected ?? 0n) : 0n;
+  const fee = tx.totalFees.coins;
+  const hash = tx.hash().toString('base64');
+  return {
+    '@type': 'raw.transaction',
+    address: { '@type': 'accountAddress', account_address: address.toString() },
+    utime: tx.now,
+    data: beginCell().store(storeTransaction(tx)).endCell().toBoc().toString('base64'),
+    transaction_id: transactionId(tx.lt, hash),
+    fee: fee.toString(),
+    storage_fee: storageFee.toString(),
+    other_fee: (fee - storageFee).toString(),
+    in_msg: tx.inMessage ? messageToToncenter(tx.inMessage) : null,
+    out_msgs: [...tx.outMessages.values()].map(messageToToncenter),
+  };
+}
+
+async function accountState(devnet, address) {
+  const contract = await devnet.bc.getContract(address);
+  const state = contract.accountState;
+  const lastLt = contract.lastTransactionLt;
+  return {
+    contract,
+    type: state?.type === 'active' ? 'active' : state?.type === 'frozen' ? 'frozen' : 'uninitialized',
+    code: state?.type === 'active' ? state.state.code ?? null : null,
+    data: state?.type === 'active' ? state.state.data ?? null : null,
+    lastTransactionId: transactionId(lastLt, lastLt === 0n ? 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=' : hashBase64(contract.lastTransactionHash)),
+  };
+}
+
+// ---------------------------------------------------------------- handlers
+
+const handlers = {
+  async 'POST /api/v2/sendBoc'(devnet, body) {
+    await devnet.sendExternal(requireString(body, 'boc'));
+    return { '@type': 'ok', '@extra': 'devnet' };
+  },
+
+  async 'POST /api/v2/sendBocReturnHash'(devnet, body) {
+    const hash = await devnet.sendExternal(requireString(body, 'boc'));
+    return { '@type': 'raw.extMessageInfo', hash: hash.toString('base64') };
+  },
+
+  async 'POST /api/v2/runGetMethod'(devnet, body) {
+    const address = parseAddress(body.address);
+    const method = body.method;
+    if (typeof method !== 'string' && typeof method !== 'number') throw new ApiError(400, 'method is required');
+    const stack = (body.stack ?? []).map(stackEntryFromToncenter);
+    const { contract, type, lastTransactionId } = await accountState(devnet, address);
+    const base = { '@type': 'smc.runResult', last_transaction_id: lastTransactionId, '@extra': 'devnet' };
+    if (type !== 'active') return { ...base, gas_used: 0, stack: [], exit_code: -13 };
+    try {
+      const res = await contract.get(method, stack, { now: devnet.tick() });
+      return { ...base, gas_used: Number(res.gasUsed), stack: res.stack.map(stackEntryToToncenter), exit_code: res.exitCode };
+    } catch (err) {
+      if (err instanceof GetMethodError) return { ...base, gas_used: Number(err.gasUsed), stack: [], exit_code: err.exitCode };
+      throw err;
+    }
+  },
+
+  async 'GET /api/v2/getAddressInformation'(devnet, _body, query) {
+    const { contract, type, code, data, lastTransactionId } = await accountState(devnet, parseAddress(query.get('address')));
+    return {
+      '@type': 'raw.fullAccountState',
+      balance: contract.balance.toString(),
+      extra_currencies: [],
+      code: code ? code.toBoc().toString('base64') : '',
+      data: data ? data.toBoc().toString('base64') : '',
+      last_transaction_id: lastTransactionId,
+      frozen_hash: '',
+      sync_utime: devnet.now(),
+      state: type,
+      '@extra': 'devnet',
+    };
+  },
+
+  async 'GET /api/v2/getWalletInformation'(devnet, _body, query) {
+    const { contract, type, code, data, lastTransactionId } = await accountState(devnet, parseAddress(query.get('address')));
+    const result = {
+      wallet: false,
+      balance: contract.balance.toString(),
+      extra_currencies: [],
+      account_state: type,
+      last_transaction_id: lastTransactionId,
+    };
+    if (type === 'active' && code && data && code.hash().toString('hex') === WALLET_V4R2_CODE_HASH) {
+      const slice = data.beginParse();
+      result.wallet = true;
+      result.wallet_type = 'wallet v4 r2';
+      result.seqno = slice.loadUint(32);
+      result.wallet_id = slice.loadUint(32);
+    }
+    return result;
+  },
+
+  async 'GET /api/v2/getTransactions'(devnet, _body, query) {
+    const address = parseAddress(query.get('address'));
+    const limit = Math.min(Number(query.get('limit') ?? 10), 1000);
+    const fromLt = query.get('lt') ? BigInt(query.get('lt')) : null;
+    const toLt = query.get('to_lt') ? BigInt(query.get('to_lt')) : 0n;
+    const txs = devnet
+      .transactionsOf(address)
+      .filter((tx) => (fromLt === null || tx.lt <= fromLt) && tx.lt > toLt)
+      .slice(0, limit);
+    return txs.map((tx) => transactionToToncenter(tx, address));
+  },
+
+  async 'POST /devnet/fund'(devnet, body) {
+    const address = parseAddress(body.address);
+    const amount = BigInt(body.amount ?? 0);
+    if (amount <= 0n) throw new ApiError(400, 'amount must be a positive number of nanoton');
+    const balance = await devnet.fund(address, amount);
+    return { address: address.toString(), amount: amount.toString(), balance: balance.toString() };
+  },
+
+  async 'POST /devnet/advance_time'(devnet, body) {
+    const seconds = Number(body.seconds);
+    if (!Number.isInteger(seconds) || seconds < 0) throw new ApiError(400, 'seconds must be a non-negative integer');
+    devnet.timeOffset += seconds;
+    devnet.dirty = true;
+    return { now: devnet.tick(), offset: devnet.timeOffset };
+  },
+
+  async 'GET /devnet/status'(devnet) {
+    return {
+      ready: true,
+      now: devnet.tick(),
+      time_offset: devnet.timeOffset,
+      transactions: devnet.bc.transactions.length,
+      treasury: devnet.treasury.address.toString(),
+      ops: devnet.opCounts,
+    };
+  },
+};
+
+function requireString(body, key) {
+  const value = body[key];
+  if (typeof value !== 'string' || value.length === 0) throw new ApiError(400, `${key} is required`);
+  return value;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(new ApiError(413, 'request body too large'));
+        req.destroy();
+      } else chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function reply(res, status, payload) {
+  const text = JSON.stringify(payload, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(text);
+}
+
+async function handle(devnet, req, res) {
+  const url = new URL(req.url, 'http://devnet');
+  const handler = handlers[`${req.method} ${url.pathname}`];
+  if (!handler) return reply(res, 404, { ok: false, error: `no route ${req.method} ${url.pathname}`, code: 404 });
+  try {
+    const raw = req.method === 'POST' ? await readBody(req) : '';
+    let body = {};
+    if (raw) {
+      try {
+        body = JSON.parse(raw);
+      } catch {
+        throw new ApiError(400, 'body is not valid JSON');
+      }
+    }
+    const result = await devnet.serial(() => handler(devnet, body, url.searchParams));
+    reply(res, 200, { ok: true, result });
+  } catch (err) {
+    const status = err instanceof ApiError ? err.status : 500;
+    reply(res, status, { ok: false, error: err.message, code: status });
+  }
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const devnet = await Devnet.create(opts.state);
+  const server = http.createServer((req, res) => void handle(devnet, req, res));
+  const timer = opts.state ? setInterval(() => devnet.serial(() => devnet.save(opts.state)), SAVE_EVERY_MS) : null;
+
+  const shutdown = () => {
+    if (timer) clearInterval(timer);
+    server.close();
+    devnet.serial(() => devnet.save(opts.state)).finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+
+  server.on('error', (err) => {
+    process.stderr.write(`devnet cannot listen on ${opts.host}:${opts.port}: ${err.message}\n`);
+    process.exit(1);
+  });
+  server.listen(opts.port, opts.host, () => {
+    process.stdout.write(JSON.stringify({ ready: true, port: server.address().port }) + '\n');
+  });
+}
+
+main().catch((err) => {
+  process.stderr.write(`devnet failed to start: ${err.stack || err}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,328 @@
+"""An async client for the toncenter v2 HTTP API: the one chain client cocoon uses.
+
+It talks to the local devnet and to toncenter's testnet/mainnet unchanged (same paths, same JSON
+shapes); get-method stacks decode to Python ints, cells, slices, ``None`` and lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import httpx
+from pytoniq_core.boc.address import Address
+from pytoniq_core.boc.builder import Builder
+from pytoniq_core.boc.cell import Cell
+from pytoniq_core.boc.slice import Slice
+from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
+
+from cocoon.errors import BadRequest, UpstreamFailed, UpstreamTimeout
+
+StackValue = int | Cell | Slice | None | list["StackValue"]
+StackArg = int | Cell | Slice | Builder
+AccountStatus = Literal["active", "uninitialized", "frozen"]
+
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class ChainError(UpstreamFailed):
+    """The chain (toncenter or the devnet) refused or failed a request."""
+
+    code = "chain_error"
+
+
+class TransactionFailed(ChainError):
+    """A transaction ran but the contract rejected the message (non-zero exit code); see ``exit_code``."""
+
+    code = "transaction_failed"
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """An account as ``getAddressInformation`` reports it; ``balance`` in nanoton."""
+
+    address: Address
+    balance: int
+    status: AccountStatus
+    code: Cell | None
+    data: Cell | None
+    last_lt: int
+    sync_utime: int
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """The parts of a message the wrappers need: ends, value (nanoton), op code and body."""
+
+    source: Address | None
+    destination: Address | None
+    value: int
+    body: Cell
+
+    @property
+    def op(self) -> int | None:
+        body = Slice.from_cell(self.body)
+        return cast(int, body.load_uint(32)) if body.remaining_bits >= 32 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One transaction of an account, decoded from toncenter's ``data`` BOC; fees in nanoton."""
+
+    lt: int
+    hash: bytes
+    utime: int
+    fee: int
+    storage_fee: int
+    in_msg: MessageSummary | None
+    out_msgs: tuple[MessageSummary, ...]
+    aborted: bool
+    exit_code: int | None
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.aborted and self.exit_code in (0, 1, None)
+
+
+class ToncenterClient:
+    """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 15.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> ToncenterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send_boc(self, boc: bytes | Cell) -> None:
+        """Send a serialized external message; ChainError when the chain does not accept it."""
+        raw = boc_bytes(boc) if isinstance(boc, Cell) else boc
+        await self._call("POST", "/api/v2/sendBoc", json={"boc": base64.b64encode(raw).decode()})
+
+    async def run_get_method(
+        self, address: Address | str, method: str, stack: Sequence[StackArg] = ()
+    ) -> list[StackValue]:
+        """Run a get-method and return its result stack (bottom first); ChainError on a non-zero exit code."""
+        payload = {"address": _text(address), "method": method, "stack": [_encode_arg(a) for a in stack]}
+        result = await self._call("POST", "/api/v2/runGetMethod", json=payload)
+        exit_code = int(result.get("exit_code", 0))
+        if exit_code not in (0, 1):
+            raise ChainError(f"get-method {method} on {_text(address)} failed with exit code {exit_code}")
+        return [_decode_entry(entry) for entry in result.get("stack", [])]
+
+    async def get_address_information(self, address: Address | str) -> AccountState:
+        result = await self._call("GET", "/api/v2/getAddressInformation", params={"address": _text(address)})
+        state = str(result.get("state", "uninitialized"))
+        return AccountState(
+            address=Address(address) if isinstance(address, str) else address,
+            balance=int(result.get("balance", 0)),
+            status=cast(AccountStatus, state if state in ("active", "frozen") else "uninitialized"),
+            code=_maybe_cell(result.get("code")),
+            data=_maybe_cell(result.get("data")),
+            last_lt=int((result.get("last_transaction_id") or {}).get("lt", 0)),
+            sync_utime=int(result.get("sync_utime", 0)),
+        )
+
+    async def get_balance(self, address: Address | str) -> int:
+        return (await self.get_address_information(address)).balance
+
+    async def get_wallet_seqno(self, address: Address | str) -> int:
+        """The wallet's seqno; 0 for a wallet that is not deployed yet."""
+        result = await self._call("GET", "/api/v2/getWalletInformation", params={"address": _text(address)})
+        if "seqno" in result and result["seqno"] is not None:
+            return int(result["seqno"])
+        if result.get("account_state") != "active":
+            return 0
+        (seqno, *_) = await self.run_get_method(address, "seqno")
+        return int(cast(int, seqno))
+
+    async def get_transactions(
+        self, address: Address | str, *, limit: int = 10, lt: int | None = None, to_lt: int | None = None
+    ) -> list[Transaction]:
+        """The account's latest transactions, newest first (``lt``: start from; ``to_lt``: stop before)."""
+        params: dict[str, str | int] = {"address": _text(address), "limit": limit}
+        if lt is not None:
+            params["lt"] = lt
+        if to_lt is not None:
+            params["to_lt"] = to_lt
+        result = await self._call("GET", "/api/v2/getTransactions", params=params)
+        return [_decode_transaction(item) for item in cast(list[dict[str, Any]], result)]
+
+    async def wait_for_seqno(self, address: Address | str, above: int, *, timeout: float = 60.0) -> int:
+        """Poll until the wallet's seqno exceeds ``above``; UpstreamTimeout after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            seqno = await self.get_wallet_seqno(address)
+            if seqno > above:
+                return seqno
+            if time.monotonic() >= deadline:
+                raise UpstreamTimeout(
+                    f"wallet {_text(address)} still at seqno {seqno} after {timeout:.0f} s; "
+                    "the external message was probably dropped (low balance or expired)"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def wait_for_transaction(
+        self,
+        address: Address | str,
+        *,
+        after_lt: int,
+        match: Callable[[Transaction], bool] = lambda _tx: True,
+        timeout: float = 60.0,
+    ) -> Transaction:
+        """Poll until ``address`` has a transaction newer than ``after_lt`` that ``match`` accepts."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            for tx in reversed(await self.get_transactions(address, limit=20, to_lt=after_lt)):
+                if tx.lt > after_lt and match(tx):
+                    return tx
+            if time.monotonic() >= deadline:
+                raise UpstreamTimeout(f"no matching transaction on {_text(address)} within {timeout:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, str | int] | None = None
+    ) -> Any:
+        for attempt in range(5):
+            try:
+                response = await self._http.request(method, path, json=json, params=params)
+            except httpx.HTTPError as exc:
+                raise ChainError(f"cannot reach the chain API at {self.base_url}: {exc}") from exc
+            if response.status_code in _RETRY_STATUSES and attempt < 4:
+                # toncenter rate-limits keyless clients to 1 request/s.
+                await asyncio.sleep(0.5 * 2**attempt)
+                continue
+            break
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ChainError(f"{path} answered HTTP {response.status_code} with a non-JSON body") from exc
+        if not isinstance(body, dict):
+            raise ChainError(f"{path} answered HTTP {response.status_code} with an unexpected body")
+        if body.get("ok"):
+            return body["result"]
+        error = body.get("error", f"HTTP {response.status_code}")
+        if response.status_code == 400 or body.get("code") == 400:
+            raise BadRequest(f"{path}: {error}")
+        raise ChainError(f"{path} failed: {error}")
+
+
+def address_text(address: Address, *, bounceable: bool = True) -> str:
+    """The user-friendly (base64url) form of ``address``."""
+    return str(address.to_str(is_bounceable=bounceable))  # type: ignore[no-untyped-call]
+
+
+def boc_bytes(cell: Cell) -> bytes:
+    """``cell`` serialized as a bag of cells."""
+    return bytes(cell.to_boc())  # type: ignore[no-untyped-call]
+
+
+def _text(address: Address | str) -> str:
+    return address if isinstance(address, str) else address_text(address)
+
+
+def _maybe_cell(boc64: object) -> Cell | None:
+    if not isinstance(boc64, str) or not boc64:
+        return None
+    return Cell.one_from_boc(base64.b64decode(boc64))
+
+
+def _boc64(cell: Cell) -> str:
+    return base64.b64encode(boc_bytes(cell)).decode()
+
+
+def _encode_arg(arg: StackArg) -> list[str]:
+    if isinstance(arg, bool):
+        return ["num", str(-1 if arg else 0)]
+    if isinstance(arg, int):
+        return ["num", str(arg)]
+    if isinstance(arg, Cell):
+        return ["tvm.Cell", _boc64(arg)]
+    if isinstance(arg, Slice):
+        return ["tvm.Slice", _boc64(Builder().store_slice(arg).end_cell())]
+    return ["tvm.Builder", _boc64(arg.end_cell())]
+
+
+def _decode_entry(entry: Any) -> StackValue:
+    kind, value = entry[0], entry[1]
+    if kind == "num":
+        return int(str(value), 16) if "0x" in str(value) else int(str(value))
+    if kind == "null":
+        return None
+    if kind == "cell":
+        return Cell.one_from_boc(base64.b64decode(value["bytes"]))
+    if kind == "slice":
+        return cast(Slice, Slice.from_cell(Cell.one_from_boc(base64.b64decode(value["bytes"]))))
+    if kind in ("tuple", "list"):
+        return [_decode_typed(element) for element in value.get("elements", [])]
+    raise ChainError(f"unsupported get-method result entry {kind!r}")
+
+
+def _decode_typed(element: dict[str, Any]) -> StackValue:
+    """Decode tonlib's typed stack entries, which toncenter uses inside tuples."""
+    kind = element.get("@type")
+    if kind == "tvm.stackEntryNumber":
+        return int(element["number"]["number"])
+    if kind == "tvm.stackEntryCell":
+        return Cell.one_from_boc(base64.b64decode(element["cell"]["bytes"]))
+    if kind == "tvm.stackEntrySlice":
+        return cast(Slice, Slice.from_cell(Cell.one_from_boc(base64.b64decode(element["slice"]["bytes"]))))
+    if kind in ("tvm.stackEntryTuple", "tvm.stackEntryList"):
+        inner = element.get("tuple") or element.get("list") or {}
+        return [_decode_typed(e) for e in inner.get("elements", [])]
+    return None
+
+
+def _summary(message: Any) -> MessageSummary:
+    info = message.info
+    value = getattr(info, "value_coins", 0)
+    src = getattr(info, "src", None)
+    dest = getattr(info, "dest", None)
+    return MessageSummary(
+        source=src if isinstance(src, Address) else None,
+        destination=dest if isinstance(dest, Address) else None,
+        value=int(value),
+        body=cast(Cell, message.body),
+    )
+
+
+def _decode_transaction(item: dict[str, Any]) -> Transaction:
+    cell = Cell.one_from_boc(base64.b64decode(item["data"]))
+    tx = TlbTransaction.deserialize(Slice.from_cell(cell))
+    description = tx.description
+    compute = getattr(description, "compute_ph", None)
+    exit_code = getattr(compute, "exit_code", None) if compute is not None and compute.type_ == "vm" else None
+    return Transaction(
+        lt=int(tx.lt),
+        hash=cell.hash,
+        utime=int(tx.now),
+        fee=int(item.get("fee", tx.total_fees.grams)),
+        storage_fee=int(item.get("storage_fee", 0)),
+        in_msg=_summary(tx.in_msg) if tx.in_msg is not None else None,
+        out_msgs=tuple(_summary(m) for m in tx.out_msgs),
+        aborted=bool(getattr(description, "aborted", False)),
+        exit_code=None if exit_code is None else int(exit_code),
+    )

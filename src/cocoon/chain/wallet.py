@@ -1,0 +1,178 @@
+"""A standard TON wallet (v4r2) driven by an Ed25519 seed: address, signed transfers, deploy on first use.
+
+Every on-chain action cocoon takes (deploys, deposits, claims, owner ops) is an internal message sent
+from one of these wallets; ``transfer`` signs, sends, and waits until the wallet's seqno moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core.boc.address import Address
+from pytoniq_core.boc.builder import Builder
+from pytoniq_core.boc.cell import Cell
+from pytoniq_core.tlb.account import StateInit
+
+from cocoon.chain.toncenter import ChainError, ToncenterClient, address_text
+from cocoon.errors import BadRequest, ConfigError
+
+# The well-known wallet v4r2 code (as shipped by @ton/ton); its hash is checked at import.
+WALLET_V4R2_CODE_BOC64 = (
+    "te6cckECFAEAAtQAART/APSkE/S88sgLAQIBIAIDAgFIBAUE+PKDCNcYINMf0x/THwL4I7vyZO1E0NMf0x/T//QE0VFDuvKhUVG68qIF"
+    "+QFUEGT5EPKj+AAkpMjLH1JAyx9SMMv/UhD0AMntVPgPAdMHIcAAn2xRkyDXSpbTB9QC+wDoMOAhwAHjACHAAuMAAcADkTDjDQOkyMsf"
+    "Essfy/8QERITAubQAdDTAyFxsJJfBOAi10nBIJJfBOAC0x8hghBwbHVnvSKCEGRzdHK9sJJfBeAD+kAwIPpEAcjKB8v/ydDtRNCBAUDX"
+    "IfQEMFyBAQj0Cm+hMbOSXwfgBdM/yCWCEHBsdWe6kjgw4w0DghBkc3RyupJfBuMNBgcCASAICQB4AfoA9AQw+CdvIjBQCqEhvvLgUIIQ"
+    "cGx1Z4MesXCAGFAEywUmzxZY+gIZ9ADLaRfLH1Jgyz8gyYBA+wAGAIpQBIEBCPRZMO1E0IEBQNcgyAHPFvQAye1UAXKwjiOCEGRzdHKD"
+    "HrFwgBhQBcsFUAPPFiP6AhPLassfyz/JgED7AJJfA+ICASAKCwBZvSQrb2omhAgKBrkPoCGEcNQICEekk30pkQzmkD6f+YN4EoAbeBAU"
+    "iYcVnzGEAgFYDA0AEbjJftRNDXCx+AA9sp37UTQgQFA1yH0BDACyMoHy//J0AGBAQj0Cm+hMYAIBIA4PABmtznaiaEAga5Drhf/AABmv"
+    "HfaiaEAQa5DrhY/AAG7SB/oA1NQi+QAFyMoHFcv/ydB3dIAYyMsFywIizxZQBfoCFMtrEszMyXP7AMhAFIEBCPRR8qcCAHCBAQjXGPoA"
+    "0z/IVCBHgQEI9FHyp4IQbm90ZXB0gBjIywXLAlAGzxZQBPoCFMtqEssfyz/Jc/sAAgBsgQEI1xj6ANM/MFIkgQEI9Fnyp4IQZHN0cnB0"
+    "gBjIywXLAlAFzxZQA/oCE8tqyx8Syz/Jc/sAAAr0AMntVGliJeU="
+)
+WALLET_V4R2_CODE_HASH = "feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0"
+WALLET_V4R2_CODE: Cell = Cell.one_from_boc(WALLET_V4R2_CODE_BOC64)
+if WALLET_V4R2_CODE.hash.hex() != WALLET_V4R2_CODE_HASH:  # pragma: no cover - a corrupted constant
+    raise ConfigError("embedded wallet v4r2 code does not match its well-known hash")
+
+DEFAULT_SUBWALLET_ID = 698983191
+SEND_MODE_PAY_FEES_SEPARATELY = 1
+SEND_MODE_IGNORE_ERRORS = 2
+DEFAULT_SEND_MODE = SEND_MODE_PAY_FEES_SEPARATELY | SEND_MODE_IGNORE_ERRORS
+MESSAGE_TTL_S = 120
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTransfer:
+    """One internal message a wallet sends: ``amount`` nanoton, optional body and StateInit (a deploy)."""
+
+    destination: Address
+    amount: int
+    body: Cell | None = None
+    state_init: StateInit | None = None
+    bounce: bool = True
+    send_mode: int = DEFAULT_SEND_MODE
+
+    def to_cell(self) -> Cell:
+        """The message as TL-B ``Message X`` (int_msg_info, StateInit and body each in a ref)."""
+        if self.amount < 0:
+            raise BadRequest(f"cannot send a negative amount ({self.amount} nanoton)")
+        message = (
+            Builder()
+            .store_uint(0, 1)  # int_msg_info$0
+            .store_bit(1)  # ihr_disabled
+            .store_bit(1 if self.bounce else 0)
+            .store_bit(0)  # bounced
+            .store_address(None)  # src: filled in by the network
+            .store_address(self.destination)
+            .store_coins(self.amount)
+            .store_bit(0)  # no extra currencies
+            .store_coins(0)  # ihr_fee
+            .store_coins(0)  # fwd_fee
+            .store_uint(0, 64)  # created_lt
+            .store_uint(0, 32)  # created_at
+        )
+        return _with_init_and_body(message, self.state_init, self.body or Builder().end_cell())
+
+
+def _with_init_and_body(message: Builder, state_init: StateInit | None, body: Cell) -> Cell:
+    if state_init is None:
+        message = message.store_bit(0)
+    else:
+        message = message.store_bit(1).store_bit(1).store_ref(state_init.serialize())
+    cell: Cell = message.store_bit(1).store_ref(body).end_cell()
+    return cell
+
+
+class Wallet:
+    """A wallet v4r2 owned by a 32-byte Ed25519 seed; deploys itself with its first transfer."""
+
+    def __init__(self, seed: bytes, *, workchain: int = 0, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> None:
+        if len(seed) != 32:
+            raise ConfigError(f"a wallet seed is 32 bytes, got {len(seed)}")
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.seed = seed
+        self.public_key: bytes = self._key.public_key().public_bytes_raw()
+        self.subwallet_id = subwallet_id
+        data = (
+            Builder()
+            .store_uint(0, 32)
+            .store_uint(subwallet_id, 32)
+            .store_bytes(self.public_key)
+            .store_bit(0)
+            .end_cell()
+        )
+        self.state_init = StateInit(code=WALLET_V4R2_CODE, data=data)
+        self.address = Address((workchain, self.state_init.serialize().hash))
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def generate(cls) -> Wallet:
+        return cls(os.urandom(32))
+
+    def __repr__(self) -> str:
+        return f"Wallet({address_text(self.address)})"
+
+    def external_message(
+        self, seqno: int, transfers: Sequence[InternalTransfer], *, valid_until: int, deploy: bool = False
+    ) -> Cell:
+        """The signed external message carrying up to 4 ``transfers`` (with StateInit when ``deploy``)."""
+        if not 1 <= len(transfers) <= 4:
+            raise BadRequest(f"a v4 wallet sends 1 to 4 messages at once, got {len(transfers)}")
+        body = Builder().store_uint(self.subwallet_id, 32)
+        body = (
+            body.store_uint(0xFFFFFFFF if seqno == 0 else valid_until, 32)
+            .store_uint(seqno, 32)
+            .store_uint(0, 8)
+        )
+        for transfer in transfers:
+            body = body.store_uint(transfer.send_mode, 8).store_ref(transfer.to_cell())
+        signing = body.end_cell()
+        signature = self._key.sign(signing.hash)
+        signed = Builder().store_bytes(signature).store_cell(signing).end_cell()
+        # ext_in_msg_info$10 src:addr_none dest import_fee:0
+        header = Builder().store_uint(0b10, 2).store_address(None).store_address(self.address).store_coins(0)
+        return _with_init_and_body(header, self.state_init if deploy else None, signed)
+
+    async def transfer(
+        self, client: ToncenterClient, transfers: Sequence[InternalTransfer], *, timeout: float = 60.0
+    ) -> int:
+        """Sign and send ``transfers`` in one external message and wait until it is applied.
+
+        Returns the wallet's new seqno. Raises ChainError when the wallet cannot cover the amounts or
+        the chain refuses the message, UpstreamTimeout when it is not applied within ``timeout`` seconds.
+        """
+        async with self._lock:
+            state = await client.get_address_information(self.address)
+            needed = sum(t.amount for t in transfers)
+            if state.balance <= needed:
+                raise ChainError(
+                    f"wallet {address_text(self.address)} holds {state.balance} nanoton but this transfer "
+                    f"sends {needed} plus fees; fund the wallet first"
+                )
+            seqno = await client.get_wallet_seqno(self.address) if state.active else 0
+            valid_until = max(state.sync_utime, int(time.time())) + MESSAGE_TTL_S
+            message = self.external_message(
+                seqno, transfers, valid_until=valid_until, deploy=not state.active
+            )
+            await client.send_boc(message)
+            return await client.wait_for_seqno(self.address, seqno, timeout=timeout)
+
+    async def send(
+        self,
+        client: ToncenterClient,
+        destination: Address,
+        amount: int,
+        *,
+        body: Cell | None = None,
+        state_init: StateInit | None = None,
+        bounce: bool = True,
+        timeout: float = 60.0,
+    ) -> int:
+        """Send one internal message; see ``transfer``."""
+        transfer = InternalTransfer(destination, amount, body=body, state_init=state_init, bounce=bounce)
+        return await self.transfer(client, [transfer], timeout=timeout)

@@ -1,0 +1,234 @@
+"""The chain layer against a real devnet process running the real compiled contracts.
+
+Every test starts its own devnet (Node.js, @ton/sandbox) on a free loopback port and drives it only
+through the toncenter v2 API and the devnet endpoints, as ``cocoon up`` and the roles do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from cocoon.chain import (
+    TON,
+    ChannelRole,
+    ClientChannel,
+    DevnetClient,
+    DevnetProcess,
+    ModelEntry,
+    ProxyEntry,
+    Registry,
+    RegistryParams,
+    ToncenterClient,
+    TransactionFailed,
+    Wallet,
+    WorkerChannel,
+    bootstrap_devnet,
+    measurement_key,
+    sign_voucher,
+    voucher_hash,
+)
+from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
+from cocoon.chain.registry import OP_UPSERT_MODEL
+from cocoon.chain.toncenter import Transaction
+
+CLOSE_DELAY = 600
+
+
+@dataclass
+class Chain:
+    devnet: DevnetClient
+    toncenter: ToncenterClient
+    process: DevnetProcess
+
+
+@pytest_asyncio.fixture
+async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
+    process = DevnetProcess(0, state_file=tmp_path / "devnet.json", log_file=tmp_path / "devnet.log")
+    await process.start()
+    try:
+        async with DevnetClient(process.base_url) as devnet, ToncenterClient(process.base_url) as toncenter:
+            yield Chain(devnet, toncenter, process)
+    finally:
+        await process.stop()
+
+
+async def funded_wallet(chain: Chain, amount: int = 20 * TON) -> Wallet:
+    wallet = Wallet.generate()
+    await chain.devnet.fund(wallet.address, amount)
+    return wallet
+
+
+def coins_field(tx: Transaction, op: int) -> int:
+    """The first Coins field after ``op query_id`` in ``tx``'s outgoing message with that op."""
+    (message,) = [m for m in tx.out_msgs if m.op == op]
+    body = message.body.begin_parse()
+    body.skip_bits(32 + 64)
+    return int(body.load_coins())
+
+
+async def test_wallet_deploys_itself_with_its_first_transfer(chain: Chain) -> None:
+    wallet = await funded_wallet(chain, 5 * TON)
+    receiver = Wallet.generate()
+    assert await chain.toncenter.get_wallet_seqno(wallet.address) == 0
+
+    seqno = await wallet.send(chain.toncenter, receiver.address, TON, bounce=False)
+
+    assert seqno == 1
+    assert (await chain.toncenter.get_address_information(wallet.address)).active
+    assert await chain.toncenter.get_balance(receiver.address) == TON
+    assert await wallet.send(chain.toncenter, receiver.address, TON, bounce=False) == 2
+
+
+async def test_registry_is_deployed_and_read_back(chain: Chain) -> None:
+    owner = await funded_wallet(chain)
+    params = RegistryParams(proxy_fee_bps=700, min_client_deposit=2 * TON, min_worker_deposit=3 * TON, close_delay=900)
+    model = ModelEntry("gemma-3-270m", hashlib.sha256(b"weights").digest(), 100 * TON // 1000, 0, 400 * TON // 1000)
+    proxy = ProxyEntry(7, owner.address, os.urandom(32), "https://proxy.example:8700")
+    measurement = measurement_key(bytes(48))
+
+    registry = await bootstrap_devnet(
+        chain.devnet,
+        chain.toncenter,
+        owner=owner,
+        params=params,
+        models=[model],
+        measurements=[measurement],
+        proxies=[proxy],
+    )
+
+    assert await registry.get_owner() == owner.address
+    assert await registry.get_params() == params
+    assert await registry.get_model("gemma-3-270m") == model
+    assert await registry.get_model("no-such-model") is None
+    assert await registry.get_models() == [model]
+    assert await registry.is_measurement_allowed(measurement)
+    assert not await registry.is_measurement_allowed(bytes(32))
+    assert await registry.get_measurements() == [measurement]
+    assert await registry.get_proxy(7) == proxy
+    assert await registry.get_proxies() == [proxy]
+    status = await chain.devnet.status()
+    assert status.op_count(registry.address, OP_UPSERT_MODEL) == 1
+
+    await registry.remove_model(owner, "gemma-3-270m")
+    assert await registry.get_models() == []
+
+
+async def test_registry_refuses_a_stranger(chain: Chain) -> None:
+    owner, stranger = await funded_wallet(chain), await funded_wallet(chain)
+    registry = Registry.for_deploy(chain.toncenter, owner.address, RegistryParams())
+    await registry.deploy(owner)
+
+    with pytest.raises(TransactionFailed, match="not the registry owner") as failure:
+        await registry.set_params(stranger, RegistryParams(proxy_fee_bps=9000))
+
+    assert failure.value.exit_code == 100
+    assert (await registry.get_params()).proxy_fee_bps == RegistryParams().proxy_fee_bps
+
+
+async def open_client_channel(chain: Chain, deposit: int) -> tuple[Wallet, Wallet, ClientChannel]:
+    client, proxy = await funded_wallet(chain), await funded_wallet(chain)
+    channel = ClientChannel.for_deploy(
+        chain.toncenter,
+        payer=client.address,
+        payee=proxy.address,
+        payer_key=client.public_key,
+        close_delay=CLOSE_DELAY,
+    )
+    await channel.deploy(client, deposit)
+    return client, proxy, channel
+
+
+async def test_proxy_claims_with_vouchers_the_client_signed_in_python(chain: Chain) -> None:
+    client, proxy, channel = await open_client_channel(chain, 3 * TON)
+    assert await channel.get_voucher_hash(TON) == voucher_hash(channel.address, TON)
+
+    first = await channel.claim(proxy, TON, sign_voucher(client.seed, channel.address, TON))
+    second = await channel.claim(proxy, 1_700_000_123, sign_voucher(client.seed, channel.address, 1_700_000_123))
+
+    assert coins_field(first, OP_PAYOUT) == TON
+    assert coins_field(second, OP_PAYOUT) == 700_000_123
+    state = await channel.get_channel()
+    assert (state.payer, state.payee, state.role) == (client.address, proxy.address, ChannelRole.CLIENT)
+    assert (state.deposit, state.claimed, state.unclaimed) == (3 * TON, 1_700_000_123, 1_299_999_877)
+
+
+async def test_a_voucher_is_never_paid_twice_nor_beyond_the_deposit(chain: Chain) -> None:
+    client, proxy, channel = await open_client_channel(chain, 2 * TON)
+    signature = sign_voucher(client.seed, channel.address, TON)
+    await channel.claim(proxy, TON, signature)
+
+    with pytest.raises(TransactionFailed) as stale:
+        await channel.claim(proxy, TON, signature)
+    with pytest.raises(TransactionFailed) as too_much:
+        await channel.claim(proxy, 3 * TON, sign_voucher(client.seed, channel.address, 3 * TON))
+    with pytest.raises(TransactionFailed) as forged:
+        await channel.claim(proxy, 2 * TON, sign_voucher(proxy.seed, channel.address, 2 * TON))
+
+    assert (stale.value.exit_code, too_much.value.exit_code, forged.value.exit_code) == (201, 202, 203)
+    assert (await channel.get_channel()).claimed == TON
+
+
+async def test_client_gets_the_rest_back_after_the_close_delay(chain: Chain) -> None:
+    client, proxy, channel = await open_client_channel(chain, 2 * TON)
+    await channel.top_up(client, TON)
+    claim = await channel.claim(proxy, 1_250_000_000, sign_voucher(client.seed, channel.address, 1_250_000_000))
+    await channel.start_close(client)
+
+    with pytest.raises(TransactionFailed) as early:
+        await channel.withdraw(client)
+    assert early.value.exit_code == 208
+    # The payee may still claim a later voucher while the close delay runs.
+    late = await channel.claim(proxy, 1_500_000_000, sign_voucher(client.seed, channel.address, 1_500_000_000))
+    await chain.devnet.advance_time(CLOSE_DELAY + 1)
+    withdraw = await channel.withdraw(client)
+
+    state = await channel.get_channel()
+    paid_to_payee = coins_field(claim, OP_PAYOUT) + coins_field(late, OP_PAYOUT)
+    returned = coins_field(withdraw, OP_WITHDRAWN)
+    assert state.closed and state.deposit == 3 * TON and state.claimed == paid_to_payee == 1_500_000_000
+    assert paid_to_payee + returned == state.deposit  # conserved to the nanoton
+    assert await chain.toncenter.get_balance(channel.address) == 0
+    with pytest.raises(TransactionFailed) as after_close:
+        await channel.claim(proxy, 2 * TON, sign_voucher(client.seed, channel.address, 2 * TON))
+    assert after_close.value.exit_code == 204
+
+
+async def test_a_claim_costs_the_channel_exactly_the_claimed_increase(chain: Chain) -> None:
+    client, proxy, channel = await open_client_channel(chain, 2 * TON)
+    before = await chain.toncenter.get_balance(channel.address)
+
+    tx = await channel.claim(proxy, 600_000_000, sign_voucher(client.seed, channel.address, 600_000_000))
+
+    after = await chain.toncenter.get_balance(channel.address)
+    assert before - after == 600_000_000 + tx.storage_fee
+
+
+async def test_worker_channel_pays_the_worker_with_proxy_vouchers(chain: Chain) -> None:
+    proxy, worker = await funded_wallet(chain), await funded_wallet(chain)
+    channel = WorkerChannel.for_deploy(
+        chain.toncenter, payer=proxy.address, payee=worker.address, payer_key=proxy.public_key, close_delay=60
+    )
+    await channel.deploy(proxy, 5 * TON)
+
+    tx = await channel.claim(worker, 950_000_000, sign_voucher(proxy.seed, channel.address, 950_000_000))
+
+    assert coins_field(tx, OP_PAYOUT) == 950_000_000
+    state = await channel.get_channel()
+    assert state.role == ChannelRole.WORKER and state.claimed == 950_000_000
+
+
+async def test_devnet_keeps_accounts_across_a_restart(chain: Chain) -> None:
+    wallet = await funded_wallet(chain, 7 * TON)
+    await chain.process.stop()
+
+    await chain.process.start()
+
+    async with ToncenterClient(chain.process.base_url) as toncenter:
+        assert await toncenter.get_balance(wallet.address) == 7 * TON
