@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -70,6 +71,9 @@ class LocalNetwork:
         self.worker_options = worker_options or {}
         self.capture_wire = capture_wire
         self.children: list[Child] = []
+        self.policy: dict[str, Any] = {}
+        self.model_file = Path()
+        self.model_hash = ""
         self._stop = threading.Event()
 
     @property
@@ -153,9 +157,7 @@ class LocalNetwork:
             ("proxy", lambda: _get(f"{self.proxy_url}/healthz") is not None),
             (
                 f"{self.workers} workers attested and connected",
-                lambda: (
-                    len((_get(f"{self.proxy_url}/v1/directory") or {}).get("workers", [])) >= self.workers
-                ),
+                lambda: len((_get(f"{self.proxy_url}/v1/directory") or {}).get("workers", [])) >= self.workers,
             ),
             ("client sidecar", lambda: bool((_get(f"{self.base_url}/models") or {}).get("data"))),
         ]
@@ -167,9 +169,7 @@ class LocalNetwork:
                     if self._stop.is_set():
                         raise ChildDied("interrupted while starting")
                     if time.monotonic() > deadline:
-                        raise ChildDied(
-                            f"{label} not ready after {timeout:g}s; see logs in {self.home / 'logs'}"
-                        )
+                        raise ChildDied(f"{label} not ready after {timeout:g}s; see logs in {self.home / 'logs'}")
                     time.sleep(0.2)
                 console.print(f"[green]✓[/] {label}")
 
@@ -186,10 +186,7 @@ class LocalNetwork:
         if response.status_code != 200:
             raise ChildDied(f"demo request failed: {answer}")
         usage = answer["usage"]
-        out.print(
-            f"[bold]demo[/] (sealed to an attested worker, receipt verified, "
-            f"{time.monotonic() - started:.2f}s):"
-        )
+        out.print(f"[bold]demo[/] (sealed to an attested worker, receipt verified, {time.monotonic() - started:.2f}s):")
         out.print("  > Write one sentence about the sea.")
         out.print("  < " + answer["choices"][0]["message"]["content"].strip().replace("\n", " "))
         out.print(
@@ -237,6 +234,13 @@ class LocalNetwork:
         child = Child(name, process, log)
         self.children.append(child)
         return child
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> Any:

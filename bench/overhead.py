@@ -1,0 +1,210 @@
+"""What the sealed path costs: time to first token and tokens/s, engine called directly vs through cocoon.
+
+Runs the same greedy completion on the bundled model (a) straight on an in-process llama.cpp engine,
+(b) through the Python SDK -> proxy -> worker, (c) through the OpenAI sidecar -> proxy -> worker, at
+1 and 8 concurrent requests, and prints one table with medians, p99s and ratios. Same engine settings
+everywhere (one llama.cpp context, ``--threads`` threads), so the difference is cocoon's own overhead:
+sealing, two extra hops, receipts. Usage: ``python bench/overhead.py [--requests 50] [--max-tokens 16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from cocoon.attestation import AttestationPolicy
+from cocoon.client import CocoonClient, TextEvent
+from cocoon.engines import DEFAULT_MODEL, EngineSettings, GenerationRequest, LlamaCppEngine, SamplingParams, TextDelta
+from cocoon.engines.model_cache import bundled_model_path
+from cocoon.protocol.payload import SealedParams
+from cocoon.up import LocalNetwork, free_port
+
+PROMPT = "The history of the lighthouse begins"
+console = Console()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    ttft_s: float
+    tokens: int
+    decode_s: float
+
+
+Run = Callable[[], Awaitable[Sample]]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(run: Run, requests: int, concurrency: int) -> tuple[list[Sample], float]:
+    queue = list(range(requests))
+    samples: list[Sample] = []
+
+    async def lane() -> None:
+        while queue:
+            queue.pop()
+            samples.append(await run())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return samples, time.perf_counter() - started
+
+
+def direct_run(engine: LlamaCppEngine, max_tokens: int) -> Run:
+    async def run() -> Sample:
+        t0 = time.perf_counter()
+        first = 0.0
+        tokens = 0
+        async for event in engine.generate(
+            GenerationRequest(params=SamplingParams(max_tokens=max_tokens, temperature=0), prompt=PROMPT)
+        ):
+            if isinstance(event, TextDelta):
+                first = first or time.perf_counter()
+                tokens += event.tokens
+        end = time.perf_counter()
+        return Sample(first - t0, tokens, end - first)
+
+    return run
+
+
+def sdk_run(client: CocoonClient, max_tokens: int) -> Run:
+    async def run() -> Sample:
+        t0 = time.perf_counter()
+        first = 0.0
+        tokens = 0
+        async for event in client.stream(
+            "completion", DEFAULT_MODEL, prompt=PROMPT, params=SealedParams(max_tokens=max_tokens, temperature=0)
+        ):
+            if isinstance(event, TextEvent):
+                first = first or time.perf_counter()
+                tokens += event.tokens
+        end = time.perf_counter()
+        return Sample(first - t0, tokens, end - first)
+
+    return run
+
+
+def sidecar_run(http: httpx.AsyncClient, max_tokens: int) -> Run:
+    body = {
+        "model": DEFAULT_MODEL,
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    async def run() -> Sample:
+        t0 = time.perf_counter()
+        first = 0.0
+        tokens = 0
+        async with http.stream("POST", "/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["text"]:
+                    first = first or time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        end = time.perf_counter()
+        return Sample(first - t0, tokens, end - first)
+
+    return run
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=50, help="requests per row (>= 50 for a fair p99)")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the other core runs cocoon)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+
+    model = bundled_model_path()
+    settings = EngineSettings(model_path=model, threads=args.threads, embeddings=False)
+    results: dict[tuple[str, int], tuple[list[Sample], float]] = {}
+
+    engine = LlamaCppEngine(settings)
+    await engine.start()
+    await direct_run(engine, args.max_tokens)()  # warm-up
+    for c in args.concurrency:
+        results[("engine direct", c)] = await measure(direct_run(engine, args.max_tokens), args.requests, c)
+    await engine.close()
+
+    with tempfile.TemporaryDirectory() as home:
+        net = LocalNetwork(
+            port_base=free_port(),
+            proxy_port=free_port(),
+            workers=1,
+            home=Path(home),
+            model_path=model,
+            engine={"threads": args.threads, "embeddings": False},
+            worker_options={"slots": max(args.concurrency)},
+        )
+        net.start()
+        try:
+            net.wait_ready(120)
+            client = CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy))
+            http = httpx.AsyncClient(base_url=net.base_url, timeout=120)
+            await sdk_run(client, args.max_tokens)()
+            for c in args.concurrency:
+                results[("SDK → proxy → worker", c)] = await measure(sdk_run(client, args.max_tokens), args.requests, c)
+                results[("OpenAI sidecar → proxy → worker", c)] = await measure(
+                    sidecar_run(http, args.max_tokens), args.requests, c
+                )
+            await client.aclose()
+            await http.aclose()
+        finally:
+            net.stop()
+
+    table = Table(
+        title=f"cocoon overhead: {args.requests} greedy completions of {args.max_tokens} tokens per row, "
+        f"llama.cpp {args.threads} thread(s), Gemma 3 270M Q4_K_M"
+    )
+    for col in (
+        "path",
+        "conc.",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "ΔTTFT p50 ms",
+        "decode tok/s p50",
+        "aggregate tok/s",
+        "× direct",
+    ):
+        table.add_column(col, justify="right")
+    for (path, c), (samples, wall) in results.items():
+        ttft = [s.ttft_s * 1000 for s in samples]
+        decode = [(s.tokens - 1) / s.decode_s for s in samples if s.decode_s > 0 and s.tokens > 1]
+        aggregate = sum(s.tokens for s in samples) / wall
+        base_samples, base_wall = results[("engine direct", c)]
+        base_ttft = statistics.median(s.ttft_s * 1000 for s in base_samples)
+        base_aggregate = sum(s.tokens for s in base_samples) / base_wall
+        table.add_row(
+            path,
+            str(c),
+            f"{statistics.median(ttft):.1f}",
+            f"{pct(ttft, 0.99):.1f}",
+            f"{statistics.median(ttft) - base_ttft:+.1f}",
+            f"{statistics.median(decode):.1f}",
+            f"{aggregate:.1f}",
+            f"{aggregate / base_aggregate:.3f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
