@@ -1,0 +1,63 @@
+"""Inference backends behind one ``Engine`` protocol: embedded llama.cpp, any OpenAI-compatible server,
+and a synthetic engine for benchmarks. ``build_engine`` picks one from ``EngineSettings``.
+"""
+
+from __future__ import annotations
+
+from cocoon.engines.base import (
+    ChatMessage,
+    ChatRole,
+    Embeddings,
+    Engine,
+    EngineInfo,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    TokenUsage,
+)
+from cocoon.engines.config import DEFAULT_MODEL, EngineSettings
+from cocoon.engines.llamacpp import LlamaCppEngine
+from cocoon.engines.model_cache import bundled_model_path, default_cache_dir, sha256_file
+from cocoon.engines.openai_upstream import OpenAIUpstreamEngine
+from cocoon.engines.stops import StopStringFilter
+from cocoon.engines.synthetic import SyntheticEngine
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ChatMessage",
+    "ChatRole",
+    "Embeddings",
+    "Engine",
+    "EngineInfo",
+    "EngineSettings",
+    "FinishReason",
+    "Finished",
+    "GenerationEvent",
+    "GenerationRequest",
+    "LlamaCppEngine",
+    "OpenAIUpstreamEngine",
+    "SamplingParams",
+    "StopStringFilter",
+    "SyntheticEngine",
+    "TextDelta",
+    "TokenUsage",
+    "build_engine",
+    "bundled_model_path",
+    "default_cache_dir",
+    "sha256_file",
+]
+
+
+def build_engine(settings: EngineSettings) -> Engine:
+    """The engine ``settings.kind`` names, not yet started (call ``await engine.start()``).
+
+    Raises ``cocoon.errors.ConfigError`` when the settings are incomplete for that kind.
+    """
+    if settings.kind == "llamacpp":
+        return LlamaCppEngine(settings)
+    if settings.kind == "openai_upstream":
+        return OpenAIUpstreamEngine(settings)
+    return SyntheticEngine(settings)

@@ -173,7 +173,7 @@ class JobRunner:
                     await emit(ChunkPayload(finish_reason=event.finish_reason))
                     return event.usage, event.finish_reason
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
 
 

@@ -1,0 +1,422 @@
+"""The embedded engine: llama.cpp (through llama-cpp-python) on the worker's CPU, the default backend.
+
+A pool of ``parallel`` llama.cpp contexts; each job borrows one, decodes in a worker thread and hands
+events back to the event loop through an asyncio queue. ``llama_cpp`` is imported only in ``start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cocoon.engines.base import (
+    ChatMessage,
+    Embeddings,
+    EngineInfo,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    TokenUsage,
+)
+from cocoon.engines.config import EngineSettings
+from cocoon.engines.model_cache import bundled_model_path, sha256_file
+from cocoon.engines.stops import StopStringFilter
+from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+# Gemma's turn markers. The bundled GGUF is the base model and carries no chat template.
+_TURN_START = "<start_of_turn>"
+_TURN_END = "<end_of_turn>"
+_GEMMA_ROLES = {"user": "user", "tool": "user", "assistant": "model"}
+_EMBED_BATCH_CAP = 4096  # tokens per embedding input; also the embedding context size
+# Prompts are evaluated in chunks of this many tokens, always aligned to multiples of it from position 0.
+# llama.cpp's CPU kernels round differently for different batch sizes, so a KV prefix is reused only in
+# whole chunks computed as chunks: a cached prompt then gives bit-identical logits to a fresh one, and
+# greedy decoding stays reproducible across workers and cache states (canaries compare it exactly).
+PREFILL_CHUNK = 128
+
+
+@dataclass(slots=True)
+class _Context:
+    """A llama.cpp context in the pool.
+
+    ``prompt_kv`` counts the leading KV entries computed by chunked prompt evaluation (reusable exactly),
+    as opposed to one token at a time while decoding. ``cancel`` is the running job's flag, polled by
+    llama.cpp's abort callback so that a cancelled job stops even in the middle of a long prefill.
+    """
+
+    llama: Llama
+    prompt_kv: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    abort_callback: object = None  # the ctypes callback, kept alive as long as the context
+
+    def watch_cancellation(self) -> None:
+        import llama_cpp
+
+        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
+        def should_abort(_: object) -> bool:
+            return self.cancel.is_set()
+
+        llama_cpp.llama_set_abort_callback(self.llama.ctx, should_abort, None)
+        self.abort_callback = should_abort
+
+
+@dataclass(slots=True)
+class _Job:
+    """One generation handed to a worker thread; ``emit`` is thread-safe, ``cancel`` is set by the loop."""
+
+    tokens: list[int]
+    params: SamplingParams
+    cancel: threading.Event
+    emit: Callable[[GenerationEvent | CocoonError], None]
+
+
+class LlamaCppEngine:
+    """Serves a GGUF model (the bundled Gemma 3 270M when ``settings.model_path`` is empty) with llama.cpp.
+
+    Chat requests use Gemma's turn template; completions use the raw prompt, in which special tokens
+    such as ``<start_of_turn>`` are recognised (as llama.cpp's and vLLM's servers do). Message contents
+    are tokenized as plain text, so a user cannot forge turn markers.
+    """
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._info: EngineInfo | None = None
+        self._path: Path | None = None
+        self._threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.parallel)
+        self._contexts: list[_Context] = []
+        self._free: asyncio.Queue[_Context] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: set[threading.Event] = set()
+        self._end_of_turn = -1
+        self._embedder: Llama | None = None
+        self._embed_lock = asyncio.Lock()
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise EngineError("the llama.cpp engine is not started; call start() first")
+        return self._info
+
+    async def start(self) -> None:
+        """Find (or assemble) the GGUF, hash it and load ``parallel`` contexts, all off the event loop.
+
+        Raises ``ConfigError`` when the file is missing or its hash differs from ``settings.model_hash``,
+        ``EngineError`` when llama.cpp cannot load it.
+        """
+        if self._info is not None:
+            return
+        settings = self._settings
+        path = settings.model_path
+        if path is None:
+            path = await asyncio.to_thread(bundled_model_path)
+        if not path.is_file():
+            raise ConfigError(f"model_path {path} is not a file; point it at a GGUF model or leave it empty")
+        model_hash = await asyncio.to_thread(sha256_file, path)
+        if settings.model_hash and settings.model_hash.lower() != model_hash:
+            raise ConfigError(
+                f"{path} has sha256 {model_hash} but the configuration says model_hash = "
+                f"{settings.model_hash}; fix model_hash or the file"
+            )
+        self._contexts = await asyncio.to_thread(self._load_contexts, path)
+        for context in self._contexts:
+            context.watch_cancellation()
+        self._end_of_turn = self._single_token(self._contexts[0].llama, _TURN_END)
+        self._free = asyncio.Queue()
+        for context in self._contexts:
+            self._free.put_nowait(context)
+        self._executor = ThreadPoolExecutor(settings.parallel, thread_name_prefix="llamacpp")
+        self._path = path
+        import llama_cpp
+
+        self._info = EngineInfo(
+            model=settings.model,
+            model_hash=model_hash,
+            context_length=settings.context_length,
+            supports_embeddings=settings.embeddings,
+            extra={
+                "backend": "llama.cpp",
+                "llama_cpp_python": llama_cpp.__version__,
+                "parallel": str(settings.parallel),
+                "threads": str(self._threads),
+            },
+        )
+        log.info("llama.cpp engine ready model=%s path=%s parallel=%d", settings.model, path, len(self._contexts))
+
+    def _load_contexts(self, path: Path) -> list[_Context]:
+        from llama_cpp import Llama
+
+        try:
+            return [
+                _Context(
+                    Llama(
+                        str(path),
+                        n_ctx=self._settings.context_length,
+                        n_batch=PREFILL_CHUNK,
+                        n_ubatch=PREFILL_CHUNK,
+                        n_threads=self._threads,
+                        n_threads_batch=self._threads,
+                        verbose=False,
+                    )
+                )
+                for _ in range(self._settings.parallel)
+            ]
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"llama.cpp could not load {path}: {exc}; is it a valid GGUF file?") from exc
+
+    async def close(self) -> None:
+        """Cancel running jobs, wait for their threads and free every context. Idempotent."""
+        for cancel in list(self._running):
+            cancel.set()
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True)
+            self._executor = None
+        for context in self._contexts:
+            context.llama.close()
+        self._contexts = []
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        self._info = None
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream ``TextDelta`` events then one ``Finished``; see ``cocoon.engines.base.Engine``.
+
+        Raises ``ContextLengthExceeded`` when prompt + continuation + max_tokens exceed the context length
+        (before taking a slot), ``EngineError`` when llama.cpp fails mid-way.
+        """
+        info = self.info
+        free, executor = self._free, self._executor
+        assert free is not None and executor is not None
+        if request.params.max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
+        tokens = self._request_tokens(self._contexts[0].llama, request)
+        needed = len(tokens) + request.params.max_tokens
+        if needed > info.context_length:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(tokens)} tokens and max_tokens is {request.params.max_tokens}: "
+                f"together {needed}, more than the context length of {info.context_length} tokens; "
+                "shorten the prompt or lower max_tokens",
+                param="max_tokens",
+            )
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent | CocoonError] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: GenerationEvent | CocoonError) -> None:
+            if cancel.is_set():
+                return
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        context = await free.get()
+        self._running.add(cancel)
+        job = _Job(tokens, request.params, cancel, emit)
+        future = loop.run_in_executor(executor, self._decode, context, job)
+
+        def release(_: object) -> None:
+            self._running.discard(cancel)
+            free.put_nowait(context)
+
+        future.add_done_callback(release)
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, CocoonError):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            # Consumer closed or cancelled us (or we finished): the thread stops at the next token and
+            # ``release`` puts the context back in the pool.
+            cancel.set()
+
+    def _decode(self, context: _Context, job: _Job) -> None:
+        """Worker-thread body: run one job to its end, reporting errors through ``job.emit``."""
+        context.cancel = job.cancel
+        try:
+            self._decode_tokens(context, job)
+        except Exception as exc:  # crossing the thread boundary: the consumer raises it
+            context.llama.n_tokens = 0  # forget the KV cache: the next job evaluates from scratch
+            context.prompt_kv = 0
+            if job.cancel.is_set():
+                return  # llama_decode aborted on our request; nobody waits for an answer
+            log.exception("llama.cpp generation failed")
+            job.emit(EngineError(f"llama.cpp failed while generating: {exc}"))
+
+    def _decode_tokens(self, context: _Context, job: _Job) -> None:
+        import llama_cpp
+
+        params, llama = job.params, context.llama
+        cached = _reuse_kv_prefix(context, job.tokens)
+        context.prompt_kv = cached  # until the new prompt is evaluated
+        llama.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        # Only OpenAI's knobs: no top-k, min-p or repeat penalty, so temperature 0 is plain greedy.
+        sampler = llama.generate(
+            job.tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            min_p=0.0,
+            typical_p=1.0,
+            repeat_penalty=1.0,
+        )
+        vocab = llama._model.vocab
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopStringFilter(params.stop)
+        completion = unreported = 0
+        reason: FinishReason = "length"
+        with contextlib.closing(sampler):
+            for token in sampler:
+                context.prompt_kv = len(job.tokens)
+                if job.cancel.is_set():
+                    return
+                completion += 1
+                unreported += 1
+                if token == self._end_of_turn or llama_cpp.llama_vocab_is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                text = stops.feed(utf8.decode(llama.detokenize([token])))
+                if text:
+                    job.emit(TextDelta(text, tokens=unreported))
+                    unreported = 0
+                if stops.stopped:
+                    reason = "stop"
+                    break
+                if completion >= params.max_tokens:
+                    break
+        if not stops.stopped:
+            tail = stops.feed(utf8.decode(b"", final=True)) + stops.flush()
+            if tail:
+                job.emit(TextDelta(tail, tokens=unreported))
+        job.emit(Finished(reason, TokenUsage(len(job.tokens), completion, cached_tokens=cached)))
+
+    def _request_tokens(self, llama: Llama, request: GenerationRequest) -> list[int]:
+        """The prompt as tokens: Gemma's chat template for messages, the raw text for a completion."""
+        if request.prompt is not None:
+            text = request.prompt + request.continuation
+            return llama.tokenize(text.encode(), add_bos=True, special=True)
+        assert request.messages is not None
+        tokens = [llama.token_bos()]
+        for role, content in _gemma_turns(request.messages):
+            tokens += llama.tokenize(f"{_TURN_START}{role}\n".encode(), add_bos=False, special=True)
+            tokens += llama.tokenize(content.encode(), add_bos=False, special=False)
+            tokens += llama.tokenize(f"{_TURN_END}\n".encode(), add_bos=False, special=True)
+        tokens += llama.tokenize(f"{_TURN_START}model\n".encode(), add_bos=False, special=True)
+        if request.continuation:
+            tokens += llama.tokenize(request.continuation.encode(), add_bos=False, special=False)
+        return tokens
+
+    @staticmethod
+    def _single_token(llama: Llama, marker: str) -> int:
+        ids = llama.tokenize(marker.encode(), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise EngineError(f"this model has no {marker} token; it is not a Gemma model, chat needs one")
+        return ids[0]
+
+    async def embed(self, inputs: list[str]) -> Embeddings:
+        """One L2-normalized, mean-pooled vector per input, from a second context loaded on first use.
+
+        Raises ``BadRequest`` when embeddings are disabled or ``inputs`` is empty, and
+        ``ContextLengthExceeded`` when an input is longer than the embedding context.
+        """
+        info = self.info
+        if not info.supports_embeddings:
+            raise BadRequest(f"embeddings are disabled for model {info.model!r}; set embeddings = true")
+        if not inputs:
+            raise BadRequest("input is empty; send at least one string to embed", param="input")
+        async with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = await asyncio.to_thread(self._load_embedder)
+            return await asyncio.to_thread(self._embed_blocking, self._embedder, inputs)
+
+    def _load_embedder(self) -> Llama:
+        from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+        size = min(self._settings.context_length, _EMBED_BATCH_CAP)
+        return Llama(
+            str(self._path),
+            embedding=True,
+            pooling_type=LLAMA_POOLING_TYPE_MEAN,
+            n_ctx=size,
+            n_batch=size,
+            n_ubatch=size,
+            n_threads=self._settings.threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+
+    def _embed_blocking(self, embedder: Llama, inputs: list[str]) -> Embeddings:
+        limit = embedder.n_batch
+        for index, text in enumerate(inputs):
+            n = len(embedder.tokenize(text.encode(), add_bos=True, special=False))
+            if n > limit:
+                raise ContextLengthExceeded(
+                    f"input {index} has {n} tokens, more than the {limit} an embedding can take; shorten it",
+                    param="input",
+                )
+        vectors, count = embedder.embed(inputs, normalize=True, truncate=False, return_count=True)
+        return Embeddings([list(map(float, v)) for v in vectors], prompt_tokens=count)
+
+    async def count_tokens(self, text: str) -> int:
+        """Exact number of tokens of ``text`` alone (no BOS, special markers read as plain text)."""
+        if not self._contexts:
+            raise EngineError("the llama.cpp engine is not started; call start() first")
+        llama = self._contexts[0].llama
+        return len(llama.tokenize(text.encode(), add_bos=False, special=False))
+
+
+def _gemma_turns(messages: tuple[ChatMessage, ...]) -> list[tuple[str, str]]:
+    """Map OpenAI roles onto Gemma's two: system and developer text joins the first user turn."""
+    system = "\n\n".join(m.content for m in messages if m.role in ("system", "developer"))
+    turns = [(_GEMMA_ROLES[m.role], m.content) for m in messages if m.role not in ("system", "developer")]
+    if system:
+        if turns and turns[0][0] == "user":
+            turns[0] = ("user", f"{system}\n\n{turns[0][1]}")
+        else:
+            turns.insert(0, ("user", system))
+    if not turns:
+        raise BadRequest("messages is empty; send at least one message", param="messages")
+    return turns
+
+
+def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
+    """Keep the longest reusable prefix of ``tokens`` in the context's KV cache; return its length.
+
+    Reusable: equal tokens, computed by prompt evaluation, a whole number of ``PREFILL_CHUNK``s, and
+    short of the last prompt token (sampling needs fresh logits). ``Llama.generate`` then finds the same
+    prefix and evaluates only the rest. This uses llama-cpp-python's private ``_ctx`` (0.3.x): its
+    public API neither lets us bound the reuse nor reports what it reused.
+    """
+    llama = context.llama
+    limit = min(context.prompt_kv, llama.n_tokens, len(tokens) - 1)
+    held = llama.input_ids[:limit].tolist()
+    prefix = 0
+    while prefix < limit and held[prefix] == tokens[prefix]:
+        prefix += 1
+    prefix -= prefix % PREFILL_CHUNK
+    if prefix > 0 and llama._ctx.kv_cache_seq_rm(-1, prefix, -1):
+        llama.n_tokens = prefix
+        return prefix
+    llama.n_tokens = 0
+    return 0

@@ -1,0 +1,131 @@
+"""The synthetic engine: deterministic words at a chosen pace, with the whole Engine contract."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from cocoon.engines import (
+    ChatMessage,
+    Engine,
+    EngineSettings,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    SyntheticEngine,
+    TextDelta,
+    build_engine,
+)
+from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
+from cocoon.errors import BadRequest, ContextLengthExceeded
+
+
+def engine(context_length: int = 4096, tokens_per_s: float = 0.0, embeddings: bool = True) -> SyntheticEngine:
+    settings = EngineSettings(
+        kind="synthetic",
+        context_length=context_length,
+        synthetic_tokens_per_s=tokens_per_s,
+        embeddings=embeddings,
+    )
+    return SyntheticEngine(settings)
+
+
+def prompt(text: str = "hello there", max_tokens: int = 8, stop: tuple[str, ...] = ()) -> GenerationRequest:
+    return GenerationRequest(SamplingParams(max_tokens=max_tokens, stop=stop), prompt=text)
+
+
+async def run(synthetic: SyntheticEngine, request: GenerationRequest) -> tuple[str, Finished, list[TextDelta]]:
+    events: list[GenerationEvent] = [event async for event in synthetic.generate(request)]
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert len(deltas) == len(events) - 1, "exactly one Finished, and last"
+    return "".join(d.text for d in deltas), finished, deltas
+
+
+async def test_build_engine_makes_a_synthetic_engine_that_satisfies_the_protocol() -> None:
+    built = build_engine(EngineSettings(kind="synthetic"))
+
+    assert isinstance(built, SyntheticEngine)
+    assert isinstance(built, Engine)
+    assert built.info.model_hash == SYNTHETIC_MODEL_HASH
+
+
+async def test_emits_one_word_per_token_up_to_max_tokens() -> None:
+    text, finished, deltas = await run(engine(), prompt(max_tokens=5))
+
+    assert len(text.split()) == 5
+    assert [d.tokens for d in deltas] == [1] * 5
+    assert finished.finish_reason == "length"
+    assert (finished.usage.prompt_tokens, finished.usage.completion_tokens) == (2, 5)
+
+
+async def test_same_request_same_text_and_resuming_yields_exactly_the_rest() -> None:
+    synthetic = engine()
+    whole, _, _ = await run(synthetic, prompt(max_tokens=6))
+    again, _, _ = await run(synthetic, prompt(max_tokens=6))
+    first_two = " ".join(whole.split()[:2])
+    resumed = GenerationRequest(SamplingParams(max_tokens=4), prompt="hello there", continuation=first_two)
+    rest, finished, _ = await run(synthetic, resumed)
+
+    assert whole == again
+    assert whole.split()[2:] == rest.split()
+    assert finished.usage.prompt_tokens == 4
+
+
+async def test_stop_string_across_words_is_cut_and_not_emitted() -> None:
+    synthetic = engine()
+    whole, _, _ = await run(synthetic, prompt(max_tokens=6))
+    words = whole.split()
+    stop = f"{words[2][-2:]} {words[3][:2]}"  # spans two tokens
+    text, finished, _ = await run(synthetic, prompt(max_tokens=6, stop=(stop,)))
+
+    assert text == whole[: whole.index(stop)]
+    assert finished.finish_reason == "stop"
+    assert finished.usage.completion_tokens == 4
+
+
+async def test_chat_prompt_tokens_are_the_words_of_all_messages() -> None:
+    chat = GenerationRequest(
+        SamplingParams(max_tokens=1),
+        messages=(ChatMessage("system", "be brief"), ChatMessage("user", "say three words")),
+    )
+    _, finished, _ = await run(engine(), chat)
+
+    assert finished.usage.prompt_tokens == 5
+
+
+async def test_pacing_spreads_tokens_over_time() -> None:
+    started = time.monotonic()
+    await run(engine(tokens_per_s=200.0), prompt(max_tokens=10))
+
+    assert time.monotonic() - started >= 10 / 200 * 0.9
+
+
+async def test_prompt_plus_max_tokens_beyond_the_context_is_refused() -> None:
+    with pytest.raises(ContextLengthExceeded, match="context length of 128"):
+        await run(engine(context_length=128), prompt(max_tokens=128))
+
+
+async def test_closing_the_stream_early_is_clean() -> None:
+    stream = engine().generate(prompt(max_tokens=1000))
+    assert isinstance(await anext(stream), TextDelta)
+    await stream.aclose()
+
+
+async def test_embeddings_are_deterministic_unit_vectors_and_can_be_disabled() -> None:
+    result = await engine().embed(["a b", "c"])
+
+    assert len(result.vectors) == 2
+    assert all(math.isclose(math.fsum(x * x for x in v), 1.0) for v in result.vectors)
+    assert result.vectors == (await engine().embed(["a b", "c"])).vectors
+    assert result.prompt_tokens == 3
+    with pytest.raises(BadRequest):
+        await engine(embeddings=False).embed(["a"])
+
+
+async def test_count_tokens_counts_whitespace_words() -> None:
+    assert await engine().count_tokens("  one two\nthree ") == 3
