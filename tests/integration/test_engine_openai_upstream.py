@@ -3,10 +3,6 @@ Gemma 3 270M on a free loopback port (started once for the module, stopped in te
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,7 +21,8 @@ from cocoon.engines import (
     TextDelta,
 )
 from cocoon.errors import ConfigError, UpstreamFailed
-from tests.conftest import free_port
+from cocoon.up import free_port
+from tests.integration.conftest import llama_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -36,42 +33,9 @@ COUNTING = "1, 2, 3, 4, 5,"  # greedy: " 6, 7, 8, 9, ...", one token per digit, 
 
 @pytest.fixture(scope="module")
 def upstream_url(bundled_model_path: Path) -> Iterator[str]:
-    """Base URL (``.../v1``) of a llama-cpp-python server; waits for ``/v1/models`` with a deadline."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(bundled_model_path),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(N_CTX), "--n_threads", "2",
-        "--chat_format", "gemma",  # the base GGUF carries no chat template
-        "--verbose", "false",
-    ]  # fmt: skip
-    log = tempfile.TemporaryFile()
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"llama_cpp.server exited early: {log.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"llama_cpp.server did not answer {url}/models within 60 s")
-            time.sleep(0.1)
+    """Base URL (``.../v1``) of a llama-cpp-python server on the bundled model."""
+    with llama_server(bundled_model_path, n_ctx=N_CTX) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
