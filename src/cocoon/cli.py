@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
 
+from cocoon.cli_money import chain_app, client_app, proxy_app, worker_app
 from cocoon.config import ClientSettings, ProxySettings, RoleSettings, WorkerSettings
 from cocoon.errors import CocoonError
 from cocoon.logs import configure_logging
@@ -43,6 +45,8 @@ app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file", exists=False)]
+for _name, _group in (("proxy", proxy_app), ("worker", worker_app), ("client", client_app), ("chain", chain_app)):
+    app.add_typer(_group, name=_name)
 
 
 def _load(cls: type[RoleSettings], config: Path | None, **overrides: Any) -> Any:
@@ -53,6 +57,16 @@ def _load(cls: type[RoleSettings], config: Path | None, **overrides: Any) -> Any
         raise typer.Exit(2) from exc
 
 
+def _run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (it comes with uvicorn[standard] on Linux)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _serve(asgi: Any, host: str, port: int, log_level: str) -> None:
     config = uvicorn.Config(
         asgi,
@@ -60,7 +74,7 @@ def _serve(asgi: Any, host: str, port: int, log_level: str) -> None:
         port=port,
         log_level=log_level,
         lifespan="on",
-        ws="websockets",
+        ws="websockets-sansio",  # the legacy implementation costs the proxy ~2x CPU per worker frame
         ws_ping_interval=None,
         ws_max_size=2**26,
         timeout_graceful_shutdown=5,
@@ -69,8 +83,9 @@ def _serve(asgi: Any, host: str, port: int, log_level: str) -> None:
     uvicorn.Server(config).run()
 
 
-@app.command(epilog=_settings_help(ProxySettings, "COCOON_PROXY_"))
+@proxy_app.callback(invoke_without_command=True, epilog=_settings_help(ProxySettings, "COCOON_PROXY_"))
 def proxy(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="listen address")] = None,
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
@@ -78,7 +93,9 @@ def proxy(
         Path | None, typer.Option(help="append every byte the proxy receives and sends to this file (audits)")
     ] = None,
 ) -> None:
-    """Run a proxy: worker directory, routing, sealed relay, /metrics."""
+    """Run a proxy: worker directory, routing, sealed relay, /metrics (or a subcommand: settle)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cocoon.proxy import create_app, wrap_capture
 
     settings = _load(ProxySettings, config, host=host, port=port)
@@ -87,15 +104,16 @@ def proxy(
     _serve(asgi, settings.host, settings.port, settings.log_level)
 
 
-@app.command(epilog=_settings_help(WorkerSettings, "COCOON_WORKER_"))
+@worker_app.callback(invoke_without_command=True, epilog=_settings_help(WorkerSettings, "COCOON_WORKER_"))
 def worker(
+    ctx: typer.Context,
     config: ConfigOpt = None,
-    proxy_url: Annotated[
-        list[str] | None, typer.Option("--proxy", help="proxy WebSocket URL (repeatable)")
-    ] = None,
+    proxy_url: Annotated[list[str] | None, typer.Option("--proxy", help="proxy WebSocket URL (repeatable)")] = None,
     slots: Annotated[int | None, typer.Option(help="jobs run at once")] = None,
 ) -> None:
-    """Run a worker: load the engines, attest, dial out to the proxies and serve jobs."""
+    """Run a worker: load the engines, attest, dial out to the proxies and serve jobs (or: earnings, claim)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cocoon.worker import WorkerNode
 
     settings = _load(WorkerSettings, config, proxies=proxy_url or None, slots=slots)
@@ -114,20 +132,23 @@ def worker(
             pass
 
     try:
-        asyncio.run(main())
+        _run_async(main())
     except CocoonError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
 
 
-@app.command(epilog=_settings_help(ClientSettings, "COCOON_CLIENT_"))
+@client_app.callback(invoke_without_command=True, epilog=_settings_help(ClientSettings, "COCOON_CLIENT_"))
 def client(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     proxy_url: Annotated[str | None, typer.Option(help="proxy base URL")] = None,
     host: Annotated[str | None, typer.Option(help="listen address")] = None,
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
 ) -> None:
-    """Run the client sidecar: an OpenAI-compatible API on localhost, sealed to attested workers."""
+    """Run the client sidecar: an OpenAI-compatible API on localhost (or: deposit, balance, close, withdraw)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cocoon.client import create_gateway
 
     settings = _load(ClientSettings, config, proxy_url=proxy_url, host=host, port=port)
@@ -150,7 +171,8 @@ def status(
         print(json.dumps(body, indent=2))
         return
     table = Table(title=f"proxy {body.get('proxy_id')}")
-    for col in ("worker", "models", "slots free", "queue", "tok/s", "done", "failed", "expected ms"):
+    for col in ("worker", "models", "slots free", "queue", "tok/s", "done", "failed", "rtt ms", "expected ms",
+                "reputation", "breaker", "score ms"):  # fmt: skip
         table.add_column(col)
     for w in body["workers"]:
         table.add_row(
@@ -161,7 +183,11 @@ def status(
             str(w["tokens_per_s"]),
             str(w["completed"]),
             str(w["failed"]),
+            str(w["score"].get("rtt_ms", "")),
             str(w["score"]["expected_latency_ms"]),
+            str(w["score"].get("reputation", "")),
+            str(w["score"].get("breaker", "")),
+            str(w["score"].get("score_ms", "")),
         )
     Console().print(table)
 
@@ -171,17 +197,18 @@ def up(
     port_base: Annotated[int, typer.Option(help="client sidecar port; proxy at +620, devnet at +710")] = 8080,
     workers: Annotated[int, typer.Option(min=1, max=16, help="workers to start")] = 2,
     home: Annotated[Path | None, typer.Option(help="state folder (keys, configs, logs)")] = None,
-    model_path: Annotated[
-        Path | None, typer.Option(help="GGUF to serve instead of the bundled Gemma 3 270M")
-    ] = None,
+    model_path: Annotated[Path | None, typer.Option(help="GGUF to serve instead of the bundled Gemma 3 270M")] = None,
     demo: Annotated[bool, typer.Option(help="send one chat request once the network answers")] = True,
     exit_after_demo: Annotated[bool, typer.Option(help="stop everything after the demo request")] = False,
+    money: Annotated[
+        bool, typer.Option(help="run a devnet chain and pay for requests in TON (--no-money: a free network)")
+    ] = True,
 ) -> None:
-    """Start a whole local network: proxy, workers on the CPU model, and the client sidecar."""
+    """Start a whole local network: devnet chain, proxy, workers on the CPU model, and the client sidecar."""
     from cocoon.up import LocalNetwork
 
     configure_logging("warning", "up")
-    network = LocalNetwork(port_base=port_base, workers=workers, home=home, model_path=model_path)
+    network = LocalNetwork(port_base=port_base, workers=workers, home=home, model_path=model_path, money=money)
     try:
         raise typer.Exit(network.run(demo=demo, exit_after_demo=exit_after_demo))
     except CocoonError as exc:

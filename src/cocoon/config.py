@@ -108,6 +108,17 @@ class WorkerSettings(RoleSettings):
     )
     heartbeat_interval: float = Field(0.5, gt=0, description="seconds between heartbeats")
     reconnect_max_backoff: float = Field(10.0, gt=0, description="cap of the reconnect backoff, seconds")
+    wallet_file: Path = Field(
+        default_factory=lambda: cocoon_home() / "worker" / "wallet.json",
+        description="payout wallet key (made on first use); proxies pay the worker's share to its address",
+    )
+    chain_url: str | None = Field(None, description="toncenter v2 API, for `cocoon worker claim`")
+    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    chaos_bad_receipts: Literal["", "response-digest", "signature"] = Field(
+        "",
+        description="TEST AND CHAOS ONLY: sign receipts that must fail the client's check (a wrong response "
+        "digest, or a key other than the attested one), to prove clients pay nothing for them",
+    )
 
 
 class ProxySettings(RoleSettings):
@@ -123,9 +134,27 @@ class ProxySettings(RoleSettings):
     heartbeat_timeout: float = Field(2.0, gt=0, description="drop a worker silent for this many seconds")
     first_byte_timeout: float = Field(30.0, gt=0, description="seconds a worker may take to its first chunk")
     chunk_timeout: float = Field(30.0, gt=0, description="seconds allowed between two chunks")
+    dispatch_timeout: float = Field(5.0, gt=0, description="seconds allowed to hand a job to a worker's socket")
+    reputation_half_life_s: float = Field(
+        900.0, gt=0, description="evidence about a worker loses half its weight in this many seconds"
+    )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest sealed request accepted")
     data_dir: Path = Field(
         default_factory=lambda: cocoon_home() / "proxy", description="store and keys of the proxy"
+    )
+    store_url: str | None = Field(
+        None, description="database for the books: sqlite:///path or postgresql://...; empty: SQLite in data_dir"
+    )
+    chain_url: str | None = Field(
+        None, description="toncenter v2 API (devnet: http://127.0.0.1:8790); empty: a free proxy that bills nobody"
+    )
+    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    registry: str | None = Field(None, description="address of the registry contract (prices, proxy fee)")
+    settle_min_amount: int = Field(10**9, ge=0, description="claim a channel once this many nanoton are unsettled")
+    settle_max_age: float = Field(3600.0, gt=0, description="or once its oldest unsettled voucher is this old, s")
+    settle_interval: float = Field(5.0, gt=0, description="seconds between checks for channels due to settle")
+    unpaid_grace_s: float = Field(
+        10.0, gt=0, description="a client with a receipt unpaid this long gets no new request until it pays"
     )
 
 
@@ -145,3 +174,11 @@ class ClientSettings(RoleSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request leaves it out")
     api_key: str | None = Field(None, description="if set, apps must send it as a bearer token")
+    chain_url: str | None = Field(
+        None, description="toncenter v2 API to read prices and pay from; empty: use only free proxies"
+    )
+    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    wallet_file: Path = Field(
+        default_factory=lambda: cocoon_home() / "client" / "wallet.json",
+        description="the client's wallet key: pays deposits and signs vouchers (made on first use)",
+    )

@@ -117,6 +117,12 @@ class UpstreamFailed(CocoonError):
     code = "upstream_failed"
 
 
+class WorkerGone(UpstreamFailed):
+    """The worker serving a job disconnected or stopped heartbeating; the proxy moves the job elsewhere."""
+
+    code = "worker_gone"
+
+
 class UpstreamTimeout(UpstreamFailed):
     status = 504
     code = "upstream_timeout"

@@ -28,7 +28,9 @@ from cocoon.config import cocoon_home
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
+from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
 from cocoon.errors import CocoonError
+from cocoon.up_chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
 
 console = Console(stderr=True)
 out = Console()
@@ -60,6 +62,8 @@ class LocalNetwork:
         proxy_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None,
         capture_wire: Path | None = None,
+        money: bool = False,
+        devnet_port: int | None = None,
     ) -> None:
         self.client_port = port_base
         self.proxy_port = proxy_port or port_base + 620
@@ -70,6 +74,9 @@ class LocalNetwork:
         self.proxy_options = proxy_options or {}
         self.worker_options = worker_options or {}
         self.capture_wire = capture_wire
+        self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
+        self.devnet_port = devnet_port or self.proxy_port + 90
+        self.chain: LocalChain | None = None
         self.children: list[Child] = []
         self.policy: dict[str, Any] = {}
         self.model_file = Path()
@@ -94,6 +101,8 @@ class LocalNetwork:
             out.print(f"[bold green]cocoon is up[/]: OpenAI base URL [bold]{self.base_url}[/]")
             out.print(f"  proxy {self.proxy_url} (directory {self.proxy_url}/v1/directory, metrics /metrics)")
             out.print(f"  try: OPENAI_BASE_URL={self.base_url} OPENAI_API_KEY=unused python your_app.py")
+            if self.chain is not None:
+                print_money_intro(self)
             if demo:
                 self.demo()
             if exit_after_demo:
@@ -115,17 +124,21 @@ class LocalNetwork:
             "allow_simulated": True,
             "simulated_authorities": [authority.public.hex()],
             "allowed_measurements": [DEV_MEASUREMENT],
-            "allowed_model_hashes": [model_hash],
+            # The synthetic engine (benchmarks) has its own fixed weights hash.
+            "allowed_model_hashes": [model_hash, SYNTHETIC_MODEL_HASH],
         }
         self.policy = policy
         self.model_file, self.model_hash = model, model_hash
+        if self.money:
+            self.chain = start_local_chain(self)
         proxy = {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
-        self._write("proxy.toml", proxy | self.proxy_options)
+        self._write("proxy.toml", proxy | money_options(self, "proxy") | self.proxy_options)
         extra = ["--capture-wire", str(self.capture_wire)] if self.capture_wire else []
         self._spawn("proxy", "proxy.toml", extra)
         for i in range(1, self.workers + 1):
             self.add_worker(i)
-        self._write("client.toml", {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy})
+        client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy}
+        self._write("client.toml", client | money_options(self, "client"))
         self._spawn("client", "client.toml")
 
     def add_worker(self, i: int, **engine: Any) -> Child:
@@ -145,7 +158,7 @@ class LocalNetwork:
             "dev_authority_key_file": str(self.home / "dev-authority.json"),
             "engines": [table | self.engine | engine],
         }
-        self._write(f"worker-{i}.toml", worker | self.worker_options)
+        self._write(f"worker-{i}.toml", worker | money_options(self, f"worker-{i}") | self.worker_options)
         return self._spawn(f"worker-{i}", f"worker-{i}.toml")
 
     def child(self, name: str) -> Child:
@@ -174,11 +187,18 @@ class LocalNetwork:
                 console.print(f"[green]✓[/] {label}")
 
     def demo(self) -> None:
+        # The bundled model is a small base model: one example turn shows it what a chat answer looks like.
+        question = "What is the capital of France?"
         body = {
             "model": DEFAULT_MODEL,
-            "max_tokens": 32,
+            "max_tokens": 24,
             "temperature": 0,
-            "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
+            "stop": ["."],
+            "messages": [
+                {"role": "user", "content": "What is the capital of Italy?"},
+                {"role": "assistant", "content": "The capital of Italy is Rome."},
+                {"role": "user", "content": question},
+            ],
         }
         started = time.monotonic()
         response = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
@@ -187,12 +207,14 @@ class LocalNetwork:
             raise ChildDied(f"demo request failed: {answer}")
         usage = answer["usage"]
         out.print(f"[bold]demo[/] (sealed to an attested worker, receipt verified, {time.monotonic() - started:.2f}s):")
-        out.print("  > Write one sentence about the sea.")
+        out.print(f"  > {question}")
         out.print("  < " + answer["choices"][0]["message"]["content"].strip().replace("\n", " "))
         out.print(
             f"  usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens, "
             f"receipt {usage['receipt_ids'][0]}"
         )
+        if self.money:
+            print_money_demo(self, usage)
 
     def check_children(self) -> None:
         for child in self.children:

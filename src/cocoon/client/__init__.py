@@ -2,5 +2,6 @@
 
 from cocoon.client.gateway import create_gateway
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, TextEvent
+from cocoon.client.wallet import ChannelPayer
 
-__all__ = ["CocoonClient", "Completion", "EmbeddingEvent", "TextEvent", "create_gateway"]
+__all__ = ["ChannelPayer", "CocoonClient", "Completion", "EmbeddingEvent", "TextEvent", "create_gateway"]

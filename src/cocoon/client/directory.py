@@ -5,6 +5,7 @@ Workers whose attestation fails are dropped (and logged once); nothing is ever s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -41,12 +42,28 @@ class DirectoryCache:
         self._fetched_at = -1e9
         self._workers: list[AttestedWorker] = []
         self._refused: set[str] = set()
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def workers(self, refresh: bool = False) -> list[AttestedWorker]:
-        if refresh or time.monotonic() - self._fetched_at > self.ttl:
-            self._workers = await self._fetch()
-            self._fetched_at = time.monotonic()
+        """The attested workers. A stale list is served while a refresh runs in the background (so the
+        request path never waits on the directory), unless ``refresh`` forces a fetch now."""
+        age = time.monotonic() - self._fetched_at
+        if refresh or age > 30 * self.ttl:
+            await self._refresh()
+        elif age > self.ttl and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh_quietly())
         return self._workers
+
+    async def _refresh(self) -> None:
+        self._workers = await self._fetch()
+        self._fetched_at = time.monotonic()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except CocoonError as exc:  # the next request fetches in the foreground and reports it
+            log.warning("directory refresh failed: %s", exc.message)
+            self._fetched_at = -1e9
 
     async def _fetch(self) -> list[AttestedWorker]:
         try:
@@ -88,8 +105,13 @@ class DirectoryCache:
             context_length={m["model"]: int(m["context_length"]) for m in raw["models"]},
             price_coefficient=int(raw.get("price_coefficient", 1000)),
             region=str(raw.get("region", "")),
-            expected_latency_ms=float(raw.get("score", {}).get("expected_latency_ms", 0.0)),
+            expected_latency_ms=_rank_ms(raw.get("score", {})),
         )
+
+
+def _rank_ms(score: dict[str, Any]) -> float:
+    """The proxy's score: expected latency over reputation, with breaker penalties (older proxies: latency)."""
+    return float(score.get("score_ms", score.get("expected_latency_ms", 0.0)))
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from cocoon.client.openai_schema import (
     SamplingFields,
 )
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
+from cocoon.client.wallet import sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import BadRequest, CocoonError, InvalidJSON, ModelNotFound, PayloadTooLarge, Unauthorized
 from cocoon.protocol.payload import SealedMessage, SealedParams
@@ -40,6 +41,8 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
     sdk = client or CocoonClient(
         settings.proxy_url, settings.policy, candidates=settings.candidates, timeout=settings.timeout
     )
+    if client is None and settings.chain_url:
+        sdk.payer = sidecar_payer(settings)
 
     async def parse(request: Request, model: type[R]) -> R:
         if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
@@ -137,6 +140,7 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
             for i, v in enumerate(vectors)
         ]
         usage = {"prompt_tokens": final.usage.prompt_tokens, "total_tokens": final.usage.prompt_tokens}
+        usage |= final.cost.usage_fields() if final.cost is not None else {}
         return JSONResponse({"object": "list", "data": data, "model": req.model, "usage": usage})
 
     async def models(request: Request) -> JSONResponse:
@@ -265,6 +269,7 @@ def usage_json(final: Completion) -> dict[str, Any]:
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
         "receipt_ids": [r.receipt_id for r in final.receipts],
         "workers": [r.worker_id for r in final.receipts],
+        **(final.cost.usage_fields() if final.cost is not None else {}),
     }
 
 

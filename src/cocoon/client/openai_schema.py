@@ -51,6 +51,7 @@ class ProviderPrefs(BaseModel):
     max_price: float | None = None
     allow_fallbacks: bool = True
     region: str | None = None
+    hedge: bool = Field(False, description="cocoon: run on two workers, keep the first to answer")
 
 
 class SamplingFields(BaseModel):
@@ -101,6 +102,7 @@ class SamplingFields(BaseModel):
             max_price=max_price,
             allow_fallbacks=provider.allow_fallbacks,
             region=provider.region,
+            hedge=provider.hedge,
         )
 
 

@@ -11,6 +11,7 @@ receipt has verified. A receipt that does not verify raises ``ReceiptInvalid``: 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,10 @@ import msgpack
 from pydantic import ValidationError
 
 from cocoon.attestation import AttestationPolicy, AttestationVerifier
+from cocoon.chain.pricing import Cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
+from cocoon.client.prefix import prefix_hashes, prompt_text
+from cocoon.client.wallet import ChannelPayer
 from cocoon.crypto import ResponseDigest, receipt_signature_valid, request_digest
 from cocoon.engines.base import TokenUsage
 from cocoon.errors import (
@@ -78,6 +82,7 @@ class Completion:
     finish_reason: str
     usage: TokenUsage
     receipts: tuple[Receipt, ...]
+    cost: Cost | None = None  # what the client's voucher paid for these receipts; None on a free proxy
 
 
 Event = TextEvent | EmbeddingEvent | Completion
@@ -92,8 +97,13 @@ class CocoonClient:
         candidates: int = 3,
         timeout: float = 120.0,
         http: httpx.AsyncClient | None = None,
+        prefix_salt: bytes | None = None,
+        payer: ChannelPayer | None = None,
     ) -> None:
+        self.payer = payer
         self.candidates = candidates
+        # Keys the prefix hashes sent for cache affinity; it never leaves this client (see client/prefix.py).
+        self.prefix_salt = prefix_salt or os.urandom(32)
         self.timeout = timeout
         self._http = http or httpx.AsyncClient(
             base_url=proxy_url,
@@ -149,7 +159,7 @@ class CocoonClient:
                 f"and region={routing.region!r}"
             )
         allowed.sort(key=lambda w: w.expected_latency_ms)
-        return allowed[: self.candidates]
+        return allowed[: max(self.candidates, 2 if routing.hedge else 1)]
 
     async def stream(
         self,
@@ -163,7 +173,35 @@ class CocoonClient:
         routing: RoutingPrefs | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Event]:
-        """Run one request through the network; see the module docstring for the events."""
+        """Run one request through the network; see the module docstring for the events.
+
+        A failure before the first event (every candidate gone since the directory was fetched) is retried
+        once, sealed anew to freshly fetched workers: apps do not see a worker that left a moment ago.
+        """
+        for round_ in (1, 2):
+            started = False
+            try:
+                async for event in self._stream_once(kind, model, params, messages, prompt, inputs, routing, timeout):
+                    started = True
+                    yield event
+                return
+            except (NoCapacity, UpstreamFailed) as exc:
+                if started or round_ == 2 or isinstance(exc, UpstreamTimeout):
+                    raise
+                log.info("retrying on fresh workers model=%s reason=%s", model, exc.code)
+                await self.directory.workers(refresh=True)
+
+    async def _stream_once(
+        self,
+        kind: Kind,
+        model: str,
+        params: SealedParams,
+        messages: list[SealedMessage] | None,
+        prompt: str | None,
+        inputs: list[str] | None,
+        routing: RoutingPrefs | None,
+        timeout: float | None,
+    ) -> AsyncIterator[Event]:
         routing = routing or RoutingPrefs()
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
@@ -178,6 +216,7 @@ class CocoonClient:
         sealed, content_key = seal_request(
             request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers}
         )
+        payer = await self.payer.auth(request_id) if self.payer is not None else None
         job = JobRequest(
             request_id=request_id,
             model=model,
@@ -187,7 +226,9 @@ class CocoonClient:
             keys=[WrappedKeyWire(worker_id=k.worker_id, enc=k.enc, wrapped=k.wrapped) for k in sealed.keys],
             ciphertext=sealed.ciphertext,
             routing=routing,
+            prefix_hashes=[] if kind == "embedding" else prefix_hashes(self.prefix_salt, model, prompt_text(payload)),
             timeout=timeout,
+            payer=payer,
         )
         receipts: list[Receipt] = []
         finish_reason = "stop"
@@ -208,6 +249,7 @@ class CocoonClient:
                 sealer: ResponseSealer | None = None
                 digest: ResponseDigest | None = None
                 seq = 0
+                hedged_out = False
                 async for data in response.aiter_raw():
                     for raw in reader.feed(data):
                         message = unpack(raw, STREAM_FRAME)
@@ -218,6 +260,7 @@ class CocoonClient:
                             sealer = ResponseSealer(content_key, request_id, worker.worker_id)
                             digest = ResponseDigest(salt)
                             seq = 0
+                            hedged_out = message.hedged_out
                         elif isinstance(message, Chunk):
                             if worker is None or sealer is None or digest is None:
                                 raise UpstreamFailed("proxy sent a chunk before naming its worker")
@@ -237,7 +280,19 @@ class CocoonClient:
                         elif isinstance(message, JobEnd):
                             if worker is None or digest is None:
                                 raise UpstreamFailed("proxy sent a receipt before naming its worker")
-                            _check_receipt(message, worker, model, request_id, plaintext, digest)
+                            if hedged_out:  # the slower twin of a hedged job: it may claim its prefill only
+                                if _hedge_receipt_ok(message, worker, model, request_id, plaintext, digest):
+                                    receipts.append(message.receipt)
+                                else:
+                                    await self._refuse(message.receipt, "hedged receipt did not verify")
+                                continue
+                            try:
+                                _check_receipt(message, worker, model, request_id, plaintext, digest)
+                            except ReceiptInvalid as exc:
+                                await self._refuse(message.receipt, exc.message)
+                                if receipts and self.payer is not None:  # earlier workers' verified work
+                                    await self.payer.pay(receipts, {w.worker_id: w.price_coefficient for w in workers})
+                                raise
                             receipts.append(message.receipt)
                         elif isinstance(message, JobError):
                             raise CocoonError.from_openai(
@@ -253,6 +308,9 @@ class CocoonClient:
             raise UpstreamFailed(f"malformed response from the network: {exc.errors()[0]['msg']}") from exc
         if not receipts:
             raise UpstreamFailed(f"the stream of {request_id} ended before the worker's receipt")
+        # Only now, with every receipt verified, does the client sign a voucher for them.
+        coefficients = {w.worker_id: w.price_coefficient for w in workers}
+        cost = await self.payer.pay(receipts, coefficients) if self.payer is not None else None
         yield Completion(
             request_id=request_id,
             model=model,
@@ -267,7 +325,12 @@ class CocoonClient:
                 reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
             ),
             receipts=tuple(receipts),
+            cost=cost,
         )
+
+    async def _refuse(self, receipt: Receipt, reason: str) -> None:
+        if self.payer is not None:
+            await self.payer.reject(receipt.receipt_id, reason)
 
 
 def _check_receipt(
@@ -292,6 +355,18 @@ def _check_receipt(
         raise ReceiptInvalid(
             f"receipt {r.receipt_id} rejected: " + "; ".join(problems) + ". Nothing is paid."
         )
+
+
+def _hedge_receipt_ok(
+    end: JobEnd, worker: AttestedWorker, model: str, request_id: str, plaintext: bytes, digest: ResponseDigest
+) -> bool:
+    """A hedge loser's receipt is paid only if it verifies and claims no completion; else it is dropped."""
+    try:
+        _check_receipt(end, worker, model, request_id, plaintext, digest)
+    except ReceiptInvalid as exc:
+        log.warning("hedge receipt dropped worker=%s reason=%s", worker.worker_id, exc.message)
+        return False
+    return end.receipt.completion_tokens == 0
 
 
 def _estimate_tokens(payload: RequestPayload) -> int:

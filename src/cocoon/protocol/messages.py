@@ -11,7 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cocoon.protocol.money import PayerAuth
+
 PROTOCOL_VERSION = 1
+# Prompts are hashed for cache affinity in blocks of this many characters (about 64 tokens each).
+PREFIX_BLOCK_CHARS = 256
+PREFIX_BLOCK_TOKENS = 64
 
 
 class Wire(BaseModel):
@@ -46,6 +51,7 @@ class Register(Wire):
     slots: int = Field(ge=1)
     price_coefficient: int = Field(1000, ge=1, description="1000 = 1x the registry price")
     region: str = ""
+    payout_address: str = Field("", description="wallet the proxy pays this worker's share to (TON address)")
     ed25519_pub: bytes
     x25519_pub: bytes
     attestation: dict[str, Any]
@@ -58,6 +64,7 @@ class Heartbeat(Wire):
     active_jobs: int
     tokens_per_s: float
     prefill_tokens_per_s: float = 0.0
+    ttft_ms: float = Field(0.0, ge=0, description="the worker's promise: median time to first token lately")
 
 
 class Pong(Wire):
@@ -151,6 +158,7 @@ class RoutingPrefs(BaseModel):
     max_price: int | None = Field(None, description="cap on the price coefficient, 1000 = 1x")
     allow_fallbacks: bool = True
     region: str | None = None
+    hedge: bool = Field(False, description="run on two workers; the slower is cancelled at the first token")
 
 
 class JobRequest(Wire):
@@ -163,8 +171,11 @@ class JobRequest(Wire):
     keys: list[WrappedKeyWire] = Field(min_length=1)
     ciphertext: bytes
     routing: RoutingPrefs = Field(default_factory=RoutingPrefs)
-    prefix_hashes: list[str] = Field(default_factory=list)
+    prefix_hashes: list[str] = Field(
+        default_factory=list, max_length=256, description="salted chained hashes of prompt blocks (affinity)"
+    )
     timeout: float = Field(120.0, gt=0, le=3600)
+    payer: PayerAuth | None = Field(None, description="the client channel that pays; required by paid proxies")
 
 
 class JobStart(Wire):
@@ -172,6 +183,7 @@ class JobStart(Wire):
     worker_id: str
     job_id: str
     attempt: int = 0
+    hedged_out: bool = Field(False, description="a hedge loser: only its prefill-only receipt follows")
 
 
 # ---- receipts --------------------------------------------------------------------------------------

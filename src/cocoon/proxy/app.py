@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -46,10 +47,18 @@ from cocoon.protocol import (
     pack,
     unpack_as,
 )
+from cocoon.proxy import reputation_store
+from cocoon.proxy.affinity import PrefixAffinity
+from cocoon.proxy.breaker import Breakers
 from cocoon.proxy.capture import WireCapture
 from cocoon.proxy.directory import Directory, WorkerEntry
+from cocoon.proxy.evidence import EvidenceLog
+from cocoon.proxy.money import Money, money_routes
 from cocoon.proxy.relay import JobRelay
-from cocoon.proxy.router import rank, score
+from cocoon.proxy.reputation import ReputationBook
+from cocoon.proxy.router import RoutingBook, rank, score
+from cocoon.proxy.store import Store, default_url
+from cocoon.proxy.stream_response import FrameStreamResponse
 
 log = logging.getLogger("cocoon.proxy")
 
@@ -67,18 +76,27 @@ class ProxyState:
         self.proxy_id = "p-" + node_id_for(self.key.public)[2:]
         self.directory = Directory()
         self.verifier = AttestationVerifier(settings.policy)
+        self.store = Store(settings.store_url or default_url(settings.data_dir))
+        self.money: Money | None = None  # set at startup when the proxy bills (chain_url)
+        self.routing = RoutingBook(ReputationBook(settings.reputation_half_life_s), Breakers(), PrefixAffinity())
+        self.evidence = EvidenceLog(self.routing)
         self._ping_nonce = 0
         self._ping_sent: dict[tuple[str, int], float] = {}
 
     async def sweep_forever(self) -> None:
         """Drop silent workers and ping the rest (round-trip time feeds routing)."""
-        interval = min(0.5, self.settings.heartbeat_timeout / 4)
+        # Sweep often so a silent worker leaves within heartbeat_timeout + 0.1 s; ping every 0.5 s.
+        interval = min(0.1, self.settings.heartbeat_timeout / 4)
+        sweeps = 0
         while True:
             await asyncio.sleep(interval)
             for worker in self.directory.stale(self.settings.heartbeat_timeout):
                 log.warning("worker dropped worker=%s reason=missed-heartbeats", worker.worker_id)
                 self.directory.remove(worker, "missed heartbeats")
             WORKERS.set(len(self.directory.workers))
+            sweeps += 1
+            if sweeps % max(1, round(0.5 / interval)):
+                continue
             self._ping_nonce += 1
             for worker in list(self.directory.workers.values()):
                 self._ping_sent[(worker.worker_id, self._ping_nonce)] = time.monotonic()
@@ -99,17 +117,27 @@ def create_app(settings: ProxySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.store.start()
+        await reputation_store.load(state.store, state.routing.reputation)
+        saver = asyncio.create_task(reputation_store.save_forever(state.store, state.routing.reputation))
+        if settings.chain_url:
+            state.money = await Money.start(settings, state.key, state.store)
         sweeper = asyncio.create_task(state.sweep_forever())
         log.info("proxy up proxy_id=%s", state.proxy_id)
         try:
             yield
         finally:
             sweeper.cancel()
+            saver.cancel()
+            await reputation_store.save(state.store, state.routing.reputation)
+            if state.money is not None:
+                await state.money.close()
+            await state.store.close()
 
     async def directory(request: Request) -> JSONResponse:
         model = request.query_params.get("model")
         workers = [
-            _directory_entry(w) for w in state.directory.workers.values() if model is None or w.serves(model)
+            _directory_entry(state, w) for w in state.directory.workers.values() if model is None or w.serves(model)
         ]
         return JSONResponse({"object": "directory", "proxy_id": state.proxy_id, "workers": workers})
 
@@ -131,6 +159,8 @@ def create_app(settings: ProxySettings) -> Starlette:
                     ),
                 }
             )
+        if state.money is not None:
+            await state.money.annotate_models(data, state.directory.models())
         return JSONResponse({"object": "list", "data": data})
 
     async def jobs(request: Request) -> Response:
@@ -144,10 +174,9 @@ def create_app(settings: ProxySettings) -> Starlette:
         live = [
             state.directory.workers[k.worker_id]
             for k in job.keys
-            if k.worker_id in state.directory.workers
-            and state.directory.workers[k.worker_id].serves(job.model)
+            if k.worker_id in state.directory.workers and state.directory.workers[k.worker_id].serves(job.model)
         ]
-        candidates = rank(live, job.prompt_tokens, job.routing)
+        candidates = rank(live, job, state.routing)
         if not candidates:
             serving = len(state.directory.serving(job.model))
             JOBS.labels(job.model, "no_capacity").inc()
@@ -155,12 +184,26 @@ def create_app(settings: ProxySettings) -> Starlette:
                 f"none of the {len(job.keys)} workers this request was sealed to can take it "
                 f"({serving} connected workers serve {job.model!r}); refresh the directory and retry"
             )
-        relay = JobRelay(job, candidates, settings.first_byte_timeout, settings.chunk_timeout)
+        reservation = await state.money.billing.admit(job, candidates) if state.money else None
+        relay = JobRelay(
+            job,
+            candidates,
+            settings.first_byte_timeout,
+            settings.chunk_timeout,
+            evidence=state.evidence,
+            dispatch_timeout=settings.dispatch_timeout,
+        )
+        if state.money is not None and reservation is not None:
+            relay.on_receipt = functools.partial(state.money.billing.on_receipt, reservation)
         try:
             attempt, first = await relay.first_frame()
-        except CocoonError as exc:
-            JOBS.labels(job.model, exc.code).inc()
+        except BaseException as exc:
+            if state.money is not None and reservation is not None:
+                state.money.billing.release(reservation)
+            if isinstance(exc, CocoonError):
+                JOBS.labels(job.model, exc.code).inc()
             raise
+        state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
         if len(relay.attempts) > 1:
             FAILOVERS.inc(len(relay.attempts) - 1)
 
@@ -172,8 +215,10 @@ def create_app(settings: ProxySettings) -> Starlette:
                 outcome = "ok" if relay.receipts else "error"
             finally:
                 JOBS.labels(job.model, outcome).inc()
+                if state.money is not None and reservation is not None:
+                    state.money.billing.release(reservation)
 
-        return StreamingResponse(body_stream(), media_type="application/x-cocoon-frames")
+        return FrameStreamResponse(body_stream(), lambda: relay.finished, "application/x-cocoon-frames")
 
     async def worker_connect(ws: WebSocket) -> None:
         await ws.accept()
@@ -186,6 +231,8 @@ def create_app(settings: ProxySettings) -> Starlette:
         try:
             register = unpack_as(await asyncio.wait_for(ws.receive_bytes(), 10), Register)
             entry = _admit(state, register, send)
+            if state.money is not None:
+                state.money.check_worker(register)
         except (CocoonError, TimeoutError, ValidationError) as exc:
             err = exc if isinstance(exc, CocoonError) else BadRequest(f"registration failed: {exc}")
             log.warning("worker refused reason=%s", err.message)
@@ -209,9 +256,11 @@ def create_app(settings: ProxySettings) -> Starlette:
         await send(pack(Registered(proxy_id=state.proxy_id, heartbeat_interval=0.5)))
         log.info("worker joined worker=%s models=%s", entry.worker_id, [m.model for m in register.models])
         try:
-            while True:
+            while not entry.gone:  # dropped for silence: close, so it re-registers if it ever wakes up
                 data = await ws.receive_bytes()
                 _on_worker_frame(state, entry, data)
+            with contextlib.suppress(Exception):
+                await ws.close(code=4008)
         except (WebSocketDisconnect, RuntimeError, KeyError):
             pass
         except BadRequest as exc:
@@ -245,6 +294,7 @@ def create_app(settings: ProxySettings) -> Starlette:
             Route("/v1/jobs", jobs, methods=["POST"]),
             Route("/metrics", metrics),
             Route("/healthz", healthz),
+            *money_routes(lambda: state.money),
             WebSocketRoute("/v1/worker/connect", worker_connect),
         ],
         lifespan=lifespan,
@@ -296,10 +346,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _directory_entry(w: WorkerEntry) -> dict[str, Any]:
+def _directory_entry(state: ProxyState, w: WorkerEntry) -> dict[str, Any]:
     reg = w.register
     attestation = {k: (_b64(v) if isinstance(v, bytes) else v) for k, v in reg.attestation.items()}
-    parts = score(w, 0)
+    parts = score(w, 0, [], state.routing)
     return {
         "worker_id": w.worker_id,
         "software": reg.software,
@@ -316,10 +366,15 @@ def _directory_entry(w: WorkerEntry) -> dict[str, Any]:
         "tokens_per_s": round(w.tokens_per_s, 2),
         "completed": w.completed,
         "failed": w.failed,
-        "score": {
-            "rtt_ms": round(parts.rtt_s * 1000, 3),
-            "queue_ms": round(parts.queue_s * 1000, 3),
+        "score": parts.as_json()
+        | {
+            "avg_job_ms": round(w.avg_job_s * 1000, 3),
             "avg_ttft_ms": round(w.avg_ttft_s * 1000, 3),
-            "expected_latency_ms": round(parts.expected_latency_s * 1000, 3),
+            "promised_ttft_ms": round(w.promised_ttft_s * 1000, 3),
+            "prefill_tokens_per_s": round(w.prefill_tokens_per_s, 1),
+            "decode_tokens_per_s": round(w.decode_tokens_per_s, 1),
+            "cached_prefixes": state.routing.affinity.size(w.worker_id),
         },
+        "reputation": state.routing.reputation.view(w.worker_id),
+        "breaker": state.routing.breakers.view(w.worker_id),
     }

@@ -39,12 +39,16 @@ class WorkerEntry:
     queue_depth: int = 0
     active_jobs: int = 0
     tokens_per_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0  # as the worker reports it
+    promised_ttft_s: float = 0.0  # the worker's own median time to first token
+    decode_tokens_per_s: float = 0.0  # measured by the proxy from receipts
     inflight: int = 0
     avg_job_s: float = 1.0
     avg_ttft_s: float = 0.2
     rtt_s: float = 0.0
     completed: int = 0
     failed: int = 0
+    gone: bool = False  # left the directory; jobs must not be sent here any more
     jobs: dict[str, asyncio.Queue[dict[str, Any] | WorkerLost]] = field(default_factory=dict)
 
     def serves(self, model: str) -> bool:
@@ -56,16 +60,8 @@ class WorkerEntry:
         self.queue_depth = beat.queue_depth
         self.active_jobs = beat.active_jobs
         self.tokens_per_s = beat.tokens_per_s
-
-    def record_job(self, seconds: float, ttft_s: float | None, ok: bool) -> None:
-        alpha = 0.2
-        self.avg_job_s = (1 - alpha) * self.avg_job_s + alpha * seconds
-        if ttft_s is not None:
-            self.avg_ttft_s = (1 - alpha) * self.avg_ttft_s + alpha * ttft_s
-        if ok:
-            self.completed += 1
-        else:
-            self.failed += 1
+        self.prefill_tokens_per_s = beat.prefill_tokens_per_s
+        self.promised_ttft_s = beat.ttft_ms / 1000
 
 
 class Directory:
@@ -81,6 +77,7 @@ class Directory:
     def remove(self, entry: WorkerEntry, reason: str) -> None:
         if self.workers.get(entry.worker_id) is entry:
             del self.workers[entry.worker_id]
+        entry.gone = True
         for queue in entry.jobs.values():
             queue.put_nowait(WorkerLost(reason))
 

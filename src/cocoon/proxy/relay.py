@@ -2,7 +2,8 @@
 
 The proxy moves sealed chunks it cannot read. If the worker dies after streaming began, the job resumes
 on the next candidate, which receives the sealed chunks emitted so far and continues after them; the client
-sees one stream. Every frame sent to the client is length-prefixed msgpack.
+sees one stream. A hedged job starts on two workers (``hedge.race``). Each attempt's outcome goes to the
+``EvidenceLog`` (reputation, breaker). Every frame sent to the client is length-prefixed msgpack.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from cocoon.crypto import receipt_signature_valid
-from cocoon.errors import CocoonError, NoCapacity, UpstreamFailed, UpstreamTimeout
+from cocoon.errors import CocoonError, NoCapacity, UpstreamTimeout, WorkerGone
 from cocoon.protocol import (
     Cancel,
     ErrorBody,
@@ -32,6 +33,9 @@ from cocoon.protocol import (
     pack,
 )
 from cocoon.proxy.directory import WorkerEntry, WorkerLost
+from cocoon.proxy.evidence import EvidenceLog, outcome_of
+from cocoon.proxy.hedge import race
+from cocoon.proxy.reputation import Outcome
 
 log = logging.getLogger("cocoon.proxy")
 
@@ -45,6 +49,9 @@ class Attempt:
     queue: asyncio.Queue[Frame | WorkerLost]
     started: float = field(default_factory=time.monotonic)
     chunks: list[bytes] = field(default_factory=list)
+    first_at: float = 0.0
+    queue_s: float = 0.0  # the wait the router expected at dispatch
+    sent: bool = False  # the job reached the worker's socket (else its failure is no evidence)
 
 
 class JobRelay:
@@ -56,15 +63,24 @@ class JobRelay:
         candidates: list[WorkerEntry],
         first_byte_timeout: float,
         chunk_timeout: float,
+        evidence: EvidenceLog | None = None,
+        dispatch_timeout: float = 5.0,
     ) -> None:
         self.request = request
         self.candidates = list(candidates)
         self.first_byte_timeout = min(first_byte_timeout, request.timeout)
         self.chunk_timeout = chunk_timeout
+        self.dispatch_timeout = dispatch_timeout
+        self.evidence = evidence
         self.keys = {k.worker_id: k for k in request.keys}
         self.attempts: list[Attempt] = []
+        self.hedge_losers: list[Attempt] = []
+        self.finished = False  # the piece ``stream`` yields last has been produced (the response may end with it)
         self.receipts: list[JobEnd] = []
         self.last_error: CocoonError | None = None
+        # Billing's hook: called with (worker, receipt, proxy's verdict) before the receipt reaches the client,
+        # so the charge is stored before the client can pay for it.
+        self.on_receipt: Callable[[WorkerEntry, JobEnd, bool], Awaitable[None]] | None = None
 
     async def first_frame(self) -> tuple[Attempt, Frame]:
         """Dispatch to candidates in order until one answers with a chunk or a receipt.
@@ -72,20 +88,25 @@ class JobRelay:
         Raises the last worker error (or ``NoCapacity``) when every candidate failed before its first byte.
         """
         while self.candidates:
+            hedged = self.request.routing.hedge and not self.attempts and len(self.candidates) >= 2
+            if hedged:
+                batch = [await self._dispatch(self.candidates.pop(0), resume=[]) for _ in range(2)]
+                try:
+                    attempt, first, losers = await race(batch, self._first, self._failed_first)
+                except CocoonError as exc:
+                    if exc.status < 500 or not self.request.routing.allow_fallbacks:
+                        raise
+                    continue
+                for loser in losers:
+                    await self._cancel_hedge(loser)
+                return attempt, first
             attempt = await self._dispatch(self.candidates.pop(0), resume=[])
             try:
-                first = await self._next(attempt, self.first_byte_timeout)
+                first = await self._first(attempt)
             except CocoonError as exc:
-                self._finish(attempt, ok=False)
-                self.last_error = exc
+                self._failed_first(attempt, exc)
                 if exc.status < 500 or not self.request.routing.allow_fallbacks:
                     raise
-                log.info(
-                    "failover before first byte job=%s worker=%s reason=%s",
-                    attempt.job_id,
-                    attempt.worker.worker_id,
-                    exc.code,
-                )
                 continue
             return attempt, first
         raise self.last_error or NoCapacity(
@@ -94,41 +115,55 @@ class JobRelay:
         )
 
     async def stream(self, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:
-        """The response stream: start frame, chunks, receipt; resumes on another worker if one dies."""
+        """The response stream: start frame, chunks, receipt; resumes on another worker if one dies.
+
+        Frames that are already waiting go out in one write: a socket write per chunk is most of a relay's cost.
+        """
+        out = [frame(pack(JobStart(worker_id=attempt.worker.worker_id, job_id=attempt.job_id)))]
         try:
-            yield frame(pack(JobStart(worker_id=attempt.worker.worker_id, job_id=attempt.job_id)))
             current: Frame | None = first
             while True:
                 if current is None:
+                    if out and attempt.queue.empty():
+                        await asyncio.sleep(0)  # one loop turn: frames already read from the socket join this write
+                    if out and attempt.queue.empty():
+                        yield b"".join(out)
+                        out.clear()
                     try:
                         current = await self._next(attempt, self.chunk_timeout)
                     except CocoonError as exc:
                         resumed = await self._resume(attempt, exc)
                         if resumed is None:
-                            yield frame(pack(_error_frame(exc)))
+                            out.append(frame(pack(_error_frame(exc))))
+                            self.finished = True
+                            yield b"".join(out)
                             return
                         attempt, current = resumed
-                        yield frame(
-                            pack(
-                                JobStart(
-                                    worker_id=attempt.worker.worker_id,
-                                    job_id=attempt.job_id,
-                                    attempt=len(self.attempts) - 1,
-                                )
-                            )
+                        start = JobStart(
+                            worker_id=attempt.worker.worker_id, job_id=attempt.job_id, attempt=len(self.attempts) - 1
                         )
+                        out.append(frame(pack(start)))
                         continue
                 kind = current.get("t")
                 if kind == "chunk":
                     attempt.chunks.append(current["data"])
                     current["worker_id"] = attempt.worker.worker_id
                     current["job_id"] = ""
-                    yield frame(msgpack.packb(current, use_bin_type=True))
+                    out.append(frame(msgpack.packb(current, use_bin_type=True)))
                 elif kind == "end":
                     end = JobEnd.model_validate(current)
-                    self._finish(attempt, ok=self._receipt_ok(attempt, end))
+                    receipt_ok = self._receipt_ok(attempt, end)
+                    self._finish(attempt, "ok" if receipt_ok else "bad_receipt", end)
+                    if self.on_receipt is not None:
+                        await self.on_receipt(attempt.worker, end, receipt_ok)
                     self.receipts.append(end)
-                    yield frame(pack(end.model_copy(update={"job_id": ""})))
+                    current["job_id"] = ""
+                    out.append(frame(msgpack.packb(current, use_bin_type=True)))
+                    self.finished = not self.hedge_losers
+                    yield b"".join(out)
+                    for loser in self.hedge_losers:
+                        async for data in self._loser_receipt(loser):
+                            yield data
                     return
                 current = None
         finally:
@@ -140,6 +175,8 @@ class JobRelay:
     async def _dispatch(self, worker: WorkerEntry, resume: list[ResumeChunks]) -> Attempt:
         key = self.keys[worker.worker_id]
         attempt = Attempt(worker, "job-" + uuid.uuid4().hex[:16], asyncio.Queue())
+        if self.evidence is not None:
+            self.evidence.dispatched(worker)
         worker.jobs[attempt.job_id] = attempt.queue
         worker.inflight += 1
         self.attempts.append(attempt)
@@ -154,22 +191,76 @@ class JobRelay:
             ciphertext=self.request.ciphertext,
             resume_from=resume,
         )
+        if worker.gone:  # left the directory since the request was ranked
+            attempt.queue.put_nowait(WorkerLost("left the directory"))
+            return attempt
         try:
-            await worker.send(pack(job))
-        except Exception as exc:  # the socket died under us: treat as a lost worker, the loop fails over
+            async with asyncio.timeout(self.dispatch_timeout):
+                await worker.send(pack(job))
+            attempt.sent = True
+        except Exception as exc:  # the socket died or stalled: treat as a lost worker, the loop fails over
             attempt.queue.put_nowait(WorkerLost(f"send failed: {type(exc).__name__}"))
         return attempt
 
+    async def _first(self, attempt: Attempt) -> Frame:
+        """The attempt's first frame, within the first-byte timeout; times it against the worker's promise."""
+        item = await self._next(attempt, self.first_byte_timeout)
+        attempt.first_at = time.monotonic()
+        if self.evidence is not None:
+            self.evidence.first_token(attempt.worker, attempt.first_at - attempt.started, attempt.queue_s)
+        return item
+
+    def _failed_first(self, attempt: Attempt, exc: CocoonError) -> None:
+        self._finish(attempt, outcome_of(exc))
+        self.last_error = exc
+        log.info(
+            "failover before first byte job=%s worker=%s reason=%s",
+            attempt.job_id,
+            attempt.worker.worker_id,
+            exc.code,
+        )
+
+    async def _cancel_hedge(self, loser: Attempt) -> None:
+        """Stop the slower twin of a hedged job; it keeps its queue to deliver its prefill-only receipt."""
+        self.hedge_losers.append(loser)
+        await _send_quietly(loser.worker, pack(Cancel(job_id=loser.job_id, reason="hedge")))
+
+    async def _loser_receipt(self, loser: Attempt) -> AsyncIterator[bytes]:
+        """Frames for a hedge loser's receipt, if it comes within a second and claims no completion."""
+        deadline = time.monotonic() + 1.0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = await self._next(loser, left)
+            except CocoonError:
+                break
+            if item.get("t") != "end":
+                continue  # chunks it sealed before the cancel arrived: the client never gets them
+            end = JobEnd.model_validate(item)
+            honest = self._receipt_ok(loser, end) and end.receipt.completion_tokens == 0
+            self._finish(loser, None if honest else "bad_receipt")
+            if honest:
+                if self.on_receipt is not None:
+                    await self.on_receipt(loser.worker, end, True)
+                self.receipts.append(end)
+                start = JobStart(worker_id=loser.worker.worker_id, job_id=loser.job_id, hedged_out=True)
+                yield frame(pack(start))
+                yield frame(pack(end.model_copy(update={"job_id": ""})))
+            return
+        self._finish(loser, None)
+
     async def _next(self, attempt: Attempt, timeout: float) -> Frame:
         """The worker's next frame; worker errors and losses become ``CocoonError``s."""
-        try:
-            item = await asyncio.wait_for(attempt.queue.get(), timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"worker {attempt.worker.worker_id} sent nothing for {timeout:g}s"
-            ) from None
+        queue = attempt.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await queue.get()
+            except TimeoutError:
+                raise UpstreamTimeout(f"worker {attempt.worker.worker_id} sent nothing for {timeout:g}s") from None
+        else:
+            item = queue.get_nowait()
         if isinstance(item, WorkerLost):
-            raise UpstreamFailed(f"worker {attempt.worker.worker_id} went away: {item.reason}")
+            raise WorkerGone(f"worker {attempt.worker.worker_id} went away: {item.reason}")
         if item.get("t") == "error":
             err = JobError.model_validate(item)
             raise CocoonError.from_openai(err.status, {"error": err.error.model_dump()})
@@ -177,18 +268,16 @@ class JobRelay:
 
     async def _resume(self, failed: Attempt, exc: CocoonError) -> tuple[Attempt, Frame] | None:
         """Continue on the next candidate after ``failed`` died mid-stream; ``None`` when none is left."""
-        self._finish(failed, ok=False)
+        self._finish(failed, outcome_of(exc))
         if exc.status < 500 or not self.request.routing.allow_fallbacks:
             return None
-        resume = [
-            ResumeChunks(worker_id=a.worker.worker_id, chunks=a.chunks) for a in self.attempts if a.chunks
-        ]
+        resume = [ResumeChunks(worker_id=a.worker.worker_id, chunks=a.chunks) for a in self.attempts if a.chunks]
         while self.candidates:
             attempt = await self._dispatch(self.candidates.pop(0), resume)
             try:
-                first = await self._next(attempt, self.first_byte_timeout)
-            except CocoonError:
-                self._finish(attempt, ok=False)
+                first = await self._first(attempt)
+            except CocoonError as next_exc:
+                self._finish(attempt, outcome_of(next_exc))
                 continue
             log.info(
                 "resumed mid-stream request=%s on worker=%s",
@@ -198,10 +287,13 @@ class JobRelay:
             return attempt, first
         return None
 
-    def _finish(self, attempt: Attempt, ok: bool) -> None:
+    def _finish(self, attempt: Attempt, outcome: Outcome | None, end: JobEnd | None = None) -> None:
         if attempt.worker.jobs.pop(attempt.job_id, None) is not None:
             attempt.worker.inflight -= 1
-        attempt.worker.record_job(time.monotonic() - attempt.started, None, ok)
+        if self.evidence is not None:
+            receipt = end.receipt if end is not None else None
+            outcome = outcome if attempt.sent else None
+            self.evidence.finished(attempt.worker, outcome, time.monotonic() - attempt.started, receipt)
 
     def _receipt_ok(self, attempt: Attempt, end: JobEnd) -> bool:
         r = end.receipt

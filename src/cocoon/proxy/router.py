@@ -1,18 +1,25 @@
-"""Routing: rank the live workers a request was sealed to by expected latency.
+"""Routing: rank the live workers a request was sealed to by expected latency, reputation and affinity.
 
-``expected_latency = rtt + queue × avg_job_time + prompt_tokens / prefill_rate`` (COCOON uses running ×
-avg_time). The proxy counts its own in-flight assignments too, so a burst is spread before heartbeats
-catch up.
+``expected_latency = rtt + queue × avg_job_time / slots + load × ttft + (prompt − cached) / prefill_rate``, divided
+by the worker's reputation; an open circuit breaker sends a worker to the back. The proxy counts its own
+in-flight assignments too, so a burst is spread before heartbeats catch up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from cocoon.protocol import RoutingPrefs
+from cocoon.protocol import JobRequest
+from cocoon.proxy.affinity import PrefixAffinity
+from cocoon.proxy.breaker import Breakers
 from cocoon.proxy.directory import WorkerEntry
+from cocoon.proxy.reputation import ReputationBook
 
 DEFAULT_PREFILL_TOKENS_PER_S = 2000.0
+# A worker on probation must look four times better to win; one whose breaker is open is a last resort
+# (``rank`` puts it last anyway; the penalty tells clients reading the directory to seal elsewhere).
+BREAKER_PENALTY = {"closed": 1.0, "half_open": 4.0, "open": 100.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,33 +28,97 @@ class ScoreParts:
 
     rtt_s: float
     queue_s: float
+    free_slots: int
     prefill_s: float
+    cached_tokens: int
+    prefix_bonus_s: float
+    reputation: float
+    breaker: str
+    price: int
     expected_latency_s: float
+    score_s: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rtt_ms": round(self.rtt_s * 1000, 3),
+            "queue_ms": round(self.queue_s * 1000, 3),
+            "free_slots": self.free_slots,
+            "prefill_ms": round(self.prefill_s * 1000, 3),
+            "cached_tokens": self.cached_tokens,
+            "prefix_bonus_ms": round(self.prefix_bonus_s * 1000, 3),
+            "reputation": round(self.reputation, 4),
+            "breaker": self.breaker,
+            "price_coefficient": self.price,
+            "expected_latency_ms": round(self.expected_latency_s * 1000, 3),
+            "score_ms": round(self.score_s * 1000, 3),
+        }
 
 
-def score(worker: WorkerEntry, prompt_tokens: int) -> ScoreParts:
-    # Jobs beyond the worker's slots wait a whole average job each; the proxy's own in-flight count
-    # covers the gap until the next heartbeat.
+@dataclass(frozen=True, slots=True)
+class RoutingBook:
+    """What the proxy has learnt about workers beyond their heartbeats."""
+
+    reputation: ReputationBook
+    breakers: Breakers
+    affinity: PrefixAffinity
+
+
+def score(worker: WorkerEntry, prompt_tokens: int, prefix_hashes: list[str], book: RoutingBook) -> ScoreParts:
+    # Jobs beyond the worker's slots wait for one to free up; the proxy's own in-flight count covers the
+    # gap until the next heartbeat.
+    slots = worker.register.slots
     busy = max(worker.inflight, worker.active_jobs + worker.queue_depth)
-    waiting = max(0, busy - worker.register.slots + 1)
-    queue_s = waiting * worker.avg_job_s
-    prefill_s = prompt_tokens / DEFAULT_PREFILL_TOKENS_PER_S
-    total = worker.rtt_s + queue_s + prefill_s + worker.avg_ttft_s
-    return ScoreParts(worker.rtt_s, queue_s, prefill_s, total)
+    waiting = max(0, busy - slots + 1)
+    # Jobs beyond the slots wait for one to free up; jobs within them share the worker's compute, so a half-busy
+    # worker answers later than an idle one.
+    queue_s = waiting * worker.avg_job_s / slots + min(busy, slots) / slots * worker.avg_ttft_s
+    rate = worker.prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S
+    cached = min(prompt_tokens, book.affinity.cached_tokens(worker.worker_id, prefix_hashes))
+    prefill_s = prompt_tokens / rate
+    bonus_s = cached / rate
+    expected = worker.rtt_s + queue_s + prefill_s - bonus_s
+    reputation = book.reputation.factor(worker.worker_id)
+    breaker = book.breakers.state(worker.worker_id)
+    # A small floor keeps reputation meaningful between idle workers with zero expected latency.
+    final = (expected + 0.001) / reputation * BREAKER_PENALTY[breaker]
+    return ScoreParts(
+        rtt_s=worker.rtt_s,
+        queue_s=queue_s,
+        free_slots=max(0, slots - busy),
+        prefill_s=prefill_s,
+        cached_tokens=cached,
+        prefix_bonus_s=bonus_s,
+        reputation=reputation,
+        breaker=breaker,
+        price=worker.register.price_coefficient,
+        expected_latency_s=expected,
+        score_s=final,
+    )
 
 
-def rank(workers: list[WorkerEntry], prompt_tokens: int, prefs: RoutingPrefs) -> list[WorkerEntry]:
-    """Workers allowed by ``prefs``, best first. Ties keep the order given (the client's order)."""
+def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> list[WorkerEntry]:
+    """Workers allowed by the request's price cap and region, best first.
+
+    ``provider.sort`` picks the key (latency by default, throughput, price). Workers whose breaker is open
+    come last, reached only when every other candidate failed. Ties keep the client's order.
+    """
+    prefs = request.routing
     allowed = [
         w
         for w in workers
         if (prefs.max_price is None or w.register.price_coefficient <= prefs.max_price)
         and (not prefs.region or w.register.region == prefs.region)
     ]
-    if prefs.sort == "price":
-        return sorted(
-            allowed, key=lambda w: (w.register.price_coefficient, score(w, prompt_tokens).expected_latency_s)
-        )
-    if prefs.sort == "throughput":
-        return sorted(allowed, key=lambda w: -w.tokens_per_s)
-    return sorted(allowed, key=lambda w: score(w, prompt_tokens).expected_latency_s)
+    keyed = []
+    for w in allowed:
+        parts = score(w, request.prompt_tokens, request.prefix_hashes, book)
+        held_back = not book.breakers.admits(w.worker_id)
+        if prefs.sort == "price":
+            key: tuple[float, ...] = (held_back, parts.price, parts.score_s)
+        elif prefs.sort == "throughput":
+            key = (held_back, -(w.decode_tokens_per_s or w.tokens_per_s), parts.score_s)
+        else:
+            key = (held_back, parts.score_s)
+        keyed.append((key, w))
+    keyed.sort(key=lambda pair: pair[0])
+    return [w for _, w in keyed]

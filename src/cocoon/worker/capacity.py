@@ -33,6 +33,31 @@ class ThroughputMeter:
             self._total -= self._events.popleft()[1]
 
 
+class FirstTokenMeter:
+    """The worker's promise: median time to first token over recent jobs, and its prefill rate.
+
+    Both go into heartbeats; the proxy holds the worker to the promise when it scores reputation.
+    """
+
+    def __init__(self, window: int = 32) -> None:
+        self._ttft: deque[float] = deque(maxlen=window)
+        self.prefill_tokens_per_s = 0.0
+
+    def add(self, ttft_s: float, prompt_tokens: int) -> None:
+        self._ttft.append(ttft_s)
+        if prompt_tokens > 0 and ttft_s > 0:
+            rate = prompt_tokens / ttft_s
+            self.prefill_tokens_per_s = (
+                rate if not self.prefill_tokens_per_s else (0.8 * self.prefill_tokens_per_s + 0.2 * rate)
+            )
+
+    def median_ms(self) -> float:
+        if not self._ttft:
+            return 0.0
+        ordered = sorted(self._ttft)
+        return ordered[len(ordered) // 2] * 1000
+
+
 class SlotBoard:
     """Counts jobs running and waiting; the worker's heartbeat reads it."""
 

@@ -99,6 +99,8 @@ class ProxyLink:
                 elif isinstance(message, Cancel):
                     task = self._jobs.get(message.job_id)
                     if task is not None:
+                        if message.reason == "hedge":
+                            self.runner.hedge_cancelled.add(message.job_id)
                         task.cancel()
                 elif isinstance(message, Ping):
                     await ws.send(pack(Pong(nonce=message.nonce)))
@@ -117,13 +119,14 @@ class ProxyLink:
 
     def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._jobs.pop(job_id, None)
+        self.runner.hedge_cancelled.discard(job_id)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             if not isinstance(exc, websockets.ConnectionClosed):
                 log.error("job crashed job_id=%s", job_id, exc_info=exc)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
-        board, meter = self.runner.board, self.runner.meter
+        board, meter, first_tokens = self.runner.board, self.runner.meter, self.runner.first_tokens
         while True:
             await ws.send(
                 pack(
@@ -132,6 +135,8 @@ class ProxyLink:
                         queue_depth=board.waiting,
                         active_jobs=board.running,
                         tokens_per_s=meter.rate(),
+                        prefill_tokens_per_s=first_tokens.prefill_tokens_per_s,
+                        ttft_ms=first_tokens.median_ms(),
                     )
                 )
             )

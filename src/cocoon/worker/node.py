@@ -12,6 +12,7 @@ from cocoon.crypto import NodeKeys, load_or_create_node_keys, load_or_create_sig
 from cocoon.engines import Engine, build_engine
 from cocoon.errors import AttestationFailed, ConfigError
 from cocoon.protocol import ModelOffer, Register
+from cocoon.worker.earnings import payout_address
 from cocoon.worker.link import ProxyLink
 from cocoon.worker.runner import JobRunner
 
@@ -74,15 +75,15 @@ class WorkerNode:
             slots=self.settings.slots,
             price_coefficient=self.settings.price_coefficient,
             region=self.settings.region,
+            payout_address=payout_address(self.settings),
             ed25519_pub=self.keys.signing.public,
             x25519_pub=self.keys.sealing.public,
             attestation=bundle.model_dump(mode="python"),
         )
         runner = JobRunner(self.keys, self.engines, self.settings.slots, self.settings.max_queue)
+        runner.chaos_bad_receipts = self.settings.chaos_bad_receipts
         self.links = [
-            ProxyLink(
-                url, register, runner, self.settings.heartbeat_interval, self.settings.reconnect_max_backoff
-            )
+            ProxyLink(url, register, runner, self.settings.heartbeat_interval, self.settings.reconnect_max_backoff)
             for url in self.settings.proxies
         ]
 

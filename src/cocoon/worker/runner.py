@@ -38,7 +38,8 @@ from cocoon.protocol import (
     unwrap_content_key,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
-from cocoon.worker.capacity import SlotBoard, ThroughputMeter
+from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
+from cocoon.worker.chaos import spoil
 
 log = logging.getLogger("cocoon.worker")
 
@@ -53,7 +54,12 @@ class JobRunner:
         self.engines = engines
         self.board = SlotBoard(slots)
         self.meter = ThroughputMeter()
+        self.first_tokens = FirstTokenMeter()
         self.max_queue = max_queue
+        # Jobs the proxy cancelled because a hedged twin answered first: they end with a receipt for
+        # their prefill only (see DESIGN.md, Routing), instead of vanishing unpaid.
+        self.hedge_cancelled: set[str] = set()
+        self.chaos_bad_receipts = ""
         self._slots = asyncio.Semaphore(slots)
 
     async def run(self, job: Job, send: Send) -> None:
@@ -64,6 +70,12 @@ class JobRunner:
         self.board.waiting += 1
         try:
             await self._slots.acquire()
+        except asyncio.CancelledError:
+            if job.job_id not in self.hedge_cancelled:
+                raise
+            _uncancel()  # nothing was computed, nothing to bill: say so, so the proxy stops waiting
+            await send(_error(job.job_id, 409, "hedge_cancelled", "a hedged twin answered before this job started"))
+            return
         finally:
             self.board.waiting -= 1
         self.board.running += 1
@@ -115,7 +127,19 @@ class JobRunner:
             finish_reason = "stop"
         else:
             continuation, emitted = _continuation(job, content_key)
-            usage, finish_reason = await self._generate(engine, payload, continuation, emitted, emit)
+            try:
+                usage, finish_reason = await self._generate(engine, payload, continuation, emitted, emit)
+            except asyncio.CancelledError:
+                if job.job_id not in self.hedge_cancelled:
+                    raise
+                _uncancel()
+                # The client received none of this worker's chunks: the receipt covers the prefill only.
+                usage = TokenUsage(await _prompt_tokens(engine, payload, continuation), completion_tokens=0)
+                finish_reason, digest = "cancelled", ResponseDigest(payload.salt)
+            finally:
+                self.hedge_cancelled.discard(job.job_id)
+            if seq and finish_reason != "cancelled":
+                self.first_tokens.add(ttft_ms / 1000, usage.prompt_tokens)
         receipt = Receipt(
             receipt_id="rcpt-" + uuid.uuid4().hex,
             request_id=job.request_id,
@@ -134,9 +158,10 @@ class JobRunner:
             ttft_ms=ttft_ms,
             duration_ms=(time.monotonic() - t0) * 1000,
         )
-        await send(
-            JobEnd(job_id=job.job_id, receipt=receipt, signature=sign_receipt(self.keys.signing, receipt))
-        )
+        signature = sign_receipt(self.keys.signing, receipt)
+        if self.chaos_bad_receipts:  # test/chaos knob only, see worker/chaos.py
+            receipt, signature = spoil(self.chaos_bad_receipts, receipt, signature, self.keys.signing)
+        await send(JobEnd(job_id=job.job_id, receipt=receipt, signature=signature))
 
     async def _generate(
         self,
@@ -175,6 +200,18 @@ class JobRunner:
         finally:
             await stream.aclose()
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _prompt_tokens(engine: Engine, payload: RequestPayload, continuation: str) -> int:
+    """Prompt tokens of a job cut short before its engine reported usage (the chat template not counted)."""
+    text = payload.prompt or "\n".join(m.content for m in payload.messages or [])
+    return await engine.count_tokens(text + continuation)
 
 
 def _continuation(job: Job, content_key: bytes) -> tuple[str, int]:

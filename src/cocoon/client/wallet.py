@@ -1,0 +1,184 @@
+"""The client's money: its wallet key, its ClientChannel with the proxy, and the vouchers it signs.
+
+The SDK calls ``ChannelPayer``: ``auth`` names the paying channel in each request, ``pay`` signs the next
+cumulative voucher once every receipt of a request has verified, ``reject`` refuses a receipt that did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pytoniq_core.boc.address import Address
+
+from cocoon.chain import ClientChannel, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
+from cocoon.chain.pricing import Cost, Prices, cost_of
+from cocoon.config import ClientSettings
+from cocoon.crypto import SigningKey, load_or_create_signing_key
+from cocoon.errors import CocoonError, ModelNotFound, UpstreamFailed
+from cocoon.protocol import Receipt
+from cocoon.protocol.money import PayerAuth, payer_message, rejection_message
+
+PRICE_TTL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentTerms:
+    """What a paid proxy publishes at ``GET /v1/payment``."""
+
+    proxy_wallet: Address
+    registry: Address
+    proxy_fee_bps: int
+    close_delay: int
+    min_client_deposit: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PaymentTerms:
+        return cls(
+            Address(body["proxy_wallet"]),
+            Address(body["registry"]),
+            int(body["proxy_fee_bps"]),
+            int(body["close_delay"]),
+            int(body["min_client_deposit"]),
+        )
+
+
+async def payment_terms(http: httpx.AsyncClient) -> PaymentTerms | None:
+    """The proxy's payment terms; ``None`` when it is a free proxy."""
+    response = await http.get("/v1/payment")
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise CocoonError.from_openai(response.status_code, _json(response))
+    return PaymentTerms.from_json(response.json())
+
+
+def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTerms) -> ClientChannel:
+    """The client's channel with this proxy (its address follows from the two wallets and the close delay)."""
+    return ClientChannel.for_deploy(
+        toncenter,
+        payer=wallet.address,
+        payee=terms.proxy_wallet,
+        payer_key=wallet.public_key,
+        close_delay=terms.close_delay,
+    )
+
+
+def raw(address: Address) -> str:
+    return f"{address.wc}:{address.hash_part.hex()}"
+
+
+class ChannelPayer:
+    """Pays one proxy through the client's channel; safe to share between concurrent requests."""
+
+    def __init__(self, http: httpx.AsyncClient, toncenter: ToncenterClient, key: SigningKey) -> None:
+        self.http = http
+        self.toncenter = toncenter
+        self.key = key
+        self.wallet = Wallet(key.seed)
+        self.channel = ""
+        self.vouchered = 0
+        self.enabled = True
+        self._registry: Registry | None = None
+        self._prices: dict[str, tuple[float, Prices]] = {}
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> None:
+        async with self._lock:
+            if self._ready:
+                return
+            terms = await payment_terms(self.http)
+            if terms is None:
+                self.enabled = False
+            else:
+                self.channel = raw(client_channel(self.toncenter, self.wallet, terms).address)
+                self._registry = Registry(self.toncenter, terms.registry)
+                self.vouchered = await self._last_voucher()
+            self._ready = True
+
+    async def _last_voucher(self) -> int:
+        """Resume from the proxy's copy of our last voucher, trusted only if our own key signed it."""
+        response = await self.http.get(f"/v1/channels/{self.channel}")
+        if response.status_code == 404:
+            return 0
+        body = response.json()
+        cumulative = int(body.get("vouchered", 0))
+        if cumulative and not verify_voucher(
+            self.wallet.public_key, self.channel, cumulative, bytes.fromhex(body.get("signature", ""))
+        ):
+            raise UpstreamFailed(f"the proxy reports a voucher for channel {self.channel} this client never signed")
+        return cumulative
+
+    async def auth(self, request_id: str) -> PayerAuth | None:
+        """The request's payer field, or ``None`` for a free proxy."""
+        await self._start()
+        if not self.enabled:
+            return None
+        return PayerAuth(channel=self.channel, signature=self.key.sign(payer_message(self.channel, request_id)))
+
+    async def prices(self, model: str) -> Prices:
+        """Registry prices, read from the chain itself (not from the proxy)."""
+        cached = self._prices.get(model)
+        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
+            return cached[1]
+        assert self._registry is not None
+        entry = await self._registry.get_model(model)
+        if entry is None:
+            raise ModelNotFound(f"the registry has no price for {model!r}", param="model")
+        prices = Prices.of(entry)
+        self._prices[model] = (time.monotonic(), prices)
+        return prices
+
+    async def pay(self, receipts: Sequence[Receipt], coefficients: Mapping[str, int]) -> Cost | None:
+        """Sign and hand over the voucher for these verified receipts; returns what they cost."""
+        await self._start()
+        if not self.enabled:
+            return None
+        cost = Cost()
+        for r in receipts:
+            prices = await self.prices(r.model)
+            cost += cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficients[r.worker_id])
+        async with self._lock:  # vouchers are cumulative: sign and submit them one at a time
+            cumulative = self.vouchered + cost.total
+            body = {
+                "channel": self.channel,
+                "cumulative": cumulative,
+                "signature": sign_voucher(self.key.seed, self.channel, cumulative).hex(),
+                "receipt_ids": [r.receipt_id for r in receipts],
+            }
+            response = await self.http.post("/v1/vouchers", json=body)
+            if response.status_code != 200:
+                raise CocoonError.from_openai(response.status_code, _json(response))
+            self.vouchered = cumulative
+        return cost
+
+    async def reject(self, receipt_id: str, reason: str) -> None:
+        """Tell the proxy this receipt did not verify: it is never paid. A receipt it never charged is fine."""
+        await self._start()
+        if not self.enabled:
+            return
+        signature = self.key.sign(rejection_message(self.channel, receipt_id)).hex()
+        body = {"channel": self.channel, "receipt_id": receipt_id, "reason": reason[:500], "signature": signature}
+        response = await self.http.post("/v1/vouchers/reject", json=body)
+        if response.status_code not in (200, 404):
+            raise CocoonError.from_openai(response.status_code, _json(response))
+
+
+def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
+    """The sidecar's payer: its wallet key from ``wallet_file``, prices from ``chain_url``."""
+    assert settings.chain_url is not None
+    http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
+    toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
+    return ChannelPayer(http, toncenter, load_or_create_signing_key(settings.wallet_file))
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {}

@@ -1,0 +1,328 @@
+"""The proxy's cashier: reserve a request's maximum cost before routing, charge each receipt, take vouchers.
+
+Client debits = worker credits + proxy fees holds by construction: a charge's cost splits into the worker's
+share and the fee (``cocoon.chain.pricing.split``) and both move only when the client's voucher pays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import Histogram
+from pytoniq_core.boc.address import Address
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cocoon.chain import ChainError, ChannelRole, ClientChannel, sign_voucher, verify_voucher
+from cocoon.chain.pricing import Prices, cost_of, max_cost, split
+from cocoon.chain.toncenter import address_text
+from cocoon.crypto import verify_signature
+from cocoon.errors import BadRequest, ModelNotFound, NotFound, PaymentRequired, Unauthorized
+from cocoon.protocol import JobEnd, JobRequest, pack
+from cocoon.protocol.money import ReceiptRejection, VoucherSubmission, payer_message, rejection_message
+from cocoon.proxy.books import account_json
+from cocoon.proxy.chainlink import ChainLink
+from cocoon.proxy.directory import WorkerEntry
+from cocoon.proxy.ledger import (
+    INVALID,
+    OWED,
+    PAID,
+    REJECTED,
+    Charge,
+    ClientAccount,
+    VoucherRecord,
+    WorkerAccount,
+    as_utc,
+)
+from cocoon.proxy.store import Store
+
+log = logging.getLogger("cocoon.proxy.billing")
+
+PRICE_TTL_S = 30.0
+VOUCHER_SECONDS = Histogram("cocoon_proxy_voucher_seconds", "time to verify, store and commit one client voucher")
+DEPOSIT_RECHECK_S = 1.0
+
+
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """What one admitted request holds against its channel until it ends (or, if its end is lost, expires)."""
+
+    channel: str
+    amount: int
+    expires: float
+    receipts: list[str] = field(default_factory=list)
+
+
+def raw_address(text: str) -> str:
+    """The canonical ``0:hex`` form of any TON address text; BadRequest when it is not one."""
+    try:
+        address = Address(text)
+    except Exception as exc:  # pytoniq raises bare exceptions for malformed addresses
+        raise BadRequest(f"{text!r} is not a TON address") from exc
+    return f"{address.wc}:{address.hash_part.hex()}"
+
+
+class Billing:
+    """Reservations in memory, everything that moves money in the store, committed before it is acknowledged."""
+
+    def __init__(self, store: Store, link: ChainLink, *, unpaid_grace_s: float) -> None:
+        self.store = store
+        self.link = link
+        self.unpaid_grace_s = unpaid_grace_s
+        self._reservations: dict[str, set[Reservation]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._prices: dict[str, tuple[float, Prices]] = {}
+
+    def lock(self, channel: str) -> asyncio.Lock:
+        return self._locks.setdefault(channel, asyncio.Lock())
+
+    async def prices(self, model: str) -> Prices:
+        """The registry's prices for ``model`` (cached for 30 s); ModelNotFound when it has none."""
+        cached = self._prices.get(model)
+        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
+            return cached[1]
+        entry = await self.link.registry.get_model(model)
+        if entry is None:
+            raise ModelNotFound(
+                f"the model {model!r} has no price in the registry {address_text(self.link.registry.address)}; "
+                "the network owner must add it before this proxy can bill for it",
+                param="model",
+            )
+        prices = Prices.of(entry)
+        self._prices[model] = (time.monotonic(), prices)
+        return prices
+
+    async def admit(self, job: JobRequest, candidates: list[WorkerEntry]) -> Reservation:
+        """Check who pays and reserve the request's maximum cost; PaymentRequired says how to fix a refusal."""
+        if job.payer is None:
+            raise PaymentRequired(
+                "this proxy bills in TON: requests must name a client channel; open one with "
+                "`cocoon client deposit` and run the sidecar with chain_url set"
+            )
+        channel = raw_address(job.payer.channel)
+        prices = await self.prices(job.model)
+        coefficient = max(w.register.price_coefficient for w in candidates)
+        # The sealed request bounds its own prompt: a token is at least one byte of plaintext.
+        amount = max_cost(len(job.ciphertext), job.max_tokens, prices, coefficient)
+        async with self.lock(channel):
+            account = await self._account(channel)
+            if not verify_signature(account.payer_key, payer_message(channel, job.request_id), job.payer.signature):
+                raise Unauthorized(f"the request is not signed by the payer key of channel {channel}")
+            if account.closing:
+                raise PaymentRequired(f"channel {channel} is closing; open a new one with `cocoon client deposit`")
+            await self._refuse_unpaid(channel)
+            free = self._free(account)
+            if free < amount and time.time() - as_utc(account.checked_at).timestamp() > DEPOSIT_RECHECK_S:
+                account = await self._refresh_deposit(channel)
+                free = self._free(account)
+            if free < amount:
+                raise PaymentRequired(
+                    f"channel {channel} has {free} nanoton free of its {account.deposit} nanoton deposit "
+                    f"({max(account.charged, account.vouchered)} spent, {self.reserved(channel)} reserved) "
+                    f"but this request may cost up to {amount} nanoton; top up with "
+                    f"`cocoon client deposit --amount <TON>` or lower max_tokens"
+                )
+            reservation = Reservation(channel, amount, time.monotonic() + job.timeout + 60)
+            self._reservations.setdefault(channel, set()).add(reservation)
+        return reservation
+
+    def reserved(self, channel: str) -> int:
+        """Nanoton held by this channel's requests in flight."""
+        held = self._reservations.get(channel)
+        if not held:
+            return 0
+        now = time.monotonic()
+        for lost in [r for r in held if r.expires < now]:
+            held.discard(lost)
+        return sum(r.amount for r in held)
+
+    def release(self, reservation: Reservation) -> None:
+        held = self._reservations.get(reservation.channel)
+        if held is not None:
+            held.discard(reservation)
+            if not held:
+                del self._reservations[reservation.channel]
+
+    async def on_receipt(self, reservation: Reservation, worker: WorkerEntry, end: JobEnd, valid: bool) -> None:
+        """Store the receipt and its charge (owed by the client) before the client sees the receipt."""
+        r = end.receipt
+        try:
+            prices = await self.prices(r.model)
+        except ModelNotFound:  # a receipt for a model nobody priced cannot be charged
+            prices, valid = Prices(0, 0, 0), False
+        coefficient = worker.register.price_coefficient
+        cost = cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficient)
+        share, fee = split(cost.total, self.link.params.proxy_fee_bps)
+        payout = raw_address(worker.register.payout_address)
+        charge = Charge(
+            receipt_id=r.receipt_id,
+            request_id=r.request_id,
+            client_channel=reservation.channel,
+            worker_channel=self.link.worker_channel(payout),
+            worker_payout=payout,
+            worker_id=worker.worker_id,
+            model=r.model,
+            coefficient=coefficient,
+            prompt_cost=cost.prompt,
+            cached_cost=cost.cached,
+            completion_cost=cost.completion,
+            cost=cost.total,
+            worker_share=share,
+            fee=fee,
+            status=OWED if valid else INVALID,
+            reason="" if valid else "the proxy found the receipt's signature invalid",
+            receipt=pack(end),
+        )
+        async with self.lock(reservation.channel), self.store.writing(), self.store.session() as session:
+            session.add(charge)
+            if valid:
+                account = await session.get(ClientAccount, reservation.channel)
+                assert account is not None
+                account.charged += cost.total
+            await session.commit()
+        reservation.receipts.append(r.receipt_id)
+
+    async def accept_voucher(self, sub: VoucherSubmission) -> dict[str, object]:
+        """Take the client's next cumulative voucher; it must pay exactly the listed owed receipts."""
+        with VOUCHER_SECONDS.time():
+            return await self._accept_voucher(sub)
+
+    async def _accept_voucher(self, sub: VoucherSubmission) -> dict[str, object]:
+        channel = raw_address(sub.channel)
+        signature = _hex(sub.signature, "signature")
+        async with self.lock(channel), self.store.writing(), self.store.session() as session:
+            account = await session.get(ClientAccount, channel)
+            if account is None:
+                raise NotFound(f"channel {channel} has never been used with this proxy")
+            if not verify_voucher(account.payer_key, channel, sub.cumulative, signature):
+                raise Unauthorized(f"the voucher is not signed by the payer key of channel {channel}")
+            rows = (
+                await session.scalars(
+                    select(Charge).where(Charge.receipt_id.in_(sub.receipt_ids), Charge.client_channel == channel)
+                )
+            ).all()
+            owed = [c for c in rows if c.status == OWED]
+            if sub.cumulative == account.vouchered and not owed and len(rows) == len(sub.receipt_ids):
+                return self._account_json(account)  # a retry of a voucher already taken
+            unknown = sorted(set(sub.receipt_ids) - {c.receipt_id for c in owed})
+            if unknown:
+                raise BadRequest(f"receipts {unknown} are not owed on channel {channel}; pay only owed receipts")
+            delta, due = sub.cumulative - account.vouchered, sum(c.cost for c in owed)
+            if delta != due:
+                raise BadRequest(
+                    f"the voucher adds {delta} nanoton to {account.vouchered} but the receipts cost {due}; "
+                    "sign cumulative = previous voucher + their cost (prices from the registry)"
+                )
+            now = datetime.now(UTC)
+            for charge in owed:
+                charge.status = PAID
+            account.vouchered, account.voucher_signature = sub.cumulative, signature
+            account.vouchered_at = account.vouchered_at or now
+            session.add(VoucherRecord(kind="client", channel=channel, cumulative=sub.cumulative, signature=signature))
+            shares: dict[tuple[str, str], int] = {}
+            for charge in owed:
+                key = (charge.worker_channel, charge.worker_payout)
+                shares[key] = shares.get(key, 0) + charge.worker_share
+            for (worker_channel, payout), share in shares.items():
+                await self._credit_worker(session, worker_channel, payout, share, now)
+            await session.commit()
+            return self._account_json(account)
+
+    async def reject(self, rejection: ReceiptRejection) -> dict[str, object]:
+        """The client refused a receipt that did not verify: the charge is dropped, nobody is paid."""
+        channel = raw_address(rejection.channel)
+        signature = _hex(rejection.signature, "signature")
+        async with self.lock(channel), self.store.writing(), self.store.session() as session:
+            account = await session.get(ClientAccount, channel)
+            charge = await session.get(Charge, rejection.receipt_id)
+            if account is None or charge is None or charge.client_channel != channel:
+                raise NotFound(f"receipt {rejection.receipt_id} was never charged to channel {channel}")
+            if not verify_signature(account.payer_key, rejection_message(channel, charge.receipt_id), signature):
+                raise Unauthorized(f"the rejection is not signed by the payer key of channel {channel}")
+            if charge.status == OWED:
+                charge.status, charge.reason = REJECTED, rejection.reason
+                account.charged -= charge.cost
+                log.warning("receipt rejected by client receipt=%s worker=%s", charge.receipt_id, charge.worker_id)
+            elif charge.status == PAID:
+                raise BadRequest(f"receipt {charge.receipt_id} is already paid by a voucher")
+            await session.commit()
+            return self._account_json(account)
+
+    def _free(self, account: ClientAccount) -> int:
+        return account.deposit - max(account.charged, account.vouchered) - self.reserved(account.channel)
+
+    def _account_json(self, account: ClientAccount) -> dict[str, object]:
+        return account_json(account, self.reserved(account.channel))
+
+    async def _account(self, channel: str) -> ClientAccount:
+        async with self.store.session() as session:
+            account = await session.get(ClientAccount, channel)
+        return account if account is not None else await self._refresh_deposit(channel)
+
+    async def _refresh_deposit(self, channel: str) -> ClientAccount:
+        """Read the channel from the chain (first use, or a top-up the proxy has not seen yet)."""
+        try:
+            state = await ClientChannel(self.link.toncenter, Address(channel)).get_channel()
+        except ChainError as exc:
+            raise PaymentRequired(
+                f"cannot read a client channel at {channel} on chain ({exc.message}); "
+                "if it does not exist yet, open one with `cocoon client deposit`"
+            ) from exc
+        if state.role != ChannelRole.CLIENT or state.payee != self.link.wallet.address:
+            raise PaymentRequired(f"channel {channel} does not pay this proxy; open one with `cocoon client deposit`")
+        async with self.store.writing(), self.store.session() as session:
+            account = await session.get(ClientAccount, channel)
+            if account is None:
+                account = ClientAccount(
+                    channel=channel, payer_key=state.payer_key, charged=0, vouchered=0, voucher_signature=b"", claimed=0
+                )
+                session.add(account)
+            account.deposit, account.claimed = state.deposit, state.claimed
+            account.closing = state.close_at or int(state.closed)
+            account.checked_at = datetime.now(UTC)
+            await session.commit()
+        return account
+
+    async def _refuse_unpaid(self, channel: str) -> None:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)
+        async with self.store.session() as session:
+            unpaid = await session.scalar(
+                select(func.count()).where(
+                    Charge.client_channel == channel, Charge.status == OWED, Charge.created_at < cutoff
+                )
+            )
+        if unpaid:
+            raise PaymentRequired(
+                f"channel {channel} has {unpaid} receipts unpaid for over {self.unpaid_grace_s:g}s; the client "
+                "must pay them with a voucher (POST /v1/vouchers) or reject them before new requests"
+            )
+
+    async def _credit_worker(
+        self, session: AsyncSession, worker_channel: str, payout: str, share: int, now: datetime
+    ) -> None:
+        account = await session.get(WorkerAccount, worker_channel)
+        if account is None:
+            account = WorkerAccount(channel=worker_channel, payout=payout, funded=0, vouchered=0, claimed=0)
+            session.add(account)
+        account.vouchered += share
+        account.voucher_signature = sign_voucher(self.link.wallet.seed, worker_channel, account.vouchered)
+        account.vouchered_at = account.vouchered_at or now
+        session.add(
+            VoucherRecord(
+                kind="worker",
+                channel=worker_channel,
+                cumulative=account.vouchered,
+                signature=account.voucher_signature,
+            )
+        )
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise BadRequest(f"{what} must be hex", param=what) from exc

@@ -1,0 +1,71 @@
+"""The proxy's handle on the chain: toncenter client, its wallet (the proxy key), the registry and its params.
+
+Worker payout channels are derived here (payer = the proxy's wallet), and every on-chain operation the
+proxy sends is recorded, so ``/v1/books`` can show how few there are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pytoniq_core.boc.address import Address
+from sqlalchemy import func, select
+
+from cocoon.chain import ChainError, Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
+from cocoon.config import ProxySettings
+from cocoon.crypto import SigningKey
+from cocoon.errors import ConfigError
+from cocoon.proxy.ledger import ChainOperation
+from cocoon.proxy.store import Store
+
+
+@dataclass(slots=True)
+class ChainLink:
+    toncenter: ToncenterClient
+    wallet: Wallet
+    registry: Registry
+    params: RegistryParams
+    store: Store
+
+    @classmethod
+    async def connect(cls, settings: ProxySettings, key: SigningKey, store: Store) -> ChainLink:
+        """Open the chain named in ``settings``; ConfigError when the registry cannot be read."""
+        assert settings.chain_url is not None
+        if not settings.registry:
+            raise ConfigError("chain_url is set but registry is not: give the registry contract's address")
+        toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
+        registry = Registry(toncenter, Address(settings.registry))
+        try:
+            params = await registry.get_params()
+        except ChainError as exc:
+            await toncenter.aclose()
+            raise ConfigError(f"cannot read the registry {settings.registry} at {settings.chain_url}: {exc}") from exc
+        return cls(toncenter, Wallet(key.seed), registry, params, store)
+
+    async def close(self) -> None:
+        await self.toncenter.aclose()
+
+    def worker_contract(self, payout: str) -> WorkerChannel:
+        """The payout channel to ``payout`` (deployable: it carries its StateInit)."""
+        return WorkerChannel.for_deploy(
+            self.toncenter,
+            payer=self.wallet.address,
+            payee=Address(payout),
+            payer_key=self.wallet.public_key,
+            close_delay=self.params.close_delay,
+        )
+
+    def worker_channel(self, payout: str) -> str:
+        address = self.worker_contract(payout).address
+        return f"{address.wc}:{address.hash_part.hex()}"
+
+    async def record(self, kind: str, channel: str, amount: int, *, ok: bool = True, detail: str = "") -> None:
+        async with self.store.session() as session:
+            session.add(ChainOperation(kind=kind, channel=channel, amount=amount, ok=int(ok), detail=detail))
+            await session.commit()
+
+    async def operations(self) -> int:
+        """On-chain operations this proxy sent that the chain executed."""
+        async with self.store.session() as session:
+            count = await session.scalar(select(func.count()).where(ChainOperation.ok == 1))
+        return int(count or 0)

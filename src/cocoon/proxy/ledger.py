@@ -1,0 +1,103 @@
+"""The proxy's books as tables: client channels, worker channels, charges (one per receipt), every voucher
+signed either way, and every on-chain operation. Amounts are integer nanoton (BIGINT: up to 9.2e9 TON).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cocoon.proxy.store import Base
+
+# Charge statuses: owed until the client's voucher pays it; rejected when the client refused the receipt
+# (nobody is paid); invalid when the proxy itself found the receipt's signature wrong (never charged).
+OWED, PAID, REJECTED, INVALID = "owed", "paid", "rejected", "invalid"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every one the proxy stores is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class ClientAccount(Base):
+    """A client's escrow channel with this proxy, as the proxy knows it."""
+
+    __tablename__ = "client_accounts"
+    channel: Mapped[str] = mapped_column(String(80), primary_key=True)
+    payer_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    deposit: Mapped[int] = mapped_column(BigInteger, default=0)
+    charged: Mapped[int] = mapped_column(BigInteger, default=0)  # receipts delivered, owed or paid
+    vouchered: Mapped[int] = mapped_column(BigInteger, default=0)
+    voucher_signature: Mapped[bytes] = mapped_column(LargeBinary(64), default=b"")
+    claimed: Mapped[int] = mapped_column(BigInteger, default=0)
+    closing: Mapped[int] = mapped_column(Integer, default=0)  # the chain's close_at, 0 while open
+    vouchered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WorkerAccount(Base):
+    """A worker's payout channel from this proxy (one per payout wallet)."""
+
+    __tablename__ = "worker_accounts"
+    channel: Mapped[str] = mapped_column(String(80), primary_key=True)
+    payout: Mapped[str] = mapped_column(String(80))
+    funded: Mapped[int] = mapped_column(BigInteger, default=0)
+    vouchered: Mapped[int] = mapped_column(BigInteger, default=0)
+    voucher_signature: Mapped[bytes] = mapped_column(LargeBinary(64), default=b"")
+    claimed: Mapped[int] = mapped_column(BigInteger, default=0)
+    vouchered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Charge(Base):
+    """One receipt and what it costs: the client pays ``cost``, the worker earns ``worker_share``."""
+
+    __tablename__ = "charges"
+    receipt_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(80), index=True)
+    client_channel: Mapped[str] = mapped_column(String(80), index=True)
+    worker_channel: Mapped[str] = mapped_column(String(80))
+    worker_payout: Mapped[str] = mapped_column(String(80))
+    worker_id: Mapped[str] = mapped_column(String(80))
+    model: Mapped[str] = mapped_column(String(200))
+    coefficient: Mapped[int] = mapped_column(Integer)
+    prompt_cost: Mapped[int] = mapped_column(BigInteger)
+    cached_cost: Mapped[int] = mapped_column(BigInteger)
+    completion_cost: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    worker_share: Mapped[int] = mapped_column(BigInteger)
+    fee: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    receipt: Mapped[bytes] = mapped_column(LargeBinary)  # msgpack JobEnd: receipt + worker signature
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VoucherRecord(Base):
+    """Every voucher: ``client`` ones the proxy received, ``worker`` ones it signed."""
+
+    __tablename__ = "vouchers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(80), index=True)
+    cumulative: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChainOperation(Base):
+    """An on-chain operation the proxy sent: ``claim`` (client channel) or ``fund`` (worker channel)."""
+
+    __tablename__ = "chain_operations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(80))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    ok: Mapped[int] = mapped_column(Integer, default=1)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,163 @@
+"""Settlement: turn the vouchers the proxy holds into on-chain money, in batches.
+
+A client channel is claimed, and a worker channel funded up to its latest voucher, once its unsettled amount
+reaches ``settle_min_amount`` or its oldest unsettled voucher ``settle_max_age`` seconds: on-chain operations
+grow with channels × periods, not with requests. ``settle(force=True)`` settles everything now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from pytoniq_core.boc.address import Address
+from sqlalchemy import select
+
+from cocoon.chain import ChainError, ClientChannel, TransactionFailed
+from cocoon.config import ProxySettings
+from cocoon.errors import UpstreamTimeout
+from cocoon.proxy.chainlink import ChainLink
+from cocoon.proxy.ledger import ClientAccount, WorkerAccount, as_utc
+
+log = logging.getLogger("cocoon.proxy.settlement")
+WATCH_INTERVAL_S = 60.0  # how often unsettled client channels are read back for a close started on chain
+
+
+@dataclass(slots=True)
+class SettleReport:
+    claimed: dict[str, int] = field(default_factory=dict)  # client channel -> nanoton newly claimed
+    funded: dict[str, int] = field(default_factory=dict)  # worker channel -> nanoton added
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "claimed": self.claimed,
+            "funded": self.funded,
+            "failed": self.failed,
+            "operations": len(self.claimed) + len(self.funded),
+            "claimed_total": sum(self.claimed.values()),
+            "funded_total": sum(self.funded.values()),
+        }
+
+
+class Settlement:
+    def __init__(self, settings: ProxySettings, link: ChainLink) -> None:
+        self.settings = settings
+        self.link = link
+        self._lock = asyncio.Lock()
+        self._watched_at = 0.0
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.settle_interval)
+            try:
+                await self.settle()
+            except (ChainError, UpstreamTimeout) as exc:
+                log.warning("settlement round failed error=%s; retrying next round", exc)
+
+    def _due(self, unsettled: int, since: datetime | None, force: bool) -> bool:
+        if unsettled <= 0:
+            return False
+        if force or unsettled >= self.settings.settle_min_amount:
+            return True
+        age = timedelta(seconds=self.settings.settle_max_age)
+        return since is not None and datetime.now(UTC) - as_utc(since) >= age
+
+    async def settle(self, force: bool = False) -> SettleReport:
+        """Claim due client vouchers, then fund due worker channels (claims pay for the funding)."""
+        report = SettleReport()
+        async with self._lock:
+            async with self.link.store.session() as session:
+                clients = (await session.scalars(select(ClientAccount))).all()
+                workers = (await session.scalars(select(WorkerAccount))).all()
+            # A client may start a close on chain at any time; claim before its delay runs out.
+            watch = force or time.monotonic() - self._watched_at >= WATCH_INTERVAL_S
+            if watch:
+                self._watched_at = time.monotonic()
+            for account in clients:
+                unsettled = account.vouchered - account.claimed
+                closing = bool(account.closing) or (watch and unsettled > 0 and await self._closing(account.channel))
+                if self._due(unsettled, account.vouchered_at, force or closing):
+                    await self._claim(account.channel, report)
+            for worker in workers:
+                if self._due(worker.vouchered - worker.funded, worker.vouchered_at, force):
+                    await self._fund(worker.channel, report)
+            if watch:
+                await self._refresh_worker_claims()
+        if report.claimed or report.funded:
+            log.info("settled claimed=%s funded=%s", sum(report.claimed.values()), sum(report.funded.values()))
+        return report
+
+    async def _closing(self, channel: str) -> bool:
+        try:
+            state = await ClientChannel(self.link.toncenter, Address(channel)).get_channel()
+        except ChainError:
+            return False
+        return bool(state.close_at or state.closed)
+
+    async def _claim(self, channel: str, report: SettleReport) -> None:
+        async with self.link.store.session() as session:
+            account = await session.get(ClientAccount, channel)
+            assert account is not None
+            contract = ClientChannel(self.link.toncenter, Address(channel))
+            current = await contract.get_channel()  # read first: get-methods cost nothing
+            before, sent = current.claimed, False
+            if account.vouchered > current.deposit:
+                report.failed[channel] = "the voucher exceeds the deposit; waiting for the client's top-up"
+                return
+            if before < account.vouchered:
+                try:
+                    await contract.claim(self.link.wallet, account.vouchered, account.voucher_signature)
+                except TransactionFailed as exc:
+                    report.failed[channel] = exc.message
+                    await self.link.record("claim", channel, 0, ok=False, detail=exc.message)
+                    return
+                current, sent = await contract.get_channel(), True
+            account.claimed, account.deposit = current.claimed, current.deposit
+            account.closing = current.close_at or int(current.closed)
+            if account.claimed >= account.vouchered:
+                account.vouchered_at = None
+            await session.commit()
+        if sent:  # else a crash came between the claim and its record: the chain has it already
+            report.claimed[channel] = account.claimed - before
+            await self.link.record("claim", channel, account.claimed - before)
+
+    async def _fund(self, channel: str, report: SettleReport) -> None:
+        async with self.link.store.session() as session:
+            worker = await session.get(WorkerAccount, channel)
+            assert worker is not None
+            contract = self.link.worker_contract(worker.payout)
+            # The chain's deposit is what was funded (a crash after a top-up cannot make us fund twice).
+            deployed = (await self.link.toncenter.get_address_information(contract.address)).active
+            funded = (await contract.get_channel()).deposit if deployed else 0
+            amount = worker.vouchered - funded
+            if amount > 0:
+                try:
+                    if deployed:
+                        await contract.top_up(self.link.wallet, amount)
+                    else:
+                        await contract.deploy(self.link.wallet, amount)
+                except (TransactionFailed, ChainError) as exc:
+                    report.failed[channel] = str(exc)
+                    await self.link.record("fund", channel, 0, ok=False, detail=str(exc))
+                    return
+            worker.funded = funded + max(amount, 0)
+            worker.vouchered_at = None
+            await session.commit()
+        if amount > 0:
+            report.funded[channel] = amount
+            await self.link.record("fund", channel, amount)
+
+    async def _refresh_worker_claims(self) -> None:
+        """What workers have claimed is their business; read it back for the books (get-methods are free)."""
+        async with self.link.store.session() as session:
+            for worker in (await session.scalars(select(WorkerAccount).where(WorkerAccount.funded > 0))).all():
+                try:
+                    state = await self.link.worker_contract(worker.payout).get_channel()
+                except ChainError:
+                    continue
+                worker.claimed = state.claimed
+            await session.commit()

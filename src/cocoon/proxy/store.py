@@ -1,0 +1,80 @@
+"""The proxy's durable store: SQLAlchemy 2 async over SQLite (default) or PostgreSQL.
+
+Modules declare their tables on ``Base``; ``Store.start()`` creates whatever is missing. Money tables live in
+``cocoon.proxy.ledger``; other modules (reputation) add their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from cocoon.errors import ConfigError
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table the proxy keeps."""
+
+
+def default_url(data_dir: Path) -> str:
+    """The SQLite file under the proxy's data directory."""
+    return f"sqlite+aiosqlite:///{data_dir / 'proxy.sqlite3'}"
+
+
+def _async_url(url: str) -> str:
+    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async driver for them."""
+    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://")):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url[len("postgres://") :]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ConfigError(f"store URL {url!r} is neither SQLite nor PostgreSQL; use sqlite:///path or postgresql://...")
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: ConnectionPoolEntry) -> None:
+    # WAL keeps readers off the writer's back; FULL sync because an acknowledged voucher must survive SIGKILL.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Store:
+    """One database per proxy (or one shared PostgreSQL for several replicas).
+
+    ``session()`` gives an ``AsyncSession``; commit before acknowledging anything that moves money.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = _async_url(url)
+        if self.url.startswith("sqlite+aiosqlite:///"):
+            Path(self.url[len("sqlite+aiosqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(self.url)
+        if self.url.startswith("sqlite"):
+            sync_engine: Engine = self.engine.sync_engine
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
+
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold around a write transaction. SQLite has one writer; waiting here is cheaper than its busy
+        handler, which sleeps. PostgreSQL needs no such thing."""
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    async def start(self) -> None:
+        """Create every table declared on ``Base`` that does not exist yet."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,115 @@
+"""A worker's earnings: its payout wallet, its payout channel at each proxy, and claiming the vouchers.
+
+Each proxy signs cumulative WorkerChannel vouchers for the worker's share of every paid receipt and funds
+the channel when it settles; ``cocoon worker claim`` submits the latest voucher from the worker's wallet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from pytoniq_core.boc.address import Address
+
+from cocoon.chain import ChainError, ToncenterClient, Wallet, WorkerChannel, verify_voucher
+from cocoon.chain.channel import ChannelConfig, ChannelRole
+from cocoon.chain.contracts import address_of, contract_code, state_init_for
+from cocoon.chain.toncenter import address_text
+from cocoon.config import WorkerSettings
+from cocoon.crypto import load_or_create_signing_key
+from cocoon.errors import ConfigError, UpstreamFailed
+
+
+def payout_wallet(settings: WorkerSettings) -> Wallet:
+    return Wallet(load_or_create_signing_key(settings.wallet_file).seed)
+
+
+def payout_address(settings: WorkerSettings) -> str:
+    """The address proxies pay this worker at (its wallet, made on first use)."""
+    return address_text(payout_wallet(settings).address, bounceable=False)
+
+
+def proxy_http_url(ws_url: str) -> str:
+    """``ws://host:port/v1/worker/connect`` → ``http://host:port``."""
+    parts = urlsplit(ws_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Earnings:
+    """One proxy's payout channel as the proxy reports it (amounts in nanoton)."""
+
+    proxy: str
+    channel: str
+    vouchered: int
+    funded: int
+    claimed: int
+    signature: bytes
+    proxy_key: bytes
+
+
+async def earnings(settings: WorkerSettings) -> list[Earnings]:
+    """Ask each proxy for this worker's channel; a proxy that has paid nothing yet reports zeros."""
+    wallet = payout_wallet(settings)
+    found = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in settings.proxies:
+            base = proxy_http_url(url)
+            try:
+                terms = (await http.get(f"{base}/v1/payment")).json()
+                if "proxy_wallet" not in terms:
+                    continue  # a free proxy
+                key = bytes.fromhex(terms["proxy_key"])
+                config = ChannelConfig(
+                    Address(terms["proxy_wallet"]),
+                    wallet.address,
+                    key,
+                    ChannelRole.WORKER,
+                    0,
+                    int(terms["close_delay"]),
+                )
+                channel = address_of(state_init_for(contract_code("payment_channel"), config.init_data()))
+                raw = f"{channel.wc}:{channel.hash_part.hex()}"
+                response = await http.get(f"{base}/v1/channels/{raw}")
+            except httpx.HTTPError as exc:
+                raise UpstreamFailed(f"cannot reach the proxy at {base}: {exc}; is it running?") from exc
+            body = response.json() if response.status_code == 200 else {}
+            found.append(
+                Earnings(
+                    base,
+                    raw,
+                    int(body.get("vouchered", 0)),
+                    int(body.get("funded", 0)),
+                    int(body.get("claimed", 0)),
+                    bytes.fromhex(body.get("signature", "")),
+                    key,
+                )
+            )
+    return found
+
+
+async def claim(settings: WorkerSettings, entry: Earnings) -> int:
+    """Claim ``entry``'s latest voucher on chain; returns the nanoton newly paid to the wallet."""
+    if not settings.chain_url:
+        raise ConfigError("set chain_url (COCOON_WORKER_CHAIN_URL) to the toncenter API to claim on chain")
+    if not verify_voucher(entry.proxy_key, entry.channel, entry.vouchered, entry.signature):
+        raise UpstreamFailed(f"the proxy at {entry.proxy} sent a voucher its own key did not sign")
+    async with ToncenterClient(settings.chain_url, settings.chain_api_key) as chain:
+        contract = WorkerChannel(chain, Address(entry.channel))
+        try:
+            state = await contract.get_channel()
+        except ChainError as exc:
+            raise UpstreamFailed(
+                f"the proxy has not funded channel {entry.channel} yet; claim after its next settlement"
+            ) from exc
+        if state.deposit < entry.vouchered:
+            raise UpstreamFailed(
+                f"channel {entry.channel} holds {state.deposit} of the {entry.vouchered} nanoton vouchered; "
+                "claim after the proxy's next settlement (`cocoon proxy settle` on a local network)"
+            )
+        if state.claimed >= entry.vouchered:
+            return 0
+        await contract.claim(payout_wallet(settings), entry.vouchered, entry.signature)
+        return (await contract.get_channel()).claimed - state.claimed

@@ -1,0 +1,102 @@
+"""Chaos on a real network: while eight apps stream, one worker is killed and another frozen; nobody notices."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from cocoon.crypto import load_or_create_node_keys
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.up import LocalNetwork
+from tests.integration.conftest import start_network
+
+CLIENTS = 8
+MAX_TOKENS = 40
+TOPICS = ["a lighthouse", "the sea", "a fox", "a city at night", "rain", "a violin", "the moon", "a garden"]
+
+
+@pytest.fixture
+def three_workers(tmp_path: Path, bundled_model_path: Path) -> Iterator[LocalNetwork]:
+    net = start_network(tmp_path, workers=3, model_path=bundled_model_path)
+    yield net
+    for child in net.children:  # wake the frozen worker, so it stops cleanly
+        if child.process.poll() is None:
+            os.kill(child.process.pid, signal.SIGCONT)
+    net.stop()
+
+
+def _directory(net: LocalNetwork) -> list[dict[str, object]]:
+    workers: list[dict[str, object]] = httpx.get(f"{net.proxy_url}/v1/directory", timeout=5).json()["workers"]
+    return workers
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _pid_of(net: LocalNetwork, worker_id: object) -> int:
+    for i in range(1, net.workers + 1):
+        if load_or_create_node_keys(net.home / f"worker-{i}" / "keys.json").node_id == worker_id:
+            return net.child(f"worker-{i}").process.pid
+    raise AssertionError(f"no worker process has id {worker_id}")
+
+
+def test_every_stream_completes_when_one_worker_is_killed_and_another_frozen(three_workers: LocalNetwork) -> None:
+    net = three_workers
+    oai = openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0, timeout=120)
+    streaming = threading.Semaphore(0)
+
+    def ask(topic: str) -> list[openai.types.chat.ChatCompletionChunk]:
+        stream = oai.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": f"Tell me a long story about {topic}."}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = []
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                streaming.release()
+        return chunks
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(ask, topic) for topic in TOPICS]
+        # Mid-run: once streams are flowing, kill one busy worker outright and freeze another one.
+        for _ in range(2):
+            assert streaming.acquire(timeout=120), "no stream started"
+        busy = sorted(_directory(net), key=lambda w: -int(str(w["inflight"])))
+        assert all(int(str(w["inflight"])) > 0 for w in busy[:2])
+        victim, frozen = _pid_of(net, busy[0]["worker_id"]), _pid_of(net, busy[1]["worker_id"])
+        os.kill(victim, signal.SIGKILL)
+        os.kill(frozen, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        _wait_for(lambda: len(_directory(net)) == 1, 5, "the killed and the frozen worker to leave the pool")
+        left_after = time.monotonic() - frozen_at
+        results = [f.result(timeout=180) for f in futures]
+
+    assert left_after < 2.6  # 2 s without heartbeats (+ one sweep, + the poll)
+    for chunks in results:
+        assert len({c.id for c in chunks}) == 1  # one unbroken stream, one id
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert text.strip()
+        assert finishes in (["length"], ["stop"])
+        usage = chunks[-1].usage
+        assert usage is not None and 0 < usage.completion_tokens <= MAX_TOKENS
+        assert (usage.model_extra or {})["receipt_ids"]  # every answer ends with verified receipts

@@ -1,0 +1,259 @@
+"""Money on real processes: a devnet with the real contracts, a billing proxy, paid workers, a paying client.
+
+Clients pay only for verified receipts, every nanoton is accounted for (client debits = worker credits +
+proxy fees, off chain and on chain), a SIGKILLed proxy still claims what it held, and over-limit clients get 402.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pytoniq_core.boc.address import Address
+
+from cocoon.chain import ClientChannel, ToncenterClient, WorkerChannel
+from cocoon.chain.pricing import Prices, cost_of
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.up import LocalNetwork
+from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
+from tests.conftest import free_port
+
+COEFFICIENT = 1500  # the workers charge 1.5x the registry price
+PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
+
+
+def start_paid_network(home: Path, workers: int = 2, **worker_options: Any) -> LocalNetwork:
+    net = LocalNetwork(
+        port_base=free_port(),
+        proxy_port=free_port(),
+        devnet_port=free_port(),
+        home=home,
+        workers=workers,
+        money=True,
+        engine={"kind": "synthetic"},
+        # Settle only when told to, so the tests see the books before and after.
+        proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6},
+        worker_options={"price_coefficient": COEFFICIENT, **worker_options},
+    )
+    try:
+        net.start()
+        net.wait_ready(timeout=60)
+    except BaseException:
+        net.stop()
+        raise
+    return net
+
+
+@pytest.fixture(scope="module")
+def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    net = start_paid_network(tmp_path_factory.mktemp("paid"))
+    yield net
+    net.stop()
+
+
+def oai(net: LocalNetwork) -> openai.OpenAI:
+    return openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def books(net: LocalNetwork) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{net.proxy_url}/v1/books", timeout=10).json()
+    return body
+
+
+def settle(net: LocalNetwork) -> dict[str, Any]:
+    response = httpx.post(f"{net.proxy_url}/v1/settle", timeout=120)
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
+
+
+def on_chain(net: LocalNetwork, channel: str, kind: type[ClientChannel] | type[WorkerChannel]) -> tuple[int, int]:
+    """``(deposit, claimed)`` of a channel, read from the chain."""
+
+    async def read() -> tuple[int, int]:
+        assert net.chain is not None
+        async with ToncenterClient(net.chain.url) as chain:
+            state = await kind(chain, Address(channel)).get_channel()
+            return state.deposit, state.claimed
+
+    return asyncio.run(read())
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def mixed_requests(net: LocalNetwork, count: int) -> list[int]:
+    """Chat, streamed chat, completions and embeddings, concurrently; returns each response's total_cost."""
+    client = oai(net)
+
+    def one(i: int) -> int:
+        if i % 4 == 0:
+            reply = client.chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=3 + i % 7
+            )
+            return int(reply.usage.model_extra["total_cost"])  # type: ignore[union-attr]
+        if i % 4 == 1:
+            stream = client.chat.completions.create(
+                model=DEFAULT_MODEL,
+                messages=[{"role": "user", "content": "Count " * i}],
+                max_tokens=5,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            usage = next(chunk.usage for chunk in stream if chunk.usage is not None)
+            return int(usage.model_extra["total_cost"])  # type: ignore[union-attr]
+        if i % 4 == 2:
+            done = client.completions.create(model=DEFAULT_MODEL, prompt=f"Once {i}", max_tokens=4)
+            return int(done.usage.model_extra["total_cost"])  # type: ignore[union-attr]
+        body = {"model": DEFAULT_MODEL, "input": [f"text {i}", "more text"]}
+        return int(httpx.post(f"{net.base_url}/embeddings", json=body, timeout=30).json()["usage"]["total_cost"])
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_models_list_registry_prices_and_each_response_carries_its_exact_cost(paid: LocalNetwork) -> None:
+    model = httpx.get(f"{paid.proxy_url}/v1/models", timeout=5).json()["data"][0]
+    assert model["pricing"] | {"unit": ""} == PRICES.to_json() | {"unit": ""}
+    assert model["price_coefficients"] == [COEFFICIENT]
+
+    reply = oai(paid).chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Hello there"}], max_tokens=7
+    )
+
+    usage = reply.usage.model_extra  # type: ignore[union-attr]
+    expected = cost_of(reply.usage.prompt_tokens, 0, reply.usage.completion_tokens, PRICES, COEFFICIENT)  # type: ignore[union-attr]
+    assert usage["total_cost"] == expected.total > 0
+    assert (usage["prompt_cost"], usage["completion_cost"]) == (expected.prompt, expected.completion)
+    assert usage["receipt_ids"][0].startswith("rcpt-")
+
+
+def test_client_debits_equal_worker_credits_plus_proxy_fees_off_and_on_chain(paid: LocalNetwork) -> None:
+    before = books(paid)
+    costs = mixed_requests(paid, 24)
+
+    after = books(paid)
+    debits = after["client_debits"] - before["client_debits"]
+    assert debits == sum(costs) > 0
+    assert after["client_debits"] == after["worker_credits"] + after["proxy_fees"]
+    assert after["proxy_fees"] - before["proxy_fees"] <= debits * 500 // 10_000 + 1
+    assert after["receipts"] == {"paid": after["receipts"]["paid"]}  # nothing owed, rejected or invalid
+
+    report = settle(paid)
+    assert report["failed"] == {}
+    settled = books(paid)
+    (client,) = settled["clients"]
+    assert on_chain(paid, client["channel"], ClientChannel)[1] == client["vouchered"] == client["claimed"]
+    for worker in settled["workers"]:
+        assert on_chain(paid, worker["channel"], WorkerChannel)[0] == worker["vouchered"] == worker["funded"]
+
+    for i in range(1, paid.workers + 1):  # each worker claims its vouchers on chain with the CLI
+        config = str(paid.home / f"worker-{i}.toml")
+        done = subprocess.run(
+            [sys.executable, "-m", "cocoon", "worker", "claim", "--config", config], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    worker_claims = sum(on_chain(paid, w["channel"], WorkerChannel)[1] for w in settled["workers"])
+    client_claims = on_chain(paid, client["channel"], ClientChannel)[1]
+    assert client_claims == worker_claims + settled["proxy_fees"]
+    assert settled["onchain_operations"] - before["onchain_operations"] <= 1 + paid.workers
+
+
+def test_a_client_over_its_credit_limit_is_refused_with_402(paid: LocalNetwork) -> None:
+    # 10^9 tokens at 20 nanoton × 1.5 would be 30 TON: more than the 10 TON deposit.
+    with pytest.raises(openai.APIStatusError) as refused:
+        oai(paid).chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=10**9
+        )
+    assert refused.value.status_code == 402
+    message = str(refused.value.body)
+    assert "cocoon client deposit" in message and "may cost up to" in message
+    assert books(paid)["clients"][0]["reserved"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        ("response-digest", "rejected"),  # only the client can tell: the proxy charges, the client refuses
+        ("signature", "invalid"),  # the proxy can tell too: it never charges
+    ],
+)
+def test_client_pays_nothing_when_a_receipt_is_forged(tmp_path: Path, fault: str, status: str) -> None:
+    net = start_paid_network(tmp_path, workers=1, chaos_bad_receipts=fault)
+    try:
+        with pytest.raises(openai.APIStatusError) as failed:
+            oai(net).chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+            )
+        assert failed.value.status_code == 502 and "Nothing is paid" in str(failed.value.body)
+        wait_for(lambda: books(net)["receipts"] == {status: 1}, 10, f"the receipt to be booked {status}")
+        ledger = books(net)
+        assert ledger["client_debits"] == ledger["worker_credits"] == ledger["proxy_fees"] == 0
+        assert ledger["clients"][0]["charged"] == 0
+        assert settle(net)["claimed"] == {}
+    finally:
+        net.stop()
+
+
+def test_a_proxy_killed_with_sigkill_still_claims_every_voucher_it_held(tmp_path: Path) -> None:
+    net = start_paid_network(tmp_path)
+    try:
+        costs = mixed_requests(net, 8)
+        held = books(net)
+        assert held["client_debits"] == sum(costs) > 0
+
+        proxy = net.child("proxy")
+        os.kill(proxy.process.pid, signal.SIGKILL)
+        proxy.process.wait(10)
+        net.children.remove(proxy)
+        net._spawn("proxy", "proxy.toml")
+        wait_for(lambda: _answers(f"{net.proxy_url}/healthz"), 30, "the proxy to restart")
+
+        assert books(net)["clients"] == held["clients"]
+        settle(net)
+        (client,) = held["clients"]
+        assert on_chain(net, client["channel"], ClientChannel)[1] == client["vouchered"]
+        for worker in held["workers"]:
+            assert on_chain(net, worker["channel"], WorkerChannel)[0] == worker["vouchered"]
+    finally:
+        net.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_client_tops_up_and_reads_its_balance_with_the_cli(paid: LocalNetwork) -> None:
+    config = str(paid.home / "client.toml")
+
+    def cocoon(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "cocoon", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    before = json.loads(cocoon("client", "balance", "--config", config, "--json"))
+    cocoon("client", "deposit", "--amount", "1.5", "--config", config)
+    after = json.loads(cocoon("client", "balance", "--config", config, "--json"))
+
+    assert after["deposit"] == before["deposit"] + 1_500_000_000
+    assert after["vouchered"] == books(paid)["clients"][0]["vouchered"]
