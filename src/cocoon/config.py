@@ -90,18 +90,14 @@ class WorkerSettings(RoleSettings):
         default_factory=lambda: [EngineSettings()], description="models this worker serves"
     )
     slots: int = Field(2, ge=1, le=1024, description="jobs run at once; more wait in the worker's queue")
-    max_queue: int = Field(
-        64, ge=0, description="jobs allowed to wait for a slot before the worker says busy"
-    )
+    max_queue: int = Field(64, ge=0, description="jobs allowed to wait for a slot before the worker says busy")
     price_coefficient: int = Field(1000, ge=1, description="price multiplier, 1000 = 1x the registry price")
     region: str = Field("", description="region label clients may route by, e.g. eu-west")
     keys_file: Path = Field(
         default_factory=lambda: cocoon_home() / "worker" / "keys.json",
         description="node keys (made on first start; inside a TEE they never leave it)",
     )
-    attestation: Literal["simulated", "tdx", "sev-snp"] = Field(
-        "simulated", description="attestation provider"
-    )
+    attestation: Literal["simulated", "tdx", "sev-snp"] = Field("simulated", description="attestation provider")
     dev_authority_key_file: Path = Field(
         default_factory=lambda: cocoon_home() / "dev-authority.json",
         description="key that signs simulated quotes (development networks only)",
@@ -139,9 +135,7 @@ class ProxySettings(RoleSettings):
         900.0, gt=0, description="evidence about a worker loses half its weight in this many seconds"
     )
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest sealed request accepted")
-    data_dir: Path = Field(
-        default_factory=lambda: cocoon_home() / "proxy", description="store and keys of the proxy"
-    )
+    data_dir: Path = Field(default_factory=lambda: cocoon_home() / "proxy", description="store and keys of the proxy")
     store_url: str | None = Field(
         None, description="database for the books: sqlite:///path or postgresql://...; empty: SQLite in data_dir"
     )

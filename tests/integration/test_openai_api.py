@@ -69,9 +69,7 @@ def test_seeded_sampling_repeats_exactly(oai: openai.OpenAI) -> None:
 
 
 def test_completion_honours_max_tokens_and_stop(oai: openai.OpenAI) -> None:
-    limited = oai.completions.create(
-        model=DEFAULT_MODEL, prompt="One, two, three, four,", max_tokens=5, temperature=0
-    )
+    limited = oai.completions.create(model=DEFAULT_MODEL, prompt="One, two, three, four,", max_tokens=5, temperature=0)
     assert limited.choices[0].finish_reason == "length"
     assert limited.usage is not None and limited.usage.completion_tokens == 5
     stopped = oai.completions.create(

@@ -50,9 +50,7 @@ def test_a_dev_network_accepts_a_quote_from_its_authority() -> None:
 def test_production_refuses_simulated_quotes() -> None:
     authority = SigningKey.generate()
     with pytest.raises(AttestationFailed, match="allow_simulated"):
-        AttestationVerifier(dev_policy(authority, allow_simulated=False)).verify(
-            bundle(authority, NodeKeys.generate())
-        )
+        AttestationVerifier(dev_policy(authority, allow_simulated=False)).verify(bundle(authority, NodeKeys.generate()))
 
 
 def test_a_quote_from_an_untrusted_authority_is_refused() -> None:

@@ -20,9 +20,7 @@ def setup() -> tuple[NodeKeys, AttestedWorker, Receipt, ResponseDigest]:
     keys = NodeKeys.generate()
     worker = AttestedWorker(
         worker_id=keys.node_id,
-        verified=VerifiedWorker(
-            keys.sealing.public, keys.signing.public, frozenset([MODEL_HASH]), "m", "simulated"
-        ),
+        verified=VerifiedWorker(keys.sealing.public, keys.signing.public, frozenset([MODEL_HASH]), "m", "simulated"),
         models={"gemma": MODEL_HASH},
         embeddings=frozenset(),
         context_length={"gemma": 4096},

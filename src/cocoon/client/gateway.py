@@ -273,9 +273,7 @@ def usage_json(final: Completion) -> dict[str, Any]:
     }
 
 
-async def _sse(
-    shape: _Shape, first: Event, events: AsyncIterator[Event], include_usage: bool
-) -> AsyncIterator[bytes]:
+async def _sse(shape: _Shape, first: Event, events: AsyncIterator[Event], include_usage: bool) -> AsyncIterator[bytes]:
     def line(obj: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 

@@ -33,9 +33,7 @@ class ChatMessageIn(BaseModel):
             return self.content
         for part in self.content:
             if part.type != "text":
-                raise BadRequest(
-                    f"content parts of type {part.type!r} are not supported; send text", param="messages"
-                )
+                raise BadRequest(f"content parts of type {part.type!r} are not supported; send text", param="messages")
         return "".join(part.text or "" for part in self.content)
 
 
@@ -94,9 +92,7 @@ class SamplingFields(BaseModel):
         provider = self.provider or ProviderPrefs()
         max_price = self.max_coefficient
         if provider.max_price is not None:
-            max_price = (
-                int(provider.max_price) if max_price is None else min(max_price, int(provider.max_price))
-            )
+            max_price = int(provider.max_price) if max_price is None else min(max_price, int(provider.max_price))
         return RoutingPrefs(
             sort=provider.sort,
             max_price=max_price,

@@ -139,8 +139,7 @@ class CocoonClient:
         if not serving:
             known = sorted({m for w in workers for m in w.models})
             raise ModelNotFound(
-                f"the model {model!r} does not exist on this network; "
-                f"available: {', '.join(known) or 'none'}",
+                f"the model {model!r} does not exist on this network; available: {', '.join(known) or 'none'}",
                 param="model",
             )
         if kind == "embedding":
@@ -213,9 +212,7 @@ class CocoonClient:
         )
         plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
         request_id = "req-" + uuid.uuid4().hex
-        sealed, content_key = seal_request(
-            request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers}
-        )
+        sealed, content_key = seal_request(request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers})
         payer = await self.payer.auth(request_id) if self.payer is not None else None
         job = JobRequest(
             request_id=request_id,
@@ -295,9 +292,7 @@ class CocoonClient:
                                 raise
                             receipts.append(message.receipt)
                         elif isinstance(message, JobError):
-                            raise CocoonError.from_openai(
-                                message.status, {"error": message.error.model_dump()}
-                            )
+                            raise CocoonError.from_openai(message.status, {"error": message.error.model_dump()})
                     if time.monotonic() > deadline:
                         raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
         except httpx.TimeoutException as exc:
@@ -352,9 +347,7 @@ def _check_receipt(
     if r.response_sha256 != digest.hexdigest():
         problems.append("its response digest differs from what was received")
     if problems:
-        raise ReceiptInvalid(
-            f"receipt {r.receipt_id} rejected: " + "; ".join(problems) + ". Nothing is paid."
-        )
+        raise ReceiptInvalid(f"receipt {r.receipt_id} rejected: " + "; ".join(problems) + ". Nothing is paid.")
 
 
 def _hedge_receipt_ok(

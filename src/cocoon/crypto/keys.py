@@ -114,9 +114,7 @@ def load_or_create_node_keys(path: Path) -> NodeKeys:
         raw = read_secret_json(path, ("ed25519_seed", "x25519_private"))
         return NodeKeys(SigningKey(raw["ed25519_seed"]), SealingKey(raw["x25519_private"]))
     keys = NodeKeys.generate()
-    write_secret_json(
-        path, {"ed25519_seed": keys.signing.seed.hex(), "x25519_private": keys.sealing.private.hex()}
-    )
+    write_secret_json(path, {"ed25519_seed": keys.signing.seed.hex(), "x25519_private": keys.sealing.private.hex()})
     return keys
 
 

@@ -66,9 +66,7 @@ def seal_request(request_id: str, body: bytes, recipients: dict[str, bytes]) -> 
 def unwrap_content_key(request_id: str, key: WrappedKey, x25519_private: bytes) -> bytes:
     """Open the content key addressed to this worker; ``SealError`` when it is not ours or was altered."""
     try:
-        ctx = _SUITE.create_recipient_context(
-            key.enc, _SUITE.kem.deserialize_private_key(x25519_private), info=_INFO
-        )
+        ctx = _SUITE.create_recipient_context(key.enc, _SUITE.kem.deserialize_private_key(x25519_private), info=_INFO)
         return bytes(ctx.open(key.wrapped, aad=_aad(request_id, key.worker_id)))
     except Exception as exc:  # pyhpke raises its own OpenError/DecodeError hierarchy
         raise SealError(f"cannot unwrap the request key for {key.worker_id}: {exc}") from exc

@@ -40,8 +40,7 @@ def unpack_raw(data: bytes) -> dict[str, Any]:
     version = raw.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
-            f"peer speaks cocoon protocol v{version}, this node speaks v{PROTOCOL_VERSION}; "
-            "upgrade the older side"
+            f"peer speaks cocoon protocol v{version}, this node speaks v{PROTOCOL_VERSION}; upgrade the older side"
         )
     return raw
 
