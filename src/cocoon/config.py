@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from cocoon.attestation.policy import AttestationPolicy
 from cocoon.engines.config import EngineSettings
-from cocoon.errors import ConfigError
+from cocoon.errors import ConfigError, first_problem
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("cocoon_config_file", default=None)
 
@@ -69,10 +69,9 @@ class RoleSettings(BaseSettings):
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where, message = first_problem(exc)
             source = f" in {config_file}" if config_file else ""
-            raise ConfigError(f"invalid {cls.__name__} option {where!r}{source}: {first['msg']}") from exc
+            raise ConfigError(f"invalid {cls.__name__} option {where!r}{source}: {message}") from exc
         finally:
             _CONFIG_FILE.reset(token)
 

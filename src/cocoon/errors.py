@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 
 class CocoonError(Exception):
     """Base of every cocoon error; ``str(err)`` is a message that tells the user what to do."""
@@ -36,6 +38,13 @@ class CocoonError(Exception):
                 return sub(message, param=err.get("param"))
         generic = next((s for s in _all_subclasses(CocoonError) if s.status == status), UpstreamFailed)
         return generic(message, param=err.get("param"))
+
+
+def first_problem(exc: ValidationError) -> tuple[str, str]:
+    """``(where, what)`` of a validation error's first problem: a dotted field path and the message."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return where, first["msg"].removeprefix("Value error, ")
 
 
 def _all_subclasses(cls: type[CocoonError]) -> list[type[CocoonError]]:

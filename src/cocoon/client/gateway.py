@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -30,7 +30,8 @@ from cocoon.client.openai_schema import (
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
 from cocoon.client.wallet import sidecar_payer
 from cocoon.config import ClientSettings
-from cocoon.errors import BadRequest, CocoonError, InvalidJSON, ModelNotFound, PayloadTooLarge, Unauthorized
+from cocoon.errors import BadRequest, CocoonError, ModelNotFound, Unauthorized
+from cocoon.protocol.http import parse_json, read_body
 from cocoon.protocol.payload import SealedMessage, SealedParams
 
 log = logging.getLogger("cocoon.client")
@@ -47,23 +48,7 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
     async def parse(request: Request, model: type[R]) -> R:
         if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_request_bytes:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds {settings.max_request_bytes}")
-        body = await request.body()
-        if len(body) > settings.max_request_bytes:
-            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds {settings.max_request_bytes}")
-        try:
-            raw = json.loads(body)
-        except ValueError as exc:
-            raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
-        try:
-            return model.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")
-            raise BadRequest(f"{where}: {message}" if where else message, param=where or None) from exc
+        return parse_json(await read_body(request, settings.max_request_bytes), model)
 
     def params(req: SamplingFields, max_tokens: int | None) -> SealedParams:
         return SealedParams(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from cocoon.errors import BadRequest, UnsupportedVersion
+from cocoon.errors import BadRequest, UnsupportedVersion, first_problem
 from cocoon.protocol.messages import PROTOCOL_VERSION, ProxyToWorker, StreamFrame, WorkerToProxy
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,9 +59,8 @@ def unpack_as(data: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadRequest(f"invalid {model.__name__}: {where}: {first['msg']}") from exc
+        where, message = first_problem(exc)
+        raise BadRequest(f"invalid {model.__name__}: {where}: {message}") from exc
 
 
 def frame(payload: bytes) -> bytes:

@@ -33,7 +33,6 @@ from cocoon.errors import (
     BadRequest,
     CocoonError,
     NoCapacity,
-    PayloadTooLarge,
 )
 from cocoon.protocol import (
     PROTOCOL_VERSION,
@@ -47,6 +46,7 @@ from cocoon.protocol import (
     pack,
     unpack_as,
 )
+from cocoon.protocol.http import read_body
 from cocoon.proxy import reputation_store
 from cocoon.proxy.affinity import PrefixAffinity
 from cocoon.proxy.breaker import Breakers
@@ -164,13 +164,7 @@ def create_app(settings: ProxySettings) -> Starlette:
         return JSONResponse({"object": "list", "data": data})
 
     async def jobs(request: Request) -> Response:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_request_bytes:
-            raise PayloadTooLarge(f"sealed request of {declared} bytes exceeds {settings.max_request_bytes}")
-        body = await request.body()
-        if len(body) > settings.max_request_bytes:
-            raise PayloadTooLarge(f"sealed request of {len(body)} bytes exceeds {settings.max_request_bytes}")
-        job = unpack_as(body, JobRequest)
+        job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
         live = [
             state.directory.workers[k.worker_id]
             for k in job.keys

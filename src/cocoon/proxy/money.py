@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -20,8 +19,9 @@ from starlette.routing import Route
 from cocoon.chain.toncenter import address_text
 from cocoon.config import ProxySettings
 from cocoon.crypto import SigningKey
-from cocoon.errors import BadRequest, InvalidJSON, ModelNotFound, NotFound, Unauthorized
+from cocoon.errors import BadRequest, ModelNotFound, NotFound, Unauthorized
 from cocoon.protocol import Register
+from cocoon.protocol.http import parse_json, read_body
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission
 from cocoon.proxy.billing import Billing, raw_address
 from cocoon.proxy.books import books_json, channel_json
@@ -31,6 +31,7 @@ from cocoon.proxy.settlement import Settlement
 from cocoon.proxy.store import Store
 
 M = TypeVar("M", bound=BaseModel)
+MAX_CONTROL_BODY = 1024 * 1024  # vouchers and rejections are small
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -130,12 +131,4 @@ def money_routes(get: Callable[[], Money | None]) -> list[Route]:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
-    try:
-        raw = json.loads(await request.body())
-    except ValueError as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise BadRequest(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+    return parse_json(await read_body(request, MAX_CONTROL_BODY), model)
