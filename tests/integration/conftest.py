@@ -7,13 +7,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from cocoon.crypto import load_or_create_node_keys
 from cocoon.up import LocalNetwork, free_port
 
 
@@ -88,3 +89,26 @@ def llama_server(model: Path, n_ctx: int = 2048) -> Iterator[tuple[str, subproce
             server.kill()
             server.wait()
         log.close()
+
+
+def directory(net: LocalNetwork) -> list[dict[str, object]]:
+    """The proxy's ``GET /v1/directory`` workers."""
+    workers: list[dict[str, object]] = httpx.get(f"{net.proxy_url}/v1/directory", timeout=5).json()["workers"]
+    return workers
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def worker_process(net: LocalNetwork, worker_id: object) -> subprocess.Popen[bytes]:
+    """The process of the worker whose id the directory shows."""
+    for i in range(1, net.workers + 1):
+        if load_or_create_node_keys(net.home / f"worker-{i}" / "keys.json").node_id == worker_id:
+            return net.child(f"worker-{i}").process
+    raise AssertionError(f"no worker process has id {worker_id}")

@@ -6,18 +6,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from cocoon.crypto import load_or_create_node_keys
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
-from tests.integration.conftest import start_network
+from tests.integration.conftest import directory, start_network, wait_for, worker_process
 
 CLIENTS = 8
 MAX_TOKENS = 40
@@ -32,26 +30,6 @@ def three_workers(tmp_path: Path, bundled_model_path: Path) -> Iterator[LocalNet
         if child.process.poll() is None:
             os.kill(child.process.pid, signal.SIGCONT)
     net.stop()
-
-
-def _directory(net: LocalNetwork) -> list[dict[str, object]]:
-    workers: list[dict[str, object]] = httpx.get(f"{net.proxy_url}/v1/directory", timeout=5).json()["workers"]
-    return workers
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def _pid_of(net: LocalNetwork, worker_id: object) -> int:
-    for i in range(1, net.workers + 1):
-        if load_or_create_node_keys(net.home / f"worker-{i}" / "keys.json").node_id == worker_id:
-            return net.child(f"worker-{i}").process.pid
-    raise AssertionError(f"no worker process has id {worker_id}")
 
 
 def test_every_stream_completes_when_one_worker_is_killed_and_another_frozen(three_workers: LocalNetwork) -> None:
@@ -80,13 +58,13 @@ def test_every_stream_completes_when_one_worker_is_killed_and_another_frozen(thr
         # Mid-run: once streams are flowing, kill one busy worker outright and freeze another one.
         for _ in range(2):
             assert streaming.acquire(timeout=120), "no stream started"
-        busy = sorted(_directory(net), key=lambda w: -int(str(w["inflight"])))
+        busy = sorted(directory(net), key=lambda w: -int(str(w["inflight"])))
         assert all(int(str(w["inflight"])) > 0 for w in busy[:2])
-        victim, frozen = _pid_of(net, busy[0]["worker_id"]), _pid_of(net, busy[1]["worker_id"])
+        victim, frozen = worker_process(net, busy[0]["worker_id"]).pid, worker_process(net, busy[1]["worker_id"]).pid
         os.kill(victim, signal.SIGKILL)
         os.kill(frozen, signal.SIGSTOP)
         frozen_at = time.monotonic()
-        _wait_for(lambda: len(_directory(net)) == 1, 5, "the killed and the frozen worker to leave the pool")
+        wait_for(lambda: len(directory(net)) == 1, 5, "the killed and the frozen worker to leave the pool")
         left_after = time.monotonic() - frozen_at
         results = [f.result(timeout=180) for f in futures]
 

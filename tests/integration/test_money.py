@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
 from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
 from tests.conftest import free_port
+from tests.integration.conftest import wait_for
 
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price
 PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
@@ -89,14 +89,6 @@ def on_chain(net: LocalNetwork, channel: str, kind: type[ClientChannel] | type[W
             return state.deposit, state.claimed
 
     return asyncio.run(read())
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def mixed_requests(net: LocalNetwork, count: int) -> list[int]:

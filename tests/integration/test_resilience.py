@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import httpx
 import openai
 import pytest
 
-from cocoon.crypto import load_or_create_node_keys
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
-from tests.integration.conftest import start_network
+from tests.integration.conftest import directory, start_network, wait_for, worker_process
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
 
@@ -34,26 +32,6 @@ def fresh(tmp_path: Path, bundled_model_path: Path) -> Iterator[LocalNetwork]:
 
 def _client(net: LocalNetwork) -> openai.OpenAI:
     return openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0, timeout=60)
-
-
-def _directory(net: LocalNetwork) -> list[dict[str, object]]:
-    workers: list[dict[str, object]] = httpx.get(f"{net.proxy_url}/v1/directory", timeout=5).json()["workers"]
-    return workers
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _process_of(net: LocalNetwork, worker_id: str) -> subprocess.Popen[bytes]:
-    for i in range(1, net.workers + 1):
-        if load_or_create_node_keys(net.home / f"worker-{i}" / "keys.json").node_id == worker_id:
-            return net.child(f"worker-{i}").process
-    raise AssertionError(f"no worker process has id {worker_id}")
 
 
 def test_requests_fail_over_when_a_worker_freezes_before_its_first_byte(fresh: LocalNetwork) -> None:
@@ -74,7 +52,7 @@ def test_requests_fail_over_when_a_worker_freezes_before_its_first_byte(fresh: L
     # The frozen worker leaves the pool (missed heartbeats) within the proxy's 2 s timeout (+ a sweep and a poll),
     # whether or not a request was routed to it.
     left = max(0.05, frozen_at + 2.6 - time.monotonic())
-    _wait_for(lambda: len(_directory(fresh)) == 1, left, "the frozen worker to leave the pool")
+    wait_for(lambda: len(directory(fresh)) == 1, left, "the frozen worker to leave the pool")
 
 
 def test_stream_resumes_on_another_worker_when_its_worker_is_killed(fresh: LocalNetwork) -> None:
@@ -92,10 +70,10 @@ def test_stream_resumes_on_another_worker_when_its_worker_is_killed(fresh: Local
     for chunk in stream:
         chunks.append(chunk)
         if killed is None and len(chunks) == 5:
-            busy = [w for w in _directory(fresh) if w["inflight"]]
+            busy = [w for w in directory(fresh) if w["inflight"]]
             assert len(busy) == 1
             killed = str(busy[0]["worker_id"])
-            _process_of(fresh, killed).kill()
+            worker_process(fresh, killed).kill()
     assert killed is not None
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -103,7 +81,7 @@ def test_stream_resumes_on_another_worker_when_its_worker_is_killed(fresh: Local
     assert usage is not None
     workers = (usage.model_extra or {})["workers"]
     # The survivor signed for its own tokens only; the killed worker never signed, so it is not paid.
-    assert workers == [w["worker_id"] for w in _directory(fresh)]
+    assert workers == [w["worker_id"] for w in directory(fresh)]
     assert killed not in workers
     assert usage.completion_tokens == 120  # together they wrote exactly what was asked for
     assert len(text) > 100
@@ -115,14 +93,14 @@ def test_workers_come_back_after_the_proxy_restarts(fresh: LocalNetwork) -> None
     proxy.process.wait(10)
     fresh.children.remove(proxy)
     fresh._spawn("proxy", "proxy.toml")
-    _wait_for(lambda: _safe_len(fresh) == 2, 30, "both workers to re-register")
+    wait_for(lambda: _safe_len(fresh) == 2, 30, "both workers to re-register")
     reply = _client(fresh).chat.completions.create(model=DEFAULT_MODEL, messages=PROMPT, max_tokens=4)
     assert reply.choices[0].message.content
 
 
 def _safe_len(net: LocalNetwork) -> int:
     try:
-        return len(_directory(net))
+        return len(directory(net))
     except httpx.HTTPError:
         return 0
 
@@ -133,10 +111,10 @@ def test_client_hanging_up_cancels_the_job_on_the_worker(fresh: LocalNetwork) ->
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
-        assert any(w["inflight"] for w in _directory(fresh))
+        assert any(w["inflight"] for w in directory(fresh))
     # 400 tokens take ~7 s at 60 tok/s; the slot frees far sooner because the job was cancelled.
-    _wait_for(
-        lambda: all(w["inflight"] == 0 and w["free_slots"] == w["slots"] for w in _directory(fresh)),
+    wait_for(
+        lambda: all(w["inflight"] == 0 and w["free_slots"] == w["slots"] for w in directory(fresh)),
         3,
         "the cancelled job to free its slot",
     )
@@ -146,6 +124,6 @@ def test_a_worker_attested_by_an_unknown_authority_is_refused(fresh: LocalNetwor
     fresh.worker_options = {"dev_authority_key_file": str(fresh.home / "rogue-authority.json")}
     rogue = fresh.add_worker(3)
     log = fresh.home / "logs" / "proxy.log"
-    _wait_for(lambda: b"worker refused" in log.read_bytes(), 30, "the proxy to refuse the rogue worker")
-    assert len(_directory(fresh)) == 2
+    wait_for(lambda: b"worker refused" in log.read_bytes(), 30, "the proxy to refuse the rogue worker")
+    assert len(directory(fresh)) == 2
     assert rogue.process.poll() is None  # it keeps retrying with backoff, but never gets in
