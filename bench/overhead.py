@@ -31,7 +31,7 @@ from cocoon.protocol.payload import SealedParams
 from cocoon.up import LocalNetwork, free_port
 
 PROMPT = "The history of the lighthouse begins"
-console = Console()
+console = Console(width=150)
 
 
 @dataclass(frozen=True, slots=True)

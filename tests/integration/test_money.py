@@ -34,7 +34,9 @@ COEFFICIENT = 1500  # the workers charge 1.5x the registry price
 PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
 
 
-def start_paid_network(home: Path, workers: int = 2, **worker_options: Any) -> LocalNetwork:
+def start_paid_network(
+    home: Path, workers: int = 2, proxy_options: dict[str, Any] | None = None, **worker_options: Any
+) -> LocalNetwork:
     net = LocalNetwork(
         port_base=free_port(),
         proxy_port=free_port(),
@@ -44,7 +46,7 @@ def start_paid_network(home: Path, workers: int = 2, **worker_options: Any) -> L
         money=True,
         engine={"kind": "synthetic"},
         # Settle only when told to, so the tests see the books before and after.
-        proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6},
+        proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6, **(proxy_options or {})},
         worker_options={"price_coefficient": COEFFICIENT, **worker_options},
     )
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cocoon.proxy import reputation_store
@@ -11,9 +9,8 @@ from cocoon.proxy.reputation import ReputationBook
 from cocoon.proxy.store import Store
 
 
-async def test_reputation_survives_a_restart_of_the_proxy(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'proxy.sqlite3'}"
-    store = Store(url)
+async def test_reputation_survives_a_restart_of_the_proxy(store_url: str) -> None:
+    store = Store(store_url)
     await store.start()
     book = ReputationBook()
     for _ in range(3):
@@ -23,7 +20,7 @@ async def test_reputation_survives_a_restart_of_the_proxy(tmp_path: Path) -> Non
     assert await reputation_store.save(store, book) == 0  # nothing changed since
     await store.close()
 
-    store = Store(url)
+    store = Store(store_url)
     await store.start()
     restored = ReputationBook()
     assert await reputation_store.load(store, restored) == 2

@@ -163,7 +163,8 @@ class RoutingPrefs(BaseModel):
 
 class JobRequest(Wire):
     t: Literal["job_request"] = "job_request"
-    request_id: str
+    # Bounded: paid proxies key charges on it in a VARCHAR(80) column, which PostgreSQL enforces.
+    request_id: str = Field(min_length=1, max_length=80)
     model: str
     kind: Literal["chat", "completion", "embedding"]
     max_tokens: int = Field(ge=0)

@@ -180,7 +180,7 @@ class Billing:
         async with self.lock(reservation.channel), self.store.writing(), self.store.session() as session:
             session.add(charge)
             if valid:
-                account = await session.get(ClientAccount, reservation.channel)
+                account = await session.get(ClientAccount, reservation.channel, with_for_update=True)
                 assert account is not None
                 account.charged += cost.total
             await session.commit()
@@ -195,7 +195,8 @@ class Billing:
         channel = raw_address(sub.channel)
         signature = _hex(sub.signature, "signature")
         async with self.lock(channel), self.store.writing(), self.store.session() as session:
-            account = await session.get(ClientAccount, channel)
+            # Row locks: this proxy's channel lock does not reach the other replicas sharing a PostgreSQL.
+            account = await session.get(ClientAccount, channel, with_for_update=True)
             if account is None:
                 raise NotFound(f"channel {channel} has never been used with this proxy")
             if not verify_voucher(account.payer_key, channel, sub.cumulative, signature):
@@ -227,7 +228,7 @@ class Billing:
             for charge in owed:
                 key = (charge.worker_channel, charge.worker_payout)
                 shares[key] = shares.get(key, 0) + charge.worker_share
-            for (worker_channel, payout), share in shares.items():
+            for (worker_channel, payout), share in sorted(shares.items()):  # one lock order: no deadlocks
                 await self._credit_worker(session, worker_channel, payout, share, now)
             await session.commit()
             return self._account_json(account)
@@ -237,7 +238,8 @@ class Billing:
         channel = raw_address(rejection.channel)
         signature = _hex(rejection.signature, "signature")
         async with self.lock(channel), self.store.writing(), self.store.session() as session:
-            account = await session.get(ClientAccount, channel)
+            # Row locks: this proxy's channel lock does not reach the other replicas sharing a PostgreSQL.
+            account = await session.get(ClientAccount, channel, with_for_update=True)
             charge = await session.get(Charge, rejection.receipt_id)
             if account is None or charge is None or charge.client_channel != channel:
                 raise NotFound(f"receipt {rejection.receipt_id} was never charged to channel {channel}")
@@ -275,12 +277,14 @@ class Billing:
         if state.role != ChannelRole.CLIENT or state.payee != self.link.wallet.address:
             raise PaymentRequired(f"channel {channel} does not pay this proxy; open one with `cocoon client deposit`")
         async with self.store.writing(), self.store.session() as session:
-            account = await session.get(ClientAccount, channel)
-            if account is None:
-                account = ClientAccount(
-                    channel=channel, payer_key=state.payer_key, charged=0, vouchered=0, voucher_signature=b"", claimed=0
+            await session.execute(
+                self.store.insert_if_absent(ClientAccount).values(
+                    channel=channel, payer_key=state.payer_key, deposit=0, charged=0, vouchered=0,
+                    voucher_signature=b"", claimed=0, closing=0, checked_at=datetime.now(UTC),
                 )
-                session.add(account)
+            )  # fmt: skip
+            account = await session.get(ClientAccount, channel, with_for_update=True)
+            assert account is not None
             account.deposit, account.claimed = state.deposit, state.claimed
             account.closing = state.close_at or int(state.closed)
             account.checked_at = datetime.now(UTC)
@@ -304,10 +308,14 @@ class Billing:
     async def _credit_worker(
         self, session: AsyncSession, worker_channel: str, payout: str, share: int, now: datetime
     ) -> None:
-        account = await session.get(WorkerAccount, worker_channel)
-        if account is None:
-            account = WorkerAccount(channel=worker_channel, payout=payout, funded=0, vouchered=0, claimed=0)
-            session.add(account)
+        # Vouchers from different clients credit the same worker at once: create its row once, then lock it.
+        await session.execute(
+            self.store.insert_if_absent(WorkerAccount).values(
+                channel=worker_channel, payout=payout, funded=0, vouchered=0, voucher_signature=b"", claimed=0
+            )
+        )
+        account = await session.get(WorkerAccount, worker_channel, with_for_update=True)
+        assert account is not None
         account.vouchered += share
         account.voucher_signature = sign_voucher(self.link.wallet.seed, worker_channel, account.vouchered)
         account.vouchered_at = account.vouchered_at or now

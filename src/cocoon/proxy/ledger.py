@@ -16,6 +16,10 @@ from cocoon.proxy.store import Base
 OWED, PAID, REJECTED, INVALID = "owed", "paid", "rejected", "invalid"
 
 
+# A voucher per request outgrows INTEGER ids; SQLite autoincrements only an INTEGER PRIMARY KEY (64-bit there).
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -36,7 +40,7 @@ class ClientAccount(Base):
     vouchered: Mapped[int] = mapped_column(BigInteger, default=0)
     voucher_signature: Mapped[bytes] = mapped_column(LargeBinary(64), default=b"")
     claimed: Mapped[int] = mapped_column(BigInteger, default=0)
-    closing: Mapped[int] = mapped_column(Integer, default=0)  # the chain's close_at, 0 while open
+    closing: Mapped[int] = mapped_column(BigInteger, default=0)  # the chain's close_at (uint32), 0 while open
     vouchered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -65,7 +69,7 @@ class Charge(Base):
     worker_payout: Mapped[str] = mapped_column(String(80))
     worker_id: Mapped[str] = mapped_column(String(80))
     model: Mapped[str] = mapped_column(String(200))
-    coefficient: Mapped[int] = mapped_column(Integer)
+    coefficient: Mapped[int] = mapped_column(BigInteger)  # the worker's, unbounded on the wire
     prompt_cost: Mapped[int] = mapped_column(BigInteger)
     cached_cost: Mapped[int] = mapped_column(BigInteger)
     completion_cost: Mapped[int] = mapped_column(BigInteger)
@@ -82,7 +86,7 @@ class VoucherRecord(Base):
     """Every voucher: ``client`` ones the proxy received, ``worker`` ones it signed."""
 
     __tablename__ = "vouchers"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))
     channel: Mapped[str] = mapped_column(String(80), index=True)
     cumulative: Mapped[int] = mapped_column(BigInteger)
@@ -94,7 +98,7 @@ class ChainOperation(Base):
     """An on-chain operation the proxy sent: ``claim`` (client channel) or ``fund`` (worker channel)."""
 
     __tablename__ = "chain_operations"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(80))
     amount: Mapped[int] = mapped_column(BigInteger)

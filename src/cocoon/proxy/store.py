@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -68,8 +69,16 @@ class Store:
 
     def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """Hold around a write transaction. SQLite has one writer; waiting here is cheaper than its busy
-        handler, which sleeps. PostgreSQL needs no such thing."""
+        handler, which sleeps. PostgreSQL runs writers concurrently: they lock the rows they change instead
+        (``session.get(..., with_for_update=True)``, ignored by SQLite)."""
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    def insert_if_absent(self, table: type[Base]) -> sqlite.Insert | postgresql.Insert:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in this store's dialect: two transactions that both find a row
+        missing (concurrent ones, on PostgreSQL) create it once, and neither fails. Lock it after with
+        ``session.get(..., with_for_update=True)`` to change it."""
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        return insert(table).on_conflict_do_nothing()
 
     async def start(self) -> None:
         """Create every table declared on ``Base`` that does not exist yet."""

@@ -1,0 +1,88 @@
+"""Billing on both databases: vouchers from many clients at once pay each worker every nanoton of its share
+(PostgreSQL runs them as truly concurrent transactions; SQLite has one writer), and ids fit the books' columns."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from cocoon.chain import Wallet, sign_voucher, verify_voucher
+from cocoon.errors import BadRequest
+from cocoon.protocol import JobRequest, WrappedKeyWire, pack, unpack_as
+from cocoon.protocol.money import VoucherSubmission
+from cocoon.proxy.billing import Billing
+from cocoon.proxy.chainlink import ChainLink
+from cocoon.proxy.ledger import OWED, PAID, Charge, ClientAccount, WorkerAccount
+from cocoon.proxy.store import Store
+
+WORKERS = ("0:" + "a" * 64, "0:" + "b" * 64)
+BIG = 3 * 2**31  # nanoton: every amount is past 32 bits
+
+
+def charge(receipt_id: str, client: str, worker: str, cost: int) -> Charge:
+    fee = cost // 20
+    return Charge(
+        receipt_id=receipt_id, request_id="req-" + receipt_id, client_channel=client, worker_channel=worker,
+        worker_payout=worker, worker_id="w-" + worker[2:10], model="m", coefficient=1000, prompt_cost=cost,
+        cached_cost=0, completion_cost=0, cost=cost, worker_share=cost - fee, fee=fee, status=OWED, receipt=b"",
+    )  # fmt: skip
+
+
+async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exactly(store_url: str) -> None:
+    store = Store(store_url)
+    await store.start()
+    proxy = Wallet(bytes(range(32)))
+    billing = Billing(store, cast(ChainLink, SimpleNamespace(wallet=proxy)), unpaid_grace_s=60)
+    payers = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(8)]
+    submissions, shares = [], dict.fromkeys(WORKERS, 0)
+    async with store.session() as session:
+        for i, payer in enumerate(payers):
+            client = f"0:{i + 1:064x}"
+            session.add(
+                ClientAccount(channel=client, payer_key=payer.public_key().public_bytes_raw(), deposit=10 * BIG)
+            )
+            # Half the clients pay the workers in the other order: row locks must not deadlock.
+            workers = WORKERS if i % 2 else WORKERS[::-1]
+            charges = [charge(f"rcpt-{i}-{w[2]}", client, w, BIG + i * 1000 + j) for j, w in enumerate(workers)]
+            for c in charges:
+                session.add(c)
+                shares[c.worker_channel] += c.worker_share
+            cumulative = sum(c.cost for c in charges)
+            submissions.append(
+                VoucherSubmission(
+                    channel=client,
+                    cumulative=cumulative,
+                    signature=sign_voucher(payer, client, cumulative).hex(),
+                    receipt_ids=[c.receipt_id for c in charges],
+                )
+            )
+        await session.commit()
+
+    await asyncio.gather(*(billing.accept_voucher(s) for s in submissions))
+
+    async with store.session() as session:
+        workers = {w: await session.get(WorkerAccount, w) for w in WORKERS}
+        statuses = set(await session.scalars(select(Charge.status)))
+    await store.close()
+    for channel, account in workers.items():
+        assert account is not None
+        assert account.vouchered == shares[channel]
+        assert verify_voucher(proxy.public_key, channel, account.vouchered, account.voucher_signature)
+    assert statuses == {PAID}
+
+
+def test_a_request_id_too_long_for_the_books_is_refused_before_any_work() -> None:
+    def request(request_id: str) -> bytes:
+        key = WrappedKeyWire(worker_id="w-1", enc=b"", wrapped=b"")
+        job = JobRequest(request_id="r", model="m", kind="chat", max_tokens=1, keys=[key], ciphertext=b"")
+        return pack(job.model_copy(update={"request_id": request_id}))  # unchecked, as any client may send it
+
+    width = Charge.__table__.c.request_id.type.length
+    assert unpack_as(request("r" * width), JobRequest).request_id == "r" * width
+    with pytest.raises(BadRequest, match="request_id"):
+        unpack_as(request("r" * (width + 1)), JobRequest)
