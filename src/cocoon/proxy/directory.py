@@ -54,6 +54,12 @@ class WorkerEntry:
     def serves(self, model: str) -> bool:
         return any(offer.model == model for offer in self.register.models)
 
+    def release(self) -> None:
+        """A job this proxy sent here has ended: count it out now, not at the next heartbeat, so a worker
+        that just finished does not look busy to the router for up to a heartbeat interval."""
+        self.inflight -= 1
+        self.active_jobs = max(0, self.active_jobs - 1)
+
     def apply(self, beat: Heartbeat) -> None:
         self.last_seen = time.monotonic()
         self.free_slots = beat.free_slots

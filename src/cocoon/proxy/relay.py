@@ -169,7 +169,7 @@ class JobRelay:
         finally:
             for running in self.attempts:
                 if running.worker.jobs.pop(running.job_id, None) is not None:
-                    running.worker.inflight -= 1
+                    running.worker.release()
                     await _send_quietly(running.worker, pack(Cancel(job_id=running.job_id, reason="closed")))
 
     async def _dispatch(self, worker: WorkerEntry, resume: list[ResumeChunks]) -> Attempt:
@@ -289,7 +289,7 @@ class JobRelay:
 
     def _finish(self, attempt: Attempt, outcome: Outcome | None, end: JobEnd | None = None) -> None:
         if attempt.worker.jobs.pop(attempt.job_id, None) is not None:
-            attempt.worker.inflight -= 1
+            attempt.worker.release()
         if self.evidence is not None:
             receipt = end.receipt if end is not None else None
             outcome = outcome if attempt.sent else None
