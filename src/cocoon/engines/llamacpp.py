@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocoon.engines.base import (
-    ChatMessage,
     Embeddings,
     EngineInfo,
     Finished,
@@ -31,6 +30,7 @@ from cocoon.engines.base import (
     TokenUsage,
 )
 from cocoon.engines.config import EngineSettings
+from cocoon.engines.gemma_template import TURN_END, prompt_tokens, single_token
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.stops import StopStringFilter
 from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Gemma's turn markers. The bundled GGUF is the base model and carries no chat template.
-_TURN_START = "<start_of_turn>"
-_TURN_END = "<end_of_turn>"
-_GEMMA_ROLES = {"user": "user", "tool": "user", "assistant": "model"}
 _EMBED_BATCH_CAP = 4096  # tokens per embedding input; also the embedding context size
 # Prompts are evaluated in chunks of this many tokens, always aligned to multiples of it from position 0.
 # llama.cpp's CPU kernels round differently for different batch sizes, so a KV prefix is reused only in
@@ -137,7 +134,7 @@ class LlamaCppEngine:
         self._contexts = await asyncio.to_thread(self._load_contexts, path)
         for context in self._contexts:
             context.watch_cancellation()
-        self._end_of_turn = self._single_token(self._contexts[0].llama, _TURN_END)
+        self._end_of_turn = single_token(self._contexts[0].llama, TURN_END)
         self._free = asyncio.Queue()
         for context in self._contexts:
             self._free.put_nowait(context)
@@ -207,7 +204,7 @@ class LlamaCppEngine:
         if request.params.max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
         # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
-        tokens = self._request_tokens(self._contexts[0].llama, request)
+        tokens = prompt_tokens(self._contexts[0].llama, request)
         needed = len(tokens) + request.params.max_tokens
         if needed > info.context_length:
             raise ContextLengthExceeded(
@@ -312,29 +309,6 @@ class LlamaCppEngine:
                 job.emit(TextDelta(tail, tokens=unreported))
         job.emit(Finished(reason, TokenUsage(len(job.tokens), completion, cached_tokens=cached)))
 
-    def _request_tokens(self, llama: Llama, request: GenerationRequest) -> list[int]:
-        """The prompt as tokens: Gemma's chat template for messages, the raw text for a completion."""
-        if request.prompt is not None:
-            text = request.prompt + request.continuation
-            return llama.tokenize(text.encode(), add_bos=True, special=True)
-        assert request.messages is not None
-        tokens = [llama.token_bos()]
-        for role, content in _gemma_turns(request.messages):
-            tokens += llama.tokenize(f"{_TURN_START}{role}\n".encode(), add_bos=False, special=True)
-            tokens += llama.tokenize(content.encode(), add_bos=False, special=False)
-            tokens += llama.tokenize(f"{_TURN_END}\n".encode(), add_bos=False, special=True)
-        tokens += llama.tokenize(f"{_TURN_START}model\n".encode(), add_bos=False, special=True)
-        if request.continuation:
-            tokens += llama.tokenize(request.continuation.encode(), add_bos=False, special=False)
-        return tokens
-
-    @staticmethod
-    def _single_token(llama: Llama, marker: str) -> int:
-        ids = llama.tokenize(marker.encode(), add_bos=False, special=True)
-        if len(ids) != 1:
-            raise EngineError(f"this model has no {marker} token; it is not a Gemma model, chat needs one")
-        return ids[0]
-
     async def embed(self, inputs: list[str]) -> Embeddings:
         """One L2-normalized, mean-pooled vector per input, from a second context loaded on first use.
 
@@ -384,20 +358,6 @@ class LlamaCppEngine:
             raise EngineError("the llama.cpp engine is not started; call start() first")
         llama = self._contexts[0].llama
         return len(llama.tokenize(text.encode(), add_bos=False, special=False))
-
-
-def _gemma_turns(messages: tuple[ChatMessage, ...]) -> list[tuple[str, str]]:
-    """Map OpenAI roles onto Gemma's two: system and developer text joins the first user turn."""
-    system = "\n\n".join(m.content for m in messages if m.role in ("system", "developer"))
-    turns = [(_GEMMA_ROLES[m.role], m.content) for m in messages if m.role not in ("system", "developer")]
-    if system:
-        if turns and turns[0][0] == "user":
-            turns[0] = ("user", f"{system}\n\n{turns[0][1]}")
-        else:
-            turns.insert(0, ("user", system))
-    if not turns:
-        raise BadRequest("messages is empty; send at least one message", param="messages")
-    return turns
 
 
 def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
