@@ -39,7 +39,6 @@ from cocoon.errors import (
 )
 from cocoon.protocol import (
     STREAM_FRAME,
-    Chunk,
     FrameReader,
     JobEnd,
     JobError,
@@ -52,7 +51,7 @@ from cocoon.protocol import (
     pack,
     random_salt,
     seal_request,
-    unpack,
+    unpack_raw,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload, SealedMessage, SealedParams
 
@@ -249,7 +248,25 @@ class CocoonClient:
                 hedged_out = False
                 async for data in response.aiter_raw():
                     for raw in reader.feed(data):
-                        message = unpack(raw, STREAM_FRAME)
+                        fields = unpack_raw(raw)
+                        if fields.get("t") == "chunk":  # the hot path: one per token, kept free of models
+                            if worker is None or sealer is None or digest is None:
+                                raise UpstreamFailed("proxy sent a chunk before naming its worker")
+                            if fields.get("worker_id") != worker.worker_id or fields.get("seq") != seq:
+                                raise UpstreamFailed("proxy reordered or mixed response chunks")
+                            opened = sealer.open(seq, fields["data"])
+                            seq += 1
+                            digest.update(opened)
+                            chunk = _chunk_payload(opened)
+                            if chunk.finish_reason:
+                                finish_reason = chunk.finish_reason
+                            if chunk.embeddings is not None:
+                                yield EmbeddingEvent(chunk.embeddings)
+                            elif chunk.text:
+                                streamed_tokens += chunk.tokens
+                                yield TextEvent(chunk.text, chunk.tokens, worker.worker_id)
+                            continue
+                        message = STREAM_FRAME.validate_python(fields)
                         if isinstance(message, JobStart):
                             worker = by_id.get(message.worker_id)
                             if worker is None:
@@ -258,22 +275,6 @@ class CocoonClient:
                             digest = ResponseDigest(salt)
                             seq = 0
                             hedged_out = message.hedged_out
-                        elif isinstance(message, Chunk):
-                            if worker is None or sealer is None or digest is None:
-                                raise UpstreamFailed("proxy sent a chunk before naming its worker")
-                            if message.worker_id != worker.worker_id or message.seq != seq:
-                                raise UpstreamFailed("proxy reordered or mixed response chunks")
-                            opened = sealer.open(seq, message.data)
-                            seq += 1
-                            digest.update(opened)
-                            chunk = ChunkPayload.model_validate(msgpack.unpackb(opened, raw=False))
-                            if chunk.finish_reason:
-                                finish_reason = chunk.finish_reason
-                            if chunk.embeddings is not None:
-                                yield EmbeddingEvent(chunk.embeddings)
-                            elif chunk.text:
-                                streamed_tokens += chunk.tokens
-                                yield TextEvent(chunk.text, chunk.tokens, worker.worker_id)
                         elif isinstance(message, JobEnd):
                             if worker is None or digest is None:
                                 raise UpstreamFailed("proxy sent a receipt before naming its worker")
@@ -367,3 +368,17 @@ def _estimate_tokens(payload: RequestPayload) -> int:
     chars = len(payload.prompt or "") + sum(len(m.content) for m in payload.messages or [])
     chars += sum(len(text) for text in payload.input or [])
     return chars // 4
+
+
+def _chunk_payload(opened: bytes) -> ChunkPayload:
+    """A chunk's plaintext, read without validation overhead; anything malformed is ``UpstreamFailed``."""
+    try:
+        fields = msgpack.unpackb(opened, raw=False)
+        return ChunkPayload.model_construct(
+            text=str(fields.get("text", "")),
+            tokens=int(fields.get("tokens", 0)),
+            embeddings=fields.get("embeddings"),
+            finish_reason=fields.get("finish_reason"),
+        )
+    except (ValueError, TypeError, AttributeError, msgpack.ExtraData) as exc:
+        raise UpstreamFailed(f"a response chunk is malformed: {exc}") from exc

@@ -19,6 +19,7 @@ from cocoon.protocol.framing import (
     pack,
     unpack,
     unpack_as,
+    unpack_raw,
 )
 from cocoon.protocol.messages import (
     PROTOCOL_VERSION,
@@ -77,5 +78,6 @@ __all__ = [
     "seal_request",
     "unpack",
     "unpack_as",
+    "unpack_raw",
     "unwrap_content_key",
 ]
