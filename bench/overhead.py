@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -126,13 +127,25 @@ def sidecar_run(http: httpx.AsyncClient, max_tokens: int) -> Run:
     return run
 
 
+def _threads_of(pid: int) -> list[int]:
+    return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50, help="requests per row (>= 50 for a fair p99)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the other core runs cocoon)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the engine (direct: this process; network: the worker) to CPU 0 and everything else to CPU 1, "
+        "as when the engine has its own machine",
+    )
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
 
     model = bundled_model_path()
     settings = EngineSettings(model_path=model, threads=args.threads, embeddings=False)
@@ -155,9 +168,14 @@ async def main() -> None:
             engine={"threads": args.threads, "embeddings": False},
             worker_options={"slots": max(args.concurrency)},
         )
+        if args.pin:
+            os.sched_setaffinity(0, {1})  # children inherit CPU 1; the worker moves to CPU 0 below
         net.start()
         try:
             net.wait_ready(120)
+            if args.pin:
+                for pid in _threads_of(net.child("worker-1").process.pid):
+                    os.sched_setaffinity(pid, {0})
             client = CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy))
             http = httpx.AsyncClient(base_url=net.base_url, timeout=120)
             await sdk_run(client, args.max_tokens)()
