@@ -28,7 +28,7 @@ from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
 from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
 from tests.conftest import free_port
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import start_network, wait_for
 
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price
 PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
@@ -37,11 +37,9 @@ PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
 def start_paid_network(
     home: Path, workers: int = 2, proxy_options: dict[str, Any] | None = None, **worker_options: Any
 ) -> LocalNetwork:
-    net = LocalNetwork(
-        port_base=free_port(),
-        proxy_port=free_port(),
+    return start_network(
+        home,
         devnet_port=free_port(),
-        home=home,
         workers=workers,
         money=True,
         engine={"kind": "synthetic"},
@@ -49,13 +47,6 @@ def start_paid_network(
         proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6, **(proxy_options or {})},
         worker_options={"price_coefficient": COEFFICIENT, **worker_options},
     )
-    try:
-        net.start()
-        net.wait_ready(timeout=60)
-    except BaseException:
-        net.stop()
-        raise
-    return net
 
 
 @pytest.fixture(scope="module")
