@@ -111,6 +111,11 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
             (await WorkerChannel(chain, Address(w["channel"])).get_channel()).claimed for w in books["workers"]
         ]
         worker_claims = sum(worker_claimed)
+        # Every on-chain operation is a message into a channel contract: the fees those transactions paid.
+        channels = [c["channel"] for c in books["clients"]] + [w["channel"] for w in books["workers"]]
+        chain_fees = 0
+        for channel in channels:
+            chain_fees += sum(tx.fee for tx in await chain.get_transactions(channel, limit=100))
         latency_ms = await asyncio.to_thread(voucher_latency_ms, net)
         path_rate = await voucher_path_rate(net, 2000, 10)
         for client in clients:
@@ -131,6 +136,7 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
         ("claimed on chain from client channels", f"{client_claims:,} nanoton"),
         ("claimed on chain by workers", f"{worker_claims:,} nanoton"),
         ("proxy fees", f"{books['proxy_fees']:,} nanoton = {Decimal(books['proxy_fees']) / TON:f} TON"),
+        ("transaction fees of the channel contracts", f"{Decimal(chain_fees) / TON:f} TON"),
         ("conservation on chain (client = workers + fees)", str(client_claims == worker_claims + books["proxy_fees"])),
         ("vouchers verified and stored per second in this run", f"{books['receipts']['paid'] / elapsed:,.0f}"),
         ("mean time of one voucher in the proxy under this load", f"{latency_ms:.1f} ms"),
