@@ -25,8 +25,8 @@ from cocoon.chain import (
     ToncenterClient,
     Wallet,
     bootstrap_devnet,
+    devnet_command,
     ensure_devnet_installed,
-    node_executable,
 )
 from cocoon.chain.toncenter import address_text
 from cocoon.crypto import load_or_create_signing_key
@@ -72,16 +72,7 @@ def spawn_devnet(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     folder = ensure_devnet_installed()
     handle = log.open("ab")
     process = subprocess.Popen(
-        [
-            str(node_executable()),
-            str(folder / "server.js"),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--state",
-            str(home / "devnet-state.json"),
-        ],
+        devnet_command(folder, port, state_file=home / "devnet-state.json"),
         stdout=handle,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

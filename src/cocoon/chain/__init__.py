@@ -18,6 +18,7 @@ from cocoon.chain.devnet import (
     DevnetProcess,
     DevnetStatus,
     bootstrap_devnet,
+    devnet_command,
 )
 from cocoon.chain.node import ensure_devnet_installed, node_executable
 from cocoon.chain.registry import (
@@ -65,6 +66,7 @@ __all__ = [
     "WorkerChannel",
     "bootstrap_devnet",
     "contract_code",
+    "devnet_command",
     "ensure_devnet_installed",
     "measurement_key",
     "model_name_hash",

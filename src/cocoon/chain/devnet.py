@@ -86,6 +86,14 @@ class DevnetClient:
         return body["result"]
 
 
+def devnet_command(folder: Path, port: int, host: str = "127.0.0.1", state_file: Path | None = None) -> list[str]:
+    """The command line that runs the devnet server installed in ``folder``."""
+    args = [str(node_executable()), str(folder / "server.js"), "--port", str(port), "--host", host]
+    if state_file is not None:
+        args += ["--state", str(state_file)]
+    return args
+
+
 class DevnetProcess:
     """The devnet server as a child process on ``host:port`` (``port=0`` picks a free one)."""
 
@@ -120,16 +128,7 @@ class DevnetProcess:
     async def start(self, timeout: float = 60.0) -> None:
         """Install (first run only), launch, and wait until the devnet answers; UpstreamTimeout if not."""
         folder = await asyncio.to_thread(ensure_devnet_installed, self.cache_dir)
-        args = [
-            str(node_executable()),
-            str(folder / "server.js"),
-            "--port",
-            str(self.port),
-            "--host",
-            self.host,
-        ]
-        if self.state_file is not None:
-            args += ["--state", str(self.state_file)]
+        args = devnet_command(folder, self.port, self.host, self.state_file)
         self._log = self._open_log()
         self._process = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True
