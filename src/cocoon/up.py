@@ -124,8 +124,8 @@ class LocalNetwork:
             "allow_simulated": True,
             "simulated_authorities": [authority.public.hex()],
             "allowed_measurements": [DEV_MEASUREMENT],
-            # The synthetic engine (benchmarks) has its own fixed weights hash.
-            "allowed_model_hashes": [model_hash, SYNTHETIC_MODEL_HASH],
+            # A network of synthetic workers (benchmarks) admits that engine's fixed weights hash, no other.
+            "allowed_model_hashes": [SYNTHETIC_MODEL_HASH if self.engine.get("kind") == "synthetic" else model_hash],
         }
         self.policy = policy
         self.model_file, self.model_hash = model, model_hash
