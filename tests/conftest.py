@@ -11,10 +11,7 @@ import pytest
 
 from cocoon.engines import model_cache
 from cocoon.proxy.store import default_url
-from cocoon.up import free_port
-from tests import pg
-
-__all__ = ["free_port"]
+from tests.helpers import pg
 
 _databases = itertools.count(1)
 

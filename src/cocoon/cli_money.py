@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.chain import TON, ClientChannel, DevnetClient, Registry, ToncenterClient, Wallet, WorkerChannel
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text, raw_address
 from cocoon.config import ClientSettings, RoleSettings, WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError
@@ -125,7 +125,7 @@ def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     async def work() -> dict[str, Any]:
         async with ToncenterClient(_client_chain(settings), settings.chain_api_key) as chain:
             wallet, channel = await _client_channel(settings, chain)
-            raw = f"{channel.address.wc}:{channel.address.hash_part.hex()}"
+            raw = raw_address(channel.address)
             out: dict[str, Any] = {"channel": raw, "wallet": address_text(wallet.address, bounceable=False)}
             out["wallet_balance"] = await chain.get_balance(wallet.address)
             if (await chain.get_address_information(channel.address)).active:

@@ -1,13 +1,45 @@
 """The one exception tree of cocoon.
 
 Every error that can reach an app carries its OpenAI error ``type``, ``code`` and HTTP status, so the
-boundary that catches it (the client gateway, the proxy app) turns it into the OpenAI JSON shape unchanged.
+boundary that catches it (the client gateway, the proxy app) turns it into the OpenAI JSON shape unchanged,
+and ``CocoonError.from_openai`` rebuilds the same class on the far side of a process boundary.
+
+    CocoonError (500 internal_error)
+    ├── BadRequest (400 invalid_request)
+    │   ├── InvalidJSON (400 invalid_json)
+    │   ├── ContextLengthExceeded (400 context_length_exceeded)
+    │   ├── UnsupportedVersion (400 unsupported_version)
+    │   ├── SealError (400 seal_failed)
+    │   └── PayloadTooLarge (413 request_too_large)
+    ├── Unauthorized (401 invalid_api_key)
+    ├── PaymentRequired (402 insufficient_funds)
+    ├── ModelNotFound (404 model_not_found)
+    ├── NotFound (404 not_found)
+    ├── NoCapacity (503 no_capacity)
+    ├── AttestationFailed (502 attestation_failed)
+    ├── ReceiptInvalid (502 receipt_invalid)
+    ├── UpstreamFailed (502 upstream_failed)
+    │   ├── WorkerGone (502 worker_gone)
+    │   ├── UpstreamTimeout (504 upstream_timeout)
+    │   └── ChainError (502 chain_error)
+    │       └── TransactionFailed (502 transaction_failed)
+    ├── EngineError (500 engine_error)
+    ├── RegistrationRefused (500 registration_refused)
+    ├── ConfigError (500 config_error)
+    ├── ChildDied (500 child_died)
+    └── ChainSetupFailed (500 chain_setup_failed)
+
+Foreign errors are mapped in one place: ``map_http_errors()`` turns httpx's transport errors into
+``UpstreamTimeout`` / ``UpstreamFailed`` (or a subclass the caller names) with a message naming the peer.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import httpx
 from pydantic import ValidationError
 
 
@@ -56,71 +88,103 @@ def _all_subclasses(cls: type[CocoonError]) -> list[type[CocoonError]]:
 
 
 class BadRequest(CocoonError):
+    """The request is malformed or asks for something impossible; the caller must change it."""
+
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
 
 
 class InvalidJSON(BadRequest):
+    """A body that should be JSON (or msgpack) does not parse."""
+
     code = "invalid_json"
 
 
 class ContextLengthExceeded(BadRequest):
+    """The prompt plus ``max_tokens`` does not fit the model's context window."""
+
     code = "context_length_exceeded"
 
 
 class UnsupportedVersion(BadRequest):
+    """A message carries a protocol version this build does not speak."""
+
     code = "unsupported_version"
 
 
+class SealError(BadRequest):
+    """A sealed blob could not be opened: wrong key, tampered bytes or a mix-up of ids."""
+
+    code = "seal_failed"
+
+
 class Unauthorized(CocoonError):
+    """The caller did not prove who it is (a missing or wrong signature, a non-local settle call)."""
+
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PaymentRequired(CocoonError):
+    """A paid proxy cannot charge this request: no channel, too little deposit, or unpaid receipts."""
+
     status = 402
     type = "insufficient_quota"
     code = "insufficient_funds"
 
 
 class ModelNotFound(CocoonError):
+    """No worker (or no registry price) exists for the requested model."""
+
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
 
 
 class NotFound(CocoonError):
+    """The path or the object it names (a channel, a route on a free proxy) does not exist."""
+
     status = 404
     type = "invalid_request_error"
     code = "not_found"
 
 
 class PayloadTooLarge(BadRequest):
+    """A body exceeds the edge's size limit."""
+
     status = 413
     code = "request_too_large"
 
 
 class NoCapacity(CocoonError):
+    """Workers exist for the model, but none that this request may use can take it now."""
+
     status = 503
     type = "service_unavailable"
     code = "no_capacity"
 
 
 class AttestationFailed(CocoonError):
+    """A worker's attestation does not verify, or the policy does not admit what it attests."""
+
     status = 502
     type = "api_error"
     code = "attestation_failed"
 
 
 class ReceiptInvalid(CocoonError):
+    """A worker's receipt is not its attested word on exactly this exchange; nothing is paid for it."""
+
     status = 502
     type = "api_error"
     code = "receipt_invalid"
 
 
 class UpstreamFailed(CocoonError):
+    """A peer (the proxy, a worker, an engine's server, the chain) failed or could not be reached."""
+
     status = 502
     type = "api_error"
     code = "upstream_failed"
@@ -133,11 +197,31 @@ class WorkerGone(UpstreamFailed):
 
 
 class UpstreamTimeout(UpstreamFailed):
+    """A peer did not answer within its deadline."""
+
     status = 504
     code = "upstream_timeout"
 
 
+class ChainError(UpstreamFailed):
+    """The chain (toncenter or the devnet) refused or failed a request."""
+
+    code = "chain_error"
+
+
+class TransactionFailed(ChainError):
+    """A transaction ran but the contract rejected the message (non-zero exit code); see ``exit_code``."""
+
+    code = "transaction_failed"
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class EngineError(CocoonError):
+    """An inference engine failed or was used before it started."""
+
     status = 500
     type = "api_error"
     code = "engine_error"
@@ -148,3 +232,45 @@ class ConfigError(CocoonError):
 
     status = 500
     code = "config_error"
+
+
+class RegistrationRefused(CocoonError):
+    """The proxy refused this worker (attestation, protocol version); retrying will not help soon."""
+
+    code = "registration_refused"
+
+
+class ChildDied(CocoonError):
+    """A process of a local network (``cocoon up``, tests) exited; the message names it and its log."""
+
+    code = "child_died"
+
+
+class ChainSetupFailed(CocoonError):
+    """Deploying or funding the local devnet's contracts failed."""
+
+    code = "chain_setup_failed"
+
+
+@contextlib.contextmanager
+def map_http_errors(
+    peer: str,
+    *,
+    hint: str = "is it running?",
+    error: type[UpstreamFailed] = UpstreamFailed,
+    timeout: type[UpstreamFailed] = UpstreamTimeout,
+) -> Iterator[None]:
+    """Turn httpx's transport errors inside the block into cocoon's, naming ``peer`` (``"the proxy at URL"``).
+
+    A timeout becomes ``timeout`` (``UpstreamTimeout``); a refused connection ``error("cannot reach PEER: ...; HINT")``;
+    a connection broken mid-exchange ``error("PEER broke off: ...; HINT")``. HTTP status codes are not
+    errors here: callers read ``response.status_code`` themselves.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise timeout(f"{peer} timed out ({type(exc).__name__}); is it overloaded?") from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise error(f"cannot reach {peer}: {exc!r}; {hint}") from exc
+    except httpx.HTTPError as exc:
+        raise error(f"{peer} broke off: {exc!r}; {hint}") from exc

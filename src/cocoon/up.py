@@ -29,15 +29,11 @@ from cocoon.crypto import load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
-from cocoon.errors import CocoonError
+from cocoon.errors import ChildDied, CocoonError
 from cocoon.up_chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
 
 console = Console(stderr=True)
 out = Console()
-
-
-class ChildDied(CocoonError):
-    code = "child_died"
 
 
 @dataclass

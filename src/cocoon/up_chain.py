@@ -28,11 +28,11 @@ from cocoon.chain import (
     devnet_command,
     ensure_devnet_installed,
 )
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text, raw_address
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
-from cocoon.errors import CocoonError
+from cocoon.errors import ChainSetupFailed, CocoonError
 
 if TYPE_CHECKING:
     from cocoon.up import LocalNetwork
@@ -48,10 +48,6 @@ PROXY_FEE_BPS = 500
 CLOSE_DELAY_S = 600
 CLIENT_DEPOSIT = 10 * TON
 WALLET_FUNDS = 20 * TON
-
-
-class ChainSetupFailed(CocoonError):
-    code = "chain_setup_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +125,7 @@ async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int)
         )
         if not (await chain.get_address_information(channel.address)).active:
             await channel.deploy(client, CLIENT_DEPOSIT)
-    return LocalChain(url, address_text(registry.address), _raw(channel.address))
-
-
-def _raw(address: Address) -> str:
-    return f"{address.wc}:{address.hash_part.hex()}"
+    return LocalChain(url, address_text(registry.address), raw_address(channel.address))
 
 
 def wait_devnet(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
-from tests.integration.conftest import directory, start_network, wait_for, worker_process
+from tests.helpers.network import directory, start_network, wait_for, worker_process
 
 CLIENTS = 8
 MAX_TOKENS = 40

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from cocoon.engines.config import DEFAULT_MODEL
-from tests.conftest import free_port
+from tests.helpers.network import free_port
 
 
 def _listening(port: int) -> bool:

@@ -22,7 +22,7 @@ from cocoon.engines import (
 )
 from cocoon.errors import ConfigError, UpstreamFailed
 from cocoon.up import free_port
-from tests.integration.conftest import llama_server
+from tests.helpers.upstream import llama_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

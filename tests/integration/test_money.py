@@ -27,91 +27,14 @@ from cocoon.chain.pricing import Prices, cost_of
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
 from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
-from tests.conftest import free_port
-from tests.integration.conftest import start_network, wait_for
-
-COEFFICIENT = 1500  # the workers charge 1.5x the registry price
-PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
-
-
-def start_paid_network(
-    home: Path, workers: int = 2, proxy_options: dict[str, Any] | None = None, **worker_options: Any
-) -> LocalNetwork:
-    return start_network(
-        home,
-        devnet_port=free_port(),
-        workers=workers,
-        money=True,
-        engine={"kind": "synthetic"},
-        # Settle only when told to, so the tests see the books before and after.
-        proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6, **(proxy_options or {})},
-        worker_options={"price_coefficient": COEFFICIENT, **worker_options},
-    )
-
+from tests.helpers.money import COEFFICIENT, PRICES, books, mixed_requests, oai, on_chain, settle, start_paid_network
+from tests.helpers.network import free_port, wait_for
 
 @pytest.fixture(scope="module")
 def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     net = start_paid_network(tmp_path_factory.mktemp("paid"))
     yield net
     net.stop()
-
-
-def oai(net: LocalNetwork) -> openai.OpenAI:
-    return openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0, timeout=30)
-
-
-def books(net: LocalNetwork) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{net.proxy_url}/v1/books", timeout=10).json()
-    return body
-
-
-def settle(net: LocalNetwork) -> dict[str, Any]:
-    response = httpx.post(f"{net.proxy_url}/v1/settle", timeout=120)
-    assert response.status_code == 200, response.text
-    report: dict[str, Any] = response.json()
-    return report
-
-
-def on_chain(net: LocalNetwork, channel: str, kind: type[ClientChannel] | type[WorkerChannel]) -> tuple[int, int]:
-    """``(deposit, claimed)`` of a channel, read from the chain."""
-
-    async def read() -> tuple[int, int]:
-        assert net.chain is not None
-        async with ToncenterClient(net.chain.url) as chain:
-            state = await kind(chain, Address(channel)).get_channel()
-            return state.deposit, state.claimed
-
-    return asyncio.run(read())
-
-
-def mixed_requests(net: LocalNetwork, count: int) -> list[int]:
-    """Chat, streamed chat, completions and embeddings, concurrently; returns each response's total_cost."""
-    client = oai(net)
-
-    def one(i: int) -> int:
-        if i % 4 == 0:
-            reply = client.chat.completions.create(
-                model=DEFAULT_MODEL, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=3 + i % 7
-            )
-            return int(reply.usage.model_extra["total_cost"])  # type: ignore[union-attr]
-        if i % 4 == 1:
-            stream = client.chat.completions.create(
-                model=DEFAULT_MODEL,
-                messages=[{"role": "user", "content": "Count " * i}],
-                max_tokens=5,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            usage = next(chunk.usage for chunk in stream if chunk.usage is not None)
-            return int(usage.model_extra["total_cost"])  # type: ignore[union-attr]
-        if i % 4 == 2:
-            done = client.completions.create(model=DEFAULT_MODEL, prompt=f"Once {i}", max_tokens=4)
-            return int(done.usage.model_extra["total_cost"])  # type: ignore[union-attr]
-        body = {"model": DEFAULT_MODEL, "input": [f"text {i}", "more text"]}
-        return int(httpx.post(f"{net.base_url}/embeddings", json=body, timeout=30).json()["usage"]["total_cost"])
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(one, range(count)))
 
 
 def test_models_list_registry_prices_and_each_response_carries_its_exact_cost(paid: LocalNetwork) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from cocoon.chain import ClientChannel, WorkerChannel
 from cocoon.proxy.ledger import PAID, Charge, ClientAccount
 from cocoon.proxy.store import Store
-from tests.integration.test_money import books, mixed_requests, on_chain, settle, start_paid_network
+from tests.helpers.money import books, mixed_requests, on_chain, settle, start_paid_network
 
 
 def rows_in(url: str) -> tuple[int, int]:

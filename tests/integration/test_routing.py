@@ -17,7 +17,7 @@ from cocoon.errors import ReceiptInvalid
 from cocoon.protocol import RoutingPrefs
 from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.up import LocalNetwork
-from tests.integration.conftest import start_network
+from tests.helpers.network import start_network
 
 STORY = "Once upon a time a lighthouse keeper counted the ships that passed his rock every night. " * 12
 

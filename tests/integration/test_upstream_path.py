@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from cocoon.engines import DEFAULT_MODEL, sha256_file
-from tests.integration.conftest import llama_server, start_network
+from tests.helpers.network import start_network
+from tests.helpers.upstream import llama_server
 
 
 def test_a_vllm_style_upstream_answers_through_the_network_and_its_failure_is_a_502(

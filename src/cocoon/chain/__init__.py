@@ -31,11 +31,9 @@ from cocoon.chain.registry import (
 )
 from cocoon.chain.toncenter import (
     AccountState,
-    ChainError,
     StackValue,
     ToncenterClient,
     Transaction,
-    TransactionFailed,
 )
 from cocoon.chain.vouchers import sign_voucher, verify_voucher, voucher_cell, voucher_hash
 from cocoon.chain.wallet import InternalTransfer, Wallet
@@ -44,7 +42,6 @@ __all__ = [
     "DEFAULT_DEVNET_PORT",
     "TON",
     "AccountState",
-    "ChainError",
     "ChannelConfig",
     "ChannelRole",
     "ChannelState",
@@ -61,7 +58,6 @@ __all__ = [
     "StackValue",
     "ToncenterClient",
     "Transaction",
-    "TransactionFailed",
     "Wallet",
     "WorkerChannel",
     "bootstrap_devnet",

@@ -18,9 +18,10 @@ from pytoniq_core.boc.cell import Cell
 from pytoniq_core.boc.slice import Slice
 from pytoniq_core.tlb.account import StateInit
 
-from cocoon.chain.toncenter import ToncenterClient, Transaction, TransactionFailed, address_text
+from cocoon.chain.address import address_text
+from cocoon.chain.toncenter import ToncenterClient, Transaction
 from cocoon.chain.wallet import InternalTransfer, Wallet
-from cocoon.errors import BadRequest, ConfigError
+from cocoon.errors import BadRequest, ConfigError, TransactionFailed
 
 TON = 1_000_000_000
 MAX_STRING_BYTES = 127

@@ -24,9 +24,10 @@ from pytoniq_core.boc.address import Address
 from cocoon.chain.contracts import TON
 from cocoon.chain.node import ensure_devnet_installed, node_executable
 from cocoon.chain.registry import ModelEntry, ProxyEntry, Registry, RegistryParams
-from cocoon.chain.toncenter import ChainError, ToncenterClient, address_text
+from cocoon.chain.address import address_text, raw_address
+from cocoon.chain.toncenter import ToncenterClient
 from cocoon.chain.wallet import Wallet
-from cocoon.errors import UpstreamTimeout
+from cocoon.errors import ChainError, UpstreamTimeout
 
 DEFAULT_DEVNET_PORT = 8790
 
@@ -42,7 +43,7 @@ class DevnetStatus:
     ops: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def op_count(self, address: Address, op: int) -> int:
-        return self.ops.get(f"{address.wc}:{address.hash_part.hex()}", {}).get(f"0x{op:08x}", 0)
+        return self.ops.get(raw_address(address), {}).get(f"0x{op:08x}", 0)
 
 
 class DevnetClient:

@@ -6,10 +6,13 @@ total is the sum of the classes; the proxy's fee rounds down, so the worker gets
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from cocoon.chain.registry import ModelEntry
+from cocoon.chain.address import address_text
+from cocoon.chain.registry import ModelEntry, Registry
+from cocoon.errors import ModelNotFound
 
 COEFFICIENT_ONE = 1000  # a worker's price coefficient: 1000 = 1x the registry price
 PER_MILLION = 1_000_000
@@ -31,6 +34,34 @@ class Prices:
 
     def to_json(self) -> dict[str, int]:
         return {"prompt": self.prompt, "cached": self.cached, "completion": self.completion}
+
+
+class PriceBook:
+    """The registry's prices per model, read from the chain and kept ``ttl_s`` seconds.
+
+    The client and the proxy each hold one, so both price a receipt from the chain itself, not from each other.
+    """
+
+    def __init__(self, registry: Registry, *, ttl_s: float = 30.0) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self._cached: dict[str, tuple[float, Prices]] = {}
+
+    async def prices(self, model: str) -> Prices:
+        """``model``'s prices; ``ModelNotFound`` when the registry has none for it."""
+        cached = self._cached.get(model)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        entry = await self.registry.get_model(model)
+        if entry is None:
+            raise ModelNotFound(
+                f"the model {model!r} has no price in the registry {address_text(self.registry.address)}; "
+                "the network owner must add it before requests to it can be paid",
+                param="model",
+            )
+        prices = Prices.of(entry)
+        self._cached[model] = (time.monotonic(), prices)
+        return prices
 
 
 @dataclass(frozen=True, slots=True)

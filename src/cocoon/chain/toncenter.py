@@ -20,29 +20,14 @@ from pytoniq_core.boc.cell import Cell
 from pytoniq_core.boc.slice import Slice
 from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
 
-from cocoon.errors import BadRequest, UpstreamFailed, UpstreamTimeout
+from cocoon.chain.address import address_text
+from cocoon.errors import BadRequest, ChainError, UpstreamTimeout, map_http_errors
 
 StackValue = int | Cell | Slice | None | list["StackValue"]
 StackArg = int | Cell | Slice | Builder
 AccountStatus = Literal["active", "uninitialized", "frozen"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class ChainError(UpstreamFailed):
-    """The chain (toncenter or the devnet) refused or failed a request."""
-
-    code = "chain_error"
-
-
-class TransactionFailed(ChainError):
-    """A transaction ran but the contract rejected the message (non-zero exit code); see ``exit_code``."""
-
-    code = "transaction_failed"
-
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +192,8 @@ class ToncenterClient:
         self, method: str, path: str, *, json: Any = None, params: dict[str, str | int] | None = None
     ) -> Any:
         for attempt in range(5):
-            try:
+            with map_http_errors(f"the chain API at {self.base_url}", error=ChainError, timeout=ChainError):
                 response = await self._http.request(method, path, json=json, params=params)
-            except httpx.HTTPError as exc:
-                raise ChainError(f"cannot reach the chain API at {self.base_url}: {exc}") from exc
             if response.status_code in _RETRY_STATUSES and attempt < 4:
                 # toncenter rate-limits keyless clients to 1 request/s.
                 await asyncio.sleep(0.5 * 2**attempt)
@@ -228,11 +211,6 @@ class ToncenterClient:
         if response.status_code == 400 or body.get("code") == 400:
             raise BadRequest(f"{path}: {error}")
         raise ChainError(f"{path} failed: {error}")
-
-
-def address_text(address: Address, *, bounceable: bool = True) -> str:
-    """The user-friendly (base64url) form of ``address``."""
-    return str(address.to_str(is_bounceable=bounceable))  # type: ignore[no-untyped-call]
 
 
 def boc_bytes(cell: Cell) -> bytes:

@@ -12,14 +12,11 @@ from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
+from cocoon.chain.address import parse_address
 from cocoon.errors import BadRequest
 
 VOUCHER_TAG = 0x636F766F
 MAX_COINS = (1 << 120) - 1
-
-
-def _address(channel: Address | str) -> Address:
-    return channel if isinstance(channel, Address) else Address(channel)
 
 
 def voucher_cell(channel: Address | str, cumulative: int) -> Cell:
@@ -27,7 +24,7 @@ def voucher_cell(channel: Address | str, cumulative: int) -> Cell:
     if not 0 <= cumulative <= MAX_COINS:
         raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
     cell: Cell = (
-        Builder().store_uint(VOUCHER_TAG, 32).store_address(_address(channel)).store_coins(cumulative).end_cell()
+        Builder().store_uint(VOUCHER_TAG, 32).store_address(parse_address(channel)).store_coins(cumulative).end_cell()
     )
     return cell
 

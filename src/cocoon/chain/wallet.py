@@ -18,8 +18,9 @@ from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 from pytoniq_core.tlb.account import StateInit
 
-from cocoon.chain.toncenter import ChainError, ToncenterClient, address_text
-from cocoon.errors import BadRequest, ConfigError
+from cocoon.chain.address import address_text
+from cocoon.chain.toncenter import ToncenterClient
+from cocoon.errors import BadRequest, ChainError, ConfigError
 
 # The well-known wallet v4r2 code (as shipped by @ton/ton); its hash is checked at import.
 WALLET_V4R2_CODE_BOC64 = (

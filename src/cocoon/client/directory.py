@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from cocoon.attestation import AttestationBundle, AttestationVerifier, VerifiedWorker
-from cocoon.errors import AttestationFailed, CocoonError, UpstreamFailed
+from cocoon.errors import AttestationFailed, CocoonError, UpstreamFailed, map_http_errors
 
 log = logging.getLogger("cocoon.client")
 
@@ -66,10 +66,8 @@ class DirectoryCache:
             self._fetched_at = -1e9
 
     async def _fetch(self) -> list[AttestedWorker]:
-        try:
+        with map_http_errors(f"the proxy at {self.http.base_url}"):
             response = await self.http.get("/v1/directory")
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"cannot reach the proxy at {self.http.base_url}: {exc!r}") from exc
         if response.status_code != 200:
             raise CocoonError.from_openai(response.status_code, _json(response))
         out = []

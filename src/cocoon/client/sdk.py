@@ -28,7 +28,7 @@ from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.prefix import prefix_hashes, prompt_text
 from cocoon.client.wallet import ChannelPayer
 from cocoon.crypto import ResponseDigest, receipt_signature_valid, request_digest
-from cocoon.engines.base import TokenUsage
+from cocoon.protocol.usage import TokenUsage
 from cocoon.errors import (
     CocoonError,
     ModelNotFound,
@@ -145,12 +145,7 @@ class CocoonClient:
             serving = [w for w in serving if model in w.embeddings]
             if not serving:
                 raise NoCapacity(f"no connected worker serves embeddings for {model!r}")
-        allowed = [
-            w
-            for w in serving
-            if (routing.max_price is None or w.price_coefficient <= routing.max_price)
-            and (not routing.region or w.region == routing.region)
-        ]
+        allowed = [w for w in serving if routing.admits(w.price_coefficient, w.region)]
         if not allowed:
             raise NoCapacity(
                 f"{len(serving)} workers serve {model!r} but none within max_price={routing.max_price} "

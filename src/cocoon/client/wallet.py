@@ -16,14 +16,14 @@ import httpx
 from pytoniq_core.boc.address import Address
 
 from cocoon.chain import ClientChannel, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
-from cocoon.chain.pricing import Cost, Prices, cost_of
+from cocoon.chain.address import raw_address
+from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, ModelNotFound, UpstreamFailed
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import PayerAuth, payer_message, rejection_message
 
-PRICE_TTL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +68,6 @@ def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTer
     )
 
 
-def raw(address: Address) -> str:
-    return f"{address.wc}:{address.hash_part.hex()}"
-
-
 class ChannelPayer:
     """Pays one proxy through the client's channel; safe to share between concurrent requests."""
 
@@ -83,8 +79,7 @@ class ChannelPayer:
         self.channel = ""
         self.vouchered = 0
         self.enabled = True
-        self._registry: Registry | None = None
-        self._prices: dict[str, tuple[float, Prices]] = {}
+        self._prices: PriceBook | None = None
         self._ready = False
         self._lock = asyncio.Lock()
 
@@ -96,8 +91,8 @@ class ChannelPayer:
             if terms is None:
                 self.enabled = False
             else:
-                self.channel = raw(client_channel(self.toncenter, self.wallet, terms).address)
-                self._registry = Registry(self.toncenter, terms.registry)
+                self.channel = raw_address(client_channel(self.toncenter, self.wallet, terms).address)
+                self._prices = PriceBook(Registry(self.toncenter, terms.registry))
                 self.vouchered = await self._last_voucher()
             self._ready = True
 
@@ -123,16 +118,8 @@ class ChannelPayer:
 
     async def prices(self, model: str) -> Prices:
         """Registry prices, read from the chain itself (not from the proxy)."""
-        cached = self._prices.get(model)
-        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
-            return cached[1]
-        assert self._registry is not None
-        entry = await self._registry.get_model(model)
-        if entry is None:
-            raise ModelNotFound(f"the registry has no price for {model!r}", param="model")
-        prices = Prices.of(entry)
-        self._prices[model] = (time.monotonic(), prices)
-        return prices
+        assert self._prices is not None, "prices are read after _start()"
+        return await self._prices.prices(model)
 
     async def pay(self, receipts: Sequence[Receipt], coefficients: Mapping[str, int]) -> Cost | None:
         """Sign and hand over the voucher for these verified receipts; returns what they cost."""

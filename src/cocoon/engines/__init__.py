@@ -1,5 +1,6 @@
 """Inference backends behind one ``Engine`` protocol: embedded llama.cpp, any OpenAI-compatible server,
-and a synthetic engine for benchmarks. ``build_engine`` picks one from ``EngineSettings``.
+and a synthetic engine for benchmarks. ``build_engine`` (``factory.py``) picks one
+from ``EngineSettings``. This module only re-exports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cocoon.engines.base import (
     TokenUsage,
 )
 from cocoon.engines.config import DEFAULT_MODEL, EngineSettings
+from cocoon.engines.factory import build_engine
 from cocoon.engines.llamacpp import LlamaCppEngine
 from cocoon.engines.model_cache import bundled_model_path, default_cache_dir, sha256_file
 from cocoon.engines.openai_upstream import OpenAIUpstreamEngine
@@ -50,14 +52,3 @@ __all__ = [
     "sha256_file",
 ]
 
-
-def build_engine(settings: EngineSettings) -> Engine:
-    """The engine ``settings.kind`` names, not yet started (call ``await engine.start()``).
-
-    Raises ``cocoon.errors.ConfigError`` when the settings are incomplete for that kind.
-    """
-    if settings.kind == "llamacpp":
-        return LlamaCppEngine(settings)
-    if settings.kind == "openai_upstream":
-        return OpenAIUpstreamEngine(settings)
-    return SyntheticEngine(settings)

@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from cocoon.protocol.usage import TokenUsage
+
 ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -56,14 +58,6 @@ class TextDelta:
 
     text: str
     tokens: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

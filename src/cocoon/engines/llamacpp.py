@@ -27,13 +27,13 @@ from cocoon.engines.base import (
     GenerationRequest,
     SamplingParams,
     TextDelta,
-    TokenUsage,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.engines.gemma_template import TURN_END, prompt_tokens, single_token
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.stops import StopStringFilter
 from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
+from cocoon.protocol.usage import TokenUsage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -22,7 +22,6 @@ from cocoon.engines.base import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
-    TokenUsage,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.errors import (
@@ -33,7 +32,9 @@ from cocoon.errors import (
     EngineError,
     UpstreamFailed,
     UpstreamTimeout,
+    map_http_errors,
 )
+from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class OpenAIUpstreamEngine:
         usage: TokenUsage | None = None
         finish: str | None = None
         deltas = 0
-        try:
+        with map_http_errors(f"upstream {url}", hint="is the server running? see its log"):
             async with client.stream("POST", url, json=body) as response:
                 if response.status_code >= 400:
                     raw = await response.aread()
@@ -156,12 +157,6 @@ class OpenAIUpstreamEngine:
                             finish = choice["finish_reason"]
                     if chunk.get("usage"):
                         usage = _usage(chunk["usage"])
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__}); is it overloaded?") from exc
-        except httpx.ConnectError as exc:
-            raise UpstreamFailed(f"cannot reach upstream {url}: {exc!r}; is the server running?") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"upstream {url} broke off the stream: {exc!r}; see its log") from exc
         if finish is None:
             # Some servers (llama-cpp-python's) hit errors after answering 200 and just end the stream.
             raise UpstreamFailed(f"upstream {url} ended the stream without a finish_reason; see its log")
@@ -271,12 +266,8 @@ class OpenAIUpstreamEngine:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         client = self._require_client()
-        try:
+        with map_http_errors(f"upstream {url}", hint="is the server running? see its log"):
             return await client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__}); is it overloaded?") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"cannot reach upstream {url}: {exc!r}; is the server running?") from exc
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -19,11 +19,11 @@ from cocoon.engines.base import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
-    TokenUsage,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.engines.stops import StopStringFilter
 from cocoon.errors import BadRequest, ContextLengthExceeded
+from cocoon.protocol.usage import TokenUsage
 
 _TEXT = (
     "the network carries sealed requests from clients to workers through proxies that cannot read them "

@@ -3,7 +3,6 @@
 from cocoon.protocol.envelope import (
     ResponseSealer,
     SealedRequest,
-    SealError,
     WrappedKey,
     open_request,
     random_salt,
@@ -42,6 +41,7 @@ from cocoon.protocol.messages import (
     RoutingPrefs,
     WrappedKeyWire,
 )
+from cocoon.protocol.usage import TokenUsage
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -67,7 +67,7 @@ __all__ = [
     "ResponseSealer",
     "ResumeChunks",
     "RoutingPrefs",
-    "SealError",
+    "TokenUsage",
     "SealedRequest",
     "WrappedKey",
     "WrappedKeyWire",

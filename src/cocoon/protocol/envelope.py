@@ -18,17 +18,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
-from cocoon.errors import BadRequest
+from cocoon.errors import BadRequest, SealError
 
 _SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 _ZERO_NONCE = bytes(12)
 _INFO = b"cocoon/v1 request key"
-
-
-class SealError(BadRequest):
-    """A sealed blob could not be opened: wrong key, tampered bytes or a mix-up of ids."""
-
-    code = "seal_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,14 @@ class RoutingPrefs(BaseModel):
     region: str | None = None
     hedge: bool = Field(False, description="run on two workers; the slower is cancelled at the first token")
 
+    def admits(self, price_coefficient: int, region: str | None) -> bool:
+        """Whether a worker with this price coefficient and region is within the request's cap and region.
+
+        The one filter the client (choosing whom to seal to) and the proxy (ranking those) both apply.
+        """
+        within_price = self.max_price is None or price_coefficient <= self.max_price
+        return within_price and (not self.region or region == self.region)
+
 
 class JobRequest(Wire):
     t: Literal["job_request"] = "job_request"

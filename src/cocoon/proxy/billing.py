@@ -17,11 +17,11 @@ from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocoon.chain import ChainError, ChannelRole, ClientChannel, sign_voucher, verify_voucher
-from cocoon.chain.pricing import Prices, cost_of, max_cost, split
-from cocoon.chain.toncenter import address_text
+from cocoon.chain import ChannelRole, ClientChannel, sign_voucher, verify_voucher
+from cocoon.chain.pricing import PriceBook, Prices, cost_of, max_cost, split
+from cocoon.chain.address import address_text, raw_address
 from cocoon.crypto import verify_signature
-from cocoon.errors import BadRequest, ModelNotFound, NotFound, PaymentRequired, Unauthorized
+from cocoon.errors import BadRequest, ChainError, ModelNotFound, NotFound, PaymentRequired, Unauthorized
 from cocoon.protocol import JobEnd, JobRequest, pack
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission, payer_message, rejection_message
 from cocoon.proxy.books import account_json
@@ -42,7 +42,6 @@ from cocoon.proxy.store import Store
 
 log = logging.getLogger("cocoon.proxy.billing")
 
-PRICE_TTL_S = 30.0
 VOUCHER_SECONDS = Histogram("cocoon_proxy_voucher_seconds", "time to verify, store and commit one client voucher")
 DEPOSIT_RECHECK_S = 1.0
 
@@ -57,15 +56,6 @@ class Reservation:
     receipts: list[str] = field(default_factory=list)
 
 
-def raw_address(text: str) -> str:
-    """The canonical ``0:hex`` form of any TON address text; BadRequest when it is not one."""
-    try:
-        address = Address(text)
-    except Exception as exc:  # pytoniq raises bare exceptions for malformed addresses
-        raise BadRequest(f"{text!r} is not a TON address") from exc
-    return f"{address.wc}:{address.hash_part.hex()}"
-
-
 class Billing:
     """Reservations in memory, everything that moves money in the store, committed before it is acknowledged."""
 
@@ -75,26 +65,14 @@ class Billing:
         self.unpaid_grace_s = unpaid_grace_s
         self._reservations: dict[str, set[Reservation]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._prices: dict[str, tuple[float, Prices]] = {}
+        self.price_book = PriceBook(link.registry)
 
     def lock(self, channel: str) -> asyncio.Lock:
         return self._locks.setdefault(channel, asyncio.Lock())
 
     async def prices(self, model: str) -> Prices:
         """The registry's prices for ``model`` (cached for 30 s); ModelNotFound when it has none."""
-        cached = self._prices.get(model)
-        if cached is not None and time.monotonic() - cached[0] < PRICE_TTL_S:
-            return cached[1]
-        entry = await self.link.registry.get_model(model)
-        if entry is None:
-            raise ModelNotFound(
-                f"the model {model!r} has no price in the registry {address_text(self.link.registry.address)}; "
-                "the network owner must add it before this proxy can bill for it",
-                param="model",
-            )
-        prices = Prices.of(entry)
-        self._prices[model] = (time.monotonic(), prices)
-        return prices
+        return await self.price_book.prices(model)
 
     async def admit(self, job: JobRequest, candidates: list[WorkerEntry]) -> Reservation:
         """Check who pays and reserve the request's maximum cost; PaymentRequired says how to fix a refusal."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text
 from cocoon.errors import NotFound
 from cocoon.proxy.chainlink import ChainLink
 from cocoon.proxy.ledger import PAID, Charge, ClientAccount, WorkerAccount

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
 
-from cocoon.chain import ChainError, Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain.address import raw_address
+from cocoon.chain import Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
 from cocoon.config import ProxySettings
 from cocoon.crypto import SigningKey
-from cocoon.errors import ConfigError
+from cocoon.errors import ChainError, ConfigError
 from cocoon.proxy.ledger import ChainOperation
 from cocoon.proxy.store import Store
 
@@ -56,8 +57,7 @@ class ChainLink:
         )
 
     def worker_channel(self, payout: str) -> str:
-        address = self.worker_contract(payout).address
-        return f"{address.wc}:{address.hash_part.hex()}"
+        return raw_address(self.worker_contract(payout).address)
 
     async def record(self, kind: str, channel: str, amount: int, *, ok: bool = True, detail: str = "") -> None:
         async with self.store.session() as session:

@@ -16,14 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text, raw_address
 from cocoon.config import ProxySettings
 from cocoon.crypto import SigningKey
 from cocoon.errors import BadRequest, ModelNotFound, NotFound, Unauthorized
 from cocoon.protocol import Register
 from cocoon.protocol.http import parse_json, read_body
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission
-from cocoon.proxy.billing import Billing, raw_address
+from cocoon.proxy.billing import Billing
 from cocoon.proxy.books import books_json, channel_json
 from cocoon.proxy.chainlink import ChainLink
 from cocoon.proxy.directory import WorkerEntry

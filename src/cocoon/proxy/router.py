@@ -103,12 +103,7 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
     come last, reached only when every other candidate failed. Ties keep the client's order.
     """
     prefs = request.routing
-    allowed = [
-        w
-        for w in workers
-        if (prefs.max_price is None or w.register.price_coefficient <= prefs.max_price)
-        and (not prefs.region or w.register.region == prefs.region)
-    ]
+    allowed = [w for w in workers if prefs.admits(w.register.price_coefficient, w.register.region)]
     keyed = []
     for w in allowed:
         parts = score(w, request.prompt_tokens, request.prefix_hashes, book)

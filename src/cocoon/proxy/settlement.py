@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pytoniq_core.boc.address import Address
 from sqlalchemy import select
 
-from cocoon.chain import ChainError, ClientChannel, TransactionFailed
+from cocoon.chain import ClientChannel
 from cocoon.config import ProxySettings
-from cocoon.errors import UpstreamTimeout
+from cocoon.errors import ChainError, TransactionFailed, UpstreamTimeout
 from cocoon.proxy.chainlink import ChainLink
 from cocoon.proxy.ledger import ClientAccount, WorkerAccount, as_utc
 

@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 import httpx
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import ChainError, ToncenterClient, Wallet, WorkerChannel, verify_voucher
+from cocoon.chain import ToncenterClient, Wallet, WorkerChannel, verify_voucher
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text, raw_address
 from cocoon.config import WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
-from cocoon.errors import ConfigError, UpstreamFailed
+from cocoon.errors import ChainError, ConfigError, UpstreamFailed, map_http_errors
 
 
 def payout_wallet(settings: WorkerSettings) -> Wallet:
@@ -57,7 +57,7 @@ async def earnings(settings: WorkerSettings) -> list[Earnings]:
     async with httpx.AsyncClient(timeout=10) as http:
         for url in settings.proxies:
             base = proxy_http_url(url)
-            try:
+            with map_http_errors(f"the proxy at {base}"):
                 terms = (await http.get(f"{base}/v1/payment")).json()
                 if "proxy_wallet" not in terms:
                     continue  # a free proxy
@@ -71,10 +71,8 @@ async def earnings(settings: WorkerSettings) -> list[Earnings]:
                     int(terms["close_delay"]),
                 )
                 channel = address_of(state_init_for(contract_code("payment_channel"), config.init_data()))
-                raw = f"{channel.wc}:{channel.hash_part.hex()}"
+                raw = raw_address(channel)
                 response = await http.get(f"{base}/v1/channels/{raw}")
-            except httpx.HTTPError as exc:
-                raise UpstreamFailed(f"cannot reach the proxy at {base}: {exc}; is it running?") from exc
             body = response.json() if response.status_code == 200 else {}
             found.append(
                 Earnings(

@@ -14,7 +14,7 @@ import random
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from cocoon.errors import CocoonError
+from cocoon.errors import CocoonError, RegistrationRefused
 from cocoon.protocol import (
     PROXY_TO_WORKER,
     Cancel,
@@ -33,12 +33,6 @@ from cocoon.protocol import (
 from cocoon.worker.runner import JobRunner
 
 log = logging.getLogger("cocoon.worker")
-
-
-class RegistrationRefused(CocoonError):
-    """The proxy refused this worker (attestation, protocol version); retrying will not help soon."""
-
-    code = "registration_refused"
 
 
 class ProxyLink:

@@ -22,7 +22,6 @@ from cocoon.engines.base import (
     GenerationRequest,
     SamplingParams,
     TextDelta,
-    TokenUsage,
 )
 from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound
 from cocoon.protocol import (
@@ -40,6 +39,7 @@ from cocoon.protocol import (
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
+from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger("cocoon.worker")
 

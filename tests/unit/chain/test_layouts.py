@@ -30,9 +30,10 @@ from cocoon.chain.registry import (
     upsert_model_body,
     upsert_proxy_body,
 )
+from cocoon.chain.address import raw_address
 from cocoon.chain.wallet import WALLET_V4R2_CODE, WALLET_V4R2_CODE_HASH, InternalTransfer, Wallet
 
-VECTORS = Path(__file__).resolve().parents[2] / "contracts" / "test-vectors.json"
+VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
 Q = 42
 
 
@@ -41,10 +42,6 @@ def vectors() -> dict[str, Any]:
     if not VECTORS.exists():
         pytest.skip("contracts/test-vectors.json is not built yet (cd contracts && npm run build)")
     return dict(json.loads(VECTORS.read_text()))
-
-
-def raw(address: Address) -> str:
-    return f"{address.wc}:{address.hash_part.hex()}"
 
 
 def int_bytes(decimal: str) -> bytes:
@@ -61,7 +58,7 @@ def test_registry_init_data_and_address_match(vectors: dict[str, Any]) -> None:
     data = registry_init_data(Address(cfg["owner"]), params)
 
     assert data.hash.hex() == reg["dataHashHex"]
-    assert raw(address_of(state_init_for(contract_code("registry"), data))) == reg["address"]
+    assert raw_address(address_of(state_init_for(contract_code("registry"), data))) == reg["address"]
 
 
 def test_registry_bodies_match(vectors: dict[str, Any]) -> None:
@@ -120,8 +117,8 @@ def test_channel_init_data_addresses_and_bodies_match(vectors: dict[str, Any]) -
     signature = bytes.fromhex(ch["voucher"]["signatureHex"])
 
     assert config.init_data().hash.hex() == ch["dataHashHex"]
-    assert raw(address_of(state_init_for(code, config.init_data()))) == ch["address"]
-    assert raw(address_of(state_init_for(code, worker.init_data()))) == ch["workerRole1Address"]
+    assert raw_address(address_of(state_init_for(code, config.init_data()))) == ch["address"]
+    assert raw_address(address_of(state_init_for(code, worker.init_data()))) == ch["workerRole1Address"]
     assert {
         "deposit": deposit_body(int(ch["bodyParams"]["depositAmount"]), Q).hash.hex(),
         "claim": claim_body(int(ch["voucher"]["cumulative"]), signature, Q).hash.hex(),

@@ -19,7 +19,7 @@ from cocoon.chain import sign_voucher, verify_voucher, voucher_cell, voucher_has
 from cocoon.chain.vouchers import VOUCHER_TAG
 from cocoon.errors import BadRequest
 
-VECTORS = Path(__file__).resolve().parents[2] / "contracts" / "test-vectors.json"
+VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
 CHANNEL = Address("0:43aba7441f37145512276e37a977bbca9451067ce9c77d9014324efef4b65afc")
 
 
