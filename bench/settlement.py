@@ -34,7 +34,7 @@ from cocoon.chain import (
     WorkerChannel,
     sign_voucher,
 )
-from cocoon.chain.toncenter import address_text
+from cocoon.chain.address import address_text
 from cocoon.client import CocoonClient
 from cocoon.client.sdk import Completion
 from cocoon.client.wallet import ChannelPayer, client_channel, payment_terms
