@@ -19,7 +19,6 @@ from cocoon.up import LocalNetwork, free_port
 from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
 from tests.helpers.network import start_network
 
-
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price
 PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
 

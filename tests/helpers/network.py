@@ -53,4 +53,3 @@ def worker_process(net: LocalNetwork, worker_id: object) -> subprocess.Popen[byt
         if load_or_create_node_keys(net.home / f"worker-{i}" / "keys.json").node_id == worker_id:
             return net.child(f"worker-{i}").process
     raise AssertionError(f"no worker process has id {worker_id}")
-

@@ -6,29 +6,25 @@ proxy fees, off chain and on chain), a SIGKILLed proxy still claims what it held
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-from pytoniq_core.boc.address import Address
 
-from cocoon.chain import ClientChannel, ToncenterClient, WorkerChannel
-from cocoon.chain.pricing import Prices, cost_of
+from cocoon.chain import ClientChannel, WorkerChannel
+from cocoon.chain.pricing import cost_of
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.up import LocalNetwork
-from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
 from tests.helpers.money import COEFFICIENT, PRICES, books, mixed_requests, oai, on_chain, settle, start_paid_network
-from tests.helpers.network import free_port, wait_for
+from tests.helpers.network import wait_for
+
 
 @pytest.fixture(scope="module")
 def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:

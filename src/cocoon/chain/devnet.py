@@ -21,10 +21,10 @@ from typing import IO, Any
 import httpx
 from pytoniq_core.boc.address import Address
 
+from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.contracts import TON
 from cocoon.chain.node import ensure_devnet_installed, node_executable
 from cocoon.chain.registry import ModelEntry, ProxyEntry, Registry, RegistryParams
-from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.toncenter import ToncenterClient
 from cocoon.chain.wallet import Wallet
 from cocoon.errors import ChainError, UpstreamTimeout

@@ -51,4 +51,3 @@ __all__ = [
     "default_cache_dir",
     "sha256_file",
 ]
-

@@ -31,7 +31,6 @@ from cocoon.errors import (
     ContextLengthExceeded,
     EngineError,
     UpstreamFailed,
-    UpstreamTimeout,
     map_http_errors,
 )
 from cocoon.protocol.usage import TokenUsage

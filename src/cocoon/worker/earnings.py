@@ -13,9 +13,9 @@ import httpx
 from pytoniq_core.boc.address import Address
 
 from cocoon.chain import ToncenterClient, Wallet, WorkerChannel, verify_voucher
+from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
-from cocoon.chain.address import address_text, raw_address
 from cocoon.config import WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import ChainError, ConfigError, UpstreamFailed, map_http_errors

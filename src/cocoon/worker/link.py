@@ -14,7 +14,7 @@ import random
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from cocoon.errors import CocoonError, RegistrationRefused
+from cocoon.errors import RegistrationRefused
 from cocoon.protocol import (
     PROXY_TO_WORKER,
     Cancel,

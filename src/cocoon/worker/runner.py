@@ -37,9 +37,9 @@ from cocoon.protocol import (
     unwrap_content_key,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
+from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
-from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger("cocoon.worker")
 

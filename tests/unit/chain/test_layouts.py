@@ -15,6 +15,7 @@ from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain import ChannelConfig, ChannelRole, ModelEntry, ProxyEntry, RegistryParams, contract_code
+from cocoon.chain.address import raw_address
 from cocoon.chain.channel import claim_body, deposit_body, start_close_body, withdraw_body
 from cocoon.chain.contracts import address_of, state_init_for
 from cocoon.chain.registry import (
@@ -30,7 +31,6 @@ from cocoon.chain.registry import (
     upsert_model_body,
     upsert_proxy_body,
 )
-from cocoon.chain.address import raw_address
 from cocoon.chain.wallet import WALLET_V4R2_CODE, WALLET_V4R2_CODE_HASH, InternalTransfer, Wallet
 
 VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
