@@ -17,7 +17,6 @@ from cocoon.engines.base import (
     GenerationRequest,
     SamplingParams,
     TextDelta,
-    TokenUsage,
 )
 from cocoon.engines.config import DEFAULT_MODEL, EngineSettings
 from cocoon.engines.factory import build_engine
@@ -26,6 +25,7 @@ from cocoon.engines.model_cache import bundled_model_path, default_cache_dir, sh
 from cocoon.engines.openai_upstream import OpenAIUpstreamEngine
 from cocoon.engines.stops import StopStringFilter
 from cocoon.engines.synthetic import SyntheticEngine
+from cocoon.protocol.usage import TokenUsage
 
 __all__ = [
     "DEFAULT_MODEL",
