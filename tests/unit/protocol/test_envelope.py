@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cocoon.crypto import NodeKeys
+from cocoon.errors import SealError
 from cocoon.protocol import (
     ResponseSealer,
-    SealError,
     WrappedKey,
     open_request,
     seal_request,
