@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from cocoon.attestation import AttestationBundle, AttestationVerifier, VerifiedWorker
-from cocoon.errors import AttestationFailed, CocoonError, UpstreamFailed, map_http_errors
+from cocoon.errors import AttestationFailed, CocoonError, map_http_errors
 
 log = logging.getLogger("cocoon.client")
 

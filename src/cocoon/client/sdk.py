@@ -1,11 +1,6 @@
-"""The async Python SDK: verify workers, seal each request to the best few, stream, verify the receipt.
+"""The async Python SDK: pick attested workers, seal each request to the best few, post it, retry once.
 
-    async with CocoonClient("http://127.0.0.1:8700", policy) as client:
-        async for event in client.stream("chat", "gemma-3-270m", messages=[...], params=...):
-            ...
-
-Events are ``TextEvent`` / ``EmbeddingEvent`` as they arrive, then exactly one ``Completion`` once every
-receipt has verified. A receipt that does not verify raises ``ReceiptInvalid``: the client pays nothing.
+``stream.py`` reads the answer and checks every frame and receipt; the payer pays only receipts that verified.
 """
 
 from __future__ import annotations
@@ -20,15 +15,13 @@ from typing import Literal
 
 import httpx
 import msgpack
-from pydantic import ValidationError
 
 from cocoon.attestation import AttestationPolicy, AttestationVerifier
 from cocoon.chain.pricing import Cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.prefix import prefix_hashes, prompt_text
+from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelPayer
-from cocoon.crypto import ResponseDigest, receipt_signature_valid, request_digest
-from cocoon.protocol.usage import TokenUsage
 from cocoon.errors import (
     CocoonError,
     ModelNotFound,
@@ -36,40 +29,17 @@ from cocoon.errors import (
     ReceiptInvalid,
     UpstreamFailed,
     UpstreamTimeout,
+    map_http_errors,
 )
-from cocoon.protocol import (
-    STREAM_FRAME,
-    FrameReader,
-    JobEnd,
-    JobError,
-    JobRequest,
-    JobStart,
-    Receipt,
-    ResponseSealer,
-    RoutingPrefs,
-    WrappedKeyWire,
-    pack,
-    random_salt,
-    seal_request,
-    unpack_raw,
-)
-from cocoon.protocol.payload import ChunkPayload, RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol import JobRequest, Receipt, RoutingPrefs, WrappedKeyWire, pack, random_salt, seal_request
+from cocoon.protocol.payload import RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger("cocoon.client")
 
 Kind = Literal["chat", "completion", "embedding"]
 
-
-@dataclass(frozen=True, slots=True)
-class TextEvent:
-    text: str
-    tokens: int
-    worker_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddingEvent:
-    vectors: list[list[float]]
+__all__ = ["CocoonClient", "Completion", "EmbeddingEvent", "Event", "Kind", "TextEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +58,17 @@ Event = TextEvent | EmbeddingEvent | Completion
 
 
 class CocoonClient:
+    """A client of one proxy, safe to share between concurrent requests.
+
+        async with CocoonClient("http://127.0.0.1:8700", policy) as client:
+            async for event in client.stream("chat", "gemma-3-270m", messages=[...], params=...):
+                ...
+
+    Events are ``TextEvent`` / ``EmbeddingEvent`` as they arrive, then exactly one ``Completion`` once every
+    receipt has verified. A receipt that does not verify raises ``ReceiptInvalid``: the client pays nothing
+    for it.
+    """
+
     def __init__(
         self,
         proxy_url: str,
@@ -199,7 +180,6 @@ class CocoonClient:
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
         workers = await self.pick(kind, model, routing)
-        by_id = {w.worker_id: w for w in workers}
         salt = random_salt()
         payload = RequestPayload(
             kind=kind, model=model, salt=salt, messages=messages, prompt=prompt, input=inputs, params=params
@@ -221,10 +201,11 @@ class CocoonClient:
             timeout=timeout,
             payer=payer,
         )
-        receipts: list[Receipt] = []
-        finish_reason = "stop"
-        streamed_tokens = 0
-        try:
+        exchange = Exchange(request_id, model, plaintext, salt, content_key, {w.worker_id: w for w in workers})
+        answer = ResponseStream(exchange)
+        coefficients = {w.worker_id: w.price_coefficient for w in workers}
+        peer = f"the proxy at {self._http.base_url} (request {request_id}, timeout {timeout:g}s)"
+        with map_http_errors(peer):
             async with self._http.stream(
                 "POST",
                 "/v1/jobs",
@@ -235,87 +216,27 @@ class CocoonClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise CocoonError.from_openai(response.status_code, _json(response))
-                reader = FrameReader()
-                worker: AttestedWorker | None = None
-                sealer: ResponseSealer | None = None
-                digest: ResponseDigest | None = None
-                seq = 0
-                hedged_out = False
                 async for data in response.aiter_raw():
-                    for raw in reader.feed(data):
-                        fields = unpack_raw(raw)
-                        if fields.get("t") == "chunk":  # the hot path: one per token, kept free of models
-                            if worker is None or sealer is None or digest is None:
-                                raise UpstreamFailed("proxy sent a chunk before naming its worker")
-                            if fields.get("worker_id") != worker.worker_id or fields.get("seq") != seq:
-                                raise UpstreamFailed("proxy reordered or mixed response chunks")
-                            opened = sealer.open(seq, fields["data"])
-                            seq += 1
-                            digest.update(opened)
-                            chunk = _chunk_payload(opened)
-                            if chunk.finish_reason:
-                                finish_reason = chunk.finish_reason
-                            if chunk.embeddings is not None:
-                                yield EmbeddingEvent(chunk.embeddings)
-                            elif chunk.text:
-                                streamed_tokens += chunk.tokens
-                                yield TextEvent(chunk.text, chunk.tokens, worker.worker_id)
-                            continue
-                        message = STREAM_FRAME.validate_python(fields)
-                        if isinstance(message, JobStart):
-                            worker = by_id.get(message.worker_id)
-                            if worker is None:
-                                raise UpstreamFailed(f"proxy started an unknown worker {message.worker_id}")
-                            sealer = ResponseSealer(content_key, request_id, worker.worker_id)
-                            digest = ResponseDigest(salt)
-                            seq = 0
-                            hedged_out = message.hedged_out
-                        elif isinstance(message, JobEnd):
-                            if worker is None or digest is None:
-                                raise UpstreamFailed("proxy sent a receipt before naming its worker")
-                            if hedged_out:  # the slower twin of a hedged job: it may claim its prefill only
-                                if _hedge_receipt_ok(message, worker, model, request_id, plaintext, digest):
-                                    receipts.append(message.receipt)
-                                else:
-                                    await self._refuse(message.receipt, "hedged receipt did not verify")
-                                continue
-                            try:
-                                _check_receipt(message, worker, model, request_id, plaintext, digest)
-                            except ReceiptInvalid as exc:
-                                await self._refuse(message.receipt, exc.message)
-                                if receipts and self.payer is not None:  # earlier workers' verified work
-                                    await self.payer.pay(receipts, {w.worker_id: w.price_coefficient for w in workers})
-                                raise
-                            receipts.append(message.receipt)
-                        elif isinstance(message, JobError):
-                            raise CocoonError.from_openai(message.status, {"error": message.error.model_dump()})
+                    for event in answer.feed(data):
+                        if isinstance(event, TextEvent | EmbeddingEvent):
+                            yield event
+                        elif isinstance(event, ReceiptRefused):
+                            await self._refuse(event.receipt, event.reason)
+                            if event.ends_request:
+                                if answer.verified and self.payer is not None:  # earlier workers' verified work
+                                    await self.payer.pay(answer.verified, coefficients)
+                                raise ReceiptInvalid(event.reason)
                     if time.monotonic() > deadline:
                         raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"connection to the proxy failed: {exc!r}") from exc
-        except ValidationError as exc:
-            raise UpstreamFailed(f"malformed response from the network: {exc.errors()[0]['msg']}") from exc
-        if not receipts:
-            raise UpstreamFailed(f"the stream of {request_id} ended before the worker's receipt")
+        result = answer.finish()
         # Only now, with every receipt verified, does the client sign a voucher for them.
-        coefficients = {w.worker_id: w.price_coefficient for w in workers}
-        cost = await self.payer.pay(receipts, coefficients) if self.payer is not None else None
+        cost = await self.payer.pay(result.receipts, coefficients) if self.payer is not None else None
         yield Completion(
             request_id=request_id,
             model=model,
-            finish_reason=finish_reason,
-            # After a mid-stream resume, a later receipt's prompt includes the earlier text, and a worker
-            # that died before its receipt is not paid: usage tells the app what it got, receipts what it
-            # pays for.
-            usage=TokenUsage(
-                prompt_tokens=min(r.prompt_tokens for r in receipts),
-                completion_tokens=max(streamed_tokens, sum(r.completion_tokens for r in receipts)),
-                cached_tokens=receipts[0].cached_tokens,
-                reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
-            ),
-            receipts=tuple(receipts),
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            receipts=result.receipts,
             cost=cost,
         )
 
@@ -324,56 +245,8 @@ class CocoonClient:
             await self.payer.reject(receipt.receipt_id, reason)
 
 
-def _check_receipt(
-    end: JobEnd, worker: AttestedWorker, model: str, request_id: str, plaintext: bytes, digest: ResponseDigest
-) -> None:
-    """Raise ``ReceiptInvalid`` unless the receipt is the attested worker's word on exactly this exchange."""
-    r = end.receipt
-    problems = []
-    if r.worker_id != worker.worker_id:
-        problems.append("it names another worker")
-    if not receipt_signature_valid(worker.verified.ed25519_pub, r, end.signature):
-        problems.append("its signature is not the attested worker key's")
-    if r.request_id != request_id:
-        problems.append("it is for another request")
-    if r.model != model or r.model_hash != worker.models.get(model):
-        problems.append("it names other weights than the attested ones")
-    if r.request_sha256 != request_digest(plaintext):
-        problems.append("its request digest differs from what was sent")
-    if r.response_sha256 != digest.hexdigest():
-        problems.append("its response digest differs from what was received")
-    if problems:
-        raise ReceiptInvalid(f"receipt {r.receipt_id} rejected: " + "; ".join(problems) + ". Nothing is paid.")
-
-
-def _hedge_receipt_ok(
-    end: JobEnd, worker: AttestedWorker, model: str, request_id: str, plaintext: bytes, digest: ResponseDigest
-) -> bool:
-    """A hedge loser's receipt is paid only if it verifies and claims no completion; else it is dropped."""
-    try:
-        _check_receipt(end, worker, model, request_id, plaintext, digest)
-    except ReceiptInvalid as exc:
-        log.warning("hedge receipt dropped worker=%s reason=%s", worker.worker_id, exc.message)
-        return False
-    return end.receipt.completion_tokens == 0
-
-
 def _estimate_tokens(payload: RequestPayload) -> int:
     """A rough count for routing (about 4 characters a token); the worker's receipt has the exact one."""
     chars = len(payload.prompt or "") + sum(len(m.content) for m in payload.messages or [])
     chars += sum(len(text) for text in payload.input or [])
     return chars // 4
-
-
-def _chunk_payload(opened: bytes) -> ChunkPayload:
-    """A chunk's plaintext, read without validation overhead; anything malformed is ``UpstreamFailed``."""
-    try:
-        fields = msgpack.unpackb(opened, raw=False)
-        return ChunkPayload.model_construct(
-            text=str(fields.get("text", "")),
-            tokens=int(fields.get("tokens", 0)),
-            embeddings=fields.get("embeddings"),
-            finish_reason=fields.get("finish_reason"),
-        )
-    except (ValueError, TypeError, AttributeError, msgpack.ExtraData) as exc:
-        raise UpstreamFailed(f"a response chunk is malformed: {exc}") from exc

@@ -1,13 +1,11 @@
 """The client's money: its wallet key, its ClientChannel with the proxy, and the vouchers it signs.
 
-The SDK calls ``ChannelPayer``: ``auth`` names the paying channel in each request, ``pay`` signs the next
-cumulative voucher once every receipt of a request has verified, ``reject`` refuses a receipt that did not.
+``ChannelPayer`` pays only receipts ``stream.py`` verified; a receipt that did not verify is rejected, never paid.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +18,9 @@ from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
-from cocoon.errors import CocoonError, ModelNotFound, UpstreamFailed
+from cocoon.errors import CocoonError, UpstreamFailed
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import PayerAuth, payer_message, rejection_message
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +66,12 @@ def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTer
 
 
 class ChannelPayer:
-    """Pays one proxy through the client's channel; safe to share between concurrent requests."""
+    """Pays one proxy through the client's channel; safe to share between concurrent requests.
+
+    The SDK calls ``auth`` to name the paying channel in each request, ``pay`` with the receipts a request's
+    ``ResponseStream`` verified (``StreamResult.receipts``, or ``ResponseStream.verified`` when it failed
+    after some), and ``reject`` with each receipt it refused. Nothing else is ever paid.
+    """
 
     def __init__(self, http: httpx.AsyncClient, toncenter: ToncenterClient, key: SigningKey) -> None:
         self.http = http
@@ -121,13 +123,18 @@ class ChannelPayer:
         assert self._prices is not None, "prices are read after _start()"
         return await self._prices.prices(model)
 
-    async def pay(self, receipts: Sequence[Receipt], coefficients: Mapping[str, int]) -> Cost | None:
-        """Sign and hand over the voucher for these verified receipts; returns what they cost."""
+    async def pay(self, verified: Sequence[Receipt], coefficients: Mapping[str, int]) -> Cost | None:
+        """Sign and hand over the next cumulative voucher, covering exactly the ``verified`` receipts.
+
+        ``verified`` holds only receipts ``stream.py`` checked against the attested worker and this exchange;
+        ``coefficients`` maps each one's worker to its price coefficient. Returns what they cost (``None`` on
+        a free proxy); prices come from the chain's registry, not from the proxy.
+        """
         await self._start()
         if not self.enabled:
             return None
         cost = Cost()
-        for r in receipts:
+        for r in verified:
             prices = await self.prices(r.model)
             cost += cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficients[r.worker_id])
         async with self._lock:  # vouchers are cumulative: sign and submit them one at a time
@@ -136,7 +143,7 @@ class ChannelPayer:
                 "channel": self.channel,
                 "cumulative": cumulative,
                 "signature": sign_voucher(self.key.seed, self.channel, cumulative).hex(),
-                "receipt_ids": [r.receipt_id for r in receipts],
+                "receipt_ids": [r.receipt_id for r in verified],
             }
             response = await self.http.post("/v1/vouchers", json=body)
             if response.status_code != 200:

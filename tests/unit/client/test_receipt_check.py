@@ -6,7 +6,7 @@ import pytest
 
 from cocoon.attestation import VerifiedWorker
 from cocoon.client.directory import AttestedWorker
-from cocoon.client.sdk import _check_receipt
+from cocoon.client.receipts import check_receipt
 from cocoon.crypto import NodeKeys, ResponseDigest, request_digest, sign_receipt
 from cocoon.errors import ReceiptInvalid
 from cocoon.protocol import JobEnd, Receipt
@@ -54,7 +54,7 @@ def setup() -> tuple[NodeKeys, AttestedWorker, Receipt, ResponseDigest]:
 def test_a_true_receipt_is_accepted() -> None:
     keys, worker, receipt, digest = setup()
     end = JobEnd(receipt=receipt, signature=sign_receipt(keys.signing, receipt))
-    _check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+    check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
 
 
 def test_a_receipt_signed_by_another_key_is_rejected() -> None:
@@ -62,7 +62,7 @@ def test_a_receipt_signed_by_another_key_is_rejected() -> None:
     forger = NodeKeys.generate()
     end = JobEnd(receipt=receipt, signature=sign_receipt(forger.signing, receipt))
     with pytest.raises(ReceiptInvalid, match="signature"):
-        _check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
 
 
 @pytest.mark.parametrize(
@@ -79,4 +79,4 @@ def test_a_signed_receipt_for_something_else_is_rejected(change: dict[str, str],
     lie = receipt.model_copy(update=change)
     end = JobEnd(receipt=lie, signature=sign_receipt(keys.signing, lie))
     with pytest.raises(ReceiptInvalid, match=reason):
-        _check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)

@@ -1,0 +1,206 @@
+"""Reading one request's answer without I/O: the bytes ``POST /v1/jobs`` streams go in, events come out.
+
+``ResponseStream`` owns every check on the way: frame order, each sealed chunk opened and digested, each
+receipt verified. It tells the SDK which receipts verified (to pay) and which to refuse; it never pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from cocoon.client.directory import AttestedWorker
+from cocoon.client.receipts import check_receipt, hedge_receipt_ok
+from cocoon.crypto import ResponseDigest
+from cocoon.errors import CocoonError, ReceiptInvalid, UpstreamFailed
+from cocoon.protocol import STREAM_FRAME, FrameReader, JobEnd, JobError, JobStart, Receipt, ResponseSealer, unpack_raw
+from cocoon.protocol.payload import ChunkPayload
+from cocoon.protocol.usage import TokenUsage
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """Generated text, as ``worker_id`` sealed it."""
+
+    text: str
+    tokens: int
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingEvent:
+    vectors: list[list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptVerified:
+    """A receipt that passed every check of ``receipts.py``: the only kind the client may pay."""
+
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRefused:
+    """A receipt that did not verify: the client tells the proxy it will never pay it.
+
+    ``ends_request``: it was the serving worker's own receipt, so the answer is not what was paid for and the
+    request fails with ``ReceiptInvalid(reason)`` (after paying the receipts that did verify). A hedge
+    loser's bad receipt is only dropped.
+    """
+
+    receipt: Receipt
+    reason: str
+    ends_request: bool
+
+
+StreamEvent = TextEvent | EmbeddingEvent | ReceiptVerified | ReceiptRefused
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What the client sealed, which every frame of the answer is checked against."""
+
+    request_id: str
+    model: str
+    plaintext: bytes  # the sealed request's plaintext: receipts commit to its digest
+    salt: bytes  # from the plaintext: keys each worker's response digest
+    content_key: bytes  # opens the chunks, with the id of the worker that sealed them
+    workers: Mapping[str, AttestedWorker]  # the candidates it was sealed to, by worker id
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """A stream that ended well: how it finished, what the app got, and the verified receipts to pay."""
+
+    finish_reason: str
+    usage: TokenUsage
+    receipts: tuple[Receipt, ...]
+
+
+class ResponseStream:
+    """The client's reader of one response: ``feed`` it bytes as they arrive, ``finish`` it at the end.
+
+    The stream names a worker (``start``), then carries that worker's sealed chunks numbered from 0 and its
+    signed receipt (``end``). After a failover a second ``start`` names the worker that resumes the text; a
+    ``start`` with ``hedged_out`` names a hedge loser, whose receipt may claim its prefill only. A frame out
+    of order, from a worker not sealed to, or that does not open raises ``UpstreamFailed`` (or ``SealError``);
+    an ``error`` frame raises the ``CocoonError`` it carries.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.finish_reason = "stop"
+        self.streamed_tokens = 0
+        self._verified: list[Receipt] = []
+        self._frames = FrameReader()
+        self._worker: AttestedWorker | None = None
+        self._sealer: ResponseSealer | None = None
+        self._digest: ResponseDigest | None = None
+        self._seq = 0
+        self._hedged_out = False
+
+    @property
+    def verified(self) -> tuple[Receipt, ...]:
+        """The receipts that verified so far, in the order they came."""
+        return tuple(self._verified)
+
+    def feed(self, data: bytes) -> Iterator[StreamEvent]:
+        """The events in ``data``, the next bytes of the response body (split anywhere), as each frame is read."""
+        for raw in self._frames.feed(data):
+            event = self.feed_frame(unpack_raw(raw))
+            if event is not None:
+                yield event
+
+    def feed_frame(self, fields: Mapping[str, Any]) -> StreamEvent | None:
+        """The event one decoded frame makes, if any (a ``start`` makes none)."""
+        if fields.get("t") == "chunk":  # the hot path: one per token, kept free of models
+            return self._chunk(fields)
+        try:
+            message = STREAM_FRAME.validate_python(fields)
+        except ValidationError as exc:
+            raise UpstreamFailed(f"malformed response from the network: {exc.errors()[0]['msg']}") from exc
+        if isinstance(message, JobStart):
+            self._start(message)
+            return None
+        if isinstance(message, JobEnd):
+            return self._end(message)
+        assert isinstance(message, JobError)
+        raise CocoonError.from_openai(message.status, {"error": message.error.model_dump()})
+
+    def finish(self) -> StreamResult:
+        """The result once the body has ended; ``UpstreamFailed`` if no receipt verified."""
+        receipts = self._verified
+        if not receipts:
+            raise UpstreamFailed(f"the stream of {self.exchange.request_id} ended before the worker's receipt")
+        # After a mid-stream resume, a later receipt's prompt includes the earlier text, and a worker that died
+        # before its receipt is not paid: usage tells the app what it got, receipts what it pays for.
+        usage = TokenUsage(
+            prompt_tokens=min(r.prompt_tokens for r in receipts),
+            completion_tokens=max(self.streamed_tokens, sum(r.completion_tokens for r in receipts)),
+            cached_tokens=receipts[0].cached_tokens,
+            reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
+        )
+        return StreamResult(self.finish_reason, usage, tuple(receipts))
+
+    def _start(self, start: JobStart) -> None:
+        worker = self.exchange.workers.get(start.worker_id)
+        if worker is None:
+            raise UpstreamFailed(f"proxy started an unknown worker {start.worker_id}")
+        self._worker = worker
+        self._sealer = ResponseSealer(self.exchange.content_key, self.exchange.request_id, worker.worker_id)
+        self._digest = ResponseDigest(self.exchange.salt)
+        self._seq = 0
+        self._hedged_out = start.hedged_out
+
+    def _chunk(self, fields: Mapping[str, Any]) -> TextEvent | EmbeddingEvent | None:
+        worker, sealer, digest = self._worker, self._sealer, self._digest
+        if worker is None or sealer is None or digest is None:
+            raise UpstreamFailed("proxy sent a chunk before naming its worker")
+        if fields.get("worker_id") != worker.worker_id or fields.get("seq") != self._seq:
+            raise UpstreamFailed("proxy reordered or mixed response chunks")
+        opened = sealer.open(self._seq, fields["data"])
+        self._seq += 1
+        digest.update(opened)
+        chunk = _chunk_payload(opened)
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if chunk.embeddings is not None:
+            return EmbeddingEvent(chunk.embeddings)
+        if chunk.text:
+            self.streamed_tokens += chunk.tokens
+            return TextEvent(chunk.text, chunk.tokens, worker.worker_id)
+        return None
+
+    def _end(self, end: JobEnd) -> ReceiptVerified | ReceiptRefused:
+        worker, digest = self._worker, self._digest
+        if worker is None or digest is None:
+            raise UpstreamFailed("proxy sent a receipt before naming its worker")
+        ex = self.exchange
+        if self._hedged_out:  # the slower twin of a hedged job: it may claim its prefill only
+            if not hedge_receipt_ok(end, worker, ex.model, ex.request_id, ex.plaintext, digest):
+                return ReceiptRefused(end.receipt, "hedged receipt did not verify", ends_request=False)
+        else:
+            try:
+                check_receipt(end, worker, ex.model, ex.request_id, ex.plaintext, digest)
+            except ReceiptInvalid as exc:
+                return ReceiptRefused(end.receipt, exc.message, ends_request=True)
+        self._verified.append(end.receipt)
+        return ReceiptVerified(end.receipt)
+
+
+def _chunk_payload(opened: bytes) -> ChunkPayload:
+    """A chunk's plaintext, read without validation overhead; anything malformed is ``UpstreamFailed``."""
+    try:
+        fields = msgpack.unpackb(opened, raw=False)
+        return ChunkPayload.model_construct(
+            text=str(fields.get("text", "")),
+            tokens=int(fields.get("tokens", 0)),
+            embeddings=fields.get("embeddings"),
+            finish_reason=fields.get("finish_reason"),
+        )
+    except (ValueError, TypeError, AttributeError, msgpack.ExtraData) as exc:
+        raise UpstreamFailed(f"a response chunk is malformed: {exc}") from exc
