@@ -1,18 +1,28 @@
-"""The OpenAI request bodies the sidecar accepts, as pydantic models (vLLM's server does the same).
+"""The OpenAI API as the sidecar speaks it: request bodies and response objects, as pydantic models (as vLLM's).
 
-Fields OpenAI defines but cocoon cannot honour yet (``n`` > 1, ``logprobs``, tools, images) are refused with
-a 400 that names them, never silently ignored. COCOON's ``max_coefficient``/``timeout`` and OpenRouter's
-``provider`` object are accepted too.
+Fields OpenAI defines but cocoon cannot honour yet (``n`` > 1, ``logprobs``, tools, images) are refused with a
+400 that names them, never silently ignored; ``usage`` adds cocoon's receipt ids, workers and costs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from cocoon.errors import BadRequest
 from cocoon.protocol import RoutingPrefs
+from cocoon.protocol.payload import SealedMessage, SealedParams
+
+# ---- requests --------------------------------------------------------------------------------------
 
 
 class ContentPart(BaseModel):
@@ -53,6 +63,9 @@ class ProviderPrefs(BaseModel):
 
 
 class SamplingFields(BaseModel):
+    """What chat and text completions share; COCOON's ``max_coefficient``/``timeout`` and OpenRouter's
+    ``provider`` object are accepted beside OpenAI's fields."""
+
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
     stream: bool = False
@@ -82,6 +95,16 @@ class SamplingFields(BaseModel):
         if self.logprobs:
             raise ValueError("logprobs are not supported yet")
         return self
+
+    def sealed_params(self, max_tokens: int) -> SealedParams:
+        """The sampling parameters sealed to the worker, generating at most ``max_tokens``."""
+        return SealedParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=self.stops(),
+            seed=self.seed,
+        )
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -113,6 +136,10 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tools are not supported yet")
         return self
 
+    def sealed_messages(self) -> list[SealedMessage]:
+        """The conversation as the worker reads it: text only (``BadRequest`` on other content parts)."""
+        return [SealedMessage(role=m.role, content=m.text()) for m in self.messages]
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
@@ -134,3 +161,159 @@ class EmbeddingRequest(BaseModel):
 
     def inputs(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# ---- responses -------------------------------------------------------------------------------------
+
+
+class ResponseObject(BaseModel):
+    """A response object. Fields named in ``absent_when_none`` are left out of the JSON while ``None``, as
+    OpenAI leaves them out; every other field is always written, ``null`` included."""
+
+    absent_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in self.absent_when_none}
+
+
+COST_FIELDS = frozenset({"prompt_cost", "cached_cost", "completion_cost", "total_cost"})
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class Usage(ResponseObject):
+    """Token counts summed over the workers that served the request, their receipts, and (COCOON, in nanoton)
+    what the client's voucher paid for them; the costs are absent on a free proxy."""
+
+    absent_when_none = COST_FIELDS
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+    receipt_ids: list[str]
+    workers: list[str]
+    prompt_cost: int | None = None
+    cached_cost: int | None = None
+    completion_cost: int | None = None
+    total_cost: int | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(ResponseObject):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(ResponseObject):
+    """What a chat stream chunk adds: the role once, at the start, then pieces of content."""
+
+    absent_when_none = frozenset({"role", "content"})
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(ResponseObject):
+    """One server-sent event of a chat stream; the last (with ``include_usage``) has no choices, only usage."""
+
+    absent_when_none = frozenset({"usage"})
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class TextCompletion(ResponseObject):
+    """A text completion, whole or as one event of its stream (the stream's last may carry only usage)."""
+
+    absent_when_none = frozenset({"usage"})
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or little-endian float32 in base64
+
+
+class EmbeddingUsage(ResponseObject):
+    """Embeddings' usage: prompt tokens only, and the costs as in ``Usage``."""
+
+    absent_when_none = COST_FIELDS
+    prompt_tokens: int
+    total_tokens: int
+    prompt_cost: int | None = None
+    cached_cost: int | None = None
+    completion_cost: int | None = None
+    total_cost: int | None = None
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelCard(ResponseObject):
+    """A model; the listing adds how many attested workers serve it and the hash of their weights."""
+
+    absent_when_none = frozenset({"workers", "model_hash"})
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "cocoon"
+    workers: int | None = None
+    model_hash: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
