@@ -27,7 +27,6 @@ from cocoon.attestation import AttestationPolicy
 from cocoon.chain import (
     TON,
     ClientChannel,
-    DevnetClient,
     Registry,
     ToncenterClient,
     Wallet,
@@ -35,6 +34,7 @@ from cocoon.chain import (
     sign_voucher,
 )
 from cocoon.chain.address import address_text
+from cocoon.chain.devnet import DevnetClient
 from cocoon.client import CocoonClient
 from cocoon.client.sdk import Completion
 from cocoon.client.wallet import ChannelPayer, client_channel, payment_terms

@@ -17,8 +17,9 @@ from pytoniq_core.boc.address import Address
 from rich.console import Console
 from rich.table import Table
 
-from cocoon.chain import TON, ClientChannel, DevnetClient, Registry, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain import TON, ClientChannel, Registry, ToncenterClient, Wallet, WorkerChannel
 from cocoon.chain.address import address_text, raw_address
+from cocoon.chain.devnet import DevnetClient
 from cocoon.config import ClientSettings, RoleSettings, WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError

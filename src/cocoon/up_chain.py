@@ -19,16 +19,13 @@ from rich.console import Console
 from cocoon.chain import (
     TON,
     ClientChannel,
-    DevnetClient,
     ModelEntry,
     RegistryParams,
     ToncenterClient,
     Wallet,
-    bootstrap_devnet,
-    devnet_command,
-    ensure_devnet_installed,
 )
 from cocoon.chain.address import address_text, raw_address
+from cocoon.chain.devnet import DevnetClient, bootstrap_devnet, devnet_command, ensure_devnet_installed
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH

@@ -19,24 +19,22 @@ from cocoon.chain import (
     TON,
     ChannelRole,
     ClientChannel,
-    DevnetClient,
-    DevnetProcess,
     ModelEntry,
     ProxyEntry,
     Registry,
     RegistryParams,
     ToncenterClient,
-    TransactionFailed,
     Wallet,
     WorkerChannel,
-    bootstrap_devnet,
     measurement_key,
     sign_voucher,
     voucher_hash,
 )
 from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
+from cocoon.chain.devnet import DevnetClient, DevnetProcess, bootstrap_devnet
 from cocoon.chain.registry import OP_UPSERT_MODEL
 from cocoon.chain.toncenter import Transaction
+from cocoon.errors import TransactionFailed
 
 CLOSE_DELAY = 600
 

@@ -1,6 +1,7 @@
 """TON money layer: the toncenter client, wallets, the registry and payment-channel contracts, vouchers.
 
-The same code talks to the local devnet (``cocoon up``) and to TON testnet/mainnet.
+The same code talks to the local devnet (``cocoon up``) and to TON testnet/mainnet; the devnet itself (its
+Node.js server, process and endpoints) lives in ``cocoon.chain.devnet``.
 """
 
 from cocoon.chain.channel import (
@@ -12,15 +13,6 @@ from cocoon.chain.channel import (
     WorkerChannel,
 )
 from cocoon.chain.contracts import TON, contract_code
-from cocoon.chain.devnet import (
-    DEFAULT_DEVNET_PORT,
-    DevnetClient,
-    DevnetProcess,
-    DevnetStatus,
-    bootstrap_devnet,
-    devnet_command,
-)
-from cocoon.chain.node import ensure_devnet_installed, node_executable
 from cocoon.chain.registry import (
     ModelEntry,
     ProxyEntry,
@@ -39,16 +31,12 @@ from cocoon.chain.vouchers import sign_voucher, verify_voucher, voucher_cell, vo
 from cocoon.chain.wallet import InternalTransfer, Wallet
 
 __all__ = [
-    "DEFAULT_DEVNET_PORT",
     "TON",
     "AccountState",
     "ChannelConfig",
     "ChannelRole",
     "ChannelState",
     "ClientChannel",
-    "DevnetClient",
-    "DevnetProcess",
-    "DevnetStatus",
     "InternalTransfer",
     "ModelEntry",
     "PaymentChannel",
@@ -60,13 +48,9 @@ __all__ = [
     "Transaction",
     "Wallet",
     "WorkerChannel",
-    "bootstrap_devnet",
     "contract_code",
-    "devnet_command",
-    "ensure_devnet_installed",
     "measurement_key",
     "model_name_hash",
-    "node_executable",
     "sign_voucher",
     "verify_voucher",
     "voucher_cell",

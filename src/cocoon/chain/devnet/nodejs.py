@@ -53,8 +53,8 @@ def npm_command() -> list[str]:
 
 
 def devnet_source_dir() -> Path:
-    """The devnet sources shipped inside the cocoon package."""
-    return Path(str(resources.files("cocoon.chain").joinpath("devnet")))
+    """The devnet sources shipped inside the cocoon package, beside this module."""
+    return Path(str(resources.files("cocoon.chain.devnet")))
 
 
 def devnet_fingerprint(source: Path | None = None) -> str:
