@@ -29,8 +29,8 @@ from cocoon.client import CocoonClient, Completion, TextEvent
 from cocoon.crypto import load_or_create_node_keys
 from cocoon.engines import DEFAULT_MODEL
 from cocoon.errors import CocoonError
+from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.payload import SealedMessage, SealedParams
-from cocoon.up import LocalNetwork, free_port
 
 GRACE_S = 60.0
 

@@ -28,8 +28,8 @@ from cocoon.attestation import AttestationPolicy
 from cocoon.client import CocoonClient, TextEvent
 from cocoon.engines import DEFAULT_MODEL, EngineSettings, GenerationRequest, LlamaCppEngine, SamplingParams, TextDelta
 from cocoon.engines.model_cache import bundled_model_path
+from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.payload import SealedParams
-from cocoon.up import LocalNetwork, free_port
 
 PROMPT = "The history of the lighthouse begins"
 console = Console(width=150)

@@ -28,9 +28,9 @@ from rich.table import Table
 from websockets.asyncio.server import ServerConnection, serve
 
 from cocoon.engines import DEFAULT_MODEL
+from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol import FrameReader, Job, JobRequest, Registered, WrappedKeyWire, pack, random_salt, seal_request
 from cocoon.protocol.payload import RequestPayload, SealedMessage, SealedParams
-from cocoon.up import LocalNetwork, free_port
 
 WORKER = {"slots": 128, "max_queue": 4096}
 ENGINE = {"kind": "synthetic", "synthetic_tokens_per_s": 0}

@@ -40,13 +40,13 @@ from cocoon.client.sdk import Completion
 from cocoon.client.wallet import ChannelPayer, client_channel, payment_terms
 from cocoon.crypto import SigningKey
 from cocoon.engines import DEFAULT_MODEL
+from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.money import VoucherSubmission
 from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.proxy.billing import Billing
 from cocoon.proxy.chainlink import ChainLink
 from cocoon.proxy.ledger import Charge, ClientAccount
 from cocoon.proxy.store import Store, default_url
-from cocoon.up import LocalNetwork, free_port
 
 console = Console()
 

@@ -205,7 +205,7 @@ def up(
     ] = True,
 ) -> None:
     """Start a whole local network: devnet chain, proxy, workers on the CPU model, and the client sidecar."""
-    from cocoon.up import LocalNetwork
+    from cocoon.local import LocalNetwork
 
     configure_logging("warning", "up")
     network = LocalNetwork(port_base=port_base, workers=workers, home=home, model_path=model_path, money=money)

@@ -15,8 +15,7 @@ from pytoniq_core.boc.address import Address
 from cocoon.chain import ClientChannel, ToncenterClient, WorkerChannel
 from cocoon.chain.pricing import Prices
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.up import LocalNetwork, free_port
-from cocoon.up_chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT
+from cocoon.local import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT, LocalNetwork, free_port
 from tests.helpers.network import start_network
 
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price

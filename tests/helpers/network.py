@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from cocoon.crypto import load_or_create_node_keys
-from cocoon.up import LocalNetwork, free_port
+from cocoon.local import LocalNetwork, free_port
 
 __all__ = ["directory", "free_port", "start_network", "wait_for", "worker_process"]
 

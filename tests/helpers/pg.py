@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocoon.up import free_port
+from cocoon.local import free_port
 
 SUPERUSER = "postgres"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from cocoon.up import free_port
+from cocoon.local import free_port
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from cocoon.up import LocalNetwork
+from cocoon.local import LocalNetwork
 from tests.helpers.network import start_network
 
 

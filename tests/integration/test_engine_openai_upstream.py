@@ -21,7 +21,7 @@ from cocoon.engines import (
     TextDelta,
 )
 from cocoon.errors import ConfigError, UpstreamFailed
-from cocoon.up import free_port
+from cocoon.local import free_port
 from tests.helpers.upstream import llama_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

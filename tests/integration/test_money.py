@@ -21,7 +21,7 @@ import pytest
 from cocoon.chain import ClientChannel, WorkerChannel
 from cocoon.chain.pricing import cost_of
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.up import LocalNetwork
+from cocoon.local import LocalNetwork
 from tests.helpers.money import COEFFICIENT, PRICES, books, mixed_requests, oai, on_chain, settle, start_paid_network
 from tests.helpers.network import wait_for
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.up import LocalNetwork
+from cocoon.local import LocalNetwork
 
 PROMPT = [{"role": "user", "content": "Name three colours."}]
 

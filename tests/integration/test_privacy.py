@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.up import LocalNetwork
+from cocoon.local import LocalNetwork
 
 
 def _everything_the_proxy_holds(network: LocalNetwork) -> bytes:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.up import LocalNetwork
+from cocoon.local import LocalNetwork
 from tests.helpers.network import directory, start_network, wait_for, worker_process
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]

@@ -14,9 +14,9 @@ from cocoon.client import CocoonClient, Completion, TextEvent
 from cocoon.crypto import load_or_create_node_keys
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.errors import ReceiptInvalid
+from cocoon.local import LocalNetwork
 from cocoon.protocol import RoutingPrefs
 from cocoon.protocol.payload import SealedMessage, SealedParams
-from cocoon.up import LocalNetwork
 from tests.helpers.network import start_network
 
 STORY = "Once upon a time a lighthouse keeper counted the ships that passed his rock every night. " * 12

@@ -1,38 +1,28 @@
-"""The chain half of ``cocoon up``: a devnet process, the registry with model prices, funded wallets and the
+"""The chain of a local network: a devnet process, the registry with model prices, funded wallets and the
 client's channel with its deposit, all set up before the proxy starts (its books then match the chain).
+
+``LocalNetwork`` hands ``start_local_chain`` its ports, home and a way to start a child; nothing here knows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-from pytoniq_core.boc.address import Address
 from rich.console import Console
 
-from cocoon.chain import (
-    TON,
-    ClientChannel,
-    ModelEntry,
-    RegistryParams,
-    ToncenterClient,
-    Wallet,
-)
+from cocoon.chain import TON, ClientChannel, ModelEntry, RegistryParams, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.devnet import DevnetClient, bootstrap_devnet, devnet_command, ensure_devnet_installed
 from cocoon.crypto import load_or_create_signing_key
-from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
-from cocoon.errors import ChainSetupFailed, CocoonError
-
-if TYPE_CHECKING:
-    from cocoon.up import LocalNetwork
+from cocoon.errors import ChainSetupFailed, CocoonError, UpstreamFailed, map_http_errors
+from cocoon.local.processes import Child
 
 console = Console(stderr=True)
 out = Console()
@@ -45,6 +35,9 @@ PROXY_FEE_BPS = 500
 CLOSE_DELAY_S = 600
 CLIENT_DEPOSIT = 10 * TON
 WALLET_FUNDS = 20 * TON
+
+SpawnChild = Callable[[str, list[str]], Child]
+"""Start a named child process of the network from a command line (its log goes to ``logs/<name>.log``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +53,12 @@ def wallet_of(key_file: Path) -> Wallet:
     return Wallet(load_or_create_signing_key(key_file).seed)
 
 
-def spawn_devnet(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start the devnet (installing it on first use, with progress) keeping its state in ``home``."""
-    folder = ensure_devnet_installed()
-    handle = log.open("ab")
-    process = subprocess.Popen(
-        devnet_command(folder, port, state_file=home / "devnet-state.json"),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    handle.close()
-    return process
-
-
 def devnet_answers(url: str) -> bool:
+    """Whether a devnet answers ``GET /devnet/status`` at ``url`` right now."""
     try:
-        return httpx.get(f"{url}/devnet/status", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        with map_http_errors(f"the devnet at {url}"):
+            return httpx.get(f"{url}/devnet/status", timeout=2).status_code == 200
+    except UpstreamFailed:
         return False
 
 
@@ -125,52 +105,47 @@ async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int)
     return LocalChain(url, address_text(registry.address), raw_address(channel.address))
 
 
-def wait_devnet(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+def wait_devnet(url: str, devnet: Child, timeout: float) -> None:
+    """Poll until the devnet answers; ChainSetupFailed (with its last log lines) if it exits or stays silent."""
     deadline = time.monotonic() + timeout
     while not devnet_answers(url):
-        if process.poll() is not None:
-            tail = " | ".join(log.read_text(errors="replace").splitlines()[-5:])
-            raise ChainSetupFailed(f"the devnet exited with code {process.returncode}: {tail}")
+        if devnet.process.poll() is not None:
+            tail = " | ".join(devnet.log_tail(5))
+            raise ChainSetupFailed(f"the devnet exited with code {devnet.process.returncode}: {tail}")
         if time.monotonic() > deadline:
-            raise ChainSetupFailed(f"the devnet did not answer within {timeout:g}s; see {log}")
+            raise ChainSetupFailed(f"the devnet did not answer within {timeout:g}s; see {devnet.log}")
         time.sleep(0.1)
 
 
-def start_local_chain(network: LocalNetwork) -> LocalChain:
-    """Start the devnet as the network's first child and set up everything the roles need on it."""
-    from cocoon.up import Child
-
-    log = network.home / "logs" / "devnet.log"
-    url = f"http://127.0.0.1:{network.devnet_port}"
+def start_local_chain(home: Path, port: int, *, models: dict[str, str], workers: int, spawn: SpawnChild) -> LocalChain:
+    """Start the devnet on ``port`` through ``spawn`` (so the network owns and stops it) keeping its state in
+    ``home``, then set up the registry with ``models``, funded wallets for ``workers`` workers and the client
+    channel. Raises ChainSetupFailed when the port already has a devnet or the chain cannot be set up."""
+    url = f"http://127.0.0.1:{port}"
     if devnet_answers(url):
-        raise ChainSetupFailed(f"port {network.devnet_port} is taken by another devnet; stop it or pick --port-base")
-    process = spawn_devnet(network.home, network.devnet_port, log)
-    network.children.append(Child("devnet", process, log))
-    wait_devnet(url, process, 60, log)
-    models = {DEFAULT_MODEL: network.model_hash}
-    name = str(network.engine.get("model", DEFAULT_MODEL))
-    if name not in models:
-        models[name] = SYNTHETIC_MODEL_HASH if network.engine.get("kind") == "synthetic" else network.model_hash
-    chain = bootstrap(url, network.home, models, network.workers)
+        raise ChainSetupFailed(f"port {port} is taken by another devnet; stop it or pick --port-base")
+    folder = ensure_devnet_installed()  # with progress, on first use only
+    devnet = spawn("devnet", devnet_command(folder, port, state_file=home / "devnet-state.json"))
+    wait_devnet(url, devnet, 60)
+    chain = bootstrap(url, home, models, workers)
     console.print(f"[green]✓[/] devnet chain at {url}: registry, prices, funded wallets, client channel")
     return chain
 
 
-def money_options(network: LocalNetwork, role: str) -> dict[str, Any]:
-    """The settings ``role`` needs to pay or be paid on the local chain (empty without money)."""
-    chain = network.chain
+def money_options(chain: LocalChain | None, home: Path, role: str) -> dict[str, Any]:
+    """The settings ``role`` needs to pay or be paid on the local chain (empty without one)."""
     if chain is None:
         return {}
     if role == "proxy":
         return {"chain_url": chain.url, "registry": chain.registry}
     if role == "client":
-        return {"chain_url": chain.url, "wallet_file": str(network.home / "client-wallet.json")}
-    return {"chain_url": chain.url, "wallet_file": str(network.home / role / "wallet.json")}
+        return {"chain_url": chain.url, "wallet_file": str(home / "client-wallet.json")}
+    return {"chain_url": chain.url, "wallet_file": str(home / role / "wallet.json")}
 
 
-def print_money_demo(network: LocalNetwork, usage: dict[str, Any]) -> None:
+def print_money_demo(chain: LocalChain, proxy_url: str, usage: dict[str, Any]) -> None:
     """Show what the demo cost and where the nanotons went."""
-    books = httpx.get(f"{network.proxy_url}/v1/books", timeout=10).json()
+    books = httpx.get(f"{proxy_url}/v1/books", timeout=10).json()
     client: dict[str, Any] = books["clients"][0] if books["clients"] else {}
     out.print(
         f"  cost: {usage.get('total_cost', 0)} nanoton (prompt {usage.get('prompt_cost', 0)}, "
@@ -179,19 +154,19 @@ def print_money_demo(network: LocalNetwork, usage: dict[str, Any]) -> None:
     out.print(
         f"  books: client channel vouchered {client.get('vouchered', 0)} of {client.get('deposit', 0)} nanoton; "
         f"workers credited {books['worker_credits']}, proxy fees {books['proxy_fees']} "
-        f"(GET {network.proxy_url}/v1/books)"
+        f"(GET {proxy_url}/v1/books)"
     )
     out.print(
-        f"  on chain: `cocoon proxy settle --proxy-url {network.proxy_url}` claims it; "
-        f"`cocoon chain status --chain-url {network.chain.url if network.chain else ''}` shows the chain"
+        f"  on chain: `cocoon proxy settle --proxy-url {proxy_url}` claims it; "
+        f"`cocoon chain status --chain-url {chain.url}` shows the chain"
     )
 
 
-def print_money_intro(network: LocalNetwork) -> None:
-    assert network.chain is not None
-    client = network.home / "client.toml"
+def print_money_intro(chain: LocalChain, home: Path, proxy_url: str) -> None:
+    """Where the chain and the client's channel are, and the commands that move money."""
+    client = home / "client.toml"
     out.print(
-        f"  chain {network.chain.url} (devnet): client channel {network.chain.client_channel} holds "
-        f"{CLIENT_DEPOSIT // TON} TON; books at {network.proxy_url}/v1/books"
+        f"  chain {chain.url} (devnet): client channel {chain.client_channel} holds "
+        f"{CLIENT_DEPOSIT // TON} TON; books at {proxy_url}/v1/books"
     )
     out.print(f"  money: cocoon client balance --config {client}; cocoon client deposit --amount 5 --config {client}")

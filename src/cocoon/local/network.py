@@ -1,21 +1,18 @@
-"""``cocoon up``: a whole local network in one command, as real processes.
+"""``LocalNetwork``: a whole cocoon network on loopback, as real processes (``cocoon up``, tests, bench/).
 
-Writes role configs under a state folder, starts the proxy, the workers and the client sidecar, waits until
-the network answers (with progress), sends one demo chat request, and stops every child cleanly on Ctrl-C
-or SIGTERM (or when one of them dies, saying which and where its log is).
+Writes role configs under a state folder, starts the proxy, the workers and the client sidecar (and, with
+money, a devnet chain first), waits until the network answers (with progress), sends one demo chat request,
+and stops every child cleanly on Ctrl-C or SIGTERM (or when one of them dies, saying which and where its log is).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +26,12 @@ from cocoon.crypto import load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
-from cocoon.errors import ChildDied, CocoonError
-from cocoon.up_chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
+from cocoon.errors import ChildDied, UpstreamFailed, map_http_errors
+from cocoon.local.chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
+from cocoon.local.processes import Child, spawn, stop_all
 
 console = Console(stderr=True)
 out = Console()
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
 
 
 class LocalNetwork:
@@ -87,6 +78,11 @@ class LocalNetwork:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.proxy_port}"
 
+    @property
+    def synthetic(self) -> bool:
+        """Whether the workers run the synthetic engine (benchmarks), whose weights hash is fixed."""
+        return self.engine.get("kind") == "synthetic"
+
     def run(self, demo: bool, exit_after_demo: bool) -> int:
         """Start, wait, demo, then block until a signal or a child's death. Returns the exit code."""
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,7 +94,7 @@ class LocalNetwork:
             out.print(f"  proxy {self.proxy_url} (directory {self.proxy_url}/v1/directory, metrics /metrics)")
             out.print(f"  try: OPENAI_BASE_URL={self.base_url} OPENAI_API_KEY=unused python your_app.py")
             if self.chain is not None:
-                print_money_intro(self)
+                print_money_intro(self.chain, self.home, self.proxy_url)
             if demo:
                 self.demo()
             if exit_after_demo:
@@ -116,25 +112,30 @@ class LocalNetwork:
         model = self.model_path or bundled_model_path(progress=True)
         model_hash = sha256_file(model)
         authority = load_or_create_signing_key(self.home / "dev-authority.json")
+        served_hash = SYNTHETIC_MODEL_HASH if self.synthetic else model_hash
         policy = {
             "allow_simulated": True,
             "simulated_authorities": [authority.public.hex()],
             "allowed_measurements": [DEV_MEASUREMENT],
             # A network of synthetic workers (benchmarks) admits that engine's fixed weights hash, no other.
-            "allowed_model_hashes": [SYNTHETIC_MODEL_HASH if self.engine.get("kind") == "synthetic" else model_hash],
+            "allowed_model_hashes": [served_hash],
         }
         self.policy = policy
         self.model_file, self.model_hash = model, model_hash
         if self.money:
-            self.chain = start_local_chain(self)
+            models = {DEFAULT_MODEL: model_hash}
+            models.setdefault(str(self.engine.get("model", DEFAULT_MODEL)), served_hash)
+            self.chain = start_local_chain(
+                self.home, self.devnet_port, models=models, workers=self.workers, spawn=self._start_child
+            )
         proxy = {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
-        self._write("proxy.toml", proxy | money_options(self, "proxy") | self.proxy_options)
+        self._write("proxy.toml", proxy | money_options(self.chain, self.home, "proxy") | self.proxy_options)
         extra = ["--capture-wire", str(self.capture_wire)] if self.capture_wire else []
         self._spawn("proxy", "proxy.toml", extra)
         for i in range(1, self.workers + 1):
             self.add_worker(i)
         client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy}
-        self._write("client.toml", client | money_options(self, "client"))
+        self._write("client.toml", client | money_options(self.chain, self.home, "client"))
         self._spawn("client", "client.toml")
 
     def add_worker(self, i: int, **engine: Any) -> Child:
@@ -154,7 +155,8 @@ class LocalNetwork:
             "dev_authority_key_file": str(self.home / "dev-authority.json"),
             "engines": [table | self.engine | engine],
         }
-        self._write(f"worker-{i}.toml", worker | money_options(self, f"worker-{i}") | self.worker_options)
+        options = money_options(self.chain, self.home, f"worker-{i}")
+        self._write(f"worker-{i}.toml", worker | options | self.worker_options)
         return self._spawn(f"worker-{i}", f"worker-{i}.toml")
 
     def child(self, name: str) -> Child:
@@ -209,27 +211,20 @@ class LocalNetwork:
             f"  usage: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens, "
             f"receipt {usage['receipt_ids'][0]}"
         )
-        if self.money:
-            print_money_demo(self, usage)
+        if self.chain is not None:
+            print_money_demo(self.chain, self.proxy_url, usage)
 
     def check_children(self) -> None:
+        """Raise ChildDied, with its last log lines, if any child has exited."""
         for child in self.children:
             code = child.process.poll()
             if code is not None:
-                tail = child.log.read_text(errors="replace").splitlines()[-15:]
-                raise ChildDied(f"{child.name} exited with code {code}; last log lines:\n" + "\n".join(tail))
+                raise ChildDied(
+                    f"{child.name} exited with code {code}; last log lines:\n" + "\n".join(child.log_tail(15))
+                )
 
     def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for child in self.children:
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+        stop_all(self.children)
         if self.children:
             console.print("stopped " + ", ".join(c.name for c in self.children))
         self.children.clear()
@@ -238,32 +233,23 @@ class LocalNetwork:
         (self.home / name).write_text(tomli_w.dumps(settings))
 
     def _spawn(self, name: str, config: str, extra: list[str] | None = None) -> Child:
+        """Start the role ``name`` names (``worker-2`` runs ``cocoon worker``) with the config file ``config``."""
         role = name.split("-")[0]
-        log = self.home / "logs" / f"{name}.log"
-        handle = log.open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cocoon", role, "--config", str(self.home / config), *(extra or [])],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+        return self._start_child(
+            name, [sys.executable, "-m", "cocoon", role, "--config", str(self.home / config), *(extra or [])]
         )
-        handle.close()
-        child = Child(name, process, log)
+
+    def _start_child(self, name: str, command: list[str]) -> Child:
+        child = spawn(name, command, self.home / "logs" / f"{name}.log")
         self.children.append(child)
         return child
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> Any:
+    """The JSON body of ``GET url`` when it answers 200 in time, else None (the network is still starting)."""
     try:
-        response = httpx.get(url, timeout=2)
-    except httpx.HTTPError:
+        with map_http_errors(url):
+            response = httpx.get(url, timeout=2)
+    except UpstreamFailed:
         return None
     return response.json() if response.status_code == 200 else None

@@ -1,0 +1,53 @@
+"""The pieces of a local network that need no process: free ports, log tails, each role's chain settings and
+where the ports of a network go."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import cast
+
+from cocoon.local import Child, LocalChain, LocalNetwork, free_port
+from cocoon.local.chain import money_options
+
+
+def test_free_port_returns_a_loopback_port_that_can_be_bound() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_a_childs_log_tail_is_its_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "proxy.log"
+    log.write_text("".join(f"line {i}\n" for i in range(20)))
+    child = Child("proxy", cast(subprocess.Popen[bytes], None), log)
+    assert child.log_tail(3) == ["line 17", "line 18", "line 19"]
+    assert len(child.log_tail(100)) == 20
+
+
+def test_a_network_without_a_chain_gives_no_role_money_settings(tmp_path: Path) -> None:
+    assert money_options(None, tmp_path, "proxy") == {}
+    assert money_options(None, tmp_path, "worker-1") == {}
+
+
+def test_each_role_gets_the_chain_and_its_own_wallet(tmp_path: Path) -> None:
+    chain = LocalChain("http://127.0.0.1:8790", "EQregistry", "0:channel")
+    assert money_options(chain, tmp_path, "proxy") == {"chain_url": chain.url, "registry": "EQregistry"}
+    assert money_options(chain, tmp_path, "client") == {
+        "chain_url": chain.url,
+        "wallet_file": str(tmp_path / "client-wallet.json"),
+    }
+    assert money_options(chain, tmp_path, "worker-2") == {
+        "chain_url": chain.url,
+        "wallet_file": str(tmp_path / "worker-2" / "wallet.json"),
+    }
+
+
+def test_a_network_puts_the_proxy_620_and_the_devnet_710_ports_above_its_base(tmp_path: Path) -> None:
+    net = LocalNetwork(port_base=9000, home=tmp_path)
+    assert net.base_url == "http://127.0.0.1:9000/v1"
+    assert (net.proxy_port, net.devnet_port) == (9620, 9710)
+    assert net.proxy_url == "http://127.0.0.1:9620"
+    assert net.children == [] and net.chain is None
