@@ -1,0 +1,73 @@
+"""``cocoon chain status``: the registry's prices and the proxy's channels as the chain sees them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pytoniq_core.boc.address import Address
+
+from cocoon.chain import ClientChannel, Registry, ToncenterClient, WorkerChannel
+from cocoon.chain.devnet import DevnetClient
+from cocoon.cli.common import JsonOpt, ProxyUrlOpt, print_report, role_group, run_with_spinner
+from cocoon.errors import ChainError
+
+chain_app = role_group("Look at the chain: registry prices, channels, on-chain operations.")
+
+
+@chain_app.command("status")
+def chain_status(
+    chain_url: Annotated[str, typer.Option(help="toncenter v2 API")] = "http://127.0.0.1:8790",
+    proxy_url: ProxyUrlOpt = "http://127.0.0.1:8700",
+    as_json: JsonOpt = False,
+) -> None:
+    """The registry's prices and every channel the proxy keeps, as the chain sees them."""
+
+    async def work() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            terms = (await http.get(f"{proxy_url}/v1/payment")).json()
+            books = (await http.get(f"{proxy_url}/v1/books")).json()
+        out: dict[str, Any] = {"registry": terms["registry"], "proxy_wallet": terms["proxy_wallet"]}
+        async with ToncenterClient(chain_url) as chain:
+            registry = Registry(chain, Address(terms["registry"]))
+            out["models"] = [
+                {"model": m.name, "prompt": m.price_prompt, "cached": m.price_cached, "completion": m.price_completion}
+                for m in await registry.get_models()
+            ]
+            out["proxy_wallet_balance"] = await chain.get_balance(Address(terms["proxy_wallet"]))
+            channels = []
+            for kind, rows, cls in (
+                ("client", books["clients"], ClientChannel),
+                ("worker", books["workers"], WorkerChannel),
+            ):
+                for row in rows:
+                    address = Address(row["channel"])
+                    if (await chain.get_address_information(address)).active:
+                        state = await cls(chain, address).get_channel()
+                        channels.append(
+                            {
+                                "kind": kind,
+                                "channel": row["channel"],
+                                "deposit": state.deposit,
+                                "claimed": state.claimed,
+                            }
+                        )
+            out["channels"] = channels
+        transactions = await _devnet_transactions(chain_url)
+        if transactions is not None:
+            out["transactions"] = transactions
+        out["onchain_operations"] = books["onchain_operations"]
+        return out
+
+    print_report(run_with_spinner("reading the chain", work, peer=f"the proxy at {proxy_url}"), as_json, "chain")
+
+
+async def _devnet_transactions(chain_url: str) -> int | None:
+    """How many transactions the devnet at ``chain_url`` has run; None when it is no devnet (toncenter has no
+    such counter)."""
+    try:
+        async with DevnetClient(chain_url) as devnet:
+            return (await devnet.status()).transactions
+    except ChainError:
+        return None

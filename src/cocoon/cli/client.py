@@ -1,0 +1,157 @@
+"""``cocoon client``: run the client sidecar, and manage the client's payment channel with its proxy
+(``deposit``, ``balance``, ``close``, ``withdraw``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+
+from cocoon.chain import ClientChannel, ToncenterClient, Wallet
+from cocoon.chain.address import address_text, raw_address
+from cocoon.cli.common import (
+    ConfigOpt,
+    HostOpt,
+    JsonOpt,
+    PortOpt,
+    RunConfigOpt,
+    clear_errors,
+    console,
+    load_settings,
+    parse_ton,
+    print_report,
+    role_group,
+    role_runner,
+    run_with_spinner,
+    serve,
+    ton,
+)
+from cocoon.config import ClientSettings
+from cocoon.crypto import load_or_create_signing_key
+from cocoon.errors import ConfigError
+from cocoon.logs import configure_logging
+
+T = TypeVar("T")
+
+client_app = role_group("Run the client sidecar, or manage the client's channel (deposit, balance, close, withdraw).")
+
+
+@role_runner(client_app, ClientSettings)
+def client(
+    ctx: typer.Context,
+    config: RunConfigOpt = None,
+    proxy_url: Annotated[str | None, typer.Option(help="proxy base URL")] = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+) -> None:
+    """Run the client sidecar: an OpenAI-compatible API on localhost (or: deposit, balance, close, withdraw)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cocoon.client import create_gateway
+
+    settings = load_settings(ClientSettings, config, proxy_url=proxy_url, host=host, port=port)
+    configure_logging(settings.log_level, "client")
+    serve(create_gateway(settings), settings.host, settings.port, settings.log_level)
+
+
+def _client_chain(settings: ClientSettings) -> str:
+    if not settings.chain_url:
+        raise ConfigError("set chain_url in the client's config (or COCOON_CLIENT_CHAIN_URL) to the toncenter API")
+    return settings.chain_url
+
+
+async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> tuple[Wallet, ClientChannel]:
+    from cocoon.client.wallet import client_channel, payment_terms
+
+    async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
+        terms = await payment_terms(http)
+    if terms is None:
+        raise ConfigError(f"the proxy at {settings.proxy_url} is free: it takes no deposit")
+    wallet = Wallet(load_or_create_signing_key(settings.wallet_file).seed)
+    return wallet, client_channel(chain, wallet, terms)
+
+
+ChannelAction = Callable[[ToncenterClient, Wallet, ClientChannel], Coroutine[Any, Any, T]]
+
+
+def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T]) -> T:
+    """Run ``act`` on the chain with the client's wallet and its channel with the proxy, under a spinner."""
+
+    async def work() -> T:
+        async with ToncenterClient(_client_chain(settings), settings.chain_api_key) as chain:
+            wallet, channel = await _client_channel(settings, chain)
+            return await act(chain, wallet, channel)
+
+    # The chain's own errors name the chain; a raw HTTP failure can only be the proxy's.
+    return run_with_spinner(what, work, peer=f"the proxy at {settings.proxy_url}")
+
+
+@client_app.command()
+def deposit(
+    amount: Annotated[str, typer.Option(help="TON to add to the channel, e.g. 5 or 0.25")] = "1",
+    config: ConfigOpt = None,
+) -> None:
+    """Open the client's channel with the proxy (first time) or top it up."""
+    settings = load_settings(ClientSettings, config)
+    with clear_errors():
+        nanoton = parse_ton(amount)
+
+    async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
+        if (await chain.get_address_information(channel.address)).active:
+            await channel.top_up(wallet, nanoton)
+        else:
+            await channel.deploy(wallet, nanoton)
+        state = await channel.get_channel()
+        return f"channel {address_text(channel.address)} now holds {ton(state.deposit)} ({state.deposit} nanoton)"
+
+    console.print("[green]✓[/] " + _on_channel(f"depositing {ton(nanoton)}", settings, act))
+
+
+@client_app.command()
+def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The client's channel: deposit and claims on chain, vouchered and free at the proxy, wallet balance."""
+    settings = load_settings(ClientSettings, config)
+
+    async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> dict[str, Any]:
+        raw = raw_address(channel.address)
+        out: dict[str, Any] = {"channel": raw, "wallet": address_text(wallet.address, bounceable=False)}
+        out["wallet_balance"] = await chain.get_balance(wallet.address)
+        if (await chain.get_address_information(channel.address)).active:
+            state = await channel.get_channel()
+            out |= {"deposit": state.deposit, "claimed": state.claimed, "close_at": state.close_at}
+        async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
+            books = await http.get(f"/v1/channels/{raw}")
+        if books.status_code == 200:
+            body = books.json()
+            out |= {k: body[k] for k in ("vouchered", "charged", "reserved", "free")}
+        return out
+
+    print_report(_on_channel("reading the channel", settings, act), as_json, "client channel")
+
+
+@client_app.command()
+def close(config: ConfigOpt = None) -> None:
+    """Start closing the channel; the proxy may still claim until the close delay ends, then `withdraw`."""
+    settings = load_settings(ClientSettings, config)
+
+    async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
+        await channel.start_close(wallet)
+        state = await channel.get_channel()
+        return f"closing; `cocoon client withdraw` returns the rest after unix time {state.close_at}"
+
+    console.print("[green]✓[/] " + _on_channel("starting the close", settings, act))
+
+
+@client_app.command()
+def withdraw(config: ConfigOpt = None) -> None:
+    """After the close delay, return what the proxy has not claimed to the client's wallet."""
+    settings = load_settings(ClientSettings, config)
+
+    async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
+        before = await chain.get_balance(wallet.address)
+        await channel.withdraw(wallet)
+        return f"wallet balance {ton(before)} → {ton(await chain.get_balance(wallet.address))}"
+
+    console.print("[green]✓[/] " + _on_channel("withdrawing", settings, act))

@@ -1,0 +1,135 @@
+"""What every ``cocoon`` command shares: the settings loader, the options, clear errors instead of tracebacks,
+the spinner that runs a command's async work, TON amounts in and out, and the report printer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Coroutine, Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from cocoon.chain import TON
+from cocoon.config import RoleSettings
+from cocoon.errors import CocoonError, ConfigError, map_http_errors
+
+console = Console(stderr=True)
+T = TypeVar("T")
+S = TypeVar("S", bound=RoleSettings)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RunConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file", exists=False)]
+"""``--config`` of the commands that run a role."""
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file of the role")]
+"""``--config`` of a role's subcommands (deposit, earnings, …)."""
+HostOpt = Annotated[str | None, typer.Option(help="listen address")]
+PortOpt = Annotated[int | None, typer.Option(help="listen port")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+ProxyUrlOpt = Annotated[str, typer.Option(help="proxy base URL")]
+
+AMOUNTS = {"deposit", "claimed", "vouchered", "charged", "reserved", "free", "wallet_balance", "proxy_wallet_balance"}
+
+
+def role_group(help_text: str) -> typer.Typer:
+    """The typer group of one role's commands (``cocoon proxy …``)."""
+    return typer.Typer(help=help_text, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+def role_runner(group: typer.Typer, settings: type[RoleSettings]) -> Callable[[F], F]:
+    """Make the decorated function what plain ``cocoon ROLE`` runs (``group``'s callback, so the subcommands
+    still work); its ``--help`` ends with every setting of ``settings``."""
+    return group.callback(invoke_without_command=True, epilog=settings_help(settings))
+
+
+def settings_help(cls: type[RoleSettings]) -> str:
+    """The "Settings" epilog of a role's ``--help``: every TOML key, its description and default."""
+    lines = [f"Settings (TOML keys; env {cls.model_config.get('env_prefix', '')}<KEY> overrides):\n\n"]
+    for name, field in cls.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        lines.append(f"  {name}: {field.description or ''} [default: {default}]\n\n")
+    return "".join(lines)
+
+
+@contextlib.contextmanager
+def clear_errors(code: int = 2) -> Iterator[None]:
+    """A CocoonError inside the block is printed as ``error: MESSAGE`` and exits with ``code``, no traceback."""
+    try:
+        yield
+    except CocoonError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code) from exc
+
+
+def load_settings(cls: type[S], config: Path | None, **overrides: Any) -> S:
+    """``cls`` from the ``config`` TOML file, the environment and ``overrides`` (``None`` ones skipped).
+
+    A missing or broken file, or a bad value, prints what is wrong and where, and exits with code 2."""
+    with clear_errors():
+        return cls.load(config, **overrides)
+
+
+def run_with_spinner(what: str, work: Callable[[], Coroutine[Any, Any, T]], *, peer: str) -> T:
+    """Run ``work`` under a spinner saying ``what``; returns its result.
+
+    A CocoonError, or an HTTP failure talking to ``peer`` (``"the proxy at URL"``), prints one clear line and
+    exits with code 2."""
+    with clear_errors(), map_http_errors(peer), console.status(what + "…"):
+        return asyncio.run(work())
+
+
+def serve(asgi: Any, host: str, port: int, log_level: str) -> None:
+    """Serve ``asgi`` with uvicorn until SIGINT/SIGTERM."""
+    config = uvicorn.Config(
+        asgi,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        ws="websockets-sansio",  # the legacy implementation costs the proxy ~2x CPU per worker frame
+        ws_ping_interval=None,
+        ws_max_size=2**26,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def ton(nanoton: int) -> str:
+    """``1500000000`` → ``1.5 TON`` (display only: amounts stay integers)."""
+    return f"{Decimal(nanoton) / TON:f} TON"
+
+
+def parse_ton(text: str) -> int:
+    """``"0.25"`` → ``250000000`` nanoton. Raises ConfigError unless ``text`` is a positive whole number of nanoton."""
+    try:
+        amount = Decimal(text) * TON
+    except InvalidOperation as exc:
+        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25") from exc
+    if not amount.is_finite():  # "nan" and "inf" parse as decimals, but are no amount
+        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25")
+    if amount <= 0 or amount != amount.to_integral_value():
+        raise ConfigError(f"{text!r} TON is not a positive whole number of nanoton")
+    return int(amount)
+
+
+def print_report(data: dict[str, Any], as_json: bool, title: str) -> None:
+    """``data`` as indented JSON, or as a two-column table whose amounts also show in TON."""
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                table.add_row(f"{key}[{i}]", "  ".join(f"{k}={v}" for k, v in item.items()))
+        else:
+            table.add_row(key, f"{value} ({ton(value)})" if key in AMOUNTS else str(value))
+    Console().print(table)

@@ -1,0 +1,24 @@
+"""The ``cocoon`` typer app: ``up`` and ``status`` at the top, then one group per role (``proxy``, ``worker``,
+``client``) and ``chain``, each defined in the module named after it."""
+
+from __future__ import annotations
+
+import typer
+
+from cocoon.cli.chain import chain_app
+from cocoon.cli.client import client_app
+from cocoon.cli.network import status, up
+from cocoon.cli.proxy import proxy_app
+from cocoon.cli.worker import worker_app
+
+app = typer.Typer(
+    name="cocoon",
+    help="cocoon: private LLM inference, sealed end to end, paid only for verified completions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command()(status)
+app.command()(up)
+for _name, _group in (("proxy", proxy_app), ("worker", worker_app), ("client", client_app), ("chain", chain_app)):
+    app.add_typer(_group, name=_name)

@@ -1,0 +1,98 @@
+"""``cocoon worker``: run a worker, ``cocoon worker earnings`` to see what the proxies owe it and
+``cocoon worker claim`` to claim that on chain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import typer
+
+from cocoon.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    RunConfigOpt,
+    clear_errors,
+    console,
+    load_settings,
+    print_report,
+    role_group,
+    role_runner,
+    run_with_spinner,
+    ton,
+)
+from cocoon.config import WorkerSettings
+from cocoon.logs import configure_logging
+
+worker_app = role_group("Run a worker, or see and claim its earnings.")
+
+
+@role_runner(worker_app, WorkerSettings)
+def worker(
+    ctx: typer.Context,
+    config: RunConfigOpt = None,
+    proxy_url: Annotated[list[str] | None, typer.Option("--proxy", help="proxy WebSocket URL (repeatable)")] = None,
+    slots: Annotated[int | None, typer.Option(help="jobs run at once")] = None,
+) -> None:
+    """Run a worker: load the engines, attest, dial out to the proxies and serve jobs (or: earnings, claim)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cocoon.worker import WorkerNode
+
+    settings = load_settings(WorkerSettings, config, proxies=proxy_url or None, slots=slots)
+    configure_logging(settings.log_level, "worker")
+
+    async def main() -> None:
+        node = WorkerNode(settings)
+        await node.start()
+        task = asyncio.create_task(node.serve())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):  # a signal cancels the node: that is how it stops
+            await task
+
+    with clear_errors():
+        _run_async(main())
+
+
+def _run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (it comes with uvicorn[standard] on Linux)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+@worker_app.command()
+def earnings(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """What each proxy owes this worker: vouchered, funded on chain, claimed."""
+    from cocoon.worker.earnings import earnings as fetch
+
+    settings = load_settings(WorkerSettings, config)
+    rows = run_with_spinner("asking the proxies", lambda: fetch(settings), peer="the worker's proxies")
+    data = [
+        {"proxy": e.proxy, "channel": e.channel, "vouchered": e.vouchered, "funded": e.funded, "claimed": e.claimed}
+        for e in rows
+    ]
+    print_report({"earnings": data}, as_json, "worker earnings")
+
+
+@worker_app.command()
+def claim(config: ConfigOpt = None) -> None:
+    """Claim the latest voucher of every proxy on chain, into the worker's payout wallet."""
+    from cocoon.worker.earnings import claim as claim_one
+    from cocoon.worker.earnings import earnings as fetch
+
+    settings = load_settings(WorkerSettings, config)
+
+    async def work() -> int:
+        return sum([await claim_one(settings, e) for e in await fetch(settings) if e.vouchered > e.claimed])
+
+    paid = run_with_spinner("claiming on chain", work, peer="the worker's proxies")
+    console.print(f"[green]✓[/] claimed {paid} nanoton ({ton(paid)})")
