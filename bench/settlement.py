@@ -43,9 +43,9 @@ from cocoon.engines import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.money import VoucherSubmission
 from cocoon.protocol.payload import SealedMessage, SealedParams
-from cocoon.proxy.billing import Billing
-from cocoon.proxy.chainlink import ChainLink
-from cocoon.proxy.ledger import Charge, ClientAccount
+from cocoon.proxy.money.billing import Billing
+from cocoon.proxy.money.chain_handle import ChainHandle as ChainLink
+from cocoon.proxy.money.ledger import Charge, ClientAccount
 from cocoon.proxy.store import Store, default_url
 
 console = Console()

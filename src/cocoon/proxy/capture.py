@@ -14,7 +14,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def wrap_capture(app: Callable[..., Awaitable[None]], capture_file: str | None) -> Any:
+    """Wrap ``app`` so every byte it receives and sends is appended to ``capture_file`` (audits, tests)."""
+    return WireCapture(app, capture_file) if capture_file else app
+
+
 class WireCapture:
+    """Appends each message's bytes as ``direction (< or >) + 4-byte length + payload``."""
+
     def __init__(self, app: Callable[[Message, Receive, Send], Awaitable[None]], path: str) -> None:
         self.app = app
         self._out = open(path, "ab", buffering=0)

@@ -1,9 +1,33 @@
-"""Relaying one job: pick a worker, wait for its first byte (failing over before it), then stream.
+"""Relaying one job from the client to a worker and the sealed stream back, through failures.
 
-The proxy moves sealed chunks it cannot read. If the worker dies after streaming began, the job resumes
-on the next candidate, which receives the sealed chunks emitted so far and continues after them; the client
-sees one stream. A hedged job starts on two workers (``hedge.race``). Each attempt's outcome goes to the
-``EvidenceLog`` (reputation, breaker). Every frame sent to the client is length-prefixed msgpack.
+The problem. A request is sealed to several workers; the proxy can read neither it nor the answer, and any
+worker may be slow, err, or vanish: before it sends its first byte, or in the middle of the stream. The client
+must see one stream, and pay exactly for work it could verify: each worker's signed receipt, nothing else.
+
+The naive answer: send the job to the best worker; if that fails, send it again to the next one.
+
+Why it fails. Before the first byte it is right, and is what this code does. After it, a fresh retry starts the
+answer over: the client has already shown half an answer to its user, would get a different one glued after
+it, and would pay for the prompt twice. Waiting on one worker for the first byte also makes a request as slow
+as its slowest candidate; racing two naively would make the client pay for two whole answers.
+
+What this code does:
+
+- Before the first byte (``first_frame``): candidates in rank order, each given ``first_byte_timeout``. A timeout,
+  a 5xx or a lost socket is evidence against that worker (``EvidenceLog``) and the next candidate is tried, if the
+  request allows fallbacks; a 4xx is the client's fault and ends the request. No receipt exists: nobody is paid.
+- After the first byte (``stream``): sealed chunks go to the client as they come, and the proxy keeps them. If the
+  worker is lost, stalls past ``chunk_timeout`` or errs, the next candidate gets the job with ``resume_from`` (every
+  chunk sent so far), continues after them, and the client reads a new start frame (``attempt`` n) and then the
+  continuation. The lost worker signed no receipt and is paid nothing; the one that finishes is paid its receipt
+  (it prefilled the earlier chunks as part of its prompt).
+- Hedged (``routing.hedge``): the job starts on the two best candidates (``hedge.race``); the first frame wins the
+  stream and the other is cancelled with reason ``hedge``. After the winner's receipt, the loser's receipt follows
+  behind a ``hedged_out`` start frame if it verifies and claims no completion tokens: the client pays the winner's
+  answer and the loser's prefill. A loser claiming completion tokens the client never got is paid nothing.
+
+Every receipt the client gets is given to the ``Cashier`` first (``on_receipt``), so its charge is stored before
+the client can pay it; the relay owns the request's ``Reservation`` and releases it when the job ends.
 """
 
 from __future__ import annotations
@@ -12,7 +36,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +56,11 @@ from cocoon.protocol import (
     frame,
     pack,
 )
-from cocoon.proxy.directory import WorkerEntry, WorkerLost
-from cocoon.proxy.evidence import EvidenceLog, outcome_of
-from cocoon.proxy.hedge import race
-from cocoon.proxy.reputation import Outcome
+from cocoon.proxy.money.cashier import Cashier, Reservation
+from cocoon.proxy.routing.directory import SendFailed, WorkerEntry, WorkerLost
+from cocoon.proxy.routing.evidence import EvidenceLog, outcome_of
+from cocoon.proxy.routing.hedge import race
+from cocoon.proxy.routing.reputation import Outcome
 
 log = logging.getLogger("cocoon.proxy")
 
@@ -44,6 +69,8 @@ Frame = dict[str, Any]
 
 @dataclass(slots=True)
 class Attempt:
+    """One dispatch of the job to one worker: its queue of frames and the sealed chunks it streamed."""
+
     worker: WorkerEntry
     job_id: str
     queue: asyncio.Queue[Frame | WorkerLost]
@@ -55,18 +82,27 @@ class Attempt:
 
 
 class JobRelay:
-    """Carries one ``JobRequest`` through its candidates until a receipt or a final error."""
+    """Carries one ``JobRequest`` through its candidates until a receipt or a final error.
+
+    ``reservation`` is what ``cashier.admit`` gave for this request; from here on the relay owns it: receipts are
+    charged against it and it is released when ``first_frame`` fails or ``stream`` ends.
+    """
 
     def __init__(
         self,
         request: JobRequest,
         candidates: list[WorkerEntry],
+        cashier: Cashier,
+        reservation: Reservation,
+        *,
         first_byte_timeout: float,
         chunk_timeout: float,
-        evidence: EvidenceLog | None = None,
         dispatch_timeout: float = 5.0,
+        evidence: EvidenceLog | None = None,
     ) -> None:
         self.request = request
+        self.cashier = cashier
+        self.reservation = reservation
         self.candidates = list(candidates)
         self.first_byte_timeout = min(first_byte_timeout, request.timeout)
         self.chunk_timeout = chunk_timeout
@@ -78,15 +114,20 @@ class JobRelay:
         self.finished = False  # the piece ``stream`` yields last has been produced (the response may end with it)
         self.receipts: list[JobEnd] = []
         self.last_error: CocoonError | None = None
-        # Billing's hook: called with (worker, receipt, proxy's verdict) before the receipt reaches the client,
-        # so the charge is stored before the client can pay for it.
-        self.on_receipt: Callable[[WorkerEntry, JobEnd, bool], Awaitable[None]] | None = None
 
     async def first_frame(self) -> tuple[Attempt, Frame]:
         """Dispatch to candidates in order until one answers with a chunk or a receipt.
 
-        Raises the last worker error (or ``NoCapacity``) when every candidate failed before its first byte.
+        Raises the last worker error (or ``NoCapacity``) when every candidate failed before its first byte; the
+        reservation is released then, as the job is over.
         """
+        try:
+            return await self._first_answer()
+        except BaseException:
+            self.cashier.release(self.reservation)
+            raise
+
+    async def _first_answer(self) -> tuple[Attempt, Frame]:
         while self.candidates:
             hedged = self.request.routing.hedge and not self.attempts and len(self.candidates) >= 2
             if hedged:
@@ -114,7 +155,7 @@ class JobRelay:
             "refresh the directory and retry"
         )
 
-    async def stream(self, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:
+    async def stream(self, attempt: Attempt, first: Frame) -> AsyncGenerator[bytes, None]:
         """The response stream: start frame, chunks, receipt; resumes on another worker if one dies.
 
         Frames that are already waiting go out in one write: a socket write per chunk is most of a relay's cost.
@@ -154,8 +195,7 @@ class JobRelay:
                     end = JobEnd.model_validate(current)
                     receipt_ok = self._receipt_ok(attempt, end)
                     self._finish(attempt, "ok" if receipt_ok else "bad_receipt", end)
-                    if self.on_receipt is not None:
-                        await self.on_receipt(attempt.worker, end, receipt_ok)
+                    await self.cashier.on_receipt(self.reservation, attempt.worker.register, end, receipt_ok)
                     self.receipts.append(end)
                     current["job_id"] = ""
                     out.append(frame(msgpack.packb(current, use_bin_type=True)))
@@ -171,6 +211,7 @@ class JobRelay:
                 if running.worker.jobs.pop(running.job_id, None) is not None:
                     running.worker.release()
                     await _send_quietly(running.worker, pack(Cancel(job_id=running.job_id, reason="closed")))
+            self.cashier.release(self.reservation)
 
     async def _dispatch(self, worker: WorkerEntry, resume: list[ResumeChunks]) -> Attempt:
         key = self.keys[worker.worker_id]
@@ -198,7 +239,7 @@ class JobRelay:
             async with asyncio.timeout(self.dispatch_timeout):
                 await worker.send(pack(job))
             attempt.sent = True
-        except Exception as exc:  # the socket died or stalled: treat as a lost worker, the loop fails over
+        except (SendFailed, TimeoutError) as exc:  # the socket died or stalled: a lost worker, the loop fails over
             attempt.queue.put_nowait(WorkerLost(f"send failed: {type(exc).__name__}"))
         return attempt
 
@@ -239,8 +280,7 @@ class JobRelay:
             honest = self._receipt_ok(loser, end) and end.receipt.completion_tokens == 0
             self._finish(loser, None if honest else "bad_receipt")
             if honest:
-                if self.on_receipt is not None:
-                    await self.on_receipt(loser.worker, end, True)
+                await self.cashier.on_receipt(self.reservation, loser.worker.register, end, True)
                 self.receipts.append(end)
                 start = JobStart(worker_id=loser.worker.worker_id, job_id=loser.job_id, hedged_out=True)
                 yield frame(pack(start))
@@ -314,5 +354,5 @@ def _error_frame(exc: CocoonError) -> JobError:
 async def _send_quietly(worker: WorkerEntry, data: bytes) -> None:
     try:
         await worker.send(data)
-    except Exception:  # the worker is gone already; nothing is left to cancel
+    except SendFailed:  # the worker is gone already; nothing is left to cancel
         log.debug("cancel not delivered worker=%s", worker.worker_id)

@@ -1,7 +1,7 @@
 """The proxy's durable store: SQLAlchemy 2 async over SQLite (default) or PostgreSQL.
 
-Modules declare their tables on ``Base``; ``Store.start()`` creates whatever is missing. Money tables live in
-``cocoon.proxy.ledger``; other modules (reputation) add their own.
+Modules declare their tables on ``Base``; ``Store.start()`` creates whatever is missing. Money's tables live in
+``cocoon.proxy.money.ledger``, reputation's in ``cocoon.proxy.routing.reputation_store``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cocoon.errors import ConfigError
-from cocoon.proxy.ledger import PAID, ChainOperation, Charge, ClientAccount, VoucherRecord, WorkerAccount, as_utc
+from cocoon.proxy.money.ledger import PAID, ChainOperation, Charge, ClientAccount, VoucherRecord, WorkerAccount, as_utc
 from cocoon.proxy.store import Store, default_url
 
 

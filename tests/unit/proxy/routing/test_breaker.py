@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cocoon.proxy.breaker import Breakers
+from cocoon.proxy.routing.breaker import Breakers
 
 
 class Clock:

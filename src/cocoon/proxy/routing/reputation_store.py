@@ -13,7 +13,7 @@ from sqlalchemy import Float, Integer, String, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from cocoon.proxy.reputation import Evidence, ReputationBook
+from cocoon.proxy.routing.reputation import Evidence, ReputationBook
 from cocoon.proxy.store import Base, Store
 
 log = logging.getLogger("cocoon.proxy")

@@ -1,4 +1,4 @@
-"""The proxy's handle on the chain: toncenter client, its wallet (the proxy key), the registry and its params.
+"""The proxy's handle on the chain: toncenter client, its wallet (the proxy key), the registry, its params and prices.
 
 Worker payout channels are derived here (payer = the proxy's wallet), and every on-chain operation the
 proxy sends is recorded, so ``/v1/books`` can show how few there are.
@@ -6,30 +6,37 @@ proxy sends is recorded, so ``/v1/books`` can show how few there are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
 
-from cocoon.chain.address import raw_address
 from cocoon.chain import Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain.address import raw_address
+from cocoon.chain.pricing import PriceBook
 from cocoon.config import ProxySettings
 from cocoon.crypto import SigningKey
 from cocoon.errors import ChainError, ConfigError
-from cocoon.proxy.ledger import ChainOperation
+from cocoon.proxy.money.ledger import ChainOperation
 from cocoon.proxy.store import Store
 
 
 @dataclass(slots=True)
-class ChainLink:
+class ChainHandle:
+    """Everything money reads from or sends to the chain, and the store it records operations in."""
+
     toncenter: ToncenterClient
     wallet: Wallet
     registry: Registry
     params: RegistryParams
     store: Store
+    prices: PriceBook = field(init=False)  # the registry's prices, cached: one book per proxy
+
+    def __post_init__(self) -> None:
+        self.prices = PriceBook(self.registry)
 
     @classmethod
-    async def connect(cls, settings: ProxySettings, key: SigningKey, store: Store) -> ChainLink:
+    async def connect(cls, settings: ProxySettings, key: SigningKey, store: Store) -> ChainHandle:
         """Open the chain named in ``settings``; ConfigError when the registry cannot be read."""
         assert settings.chain_url is not None
         if not settings.registry:

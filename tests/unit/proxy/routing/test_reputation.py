@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cocoon.proxy.reputation import FLOOR, ReputationBook
+from cocoon.proxy.routing.reputation import FLOOR, ReputationBook
 
 
 class Clock:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from cocoon.errors import CocoonError, NoCapacity, UpstreamTimeout, WorkerGone
 from cocoon.protocol import Receipt
-from cocoon.proxy.directory import WorkerEntry
-from cocoon.proxy.reputation import Outcome
-from cocoon.proxy.router import RoutingBook
+from cocoon.proxy.routing.directory import WorkerEntry
+from cocoon.proxy.routing.rank import RoutingBook
+from cocoon.proxy.routing.reputation import Outcome
 
 LATE_SLACK_S = 0.5  # first tokens within 2 × promise + queue + this are on time
 
@@ -27,6 +27,8 @@ def outcome_of(exc: CocoonError) -> Outcome | None:
 
 
 class EvidenceLog:
+    """The one writer of evidence: the relay reports each attempt here, and it updates the routing book."""
+
     def __init__(self, book: RoutingBook) -> None:
         self.book = book
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cocoon.protocol import JobRequest
-from cocoon.proxy.affinity import PrefixAffinity
-from cocoon.proxy.breaker import Breakers
-from cocoon.proxy.directory import WorkerEntry
-from cocoon.proxy.reputation import ReputationBook
+from cocoon.proxy.routing.affinity import PrefixAffinity
+from cocoon.proxy.routing.breaker import Breakers
+from cocoon.proxy.routing.directory import WorkerEntry
+from cocoon.proxy.routing.reputation import ReputationBook
 
 DEFAULT_PREFILL_TOKENS_PER_S = 2000.0
 # A worker on probation must look four times better to win; one whose breaker is open is a last resort

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from cocoon.chain import ClientChannel
 from cocoon.config import ProxySettings
 from cocoon.errors import ChainError, TransactionFailed, UpstreamTimeout
-from cocoon.proxy.chainlink import ChainLink
-from cocoon.proxy.ledger import ClientAccount, WorkerAccount, as_utc
+from cocoon.proxy.money.chain_handle import ChainHandle
+from cocoon.proxy.money.ledger import ClientAccount, WorkerAccount, as_utc
 
 log = logging.getLogger("cocoon.proxy.settlement")
 WATCH_INTERVAL_S = 60.0  # how often unsettled client channels are read back for a close started on chain
@@ -44,9 +44,11 @@ class SettleReport:
 
 
 class Settlement:
-    def __init__(self, settings: ProxySettings, link: ChainLink) -> None:
+    """Batches the vouchers the proxy holds into claims and fundings on chain; one per paid proxy."""
+
+    def __init__(self, settings: ProxySettings, chain: ChainHandle) -> None:
         self.settings = settings
-        self.link = link
+        self.chain = chain
         self._lock = asyncio.Lock()
         self._watched_at = 0.0
 
@@ -70,7 +72,7 @@ class Settlement:
         """Claim due client vouchers, then fund due worker channels (claims pay for the funding)."""
         report = SettleReport()
         async with self._lock:
-            async with self.link.store.session() as session:
+            async with self.chain.store.session() as session:
                 clients = (await session.scalars(select(ClientAccount))).all()
                 workers = (await session.scalars(select(WorkerAccount))).all()
             # A client may start a close on chain at any time; claim before its delay runs out.
@@ -93,16 +95,16 @@ class Settlement:
 
     async def _closing(self, channel: str) -> bool:
         try:
-            state = await ClientChannel(self.link.toncenter, Address(channel)).get_channel()
+            state = await ClientChannel(self.chain.toncenter, Address(channel)).get_channel()
         except ChainError:
             return False
         return bool(state.close_at or state.closed)
 
     async def _claim(self, channel: str, report: SettleReport) -> None:
-        async with self.link.store.session() as session:
+        async with self.chain.store.session() as session:
             account = await session.get(ClientAccount, channel)
             assert account is not None
-            contract = ClientChannel(self.link.toncenter, Address(channel))
+            contract = ClientChannel(self.chain.toncenter, Address(channel))
             current = await contract.get_channel()  # read first: get-methods cost nothing
             before, sent = current.claimed, False
             if account.vouchered > current.deposit:
@@ -110,10 +112,10 @@ class Settlement:
                 return
             if before < account.vouchered:
                 try:
-                    await contract.claim(self.link.wallet, account.vouchered, account.voucher_signature)
+                    await contract.claim(self.chain.wallet, account.vouchered, account.voucher_signature)
                 except TransactionFailed as exc:
                     report.failed[channel] = exc.message
-                    await self.link.record("claim", channel, 0, ok=False, detail=exc.message)
+                    await self.chain.record("claim", channel, 0, ok=False, detail=exc.message)
                     return
                 current, sent = await contract.get_channel(), True
             account.claimed, account.deposit = current.claimed, current.deposit
@@ -123,40 +125,40 @@ class Settlement:
             await session.commit()
         if sent:  # else a crash came between the claim and its record: the chain has it already
             report.claimed[channel] = account.claimed - before
-            await self.link.record("claim", channel, account.claimed - before)
+            await self.chain.record("claim", channel, account.claimed - before)
 
     async def _fund(self, channel: str, report: SettleReport) -> None:
-        async with self.link.store.session() as session:
+        async with self.chain.store.session() as session:
             worker = await session.get(WorkerAccount, channel)
             assert worker is not None
-            contract = self.link.worker_contract(worker.payout)
+            contract = self.chain.worker_contract(worker.payout)
             # The chain's deposit is what was funded (a crash after a top-up cannot make us fund twice).
-            deployed = (await self.link.toncenter.get_address_information(contract.address)).active
+            deployed = (await self.chain.toncenter.get_address_information(contract.address)).active
             funded = (await contract.get_channel()).deposit if deployed else 0
             amount = worker.vouchered - funded
             if amount > 0:
                 try:
                     if deployed:
-                        await contract.top_up(self.link.wallet, amount)
+                        await contract.top_up(self.chain.wallet, amount)
                     else:
-                        await contract.deploy(self.link.wallet, amount)
+                        await contract.deploy(self.chain.wallet, amount)
                 except (TransactionFailed, ChainError) as exc:
                     report.failed[channel] = str(exc)
-                    await self.link.record("fund", channel, 0, ok=False, detail=str(exc))
+                    await self.chain.record("fund", channel, 0, ok=False, detail=str(exc))
                     return
             worker.funded = funded + max(amount, 0)
             worker.vouchered_at = None
             await session.commit()
         if amount > 0:
             report.funded[channel] = amount
-            await self.link.record("fund", channel, amount)
+            await self.chain.record("fund", channel, amount)
 
     async def _refresh_worker_claims(self) -> None:
         """What workers have claimed is their business; read it back for the books (get-methods are free)."""
-        async with self.link.store.session() as session:
+        async with self.chain.store.session() as session:
             for worker in (await session.scalars(select(WorkerAccount).where(WorkerAccount.funded > 0))).all():
                 try:
-                    state = await self.link.worker_contract(worker.payout).get_channel()
+                    state = await self.chain.worker_contract(worker.payout).get_channel()
                 except ChainError:
                     continue
                 worker.claimed = state.claimed

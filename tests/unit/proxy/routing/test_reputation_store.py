@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cocoon.proxy import reputation_store
-from cocoon.proxy.reputation import ReputationBook
+from cocoon.proxy.routing import reputation_store
+from cocoon.proxy.routing.reputation import ReputationBook
 from cocoon.proxy.store import Store
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from cocoon.chain.address import address_text
 from cocoon.errors import NotFound
-from cocoon.proxy.chainlink import ChainLink
-from cocoon.proxy.ledger import PAID, Charge, ClientAccount, WorkerAccount
+from cocoon.proxy.money.chain_handle import ChainHandle
+from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount, WorkerAccount
 
 
 def account_json(account: ClientAccount, reserved: int) -> dict[str, object]:
@@ -40,9 +40,9 @@ def worker_json(worker: WorkerAccount) -> dict[str, object]:
     }
 
 
-async def channel_json(link: ChainLink, channel: str, reserved: Callable[[str], int]) -> dict[str, object]:
+async def channel_json(chain: ChainHandle, channel: str, reserved: Callable[[str], int]) -> dict[str, object]:
     """One client or worker channel (``channel`` in raw form); NotFound when the proxy never used it."""
-    async with link.store.session() as session:
+    async with chain.store.session() as session:
         account = await session.get(ClientAccount, channel)
         if account is not None:
             return account_json(account, reserved(channel))
@@ -52,20 +52,20 @@ async def channel_json(link: ChainLink, channel: str, reserved: Callable[[str], 
     return worker_json(worker)
 
 
-async def books_json(link: ChainLink, reserved: Callable[[str], int]) -> dict[str, object]:
-    async with link.store.session() as session:
+async def books_json(chain: ChainHandle, reserved: Callable[[str], int]) -> dict[str, object]:
+    async with chain.store.session() as session:
         clients = (await session.scalars(select(ClientAccount).order_by(ClientAccount.channel))).all()
         workers = (await session.scalars(select(WorkerAccount).order_by(WorkerAccount.channel))).all()
         fees = await session.scalar(select(func.coalesce(func.sum(Charge.fee), 0)).where(Charge.status == PAID))
         counts = dict((await session.execute(select(Charge.status, func.count()).group_by(Charge.status))).all())
     return {
-        "proxy_wallet": address_text(link.wallet.address),
-        "proxy_fee_bps": link.params.proxy_fee_bps,
+        "proxy_wallet": address_text(chain.wallet.address),
+        "proxy_fee_bps": chain.params.proxy_fee_bps,
         "clients": [account_json(c, reserved(c.channel)) for c in clients],
         "workers": [worker_json(w) for w in workers],
         "proxy_fees": int(fees or 0),
         "client_debits": sum(c.vouchered for c in clients),
         "worker_credits": sum(w.vouchered for w in workers),
         "receipts": {status: int(n) for status, n in counts.items()},
-        "onchain_operations": await link.operations(),
+        "onchain_operations": await chain.operations(),
     }

@@ -7,11 +7,11 @@ import pytest
 from cocoon.attestation import VerifiedWorker
 from cocoon.protocol import JobRequest, ModelOffer, Register, RoutingPrefs, WrappedKeyWire
 from cocoon.protocol.messages import PREFIX_BLOCK_TOKENS
-from cocoon.proxy.affinity import PrefixAffinity
-from cocoon.proxy.breaker import Breakers
-from cocoon.proxy.directory import WorkerEntry
-from cocoon.proxy.reputation import ReputationBook
-from cocoon.proxy.router import RoutingBook, rank, score
+from cocoon.proxy.routing.affinity import PrefixAffinity
+from cocoon.proxy.routing.breaker import Breakers
+from cocoon.proxy.routing.directory import WorkerEntry
+from cocoon.proxy.routing.rank import RoutingBook, rank, score
+from cocoon.proxy.routing.reputation import ReputationBook
 
 
 async def _send(data: bytes) -> None:

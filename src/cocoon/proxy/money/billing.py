@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Histogram
@@ -18,16 +18,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain import ChannelRole, ClientChannel, sign_voucher, verify_voucher
-from cocoon.chain.pricing import PriceBook, Prices, cost_of, max_cost, split
-from cocoon.chain.address import address_text, raw_address
+from cocoon.chain.address import raw_address
+from cocoon.chain.pricing import Prices, cost_of, max_cost, split
 from cocoon.crypto import verify_signature
 from cocoon.errors import BadRequest, ChainError, ModelNotFound, NotFound, PaymentRequired, Unauthorized
-from cocoon.protocol import JobEnd, JobRequest, pack
+from cocoon.protocol import JobEnd, JobRequest, Register, pack
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission, payer_message, rejection_message
-from cocoon.proxy.books import account_json
-from cocoon.proxy.chainlink import ChainLink
-from cocoon.proxy.directory import WorkerEntry
-from cocoon.proxy.ledger import (
+from cocoon.proxy.money.cashier import Reservation
+from cocoon.proxy.money.chain_handle import ChainHandle
+from cocoon.proxy.money.ledger import (
     INVALID,
     OWED,
     PAID,
@@ -38,6 +37,7 @@ from cocoon.proxy.ledger import (
     WorkerAccount,
     as_utc,
 )
+from cocoon.proxy.money.statements import account_json
 from cocoon.proxy.store import Store
 
 log = logging.getLogger("cocoon.proxy.billing")
@@ -46,35 +46,25 @@ VOUCHER_SECONDS = Histogram("cocoon_proxy_voucher_seconds", "time to verify, sto
 DEPOSIT_RECHECK_S = 1.0
 
 
-@dataclass(eq=False, slots=True)
-class Reservation:
-    """What one admitted request holds against its channel until it ends (or, if its end is lost, expires)."""
-
-    channel: str
-    amount: int
-    expires: float
-    receipts: list[str] = field(default_factory=list)
-
-
 class Billing:
     """Reservations in memory, everything that moves money in the store, committed before it is acknowledged."""
 
-    def __init__(self, store: Store, link: ChainLink, *, unpaid_grace_s: float) -> None:
+    def __init__(self, store: Store, chain: ChainHandle, *, unpaid_grace_s: float) -> None:
         self.store = store
-        self.link = link
+        self.chain = chain
         self.unpaid_grace_s = unpaid_grace_s
         self._reservations: dict[str, set[Reservation]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.price_book = PriceBook(link.registry)
 
     def lock(self, channel: str) -> asyncio.Lock:
+        """This proxy's lock on ``channel``: one admission or money movement on it at a time."""
         return self._locks.setdefault(channel, asyncio.Lock())
 
     async def prices(self, model: str) -> Prices:
         """The registry's prices for ``model`` (cached for 30 s); ModelNotFound when it has none."""
-        return await self.price_book.prices(model)
+        return await self.chain.prices.prices(model)
 
-    async def admit(self, job: JobRequest, candidates: list[WorkerEntry]) -> Reservation:
+    async def admit(self, job: JobRequest, candidates: Sequence[Register]) -> Reservation:
         """Check who pays and reserve the request's maximum cost; PaymentRequired says how to fix a refusal."""
         if job.payer is None:
             raise PaymentRequired(
@@ -83,7 +73,7 @@ class Billing:
             )
         channel = raw_address(job.payer.channel)
         prices = await self.prices(job.model)
-        coefficient = max(w.register.price_coefficient for w in candidates)
+        coefficient = max(w.price_coefficient for w in candidates)
         # The sealed request bounds its own prompt: a token is at least one byte of plaintext.
         amount = max_cost(len(job.ciphertext), job.max_tokens, prices, coefficient)
         async with self.lock(channel):
@@ -119,28 +109,29 @@ class Billing:
         return sum(r.amount for r in held)
 
     def release(self, reservation: Reservation) -> None:
+        """Give back what ``reservation`` held; idempotent."""
         held = self._reservations.get(reservation.channel)
         if held is not None:
             held.discard(reservation)
             if not held:
                 del self._reservations[reservation.channel]
 
-    async def on_receipt(self, reservation: Reservation, worker: WorkerEntry, end: JobEnd, valid: bool) -> None:
+    async def on_receipt(self, reservation: Reservation, worker: Register, end: JobEnd, valid: bool) -> None:
         """Store the receipt and its charge (owed by the client) before the client sees the receipt."""
         r = end.receipt
         try:
             prices = await self.prices(r.model)
         except ModelNotFound:  # a receipt for a model nobody priced cannot be charged
             prices, valid = Prices(0, 0, 0), False
-        coefficient = worker.register.price_coefficient
+        coefficient = worker.price_coefficient
         cost = cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficient)
-        share, fee = split(cost.total, self.link.params.proxy_fee_bps)
-        payout = raw_address(worker.register.payout_address)
+        share, fee = split(cost.total, self.chain.params.proxy_fee_bps)
+        payout = raw_address(worker.payout_address)
         charge = Charge(
             receipt_id=r.receipt_id,
             request_id=r.request_id,
             client_channel=reservation.channel,
-            worker_channel=self.link.worker_channel(payout),
+            worker_channel=self.chain.worker_channel(payout),
             worker_payout=payout,
             worker_id=worker.worker_id,
             model=r.model,
@@ -246,13 +237,13 @@ class Billing:
     async def _refresh_deposit(self, channel: str) -> ClientAccount:
         """Read the channel from the chain (first use, or a top-up the proxy has not seen yet)."""
         try:
-            state = await ClientChannel(self.link.toncenter, Address(channel)).get_channel()
+            state = await ClientChannel(self.chain.toncenter, Address(channel)).get_channel()
         except ChainError as exc:
             raise PaymentRequired(
                 f"cannot read a client channel at {channel} on chain ({exc.message}); "
                 "if it does not exist yet, open one with `cocoon client deposit`"
             ) from exc
-        if state.role != ChannelRole.CLIENT or state.payee != self.link.wallet.address:
+        if state.role != ChannelRole.CLIENT or state.payee != self.chain.wallet.address:
             raise PaymentRequired(f"channel {channel} does not pay this proxy; open one with `cocoon client deposit`")
         async with self.store.writing(), self.store.session() as session:
             await session.execute(
@@ -295,7 +286,7 @@ class Billing:
         account = await session.get(WorkerAccount, worker_channel, with_for_update=True)
         assert account is not None
         account.vouchered += share
-        account.voucher_signature = sign_voucher(self.link.wallet.seed, worker_channel, account.vouchered)
+        account.voucher_signature = sign_voucher(self.chain.wallet.seed, worker_channel, account.vouchered)
         account.vouchered_at = account.vouchered_at or now
         session.add(
             VoucherRecord(

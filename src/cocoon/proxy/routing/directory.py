@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cocoon.attestation import VerifiedWorker
-from cocoon.protocol import Heartbeat, Register
+from cocoon.protocol import Heartbeat, JobRequest, Register
 
 Sender = Callable[[bytes], Awaitable[None]]
+"""Writes one frame to the worker's socket; raises ``SendFailed`` (and only that) when the socket is gone."""
+
+
+class SendFailed(Exception):
+    """A frame could not be written to a worker: its socket is closed or broken."""
 
 
 class WorkerLost:
@@ -29,6 +34,8 @@ class WorkerLost:
 
 @dataclass(slots=True)
 class WorkerEntry:
+    """One connected worker: its registration, attested keys, the load it last reported, the proxy's own counts."""
+
     worker_id: str
     register: Register
     verified: VerifiedWorker
@@ -71,6 +78,8 @@ class WorkerEntry:
 
 
 class Directory:
+    """The connected, attested workers by id."""
+
     def __init__(self) -> None:
         self.workers: dict[str, WorkerEntry] = {}
 
@@ -86,6 +95,11 @@ class Directory:
         entry.gone = True
         for queue in entry.jobs.values():
             queue.put_nowait(WorkerLost(reason))
+
+    def sealed_to(self, request: JobRequest) -> list[WorkerEntry]:
+        """The connected workers among those ``request`` was sealed to that serve its model, in the client's order."""
+        found = (self.workers.get(k.worker_id) for k in request.keys)
+        return [w for w in found if w is not None and w.serves(request.model)]
 
     def serving(self, model: str) -> list[WorkerEntry]:
         return [w for w in self.workers.values() if w.serves(model)]

@@ -15,9 +15,9 @@ from cocoon.chain import Wallet, sign_voucher, verify_voucher
 from cocoon.errors import BadRequest
 from cocoon.protocol import JobRequest, WrappedKeyWire, pack, unpack_as
 from cocoon.protocol.money import VoucherSubmission
-from cocoon.proxy.billing import Billing
-from cocoon.proxy.chainlink import ChainLink
-from cocoon.proxy.ledger import OWED, PAID, Charge, ClientAccount, WorkerAccount
+from cocoon.proxy.money.billing import Billing
+from cocoon.proxy.money.chain_handle import ChainHandle
+from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, WorkerAccount
 from cocoon.proxy.store import Store
 
 WORKERS = ("0:" + "a" * 64, "0:" + "b" * 64)
@@ -37,7 +37,7 @@ async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exact
     store = Store(store_url)
     await store.start()
     proxy = Wallet(bytes(range(32)))
-    billing = Billing(store, cast(ChainLink, SimpleNamespace(wallet=proxy, registry=None)), unpaid_grace_s=60)
+    billing = Billing(store, cast(ChainHandle, SimpleNamespace(wallet=proxy)), unpaid_grace_s=60)
     payers = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(8)]
     submissions, shares = [], dict.fromkeys(WORKERS, 0)
     async with store.session() as session:

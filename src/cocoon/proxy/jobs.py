@@ -1,0 +1,85 @@
+"""The client API: ``POST /v1/jobs`` (msgpack ``JobRequest`` in, length-prefixed msgpack frames out), and the
+directory clients seal to, ``GET /v1/directory`` and ``GET /v1/models``. Handlers read ``app.state.proxy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cocoon.errors import CocoonError, NoCapacity
+from cocoon.protocol import JobRequest, unpack_as
+from cocoon.protocol.http import read_body
+from cocoon.proxy.metrics import FAILOVERS, JOBS
+from cocoon.proxy.relay import Attempt, Frame, JobRelay
+from cocoon.proxy.routing.rank import rank
+from cocoon.proxy.routing.views import directory_json, models_json
+from cocoon.proxy.state import ProxyState
+from cocoon.proxy.stream_response import FrameStreamResponse
+
+FRAMES = "application/x-cocoon-frames"
+
+
+async def directory(request: Request) -> JSONResponse:
+    state: ProxyState = request.app.state.proxy
+    model = request.query_params.get("model")
+    return JSONResponse(directory_json(state.directory, state.routing, state.proxy_id, model))
+
+
+async def models(request: Request) -> JSONResponse:
+    state: ProxyState = request.app.state.proxy
+    data = models_json(state.directory)
+    serving = {name: [w.register for w in workers] for name, workers in state.directory.models().items()}
+    await state.cashier.annotate_models(data, serving)
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def jobs(request: Request) -> Response:
+    """Route one sealed request: rank the workers it was sealed to, admit it with the cashier, relay it.
+
+    Errors before the first frame (400, 402, 413, 503, a worker's own) are OpenAI JSON; after it they are frames.
+    """
+    state: ProxyState = request.app.state.proxy
+    settings = state.settings
+    job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
+    candidates = rank(state.directory.sealed_to(job), job, state.routing)
+    if not candidates:
+        serving = len(state.directory.serving(job.model))
+        JOBS.labels(job.model, "no_capacity").inc()
+        raise NoCapacity(
+            f"none of the {len(job.keys)} workers this request was sealed to can take it "
+            f"({serving} connected workers serve {job.model!r}); refresh the directory and retry"
+        )
+    reservation = await state.cashier.admit(job, [w.register for w in candidates])
+    relay = JobRelay(
+        job,
+        candidates,
+        state.cashier,
+        reservation,
+        first_byte_timeout=settings.first_byte_timeout,
+        chunk_timeout=settings.chunk_timeout,
+        dispatch_timeout=settings.dispatch_timeout,
+        evidence=state.evidence,
+    )
+    try:
+        attempt, first = await relay.first_frame()
+    except CocoonError as exc:
+        JOBS.labels(job.model, exc.code).inc()
+        raise
+    state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
+    if len(relay.attempts) > 1:
+        FAILOVERS.inc(len(relay.attempts) - 1)
+    return FrameStreamResponse(_counted(relay, attempt, first), lambda: relay.finished, FRAMES)
+
+
+async def _counted(relay: JobRelay, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:
+    """The relay's stream, counted in ``cocoon_proxy_jobs_total`` by how it ended."""
+    outcome = "cancelled"
+    try:
+        async for chunk in relay.stream(attempt, first):
+            yield chunk
+        outcome = "ok" if relay.receipts else "error"
+    finally:
+        JOBS.labels(relay.request.model, outcome).inc()
