@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from cocoon.config import ProxySettings
-from cocoon.errors import CocoonError
+from cocoon.errors import CocoonError, NotFound
 from cocoon.proxy import jobs, metrics
 from cocoon.proxy.money.paid import open_cashier
 from cocoon.proxy.money.routes import ROUTES as MONEY_ROUTES
@@ -40,7 +40,8 @@ ROUTES = [
 
 def create_app(settings: ProxySettings) -> Starlette:
     """A proxy for ``settings``; its state is at ``app.state.proxy``, started and stopped by the lifespan."""
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={CocoonError: cocoon_error})
+    handlers = {CocoonError: cocoon_error, 404: not_found, 405: not_found}
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=handlers)
     app.state.proxy = ProxyState(settings)
     return app
 
@@ -69,3 +70,8 @@ async def cocoon_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CocoonError)  # registered for CocoonError only
     return JSONResponse(exc.to_openai(), status_code=exc.status)
 
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """An unknown route (404) or method (405), in the OpenAI shape of ``NotFound``."""
+    error = NotFound(f"{request.method} {request.url.path} is not an endpoint of this proxy")
+    return JSONResponse(error.to_openai(), status_code=getattr(exc, "status_code", 404))
