@@ -28,6 +28,7 @@ from cocoon.client.openai_schema import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatCompletionUsageChunk,
     ChatDelta,
     CompletionRequest,
     CompletionTokensDetails,
@@ -41,6 +42,7 @@ from cocoon.client.openai_schema import (
     SamplingFields,
     TextChoice,
     TextCompletion,
+    TextCompletionChunk,
     Usage,
 )
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
@@ -226,17 +228,18 @@ class _Reply:
 
     def chunk(
         self, text: str | None, finish_reason: str | None, first: bool = False
-    ) -> ChatCompletionChunk | TextCompletion:
+    ) -> ChatCompletionChunk | TextCompletionChunk:
         if self.kind == "chat":
             delta = ChatDelta(role="assistant" if first else None, content=text)
             choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason)
             return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
         text_choice = TextChoice(text=text or "", finish_reason=finish_reason)
-        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=[text_choice])
+        return TextCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[text_choice])
 
-    def usage_chunk(self, final: Completion) -> ChatCompletionChunk | TextCompletion:
-        kind = ChatCompletionChunk if self.kind == "chat" else TextCompletion
-        return kind(id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(final))
+    def usage_chunk(self, final: Completion) -> ChatCompletionUsageChunk | TextCompletion:
+        if self.kind == "chat":
+            return ChatCompletionUsageChunk(id=self.id, created=self.created, model=self.model, usage=_usage(final))
+        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(final))
 
 
 def _usage(final: Completion) -> Usage:

@@ -219,7 +219,7 @@ class ChatChoice(BaseModel):
     finish_reason: str
 
 
-class ChatCompletion(ResponseObject):
+class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -244,17 +244,22 @@ class ChatChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(ResponseObject):
-    """One server-sent event of a chat stream; the last (with ``include_usage``) has no choices, only usage."""
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a chat stream."""
 
-    absent_when_none = frozenset({"usage"})
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
+
+
+class ChatCompletionUsageChunk(ChatCompletionChunk):
+    """The last event of a chat stream asked to ``include_usage``: no choices, only usage."""
+
+    choices: list[ChatChunkChoice] = Field(default_factory=list)
+    usage: Usage
 
 
 class TextChoice(BaseModel):
@@ -264,17 +269,21 @@ class TextChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class TextCompletion(ResponseObject):
-    """A text completion, whole or as one event of its stream (the stream's last may carry only usage)."""
+class TextCompletionChunk(BaseModel):
+    """One server-sent event of a text completion stream."""
 
-    absent_when_none = frozenset({"usage"})
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str | None = None
     choices: list[TextChoice]
-    usage: Usage | None = None
+
+
+class TextCompletion(TextCompletionChunk):
+    """A whole text completion (or the last event of a stream asked to ``include_usage``, with no choices)."""
+
+    usage: Usage
 
 
 class Embedding(BaseModel):
