@@ -1,8 +1,7 @@
 """Salted prefix hashes for cache affinity, computed by the client and sent in clear beside the seal.
 
-Block i's hash covers the whole prompt up to the end of block i (a chain), keyed by a salt that never leaves
-this client: the proxy can tell two requests of this client share a prefix, never what it is, and cannot
-link equal prompts of two clients.
+Each block's hash chains the prompt up to its end under a salt that never leaves this client: the proxy can
+tell two of its requests share a prefix, never what it is, and cannot link equal prompts of two clients.
 """
 
 from __future__ import annotations
