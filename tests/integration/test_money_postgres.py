@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from cocoon.chain import ClientChannel, WorkerChannel
-from cocoon.proxy.ledger import PAID, Charge, ClientAccount
+from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount
 from cocoon.proxy.store import Store
 from tests.helpers.money import books, mixed_requests, on_chain, settle, start_paid_network
 
