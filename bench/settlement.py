@@ -44,7 +44,7 @@ from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.money import VoucherSubmission
 from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.proxy.money.billing import Billing
-from cocoon.proxy.money.chain_handle import ChainHandle as ChainLink
+from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import Charge, ClientAccount
 from cocoon.proxy.store import Store, default_url
 
@@ -168,7 +168,7 @@ async def voucher_path_rate(net: LocalNetwork, samples: int, channels: int) -> f
         async with ToncenterClient(net.chain.url) as chain:
             wallet = Wallet.generate()
             registry = Registry(chain, Address(net.chain.registry))
-            link = ChainLink(chain, wallet, registry, await registry.get_params(), store)
+            link = ChainHandle(chain, wallet, registry, await registry.get_params(), store)
             billing = Billing(store, link, unpaid_grace_s=10)
             keys = [SigningKey.generate() for _ in range(channels)]
             names = [f"0:{i:064x}" for i in range(channels)]
