@@ -147,7 +147,7 @@ class CocoonClient:
         routing: RoutingPrefs | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Event]:
-        """Run one request through the network; see the module docstring for the events.
+        """Run one request through the network; see the class docstring for the events.
 
         A failure before the first event (every candidate gone since the directory was fetched) is retried
         once, sealed anew to freshly fetched workers: apps do not see a worker that left a moment ago.
@@ -180,28 +180,11 @@ class CocoonClient:
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
         workers = await self.pick(kind, model, routing)
-        salt = random_salt()
         payload = RequestPayload(
-            kind=kind, model=model, salt=salt, messages=messages, prompt=prompt, input=inputs, params=params
+            kind=kind, model=model, salt=random_salt(), messages=messages, prompt=prompt, input=inputs, params=params
         )
-        plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
-        request_id = "req-" + uuid.uuid4().hex
-        sealed, content_key = seal_request(request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers})
-        payer = await self.payer.auth(request_id) if self.payer is not None else None
-        job = JobRequest(
-            request_id=request_id,
-            model=model,
-            kind=kind,
-            max_tokens=params.max_tokens,
-            prompt_tokens=_estimate_tokens(payload),
-            keys=[WrappedKeyWire(worker_id=k.worker_id, enc=k.enc, wrapped=k.wrapped) for k in sealed.keys],
-            ciphertext=sealed.ciphertext,
-            routing=routing,
-            prefix_hashes=[] if kind == "embedding" else prefix_hashes(self.prefix_salt, model, prompt_text(payload)),
-            timeout=timeout,
-            payer=payer,
-        )
-        exchange = Exchange(request_id, model, plaintext, salt, content_key, {w.worker_id: w for w in workers})
+        job, exchange = await self._seal(payload, workers, routing, timeout)
+        request_id = job.request_id
         answer = ResponseStream(exchange)
         coefficients = {w.worker_id: w.price_coefficient for w in workers}
         peer = f"the proxy at {self._http.base_url} (request {request_id}, timeout {timeout:g}s)"
@@ -239,6 +222,32 @@ class CocoonClient:
             receipts=result.receipts,
             cost=cost,
         )
+
+    async def _seal(
+        self, payload: RequestPayload, workers: list[AttestedWorker], routing: RoutingPrefs, timeout: float
+    ) -> tuple[JobRequest, Exchange]:
+        """The job to post, sealed to ``workers``, and the exchange its answer will be checked against."""
+        plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
+        request_id = "req-" + uuid.uuid4().hex
+        sealed, content_key = seal_request(request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers})
+        payer = await self.payer.auth(request_id) if self.payer is not None else None
+        text = prompt_text(payload)
+        affinity = [] if payload.kind == "embedding" else prefix_hashes(self.prefix_salt, payload.model, text)
+        job = JobRequest(
+            request_id=request_id,
+            model=payload.model,
+            kind=payload.kind,
+            max_tokens=payload.params.max_tokens,
+            prompt_tokens=_estimate_tokens(payload),
+            keys=[WrappedKeyWire(worker_id=k.worker_id, enc=k.enc, wrapped=k.wrapped) for k in sealed.keys],
+            ciphertext=sealed.ciphertext,
+            routing=routing,
+            prefix_hashes=affinity,
+            timeout=timeout,
+            payer=payer,
+        )
+        by_id = {w.worker_id: w for w in workers}
+        return job, Exchange(request_id, payload.model, plaintext, payload.salt, content_key, by_id)
 
     async def _refuse(self, receipt: Receipt, reason: str) -> None:
         if self.payer is not None:

@@ -1,0 +1,101 @@
+"""The SDK pays only receipts that verified, refuses the rest, and names the request when the proxy fails it.
+
+Real: the SDK, attestation, sealing, chunks and receipts. Recorded (``fakes.py``): the proxy's directory and
+its relay of a worker's answer, served through ``httpx.MockTransport``; a payer that writes down its calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from cocoon.chain.pricing import Cost
+from cocoon.client import CocoonClient, Completion, TextEvent
+from cocoon.crypto import SigningKey
+from cocoon.errors import ReceiptInvalid, UpstreamFailed, UpstreamTimeout
+from cocoon.protocol import JobRequest, Receipt
+from cocoon.protocol.payload import ChunkPayload, SealedMessage, SealedParams
+from tests.unit.client.fakes import MODEL, FakeWorker, dev_policy, frames_response, recorded_proxy
+
+WORKER = FakeWorker()
+
+
+class Payer:
+    """A ``ChannelPayer`` that writes down what it is asked to pay and refuse."""
+
+    def __init__(self) -> None:
+        self.paid: list[list[str]] = []
+        self.rejected: list[str] = []
+
+    async def auth(self, request_id: str) -> None:
+        return None
+
+    async def pay(self, verified: Sequence[Receipt], coefficients: Mapping[str, int]) -> Cost:
+        self.paid.append([r.receipt_id for r in verified])
+        return Cost(prompt=1, completion=2)
+
+    async def reject(self, receipt_id: str, reason: str) -> None:
+        self.rejected.append(receipt_id)
+
+
+def client(transport: httpx.AsyncBaseTransport, payer: Payer | None = None) -> CocoonClient:
+    http = httpx.AsyncClient(transport=transport, base_url="http://proxy.test")
+    return CocoonClient("http://proxy.test", dev_policy(), http=http, payer=payer)
+
+
+async def ask(sdk: CocoonClient) -> list[Any]:
+    messages = [SealedMessage(role="user", content="Name three colours.")]
+    return [e async for e in sdk.stream("chat", MODEL, messages=messages, params=SealedParams(max_tokens=4))]
+
+
+def answer(signer: SigningKey | None = None) -> Any:
+    def reply(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        turn, _ = WORKER.take(job)
+        frames = [turn.start(), turn.text("Red"), turn.chunk(ChunkPayload(finish_reason="stop"))]
+        return frames_response([*frames, turn.end(signer=signer)])
+
+    return reply
+
+
+async def test_the_client_pays_the_receipt_once_it_has_verified() -> None:
+    payer = Payer()
+    async with client(recorded_proxy([WORKER], answer()), payer) as sdk:
+        events = await ask(sdk)
+    assert events[0] == TextEvent("Red", 1, WORKER.worker_id)
+    final = events[-1]
+    assert isinstance(final, Completion)
+    assert payer.paid == [[final.receipts[0].receipt_id]] and payer.rejected == []
+    assert final.cost == Cost(prompt=1, completion=2)
+
+
+async def test_the_client_pays_nothing_when_the_receipt_is_forged() -> None:
+    payer = Payer()
+    async with client(recorded_proxy([WORKER], answer(signer=SigningKey.generate())), payer) as sdk:
+        with pytest.raises(ReceiptInvalid, match="signature"):
+            await ask(sdk)
+    assert payer.paid == [] and len(payer.rejected) == 1
+
+
+async def test_a_proxy_that_times_out_is_an_upstream_timeout_naming_the_request() -> None:
+    def slow(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        raise httpx.ReadTimeout("no bytes", request=httpx.Request("POST", "http://proxy.test/v1/jobs"))
+
+    async with client(recorded_proxy([WORKER], slow)) as sdk:
+        with pytest.raises(UpstreamTimeout, match=r"request req-[0-9a-f]+, timeout 120s"):
+            await ask(sdk)
+
+
+async def test_a_broken_connection_is_retried_once_then_an_upstream_failure() -> None:
+    calls: list[str] = []
+
+    def broken(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        calls.append(job.request_id)
+        raise httpx.RemoteProtocolError("peer closed", request=httpx.Request("POST", "http://proxy.test/v1/jobs"))
+
+    async with client(recorded_proxy([WORKER], broken)) as sdk:
+        with pytest.raises(UpstreamFailed, match="broke off"):
+            await ask(sdk)
+    assert len(set(calls)) == 2  # sealed anew for the second try
