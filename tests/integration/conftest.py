@@ -26,4 +26,3 @@ def oai(network: LocalNetwork) -> Iterator[openai.OpenAI]:
     client = openai.OpenAI(base_url=network.base_url, api_key="unused", max_retries=0, timeout=60)
     yield client
     client.close()
-
