@@ -74,7 +74,9 @@ async def test_a_conversation_returns_to_the_worker_that_has_its_prefix_cached(s
         # The proxy learnt the conversation's salted block hashes for that worker (ranking by them: unit tests).
         async with httpx.AsyncClient() as http:
             workers = (await http.get(f"{synthetic.proxy_url}/v1/directory")).json()["workers"]
-    assert len(set(served)) == 1
+    assert len(set(served)) == 1, (
+        f"turns went to {served}; directory: {[(w['worker_id'], w['score']) for w in workers]}"
+    )
     warm = next(w for w in workers if w["worker_id"] == served[0])
     assert warm["score"]["cached_prefixes"] >= len(STORY) // 256
 

@@ -79,16 +79,21 @@ class JobRunner:
         finally:
             self.board.waiting -= 1
         self.board.running += 1
+        last: JobEnd | JobError
         try:
-            await self._run(job, send)
+            last = await self._run(job, send)
         except CocoonError as exc:
             log.info("job failed job_id=%s code=%s", job.job_id, exc.code)
-            await send(_error(job.job_id, exc.status, exc.code, exc.message, type_=exc.type))
+            last = _error(job.job_id, exc.status, exc.code, exc.message, type_=exc.type)
         finally:
             self.board.running -= 1
             self._slots.release()
+        # Counted out before its last frame goes: a heartbeat sent after the receipt never shows the job as
+        # running, so the proxy (which counts it out on the receipt) does not see it busy again.
+        await send(last)
 
-    async def _run(self, job: Job, send: Send) -> None:
+    async def _run(self, job: Job, send: Send) -> JobEnd:
+        """Stream ``job``'s sealed chunks through ``send`` and return its signed receipt (sent by ``run``)."""
         started_at = time.time()
         t0 = time.monotonic()
         engine = self.engines.get(job.model)
@@ -161,7 +166,7 @@ class JobRunner:
         signature = sign_receipt(self.keys.signing, receipt)
         if self.chaos_bad_receipts:  # test/chaos knob only, see worker/chaos.py
             receipt, signature = spoil(self.chaos_bad_receipts, receipt, signature, self.keys.signing)
-        await send(JobEnd(job_id=job.job_id, receipt=receipt, signature=signature))
+        return JobEnd(job_id=job.job_id, receipt=receipt, signature=signature)
 
     async def _generate(
         self,

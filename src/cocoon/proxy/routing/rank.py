@@ -63,7 +63,17 @@ class RoutingBook:
     affinity: PrefixAffinity
 
 
-def score(worker: WorkerEntry, prompt_tokens: int, prefix_hashes: list[str], book: RoutingBook) -> ScoreParts:
+def score(
+    worker: WorkerEntry,
+    prompt_tokens: int,
+    prefix_hashes: list[str],
+    book: RoutingBook,
+    unknown_prefill_rate: float = DEFAULT_PREFILL_TOKENS_PER_S,
+) -> ScoreParts:
+    """``worker``'s expected latency for this prompt, and its score (lower is better); see the module docstring.
+
+    A worker that has not reported its prefill rate yet is assumed to prefill at ``unknown_prefill_rate``.
+    """
     # Jobs beyond the worker's slots wait for one to free up; the proxy's own in-flight count covers the
     # gap until the next heartbeat.
     slots = worker.register.slots
@@ -72,7 +82,7 @@ def score(worker: WorkerEntry, prompt_tokens: int, prefix_hashes: list[str], boo
     # Jobs beyond the slots wait for one to free up; jobs within them share the worker's compute, so a half-busy
     # worker answers later than an idle one.
     queue_s = waiting * worker.avg_job_s / slots + min(busy, slots) / slots * worker.avg_ttft_s
-    rate = worker.prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S
+    rate = worker.prefill_tokens_per_s or unknown_prefill_rate
     cached = min(prompt_tokens, book.affinity.cached_tokens(worker.worker_id, prefix_hashes))
     prefill_s = prompt_tokens / rate
     bonus_s = cached / rate
@@ -104,9 +114,13 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
     """
     prefs = request.routing
     allowed = [w for w in workers if prefs.admits(w.register.price_coefficient, w.register.region)]
+    # A worker whose first heartbeat with a prefill rate has not come yet is compared at its peers' rate: a
+    # fixed default far from the measured rates would decide the ranking by who reported first, not by speed.
+    known = sorted(w.prefill_tokens_per_s for w in allowed if w.prefill_tokens_per_s > 0)
+    unknown_rate = known[len(known) // 2] if known else DEFAULT_PREFILL_TOKENS_PER_S
     keyed = []
     for w in allowed:
-        parts = score(w, request.prompt_tokens, request.prefix_hashes, book)
+        parts = score(w, request.prompt_tokens, request.prefix_hashes, book, unknown_rate)
         held_back = not book.breakers.admits(w.worker_id)
         if prefs.sort == "price":
             key: tuple[float, ...] = (held_back, parts.price, parts.score_s)

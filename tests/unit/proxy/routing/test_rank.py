@@ -103,6 +103,16 @@ def test_a_prefix_cache_hit_saves_the_prefill_it_would_redo() -> None:
     assert parts.prefix_bonus_s > 0
 
 
+def test_a_warm_worker_that_has_not_reported_its_prefill_rate_is_judged_at_its_peers_rate() -> None:
+    """A measured 30k tokens/s against a 2k default would send the conversation away from its cache just
+    because the warm worker's next heartbeat had not come yet."""
+    routing = book()
+    hashes = [f"{i:016x}" for i in range(8)]
+    routing.affinity.remember("warm", hashes[:7])
+    warm, cold = worker("warm", rtt_s=0.001), worker("cold", rtt_s=0.001, prefill_tokens_per_s=30_000.0)
+    assert names(rank([cold, warm], request(8 * PREFIX_BLOCK_TOKENS, hashes), routing)) == ["warm", "cold"]
+
+
 def test_price_cap_and_region_filter_and_price_sort_orders() -> None:
     cheap, dear, far = worker("cheap", price=800, rtt_s=0.05), worker("dear", price=3000), worker("far", region="us")
     assert names(rank([cheap, dear, far], request(max_price=2000), book())) == ["far", "cheap"]
