@@ -6,13 +6,12 @@ Use it where a test needs to see the money calls of the request path without a c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cocoon.errors import CocoonError
 from cocoon.protocol import JobEnd, JobRequest, Register
-from cocoon.proxy.money.cashier import Reservation
+from cocoon.proxy.money.cashier import FreeCashier, Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +23,9 @@ class SeenReceipt:
     valid: bool
 
 
-class MockCashier:
-    """Admits every request (or raises ``refuse`` from ``admit``) and records every call, in order."""
+class MockCashier(FreeCashier):
+    """Admits every request (or raises ``refuse`` from ``admit``) and records every call, in order; charges
+    nothing and shows no prices, as ``FreeCashier``."""
 
     def __init__(self, refuse: CocoonError | None = None) -> None:
         self.refuse = refuse
@@ -47,12 +47,3 @@ class MockCashier:
     def release(self, reservation: Reservation) -> None:
         if reservation not in self.released:
             self.released.append(reservation)
-
-    def check_worker(self, register: Register) -> None:
-        return None
-
-    async def annotate_models(self, data: list[dict[str, Any]], serving: Mapping[str, Sequence[Register]]) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
