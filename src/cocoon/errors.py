@@ -10,8 +10,12 @@ and ``CocoonError.from_openai`` rebuilds the same class on the far side of a pro
     │   ├── ContextLengthExceeded (400 context_length_exceeded)
     │   ├── UnsupportedVersion (400 unsupported_version)
     │   ├── SealError (400 seal_failed)
-    │   └── PayloadTooLarge (413 request_too_large)
+    │   ├── RequestTimeout (408 request_timeout)
+    │   ├── RequestReplayed (409 request_replayed)
+    │   ├── PayloadTooLarge (413 request_too_large)
+    │   └── UnsupportedMediaType (415 unsupported_media_type)
     ├── Unauthorized (401 invalid_api_key)
+    ├── Forbidden (403 forbidden)
     ├── PaymentRequired (402 insufficient_funds)
     ├── ModelNotFound (404 model_not_found)
     ├── NotFound (404 not_found)
@@ -117,6 +121,35 @@ class SealError(BadRequest):
     """A sealed blob could not be opened: wrong key, tampered bytes or a mix-up of ids."""
 
     code = "seal_failed"
+
+
+class RequestTimeout(BadRequest):
+    """The caller took longer than the deadline to send its request body."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class RequestReplayed(BadRequest):
+    """A request id was seen before: a replayed request is never run (or billed) twice; seal it anew."""
+
+    status = 409
+    code = "request_replayed"
+
+
+class UnsupportedMediaType(BadRequest):
+    """The body is not of a content type this endpoint reads (the sidecar reads application/json only)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Forbidden(CocoonError):
+    """The caller is known but not allowed, e.g. a web page of a foreign origin calling the sidecar."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 class Unauthorized(CocoonError):

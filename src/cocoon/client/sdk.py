@@ -26,6 +26,7 @@ from cocoon.errors import (
     CocoonError,
     ModelNotFound,
     NoCapacity,
+    PaymentRequired,
     ReceiptInvalid,
     UpstreamFailed,
     UpstreamTimeout,
@@ -164,6 +165,10 @@ class CocoonClient:
                     raise
                 log.info("retrying on fresh workers model=%s reason=%s", model, exc.code)
                 await self.directory.workers(refresh=True)
+            except PaymentRequired:
+                # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them.
+                if started or round_ == 2 or self.payer is None or not await self.payer.resync():
+                    raise
 
     async def _stream_once(
         self,
@@ -199,18 +204,21 @@ class CocoonClient:
                 if response.status_code != 200:
                     await response.aread()
                     raise CocoonError.from_openai(response.status_code, _json(response))
-                async for data in response.aiter_raw():
-                    for event in answer.feed(data):
-                        if isinstance(event, TextEvent | EmbeddingEvent):
-                            yield event
-                        elif isinstance(event, ReceiptRefused):
-                            await self._refuse(event.receipt, event.reason)
-                            if event.ends_request:
-                                if answer.verified and self.payer is not None:  # earlier workers' verified work
-                                    await self.payer.pay(answer.verified, coefficients)
-                                raise ReceiptInvalid(event.reason)
-                    if time.monotonic() > deadline:
-                        raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
+                try:
+                    async for data in response.aiter_raw():
+                        for event in answer.feed(data):
+                            if isinstance(event, TextEvent | EmbeddingEvent):
+                                yield event
+                            elif isinstance(event, ReceiptRefused):
+                                await self._refuse(event.receipt, event.reason)
+                                if event.ends_request:
+                                    raise ReceiptInvalid(event.reason)
+                        if time.monotonic() > deadline:
+                            raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
+                except CocoonError:
+                    if answer.verified and self.payer is not None:  # the verified work of earlier workers
+                        await self.payer.pay(answer.verified, coefficients)
+                    raise
         result = answer.finish()
         # Only now, with every receipt verified, does the client sign a voucher for them.
         cost = await self.payer.pay(result.receipts, coefficients) if self.payer is not None else None
@@ -247,7 +255,17 @@ class CocoonClient:
             payer=payer,
         )
         by_id = {w.worker_id: w for w in workers}
-        return job, Exchange(request_id, payload.model, plaintext, payload.salt, content_key, by_id)
+        exchange = Exchange(
+            request_id,
+            payload.model,
+            plaintext,
+            payload.salt,
+            content_key,
+            by_id,
+            kind=payload.kind,
+            max_tokens=payload.params.max_tokens,
+        )
+        return job, exchange
 
     async def _refuse(self, receipt: Receipt, reason: str) -> None:
         if self.payer is not None:

@@ -14,10 +14,21 @@ import msgpack
 from pydantic import ValidationError
 
 from cocoon.client.directory import AttestedWorker
-from cocoon.client.receipts import check_receipt, hedge_receipt_ok
+from cocoon.client.receipts import ReceiptBounds, check_receipt, hedge_receipt_ok
 from cocoon.crypto import ResponseDigest
 from cocoon.errors import CocoonError, ReceiptInvalid, UpstreamFailed
-from cocoon.protocol import STREAM_FRAME, FrameReader, JobEnd, JobError, JobStart, Receipt, ResponseSealer, unpack_raw
+from cocoon.protocol import (
+    KEY_NONCE_BYTES,
+    STREAM_FRAME,
+    FrameReader,
+    JobEnd,
+    JobError,
+    JobStart,
+    Receipt,
+    ResponseSealer,
+    job_caps,
+    unpack_raw,
+)
 from cocoon.protocol.payload import ChunkPayload
 from cocoon.protocol.usage import TokenUsage
 
@@ -70,6 +81,8 @@ class Exchange:
     salt: bytes  # from the plaintext: keys each worker's response digest
     content_key: bytes  # opens the chunks, with the id of the worker that sealed them
     workers: Mapping[str, AttestedWorker]  # the candidates it was sealed to, by worker id
+    kind: str  # chat, completion or embedding: with max_tokens, what the answer may hold
+    max_tokens: int  # the sealed max_tokens: no receipts together claim more completion tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +97,15 @@ class StreamResult:
 class ResponseStream:
     """The client's reader of one response: ``feed`` it bytes as they arrive, ``finish`` it at the end.
 
-    The stream names a worker (``start``), then carries that worker's sealed chunks numbered from 0 and its
-    signed receipt (``end``). After a failover a second ``start`` names the worker that resumes the text; a
-    ``start`` with ``hedged_out`` names a hedge loser, whose receipt may claim its prefill only. A frame out
-    of order, from a worker not sealed to, or that does not open raises ``UpstreamFailed`` (or ``SealError``);
-    an ``error`` frame raises the ``CocoonError`` it carries.
+    The stream names a worker (``start``), then carries that worker's sealed chunks numbered from 0 (chunk 0
+    with the nonce of its response key) and its signed receipt (``end``). After a failover a second ``start``
+    names the worker that resumes the text; a ``start`` with ``hedged_out`` names a hedge loser, whose receipt
+    may claim its prefill only. Each worker starts once and signs at most one receipt; after the serving
+    worker's receipt only a hedge loser may follow, and no worker resumes one that sent its finish. A frame out
+    of order, from a worker not sealed to, past the job's caps (``job_caps``), or that does not open raises
+    ``UpstreamFailed`` (or ``SealError``); an ``error`` frame raises the ``CocoonError`` it carries. Receipts
+    claiming more tokens than ``max_tokens`` allows over all workers, than their chunks carried, or than the
+    request can hold are refused.
     """
 
     def __init__(self, exchange: Exchange) -> None:
@@ -102,6 +119,17 @@ class ResponseStream:
         self._digest: ResponseDigest | None = None
         self._seq = 0
         self._hedged_out = False
+        self._started: set[str] = set()
+        self._receipted: set[str] = set()
+        self._serving_ended = False  # the serving worker's receipt came: only a hedge loser may follow
+        self._finished = False  # the current worker sent its finish: nobody resumes after it
+        self._worker_tokens = 0  # tokens the current worker's chunks carried
+        self._worker_bytes = 0
+        self._text_bytes = 0  # utf-8 bytes of text shown so far, over all workers
+        self._prior_bytes = 0  # ... of that before the current worker started (its prefilled continuation)
+        self._chunk_cap, self._byte_cap = job_caps(exchange.kind, exchange.max_tokens)
+        self._budget = len(exchange.workers) * (self._byte_cap + 256 * self._chunk_cap) + 64 * 1024
+        self._received = 0
 
     @property
     def verified(self) -> tuple[Receipt, ...]:
@@ -110,6 +138,12 @@ class ResponseStream:
 
     def feed(self, data: bytes) -> Iterator[StreamEvent]:
         """The events in ``data``, the next bytes of the response body (split anywhere), as each frame is read."""
+        self._received += len(data)
+        if self._received > self._budget:
+            raise UpstreamFailed(
+                f"the answer to {self.exchange.request_id} ran past {self._budget} bytes, more than "
+                f"max_tokens={self.exchange.max_tokens} can need; it was cut off"
+            )
         for raw in self._frames.feed(data):
             event = self.feed_frame(unpack_raw(raw))
             if event is not None:
@@ -150,28 +184,59 @@ class ResponseStream:
         worker = self.exchange.workers.get(start.worker_id)
         if worker is None:
             raise UpstreamFailed(f"proxy started an unknown worker {start.worker_id}")
+        if start.worker_id in self._started:
+            raise UpstreamFailed(f"proxy started worker {start.worker_id} twice for one request")
+        if start.hedged_out != self._serving_ended:
+            raise UpstreamFailed(
+                "proxy started another worker after the answer's receipt"
+                if self._serving_ended
+                else "proxy named a hedge loser before the answer's receipt"
+            )
+        if self._worker is not None and not self._serving_ended and self._finished:
+            raise UpstreamFailed("proxy resumed an answer whose worker had already finished it")
+        self._started.add(start.worker_id)
         self._worker = worker
-        self._sealer = ResponseSealer(self.exchange.content_key, self.exchange.request_id, worker.worker_id)
+        self._sealer = None  # keyed by the nonce chunk 0 brings
         self._digest = ResponseDigest(self.exchange.salt)
         self._seq = 0
         self._hedged_out = start.hedged_out
+        self._finished = False
+        self._worker_tokens = self._worker_bytes = 0
+        self._prior_bytes = self._text_bytes
 
     def _chunk(self, fields: Mapping[str, Any]) -> TextEvent | EmbeddingEvent | None:
-        worker, sealer, digest = self._worker, self._sealer, self._digest
-        if worker is None or sealer is None or digest is None:
+        worker, digest = self._worker, self._digest
+        if worker is None or digest is None:
             raise UpstreamFailed("proxy sent a chunk before naming its worker")
+        if self._serving_ended:
+            raise UpstreamFailed("proxy sent a chunk after the answer's receipt")
         if fields.get("worker_id") != worker.worker_id or fields.get("seq") != self._seq:
             raise UpstreamFailed("proxy reordered or mixed response chunks")
-        opened = sealer.open(self._seq, fields["data"])
+        data = fields.get("data")
+        if not isinstance(data, bytes):
+            raise UpstreamFailed("a response chunk carries no sealed bytes")
+        self._worker_bytes += len(data)
+        if self._seq >= self._chunk_cap or self._worker_bytes > self._byte_cap:
+            raise UpstreamFailed(
+                f"worker {worker.worker_id} streamed past the caps of max_tokens={self.exchange.max_tokens}"
+            )
+        sealer = self._sealer
+        if sealer is None:
+            ex = self.exchange
+            sealer = self._sealer = ResponseSealer(ex.content_key, ex.request_id, worker.worker_id, _nonce(fields))
+        opened = sealer.open(self._seq, data)
         self._seq += 1
         digest.update(opened)
         chunk = _chunk_payload(opened)
+        self._worker_tokens += max(0, chunk.tokens)
+        self.streamed_tokens += max(0, chunk.tokens)
         if chunk.finish_reason:
             self.finish_reason = chunk.finish_reason
+            self._finished = True
         if chunk.embeddings is not None:
             return EmbeddingEvent(chunk.embeddings)
         if chunk.text:
-            self.streamed_tokens += chunk.tokens
+            self._text_bytes += len(chunk.text.encode())
             return TextEvent(chunk.text, chunk.tokens, worker.worker_id)
         return None
 
@@ -179,17 +244,34 @@ class ResponseStream:
         worker, digest = self._worker, self._digest
         if worker is None or digest is None:
             raise UpstreamFailed("proxy sent a receipt before naming its worker")
+        if worker.worker_id in self._receipted:
+            raise UpstreamFailed(f"proxy sent a second receipt of worker {worker.worker_id}")
+        self._receipted.add(worker.worker_id)
         ex = self.exchange
+        paid = sum(r.completion_tokens for r in self._verified)
+        bounds = ReceiptBounds(
+            completion=max(0, ex.max_tokens - paid),
+            received=self._worker_tokens,
+            prompt=ReceiptBounds.prompt_bound(ex.plaintext, self._prior_bytes),
+        )
         if self._hedged_out:  # the slower twin of a hedged job: it may claim its prefill only
-            if not hedge_receipt_ok(end, worker, ex.model, ex.request_id, ex.plaintext, digest):
+            if not hedge_receipt_ok(end, worker, ex.model, ex.request_id, ex.plaintext, digest, bounds):
                 return ReceiptRefused(end.receipt, "hedged receipt did not verify", ends_request=False)
         else:
+            self._serving_ended = True
             try:
-                check_receipt(end, worker, ex.model, ex.request_id, ex.plaintext, digest)
+                check_receipt(end, worker, ex.model, ex.request_id, ex.plaintext, digest, bounds)
             except ReceiptInvalid as exc:
                 return ReceiptRefused(end.receipt, exc.message, ends_request=True)
         self._verified.append(end.receipt)
         return ReceiptVerified(end.receipt)
+
+
+def _nonce(fields: Mapping[str, Any]) -> bytes:
+    nonce = fields.get("key_nonce")
+    if not isinstance(nonce, bytes) or len(nonce) != KEY_NONCE_BYTES:
+        raise UpstreamFailed("a worker's first response chunk lacks the nonce of its response key")
+    return nonce
 
 
 def _chunk_payload(opened: bytes) -> ChunkPayload:

@@ -1,9 +1,11 @@
 """Wire messages, framing and the sealed envelope shared by worker, proxy and client."""
 
 from cocoon.protocol.envelope import (
+    KEY_NONCE_BYTES,
     ResponseSealer,
     SealedRequest,
     WrappedKey,
+    new_key_nonce,
     open_request,
     random_salt,
     seal_request,
@@ -15,6 +17,7 @@ from cocoon.protocol.framing import (
     WORKER_TO_PROXY,
     FrameReader,
     frame,
+    job_caps,
     pack,
     unpack,
     unpack_as,
@@ -44,6 +47,7 @@ from cocoon.protocol.messages import (
 from cocoon.protocol.usage import TokenUsage
 
 __all__ = [
+    "KEY_NONCE_BYTES",
     "PROTOCOL_VERSION",
     "PROXY_TO_WORKER",
     "STREAM_FRAME",
@@ -72,6 +76,8 @@ __all__ = [
     "WrappedKey",
     "WrappedKeyWire",
     "frame",
+    "job_caps",
+    "new_key_nonce",
     "open_request",
     "pack",
     "random_salt",

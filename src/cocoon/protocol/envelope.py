@@ -2,9 +2,12 @@
 
 The client seals the request body once under a fresh content key and wraps that key with HPKE for each
 candidate worker, so the proxy can fail over without a round trip and never holds a key. Response chunks
-are sealed under a key derived from the content key and the serving worker's id. (DESIGN.md says
-"exported from the HPKE context"; deriving from the content key instead lets a failover candidate read the
-sealed chunks emitted so far and resume the stream, while the proxy still sees only ciphertext.)
+are sealed under a key derived from the content key, the serving worker's id and a fresh nonce that worker
+draws for each job (its ``key_nonce``, sent with chunk 0): a relay that replays one sealed request, to the
+same worker or another, gets every run sealed under a different key, never one keystream twice. (DESIGN.md
+says "exported from the HPKE context"; deriving from the content key instead lets a failover candidate read
+the sealed chunks emitted so far, given their worker's key nonce, and resume the stream, while the proxy
+still sees only ciphertext.)
 """
 
 from __future__ import annotations
@@ -77,14 +80,29 @@ def _aad(request_id: str, worker_id: str) -> bytes:
     return f"{request_id}|{worker_id}".encode()
 
 
+KEY_NONCE_BYTES = 32
+
+
+def new_key_nonce() -> bytes:
+    """A fresh response-key nonce: one per job a worker runs, never reused."""
+    return os.urandom(KEY_NONCE_BYTES)
+
+
 class ResponseSealer:
-    """Seals (or opens) the response chunks one worker emits for one request, numbered from 0."""
+    """Seals (or opens) the response chunks one worker emits for one job, numbered from 0.
+
+    The key is ``HKDF-SHA256(ikm=content key, salt=key_nonce, info="cocoon/v1 response|" + worker id)``. The
+    nonce needs no secrecy (it is HKDF's salt; the content key is the secret), only freshness: the worker draws
+    it per job, so the chunk number can serve as the AEAD nonce. ``SealError`` for a nonce of the wrong size.
+    """
 
     __slots__ = ("_aad", "_aead")
 
-    def __init__(self, content_key: bytes, request_id: str, worker_id: str) -> None:
+    def __init__(self, content_key: bytes, request_id: str, worker_id: str, key_nonce: bytes) -> None:
+        if len(key_nonce) != KEY_NONCE_BYTES:
+            raise SealError(f"a response key nonce has {KEY_NONCE_BYTES} bytes, this one {len(key_nonce)}")
         key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"cocoon/v1 response|" + worker_id.encode()
+            algorithm=hashes.SHA256(), length=32, salt=key_nonce, info=b"cocoon/v1 response|" + worker_id.encode()
         ).derive(content_key)
         self._aead = ChaCha20Poly1305(key)
         self._aad = request_id.encode()

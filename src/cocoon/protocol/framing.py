@@ -21,6 +21,22 @@ M = TypeVar("M", bound=BaseModel)
 _LEN = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
+# What one worker may stream for one job, by its max_tokens: a chunk per token at most plus its finish (and one
+# spare), and bytes for a generous chunk each (padding buckets included). Embeddings come as one chunk of vectors.
+CHUNK_BYTES_PER_TOKEN = 2048
+BASE_JOB_BYTES = 64 * 1024
+
+
+def job_caps(kind: str, max_tokens: int) -> tuple[int, int]:
+    """``(chunks, bytes)`` of sealed chunk data one worker may stream for one job of ``kind`` and ``max_tokens``.
+
+    The proxy cuts off a worker past either; the client refuses a stream past them.
+    """
+    if kind == "embedding":
+        return 2, MAX_FRAME
+    return max_tokens + 2, BASE_JOB_BYTES + CHUNK_BYTES_PER_TOKEN * max_tokens
+
+
 WORKER_TO_PROXY: TypeAdapter[Any] = TypeAdapter(WorkerToProxy)
 PROXY_TO_WORKER: TypeAdapter[Any] = TypeAdapter(ProxyToWorker)
 STREAM_FRAME: TypeAdapter[Any] = TypeAdapter(StreamFrame)

@@ -77,9 +77,10 @@ class Chunk(Wire):
 
     t: Literal["chunk"] = "chunk"
     job_id: str = ""
-    seq: int
+    seq: int = Field(ge=0)
     data: bytes
     worker_id: str = ""
+    key_nonce: bytes = Field(b"", description="chunk 0 only: the fresh nonce this job's response key mixes in")
 
 
 class JobEnd(Wire):
@@ -131,6 +132,7 @@ class ResumeChunks(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     worker_id: str
+    key_nonce: bytes = Field(b"", description="the nonce that worker's chunk 0 carried: it keys its chunks")
     chunks: list[bytes]
 
 

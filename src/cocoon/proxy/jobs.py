@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cocoon.errors import CocoonError, NoCapacity
+from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import read_body
 from cocoon.proxy.metrics import FAILOVERS, JOBS
@@ -39,11 +39,15 @@ async def models(request: Request) -> JSONResponse:
 async def jobs(request: Request) -> Response:
     """Route one sealed request: rank the workers it was sealed to, admit it with the cashier, relay it.
 
-    Errors before the first frame (400, 402, 413, 503, a worker's own) are OpenAI JSON; after it they are frames.
+    Errors before the first frame (400, 402, 409 for a replayed request id, 413, 503, a worker's own) are OpenAI
+    JSON; after it they are frames.
     """
     state: ProxyState = request.app.state.proxy
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
+    if not state.seen_requests.first_time(job.request_id):
+        JOBS.labels(job.model, "replayed").inc()
+        raise RequestReplayed(f"request {job.request_id} was sent before; a request is relayed once, seal it anew")
     candidates = rank(state.directory.sealed_to(job), job, state.routing)
     if not candidates:
         serving = len(state.directory.serving(job.model))

@@ -26,6 +26,10 @@ What this code does:
   behind a ``hedged_out`` start frame if it verifies and claims no completion tokens: the client pays the winner's
   answer and the loser's prefill. A loser claiming completion tokens the client never got is paid nothing.
 
+- Bounded: a worker may stream at most ``chunk_cap`` chunks and ``byte_cap`` bytes for one job, both derived from
+  its ``max_tokens`` (one chunk per token at most, plus its finish). One that streams more is cut off (cancelled, its
+  surplus never queued), counted as bad evidence, and the stream resumes on the next candidate, as for a lost one.
+
 Every receipt the client gets is given to the ``Cashier`` first (``on_receipt``), so its charge is stored before
 the client can pay it; the relay owns the request's ``Reservation`` and releases it when the job ends.
 """
@@ -43,7 +47,7 @@ from typing import Any
 import msgpack
 
 from cocoon.crypto import receipt_signature_valid
-from cocoon.errors import CocoonError, NoCapacity, UpstreamTimeout, WorkerGone
+from cocoon.errors import CocoonError, NoCapacity, UpstreamFailed, UpstreamTimeout, WorkerGone
 from cocoon.protocol import (
     Cancel,
     ErrorBody,
@@ -56,6 +60,7 @@ from cocoon.protocol import (
     frame,
     pack,
 )
+from cocoon.protocol.framing import job_caps
 from cocoon.proxy.money.cashier import Cashier, Reservation
 from cocoon.proxy.routing.directory import SendFailed, WorkerEntry, WorkerLost
 from cocoon.proxy.routing.evidence import EvidenceLog, outcome_of
@@ -67,15 +72,43 @@ log = logging.getLogger("cocoon.proxy")
 Frame = dict[str, Any]
 
 
+class CappedQueue(asyncio.Queue[Frame | WorkerLost]):
+    """An attempt's queue that stops taking chunks once its worker streamed past the job's caps.
+
+    The worker socket's reader puts every frame here; counting on the way in keeps a flooding worker from
+    filling the proxy's memory while the client reads slowly. The first frame past a cap is replaced by a
+    ``WorkerLost`` (with ``overflowed`` set), and nothing after it is queued.
+    """
+
+    def __init__(self, max_chunks: int, max_bytes: int) -> None:
+        super().__init__()
+        self.max_chunks, self.max_bytes = max_chunks, max_bytes
+        self.chunks = self.bytes = 0
+        self.overflowed = False
+
+    def put_nowait(self, item: Frame | WorkerLost) -> None:
+        if self.overflowed:
+            return
+        if isinstance(item, dict) and item.get("t") == "chunk":
+            self.chunks += 1
+            data = item.get("data")
+            self.bytes += len(data) if isinstance(data, bytes) else 0
+            if self.chunks > self.max_chunks or self.bytes > self.max_bytes:
+                self.overflowed = True
+                item = WorkerLost("streamed past the job's caps")
+        super().put_nowait(item)
+
+
 @dataclass(slots=True)
 class Attempt:
     """One dispatch of the job to one worker: its queue of frames and the sealed chunks it streamed."""
 
     worker: WorkerEntry
     job_id: str
-    queue: asyncio.Queue[Frame | WorkerLost]
+    queue: CappedQueue
     started: float = field(default_factory=time.monotonic)
     chunks: list[bytes] = field(default_factory=list)
+    key_nonce: bytes = b""  # from its chunk 0: a resuming worker needs it to open ``chunks``
     first_at: float = 0.0
     queue_s: float = 0.0  # the wait the router expected at dispatch
     sent: bool = False  # the job reached the worker's socket (else its failure is no evidence)
@@ -108,6 +141,7 @@ class JobRelay:
         self.chunk_timeout = chunk_timeout
         self.dispatch_timeout = dispatch_timeout
         self.evidence = evidence
+        self.caps = job_caps(request.kind, request.max_tokens)
         self.keys = {k.worker_id: k for k in request.keys}
         self.attempts: list[Attempt] = []
         self.hedge_losers: list[Attempt] = []
@@ -187,6 +221,8 @@ class JobRelay:
                         continue
                 kind = current.get("t")
                 if kind == "chunk":
+                    if not attempt.chunks:
+                        attempt.key_nonce = current.get("key_nonce") or b""
                     attempt.chunks.append(current["data"])
                     current["worker_id"] = attempt.worker.worker_id
                     current["job_id"] = ""
@@ -215,7 +251,7 @@ class JobRelay:
 
     async def _dispatch(self, worker: WorkerEntry, resume: list[ResumeChunks]) -> Attempt:
         key = self.keys[worker.worker_id]
-        attempt = Attempt(worker, "job-" + uuid.uuid4().hex[:16], asyncio.Queue())
+        attempt = Attempt(worker, "job-" + uuid.uuid4().hex[:16], CappedQueue(*self.caps))
         if self.evidence is not None:
             self.evidence.dispatched(worker)
         worker.jobs[attempt.job_id] = attempt.queue
@@ -252,7 +288,7 @@ class JobRelay:
         return item
 
     def _failed_first(self, attempt: Attempt, exc: CocoonError) -> None:
-        self._finish(attempt, outcome_of(exc))
+        self._finish(attempt, _outcome(attempt, exc))
         self.last_error = exc
         log.info(
             "failover before first byte job=%s worker=%s reason=%s",
@@ -299,6 +335,13 @@ class JobRelay:
                 raise UpstreamTimeout(f"worker {attempt.worker.worker_id} sent nothing for {timeout:g}s") from None
         else:
             item = queue.get_nowait()
+        if isinstance(item, WorkerLost) and queue.overflowed:
+            await _send_quietly(attempt.worker, pack(Cancel(job_id=attempt.job_id, reason="overflow")))
+            chunks, size = self.caps
+            raise UpstreamFailed(
+                f"worker {attempt.worker.worker_id} streamed past this job's caps ({chunks} chunks, {size} bytes "
+                f"for max_tokens={self.request.max_tokens}); it was cut off"
+            )
         if isinstance(item, WorkerLost):
             raise WorkerGone(f"worker {attempt.worker.worker_id} went away: {item.reason}")
         if item.get("t") == "error":
@@ -308,16 +351,20 @@ class JobRelay:
 
     async def _resume(self, failed: Attempt, exc: CocoonError) -> tuple[Attempt, Frame] | None:
         """Continue on the next candidate after ``failed`` died mid-stream; ``None`` when none is left."""
-        self._finish(failed, outcome_of(exc))
+        self._finish(failed, _outcome(failed, exc))
         if exc.status < 500 or not self.request.routing.allow_fallbacks:
             return None
-        resume = [ResumeChunks(worker_id=a.worker.worker_id, chunks=a.chunks) for a in self.attempts if a.chunks]
+        resume = [
+            ResumeChunks(worker_id=a.worker.worker_id, key_nonce=a.key_nonce, chunks=a.chunks)
+            for a in self.attempts
+            if a.chunks
+        ]
         while self.candidates:
             attempt = await self._dispatch(self.candidates.pop(0), resume)
             try:
                 first = await self._first(attempt)
             except CocoonError as next_exc:
-                self._finish(attempt, outcome_of(next_exc))
+                self._finish(attempt, _outcome(attempt, next_exc))
                 continue
             log.info(
                 "resumed mid-stream request=%s on worker=%s",
@@ -345,6 +392,11 @@ class JobRelay:
         if not valid:
             log.warning("bad receipt job=%s worker=%s", attempt.job_id, attempt.worker.worker_id)
         return valid
+
+
+def _outcome(attempt: Attempt, exc: CocoonError) -> Outcome | None:
+    """The evidence an attempt's failure is: streaming past the caps weighs as a forged receipt does."""
+    return "bad_receipt" if attempt.queue.overflowed else outcome_of(exc)
 
 
 def _error_frame(exc: CocoonError) -> JobError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from cocoon.attestation import AttestationVerifier
 from cocoon.config import ProxySettings
 from cocoon.crypto import load_or_create_signing_key, node_id_for
+from cocoon.protocol.replay import ReplayRecord
 from cocoon.proxy.money.cashier import Cashier, FreeCashier
 from cocoon.proxy.routing.affinity import PrefixAffinity
 from cocoon.proxy.routing.breaker import Breakers
@@ -32,3 +33,4 @@ class ProxyState:
         self.evidence = EvidenceLog(self.routing)
         self.liveness = Liveness(self.directory, settings.heartbeat_timeout)
         self.cashier: Cashier = FreeCashier()
+        self.seen_requests = ReplayRecord()  # request ids relayed lately: a replayed one is refused

@@ -1,6 +1,8 @@
 """Runs one sealed job on an engine: open the request, generate, seal each chunk, sign the receipt.
 
-The runner never sends anything in clear except sizes, token counts and digests (the receipt).
+The runner never sends anything in clear except sizes, token counts and digests (the receipt). Each job's
+chunks are sealed under a response key with a fresh nonce, and a request id is run once: a replayed job is
+refused, so nobody between client and worker ever gets one keystream twice.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cocoon.engines.base import (
     SamplingParams,
     TextDelta,
 )
-from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound
+from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestReplayed
 from cocoon.protocol import (
     Chunk,
     ErrorBody,
@@ -33,10 +35,12 @@ from cocoon.protocol import (
     Receipt,
     ResponseSealer,
     WrappedKey,
+    new_key_nonce,
     open_request,
     unwrap_content_key,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
+from cocoon.protocol.replay import ReplayRecord
 from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
@@ -60,10 +64,16 @@ class JobRunner:
         # their prefill only (see DESIGN.md, Routing), instead of vanishing unpaid.
         self.hedge_cancelled: set[str] = set()
         self.chaos_bad_receipts = ""
+        self.seen_requests = ReplayRecord()
         self._slots = asyncio.Semaphore(slots)
 
     async def run(self, job: Job, send: Send) -> None:
         """Run ``job`` to its end, sending chunks and a receipt (or one error) through ``send``."""
+        if not self.seen_requests.first_time(job.request_id):
+            err = RequestReplayed(f"request {job.request_id} already ran on this worker; a replay is never run")
+            log.warning("replayed job refused job_id=%s", job.job_id)
+            await send(_error(job.job_id, err.status, err.code, err.message, type_=err.type))
+            return
         if self.board.waiting >= self.max_queue and self.board.free == 0:
             await send(_error(job.job_id, 503, "no_capacity", "worker queue is full", retryable=True))
             return
@@ -110,8 +120,15 @@ class JobRunner:
             raise BadRequest(f"sealed request payload is invalid: {exc}") from exc
         if payload.model != job.model or payload.kind != job.kind:
             raise BadRequest("sealed request does not match its clear metadata (model or kind)")
+        if payload.params.max_tokens != job.max_tokens:
+            # The proxy reserves (and bills) by the clear value: a job that would run to another is refused.
+            raise BadRequest(
+                f"sealed max_tokens {payload.params.max_tokens} differs from the clear {job.max_tokens}",
+                param="max_tokens",
+            )
 
-        sealer = ResponseSealer(content_key, job.request_id, worker_id)
+        key_nonce = new_key_nonce()
+        sealer = ResponseSealer(content_key, job.request_id, worker_id, key_nonce)
         digest = ResponseDigest(payload.salt)
         seq = 0
         ttft_ms = 0.0
@@ -122,7 +139,8 @@ class JobRunner:
             digest.update(data)
             if seq == 0:
                 ttft_ms = (time.monotonic() - t0) * 1000
-            await send(Chunk(job_id=job.job_id, seq=seq, data=sealer.seal(seq, data)))
+            nonce = key_nonce if seq == 0 else b""
+            await send(Chunk(job_id=job.job_id, seq=seq, data=sealer.seal(seq, data), key_nonce=nonce))
             seq += 1
 
         if payload.kind == "embedding":
@@ -193,14 +211,20 @@ class JobRunner:
         else:
             request = GenerationRequest(params=params, prompt=payload.prompt or "", continuation=continuation)
         stream = engine.generate(request)
+        reported = pending = 0  # tokens the chunks carried so far; tokens of deltas without text, not yet carried
         try:
             async for event in stream:
                 if isinstance(event, TextDelta):
                     self.meter.add(event.tokens)
+                    pending += event.tokens
                     if event.text:
-                        await emit(ChunkPayload(text=event.text, tokens=event.tokens))
+                        await emit(ChunkPayload(text=event.text, tokens=pending))
+                        reported, pending = reported + pending, 0
                 elif isinstance(event, Finished):
-                    await emit(ChunkPayload(finish_reason=event.finish_reason))
+                    # The client pays no more completion tokens than its chunks carried: the last one carries
+                    # the tokens no text showed (a stop string's, an upstream's uncounted deltas).
+                    unshown = max(0, event.usage.completion_tokens - reported)
+                    await emit(ChunkPayload(finish_reason=event.finish_reason, tokens=unshown))
                     return event.usage, event.finish_reason
         finally:
             await stream.aclose()
@@ -224,7 +248,7 @@ def _continuation(job: Job, content_key: bytes) -> tuple[str, int]:
     parts: list[str] = []
     tokens = 0
     for earlier in job.resume_from:
-        opener = ResponseSealer(content_key, job.request_id, earlier.worker_id)
+        opener = ResponseSealer(content_key, job.request_id, earlier.worker_id, earlier.key_nonce)
         for seq, sealed in enumerate(earlier.chunks):
             chunk = ChunkPayload.model_validate(msgpack.unpackb(opener.open(seq, sealed), raw=False))
             parts.append(chunk.text)

@@ -29,6 +29,7 @@ from cocoon.protocol import (
     ResponseSealer,
     WrappedKey,
     frame,
+    new_key_nonce,
     open_request,
     unpack_as,
     unwrap_content_key,
@@ -133,6 +134,7 @@ class WorkerTurn:
     digest: ResponseDigest
     seq: int = 0
     completion_tokens: int = 0
+    key_nonce: bytes = field(default_factory=new_key_nonce)
 
     def start(self, *, hedged_out: bool = False, attempt: int = 0) -> dict[str, Any]:
         message = JobStart(worker_id=self.worker.worker_id, job_id="", attempt=attempt, hedged_out=hedged_out)
@@ -143,10 +145,14 @@ class WorkerTurn:
         data = msgpack.packb(payload.model_dump(exclude_defaults=True), use_bin_type=True)
         self.digest.update(data)
         number = self.seq if seq is None else seq
-        sealed = ResponseSealer(self.content_key, self.request_id, self.worker.worker_id).seal(number, data)
+        sealer = ResponseSealer(self.content_key, self.request_id, self.worker.worker_id, self.key_nonce)
+        sealed = sealer.seal(number, data)
         self.seq += 1
         self.completion_tokens += payload.tokens
-        return Chunk(seq=number, data=sealed, worker_id=worker_id or self.worker.worker_id).model_dump()
+        nonce = self.key_nonce if number == 0 else b""
+        return Chunk(
+            seq=number, data=sealed, worker_id=worker_id or self.worker.worker_id, key_nonce=nonce
+        ).model_dump()
 
     def text(self, text: str, tokens: int = 1) -> dict[str, Any]:
         return self.chunk(ChunkPayload(text=text, tokens=tokens))

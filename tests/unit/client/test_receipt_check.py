@@ -6,7 +6,7 @@ import pytest
 
 from cocoon.attestation import VerifiedWorker
 from cocoon.client.directory import AttestedWorker
-from cocoon.client.receipts import check_receipt
+from cocoon.client.receipts import ReceiptBounds, check_receipt
 from cocoon.crypto import NodeKeys, ResponseDigest, request_digest, sign_receipt
 from cocoon.errors import ReceiptInvalid
 from cocoon.protocol import JobEnd, Receipt
@@ -14,6 +14,7 @@ from cocoon.protocol import JobEnd, Receipt
 MODEL_HASH = "ab" * 32
 PLAINTEXT = b"sealed request plaintext"
 SALT = b"s" * 16
+BOUNDS = ReceiptBounds(completion=8, received=2, prompt=ReceiptBounds.prompt_bound(PLAINTEXT, 0))
 
 
 def setup() -> tuple[NodeKeys, AttestedWorker, Receipt, ResponseDigest]:
@@ -54,7 +55,7 @@ def setup() -> tuple[NodeKeys, AttestedWorker, Receipt, ResponseDigest]:
 def test_a_true_receipt_is_accepted() -> None:
     keys, worker, receipt, digest = setup()
     end = JobEnd(receipt=receipt, signature=sign_receipt(keys.signing, receipt))
-    check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+    check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest, BOUNDS)
 
 
 def test_a_receipt_signed_by_another_key_is_rejected() -> None:
@@ -62,7 +63,7 @@ def test_a_receipt_signed_by_another_key_is_rejected() -> None:
     forger = NodeKeys.generate()
     end = JobEnd(receipt=receipt, signature=sign_receipt(forger.signing, receipt))
     with pytest.raises(ReceiptInvalid, match="signature"):
-        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest, BOUNDS)
 
 
 @pytest.mark.parametrize(
@@ -79,4 +80,30 @@ def test_a_signed_receipt_for_something_else_is_rejected(change: dict[str, str],
     lie = receipt.model_copy(update=change)
     end = JobEnd(receipt=lie, signature=sign_receipt(keys.signing, lie))
     with pytest.raises(ReceiptInvalid, match=reason):
-        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest)
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest, BOUNDS)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"completion_tokens": 3}, "more than the 2 its chunks carried"),
+        ({"prompt_tokens": 10_000}, "more than the request can hold"),
+        ({"cached_tokens": 4}, "contradict"),
+        ({"reasoning_tokens": 3}, "contradict"),
+    ],
+)
+def test_a_signed_receipt_claiming_more_than_was_sent_or_received_is_rejected(
+    change: dict[str, int], reason: str
+) -> None:
+    keys, worker, receipt, digest = setup()
+    lie = receipt.model_copy(update=change)
+    end = JobEnd(receipt=lie, signature=sign_receipt(keys.signing, lie))
+    with pytest.raises(ReceiptInvalid, match=reason):
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest, BOUNDS)
+
+
+def test_a_receipt_past_what_is_left_of_max_tokens_is_rejected() -> None:
+    keys, worker, receipt, digest = setup()
+    end = JobEnd(receipt=receipt, signature=sign_receipt(keys.signing, receipt))
+    with pytest.raises(ReceiptInvalid, match="left of max_tokens"):
+        check_receipt(end, worker, "gemma", "req-1", PLAINTEXT, digest, ReceiptBounds(1, 2, 1000))

@@ -38,7 +38,9 @@ class Network:
         self.first, self.second = FakeWorker(), FakeWorker()
         self.content_key = os.urandom(32)
         workers = {w.worker_id: w.attested() for w in (self.first, self.second)}
-        self.stream = ResponseStream(Exchange("req-1", MODEL, PLAINTEXT, SALT, self.content_key, workers))
+        self.stream = ResponseStream(
+            Exchange("req-1", MODEL, PLAINTEXT, SALT, self.content_key, workers, kind="chat", max_tokens=64)
+        )
 
     def turn(self, worker: FakeWorker) -> WorkerTurn:
         return worker.turn("req-1", self.content_key, PLAINTEXT, SALT)

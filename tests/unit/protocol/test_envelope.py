@@ -9,10 +9,12 @@ from cocoon.errors import SealError
 from cocoon.protocol import (
     ResponseSealer,
     WrappedKey,
+    new_key_nonce,
     open_request,
     seal_request,
     unwrap_content_key,
 )
+from cocoon.protocol.replay import ReplayRecord
 
 
 def test_every_candidate_opens_the_same_request() -> None:
@@ -51,13 +53,31 @@ def test_tampered_ciphertext_is_detected() -> None:
 
 
 def test_response_chunks_open_only_in_order_and_for_their_worker() -> None:
-    key = b"k" * 32
-    sealer = ResponseSealer(key, "r1", "w-a")
+    key, nonce = b"k" * 32, new_key_nonce()
+    sealer = ResponseSealer(key, "r1", "w-a", nonce)
     first, second = sealer.seal(0, b"hello"), sealer.seal(1, b"world")
-    reader = ResponseSealer(key, "r1", "w-a")
+    reader = ResponseSealer(key, "r1", "w-a", nonce)
     assert reader.open(0, first) == b"hello"
     assert reader.open(1, second) == b"world"
     with pytest.raises(SealError):
         reader.open(0, second)  # reordered
     with pytest.raises(SealError):
-        ResponseSealer(key, "r1", "w-b").open(0, first)  # claimed by another worker
+        ResponseSealer(key, "r1", "w-b", nonce).open(0, first)  # claimed by another worker
+
+
+def test_each_job_of_one_request_seals_under_a_fresh_key() -> None:
+    key = b"k" * 32
+    runs = [ResponseSealer(key, "r1", "w-a", new_key_nonce()).seal(0, b"same text") for _ in range(2)]
+    assert runs[0] != runs[1]  # no keystream is ever used twice, even for one request on one worker
+    with pytest.raises(SealError):
+        ResponseSealer(key, "r1", "w-a", new_key_nonce()).open(0, runs[0])
+    with pytest.raises(SealError):
+        ResponseSealer(key, "r1", "w-a", b"short")
+
+
+def test_a_request_id_is_seen_once_until_it_expires_or_is_pushed_out() -> None:
+    record = ReplayRecord(capacity=2, ttl_s=10)
+    assert record.first_time("a", now=0) and not record.first_time("a", now=5)
+    assert record.first_time("a", now=11)  # expired
+    assert record.first_time("b", now=11) and record.first_time("c", now=11)
+    assert len(record) == 2

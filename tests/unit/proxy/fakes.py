@@ -17,6 +17,7 @@ from cocoon.proxy.routing.directory import SendFailed, WorkerEntry
 
 MODEL = "m"
 MODEL_HASH = "ab" * 32
+KEY_NONCE = b"n" * 32
 Frame = dict[str, Any]
 _receipts = itertools.count(1)
 
@@ -63,7 +64,8 @@ class FakeWorker:
             self.entry.jobs[job_id].put_nowait(frame | {"job_id": job_id})
 
     def chunk(self, seq: int, data: bytes) -> Frame:
-        return {"t": "chunk", "seq": seq, "data": data}
+        """A sealed chunk as a worker sends it: chunk 0 brings the nonce of its job's response key."""
+        return {"t": "chunk", "seq": seq, "data": data} | ({"key_nonce": KEY_NONCE} if seq == 0 else {})
 
     def error(self, status: int, code: str = "engine_error") -> Frame:
         body = ErrorBody(message=f"{self.name} failed", type="api_error", code=code)

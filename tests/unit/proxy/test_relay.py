@@ -21,7 +21,7 @@ from cocoon.proxy.routing.directory import Directory
 from cocoon.proxy.routing.evidence import EvidenceLog
 from cocoon.proxy.routing.rank import RoutingBook
 from cocoon.proxy.routing.reputation import ReputationBook
-from tests.unit.proxy.fakes import FakeWorker, request
+from tests.unit.proxy.fakes import KEY_NONCE, FakeWorker, request
 
 Frame = dict[str, Any]
 
@@ -158,7 +158,7 @@ async def test_a_worker_lost_mid_stream_hands_its_chunks_to_the_next_candidate()
     reading = asyncio.create_task(client_frames(relay.stream(attempt, first)))
 
     job_b = await b.next_sent("job")
-    assert job_b["resume_from"] == [{"worker_id": "a", "chunks": [b"sealed-0", b"sealed-1"]}]
+    assert job_b["resume_from"] == [{"worker_id": "a", "key_nonce": KEY_NONCE, "chunks": [b"sealed-0", b"sealed-1"]}]
     assert job_b["request_id"] == job_a["request_id"] and job_b["job_id"] != job_a["job_id"]
     b.feed(job_b["job_id"], b.chunk(0, b"sealed-2"), b.end(job_b))
     frames = await reading
