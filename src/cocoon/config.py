@@ -167,6 +167,11 @@ class ClientSettings(RoleSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request leaves it out")
     api_key: str | None = Field(None, description="if set, apps must send it as a bearer token")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins (e.g. http://localhost:3000) whose pages may call the sidecar; requests with any "
+        "other Origin header are refused, so a web page cannot spend the deposit through the user's browser",
+    )
     chain_url: str | None = Field(
         None, description="toncenter v2 API to read prices and pay from; empty: use only free proxies"
     )

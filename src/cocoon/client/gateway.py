@@ -48,7 +48,15 @@ from cocoon.client.openai_schema import (
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
 from cocoon.client.wallet import sidecar_payer
 from cocoon.config import ClientSettings
-from cocoon.errors import BadRequest, CocoonError, ModelNotFound, NotFound, Unauthorized
+from cocoon.errors import (
+    BadRequest,
+    CocoonError,
+    Forbidden,
+    ModelNotFound,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from cocoon.protocol.http import parse_json, read_body
 from cocoon.protocol.payload import SealedParams
 
@@ -181,10 +189,25 @@ def _sdk(request: Request) -> CocoonClient:
 
 
 async def _parse(request: Request, model: type[R]) -> R:
-    """The body as ``model``, from a caller holding the API key (when one is set)."""
+    """The JSON body as ``model``, from a caller holding the API key (when one is set) and not a foreign web page.
+
+    A browser sends a page's cross-site ``text/plain`` or form post without asking first (no CORS preflight), with
+    its ``Origin``: refusing other content types and origins not in ``allowed_origins`` keeps any web page the user
+    opens from spending the deposit through the sidecar (403, 415). Apps and SDKs send no ``Origin``.
+    """
     settings = _settings(request)
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in settings.allowed_origins:
+        raise Forbidden(
+            f"requests from the web origin {origin!r} are refused; add it to the sidecar's allowed_origins to allow it"
+        )
     if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
         raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"the body must be JSON sent as 'content-type: application/json', not {media_type or 'no content type'!r}"
+        )
     return parse_json(await read_body(request, settings.max_request_bytes), model)
 
 

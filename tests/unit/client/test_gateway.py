@@ -8,6 +8,7 @@ where a test says so, a proxy's whole answer to ``POST /v1/jobs`` (a 402, or a w
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -184,12 +185,45 @@ CHAT = {"model": DEFAULT_MODEL, "messages": PROMPT}
 async def test_every_error_has_its_status_and_openai_body(
     network: Sidecar, method: str, path: str, body: Any, status: int, type_: str, code: str, param: str | None
 ) -> None:
-    content = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    json_type = {"content-type": "application/json"}
+    content = {"content": body, "headers": json_type} if isinstance(body, bytes) else {"json": body} if body else {}
     response = await network.http.request(method, f"{network.base_url}{path}", **content)
     assert response.status_code == status
     error = openai_error(response)
     assert (error["type"], error["code"], error["param"]) == (type_, code, param)
     assert error["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({"content-type": "text/plain"}, json.dumps(CHAT).encode(), 415, "unsupported_media_type"),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"a=b", 415, "unsupported_media_type"),
+        ({"content-type": "application/json", "origin": "https://evil.example"}, json.dumps(CHAT).encode(), 403,
+         "forbidden"),
+        ({"content-type": "application/json"}, b"[" * 50_000 + b"]" * 50_000, 400, "invalid_json"),
+    ],
+    ids=["text-plain", "form", "foreign-origin", "nested-json"],
+)  # fmt: skip
+async def test_what_a_web_page_or_a_hostile_body_sends_is_refused(
+    network: Sidecar, headers: dict[str, str], body: bytes, status: int, code: str
+) -> None:
+    response = await network.http.post(f"{network.base_url}/chat/completions", content=body, headers=headers)
+    assert response.status_code == status
+    assert openai_error(response)["code"] == code
+
+
+async def test_an_allowed_origin_may_call_the_sidecar(proxy_app: Starlette) -> None:
+    sidecar = Sidecar(RecordedDirectory(proxy_app, WORKERS), allowed_origins=["http://localhost:3000"])
+    try:
+        response = await sidecar.http.post(
+            f"{sidecar.base_url}/chat/completions",
+            json=CHAT | {"model": "gpt-9"},
+            headers={"origin": "http://localhost:3000"},
+        )
+    finally:
+        await sidecar.aclose()
+    assert openai_error(response)["code"] == "model_not_found"  # past the origin check, to the model lookup
 
 
 async def test_a_503_names_the_workers_the_price_cap_left_out(network: Sidecar) -> None:

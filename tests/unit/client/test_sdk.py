@@ -40,6 +40,9 @@ class Payer:
     async def reject(self, receipt_id: str, reason: str) -> None:
         self.rejected.append(receipt_id)
 
+    def finished(self, request_id: str) -> None:
+        return None
+
 
 def client(transport: httpx.AsyncBaseTransport, payer: Payer | None = None) -> CocoonClient:
     http = httpx.AsyncClient(transport=transport, base_url="http://proxy.test")
