@@ -97,9 +97,10 @@ class WorkerSettings(RoleSettings):
         description="node keys (made on first start; inside a TEE they never leave it)",
     )
     attestation: Literal["simulated", "tdx", "sev-snp"] = Field("simulated", description="attestation provider")
-    dev_authority_key_file: Path = Field(
-        default_factory=lambda: cocoon_home() / "dev-authority.json",
-        description="key that signs simulated quotes (development networks only)",
+    dev_attestation_url: str | None = Field(
+        None,
+        description="simulated attestation only: the dev authority that signs this worker's quotes (`cocoon up` "
+        "serves one on loopback and sets it); the authority key never leaves that process",
     )
     heartbeat_interval: float = Field(0.5, gt=0, description="seconds between heartbeats")
     reconnect_max_backoff: float = Field(10.0, gt=0, description="cap of the reconnect backoff, seconds")

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from cocoon.crypto import SigningKey
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork
 from tests.helpers.network import directory, start_network, wait_for, worker_process
@@ -121,8 +122,7 @@ def test_client_hanging_up_cancels_the_job_on_the_worker(fresh: LocalNetwork) ->
 
 
 def test_a_worker_attested_by_an_unknown_authority_is_refused(fresh: LocalNetwork) -> None:
-    fresh.worker_options = {"dev_authority_key_file": str(fresh.home / "rogue-authority.json")}
-    rogue = fresh.add_worker(3)
+    rogue = fresh.add_worker(3, authority=SigningKey.generate())
     log = fresh.home / "logs" / "proxy.log"
     wait_for(lambda: b"worker refused" in log.read_bytes(), 30, "the proxy to refuse the rogue worker")
     assert len(directory(fresh)) == 2

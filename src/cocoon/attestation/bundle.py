@@ -7,19 +7,22 @@ quote knows the sealing key, the signing key and the weights all live in the att
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_QUOTE_BYTES = 32 * 1024  # a TDX quote with its certificate chain is under 16 KiB
+ModelHash = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
 class AttestationBundle(BaseModel):
     model_config = ConfigDict(frozen=True)
     provider: Literal["simulated", "tdx", "sev-snp"]
-    quote: bytes
-    x25519_pub: bytes
-    ed25519_pub: bytes
-    model_hashes: list[str]
-    measurement: str
+    quote: bytes = Field(max_length=MAX_QUOTE_BYTES)
+    x25519_pub: bytes = Field(min_length=32, max_length=32)
+    ed25519_pub: bytes = Field(min_length=32, max_length=32)
+    model_hashes: list[ModelHash] = Field(max_length=64)
+    measurement: str = Field(max_length=256)
 
 
 def report_data(x25519_pub: bytes, ed25519_pub: bytes, model_hashes: list[str]) -> bytes:

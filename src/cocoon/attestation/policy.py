@@ -1,13 +1,17 @@
-"""Which attestations a network accepts, and the verifier that applies it (results cached per key).
+"""Which attestations a network accepts, and the verifier that applies it (verdicts cached, boundedly).
 
 Allow-lists come from the registry contract in production; the devnet writes them to a policy file.
-``None`` for a list means "any" and is only sensible on a development network.
+``None`` for a list means "any" and is only sensible on a development network. A proxy admitting a worker also
+holds its quote to ``max_quote_age_s``; a client reading the directory checks what the quote binds, not its age.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import msgpack
 from pydantic import BaseModel, Field
 
 from cocoon.attestation.bundle import AttestationBundle, report_data
@@ -22,6 +26,9 @@ class AttestationPolicy(BaseModel):
     )
     allowed_measurements: list[str] | None = Field(None, description="hex image measurements; empty: any")
     allowed_model_hashes: list[str] | None = Field(None, description="hex weights hashes; empty: any")
+    max_quote_age_s: float = Field(
+        3600.0, gt=0, description="a proxy refuses to admit a worker whose quote is older than this, seconds"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,28 +40,55 @@ class VerifiedWorker:
     model_hashes: frozenset[str]
     measurement: str
     provider: str
+    issued_at: float = 0.0  # when the quote was made (wall clock, UTC seconds)
+
+
+CLOCK_SKEW_S = 60.0  # a quote dated this far in the future is still accepted
+VERDICTS_KEPT = 1024  # the cache is bounded: refused registrations cannot grow it without limit
 
 
 class AttestationVerifier:
-    """Checks bundles against one policy; remembers each verdict per (bundle) so a worker is checked once."""
+    """Checks bundles against one policy; remembers the last ``VERDICTS_KEPT`` verdicts by bundle digest."""
 
-    def __init__(self, policy: AttestationPolicy) -> None:
+    def __init__(self, policy: AttestationPolicy, verdicts_kept: int = VERDICTS_KEPT) -> None:
         self.policy = policy
-        self._cache: dict[bytes, VerifiedWorker | AttestationFailed] = {}
+        self.verdicts_kept = verdicts_kept
+        # A refusal is kept as its message: an exception would keep its traceback, and with it the bundle.
+        self._cache: OrderedDict[bytes, VerifiedWorker | str] = OrderedDict()
 
-    def verify(self, bundle: AttestationBundle) -> VerifiedWorker:
-        """The verified identity in ``bundle``; ``AttestationFailed`` saying which check failed."""
-        cache_key = bundle.quote + bundle.x25519_pub + bundle.ed25519_pub
+    def verify(self, bundle: AttestationBundle, *, fresh_at: float | None = None) -> VerifiedWorker:
+        """The verified identity in ``bundle``; ``AttestationFailed`` saying which check failed.
+
+        With ``fresh_at`` (wall-clock seconds, as a proxy admitting a worker passes) the quote must also have been
+        issued within the policy's ``max_quote_age_s`` before it.
+        """
+        cache_key = _digest(bundle)
         cached = self._cache.get(cache_key)
         if cached is None:
             try:
                 cached = self._verify(bundle)
             except AttestationFailed as exc:
-                cached = exc
+                cached = exc.message
             self._cache[cache_key] = cached
-        if isinstance(cached, AttestationFailed):
-            raise cached
+            while len(self._cache) > self.verdicts_kept:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(cache_key)
+        if isinstance(cached, str):
+            raise AttestationFailed(cached)
+        if fresh_at is not None:
+            age = fresh_at - cached.issued_at
+            if age > self.policy.max_quote_age_s:
+                raise AttestationFailed(
+                    f"attestation quote is {age:.0f}s old and this network accepts quotes up to "
+                    f"{self.policy.max_quote_age_s:g}s old: the worker must present a fresh quote"
+                )
+            if age < -CLOCK_SKEW_S:
+                raise AttestationFailed(f"attestation quote is dated {-age:.0f}s in the future: check the clocks")
         return cached
+
+    def cached_verdicts(self) -> int:
+        return len(self._cache)
 
     def _verify(self, bundle: AttestationBundle) -> VerifiedWorker:
         policy = self.policy
@@ -87,4 +121,11 @@ class AttestationVerifier:
             frozenset(bundle.model_hashes),
             quote.measurement,
             bundle.provider,
+            quote.issued_at,
         )
+
+
+def _digest(bundle: AttestationBundle) -> bytes:
+    """A short key naming everything the verdict depends on (the bundle itself may be kilobytes)."""
+    fields = [bundle.provider, bundle.quote, bundle.x25519_pub, bundle.ed25519_pub, bundle.model_hashes]
+    return hashlib.sha256(msgpack.packb([*fields, bundle.measurement], use_bin_type=True)).digest()

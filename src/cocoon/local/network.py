@@ -22,16 +22,18 @@ from rich.console import Console
 
 from cocoon.attestation.simulated import DEV_MEASUREMENT
 from cocoon.config import cocoon_home
-from cocoon.crypto import load_or_create_signing_key
+from cocoon.crypto import SigningKey, load_or_create_node_keys
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
 from cocoon.errors import ChildDied, UpstreamFailed, map_http_errors
+from cocoon.local.authority import DevAuthority
 from cocoon.local.chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
 from cocoon.local.processes import Child, spawn, stop_all
 
 console = Console(stderr=True)
 out = Console()
+QUOTE_MAX_AGE_S = 300.0
 
 
 class LocalNetwork:
@@ -68,6 +70,9 @@ class LocalNetwork:
         self.policy: dict[str, Any] = {}
         self.model_file = Path()
         self.model_hash = ""
+        # The attestation authority lives in this process only (a fresh key per start); workers ask it for quotes.
+        self.authority = DevAuthority()
+        self.authority_url = ""
         self._stop = threading.Event()
 
     @property
@@ -111,14 +116,16 @@ class LocalNetwork:
         logs.mkdir(parents=True, exist_ok=True)
         model = self.model_path or bundled_model_path(progress=True)
         model_hash = sha256_file(model)
-        authority = load_or_create_signing_key(self.home / "dev-authority.json")
+        self.authority_url = self.authority_url or self.authority.start()
         served_hash = SYNTHETIC_MODEL_HASH if self.synthetic else model_hash
         policy = {
             "allow_simulated": True,
-            "simulated_authorities": [authority.public.hex()],
+            "simulated_authorities": [self.authority.public_hex],
             "allowed_measurements": [DEV_MEASUREMENT],
             # A network of synthetic workers (benchmarks) admits that engine's fixed weights hash, no other.
             "allowed_model_hashes": [served_hash],
+            # Workers fetch a fresh quote for every session, so a copied one is soon worthless.
+            "max_quote_age_s": QUOTE_MAX_AGE_S,
         }
         self.policy = policy
         self.model_file, self.model_hash = model, model_hash
@@ -138,8 +145,11 @@ class LocalNetwork:
         self._write("client.toml", client | money_options(self.chain, self.home, "client"))
         self._spawn("client", "client.toml")
 
-    def add_worker(self, i: int, **engine: Any) -> Child:
-        """Write worker ``i``'s config (``engine`` overrides its engine table) and start it."""
+    def add_worker(self, i: int, *, authority: SigningKey | None = None, **engine: Any) -> Child:
+        """Write worker ``i``'s config (``engine`` overrides its engine table) and start it.
+
+        Its quotes are signed by this network's authority, or by ``authority`` (a key the policy does not trust).
+        """
         threads = max(1, (os.cpu_count() or 2) // self.workers)
         table = {
             "kind": "llamacpp",
@@ -148,11 +158,13 @@ class LocalNetwork:
             "threads": threads,
             "model_hash": self.model_hash,
         }
+        keys_file = self.home / f"worker-{i}" / "keys.json"
+        self.authority.enroll(load_or_create_node_keys(keys_file), authority)
         worker = {
             "proxies": [f"ws://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
             "slots": 2,
-            "keys_file": str(self.home / f"worker-{i}" / "keys.json"),
-            "dev_authority_key_file": str(self.home / "dev-authority.json"),
+            "keys_file": str(keys_file),
+            "dev_attestation_url": self.authority_url,
             "engines": [table | self.engine | engine],
         }
         options = money_options(self.chain, self.home, f"worker-{i}")
@@ -228,6 +240,8 @@ class LocalNetwork:
         if self.children:
             console.print("stopped " + ", ".join(c.name for c in self.children))
         self.children.clear()
+        self.authority.stop()
+        self.authority_url = ""
 
     def _write(self, name: str, settings: dict[str, Any]) -> None:
         (self.home / name).write_text(tomli_w.dumps(settings))

@@ -35,41 +35,67 @@ class ErrorBody(BaseModel):
 # ---- worker -> proxy -------------------------------------------------------------------------------
 
 
+# Bounds on what a worker may claim about itself: every number the router computes with is finite, non-negative
+# and of a plausible size, so one hostile worker cannot break the directory (NaN) or win every ranking (negatives).
+MAX_SLOTS = 1024
+MAX_COUNT = 1_000_000  # queue depth, running jobs
+MAX_TOKENS_PER_S = 1e7
+MAX_TTFT_MS = 3_600_000.0
+MAX_PRICE_COEFFICIENT = 1_000_000  # 1000× the registry price; a proxy's own cap is lower (money)
+Rate = Annotated[float, Field(ge=0, le=MAX_TOKENS_PER_S, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
 class ModelOffer(BaseModel):
     model_config = ConfigDict(frozen=True)
-    model: str
-    model_hash: str
-    context_length: int
+    model: str = Field(min_length=1, max_length=200)
+    model_hash: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    context_length: int = Field(ge=1, le=2**24)
     supports_embeddings: bool = False
+
+
+class Challenge(Wire):
+    """The proxy's first message on a worker socket: a fresh nonce the registration must sign."""
+
+    t: Literal["challenge"] = "challenge"
+    proxy_id: str
+    nonce: bytes
 
 
 class Register(Wire):
     t: Literal["register"] = "register"
-    worker_id: str
-    software: str
-    models: list[ModelOffer]
-    slots: int = Field(ge=1)
-    price_coefficient: int = Field(1000, ge=1, description="1000 = 1x the registry price")
-    region: str = ""
-    payout_address: str = Field("", description="wallet the proxy pays this worker's share to (TON address)")
-    ed25519_pub: bytes
-    x25519_pub: bytes
+    worker_id: str = Field(max_length=80)
+    software: str = Field(max_length=200)
+    models: list[ModelOffer] = Field(min_length=1, max_length=64)
+    slots: int = Field(ge=1, le=MAX_SLOTS)
+    price_coefficient: int = Field(1000, ge=1, le=MAX_PRICE_COEFFICIENT, description="1000 = 1x the registry price")
+    region: str = Field("", max_length=64)
+    payout_address: str = Field(
+        "", max_length=128, description="wallet the proxy pays this worker's share to (TON address)"
+    )
+    ed25519_pub: bytes = Field(min_length=32, max_length=32)
+    x25519_pub: bytes = Field(min_length=32, max_length=32)
     attestation: dict[str, Any]
+    challenge_signature: bytes = Field(
+        b"", max_length=64, description="Ed25519 signature of the proxy's challenge with the attested key"
+    )
 
 
 class Heartbeat(Wire):
     t: Literal["heartbeat"] = "heartbeat"
-    free_slots: int
-    queue_depth: int
-    active_jobs: int
-    tokens_per_s: float
-    prefill_tokens_per_s: float = 0.0
-    ttft_ms: float = Field(0.0, ge=0, description="the worker's promise: median time to first token lately")
+    free_slots: Count = Field(description="at most the registered slots")
+    queue_depth: Count
+    active_jobs: Count
+    tokens_per_s: Rate
+    prefill_tokens_per_s: Rate = 0.0
+    ttft_ms: float = Field(
+        0.0, ge=0, le=MAX_TTFT_MS, allow_inf_nan=False, description="the worker's promise: median TTFT lately"
+    )
 
 
 class Pong(Wire):
     t: Literal["pong"] = "pong"
-    nonce: int
+    nonce: int = Field(ge=0, lt=2**63)
 
 
 class Chunk(Wire):
@@ -111,7 +137,7 @@ class Registered(Wire):
 
 class Ping(Wire):
     t: Literal["ping"] = "ping"
-    nonce: int
+    nonce: int = Field(ge=0, lt=2**63)
 
 
 class Job(Wire):

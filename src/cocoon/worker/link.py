@@ -1,7 +1,8 @@
-"""One worker's WebSocket to one proxy: register, heartbeat, take jobs, reconnect with backoff.
+"""One worker's WebSocket to one proxy: answer its challenge, register, heartbeat, take jobs, reconnect with backoff.
 
-The worker dials out, so it needs no public address. Jobs of a link are cancelled when the link drops:
-the proxy has already moved them elsewhere.
+The worker dials out, so it needs no public address. Each session starts with the proxy's challenge, which the
+registration signs with the attested key (a fresh registration per session, so its quote is fresh too). Jobs of a
+link are cancelled when the link drops: the proxy has already moved them elsewhere.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from cocoon.errors import RegistrationRefused
+from cocoon.attestation import answer_challenge
+from cocoon.crypto import SigningKey
+from cocoon.errors import CocoonError, RegistrationRefused
 from cocoon.protocol import (
     PROXY_TO_WORKER,
     Cancel,
@@ -29,23 +33,34 @@ from cocoon.protocol import (
     Registered,
     pack,
     unpack,
+    unpack_as,
 )
+from cocoon.protocol.messages import Challenge
 from cocoon.worker.runner import JobRunner
 
 log = logging.getLogger("cocoon.worker")
+
+Registration = Callable[[], Awaitable[Register]]
+"""Makes this worker's registration for a new session (with a fresh attestation quote)."""
+
+
+class RegistrationDeferred(Exception):
+    """The proxy will admit this worker soon but not now (its previous session is still live there)."""
 
 
 class ProxyLink:
     def __init__(
         self,
         url: str,
-        register: Register,
+        registration: Registration,
+        signing_key: SigningKey,
         runner: JobRunner,
         heartbeat_interval: float,
         max_backoff: float,
     ) -> None:
         self.url = url
-        self.register = register
+        self.registration = registration
+        self.signing_key = signing_key
         self.runner = runner
         self.heartbeat_interval = heartbeat_interval
         self.max_backoff = max_backoff
@@ -63,6 +78,11 @@ class ProxyLink:
             except RegistrationRefused as exc:
                 log.error("proxy refused registration url=%s reason=%s", self.url, exc.message)
                 backoff = self.max_backoff
+            except CocoonError as exc:  # no attestation to present, or a proxy speaking something else
+                log.error("could not register url=%s error=%s", self.url, exc.message)
+                backoff = self.max_backoff
+            except RegistrationDeferred as exc:
+                log.warning("proxy deferred registration url=%s reason=%s", self.url, exc)
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as exc:
                 log.warning("proxy link down url=%s error=%s", self.url, type(exc).__name__)
             finally:
@@ -72,16 +92,21 @@ class ProxyLink:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _session(self, ws: ClientConnection) -> None:
-        await ws.send(pack(self.register))
         async with asyncio.timeout(10):
+            challenge = unpack_as(await ws.recv(decode=False), Challenge)
+            register = await self.registration()
+            signature = answer_challenge(self.signing_key, challenge.proxy_id, challenge.nonce)
+            await ws.send(pack(register.model_copy(update={"challenge_signature": signature})))
             reply = await ws.recv(decode=False)
         first = unpack(reply, PROXY_TO_WORKER)
         if isinstance(first, JobError):
+            if first.retryable:
+                raise RegistrationDeferred(first.error.message)
             raise RegistrationRefused(first.error.message)
         if not isinstance(first, Registered):
             raise RegistrationRefused(f"expected 'registered', proxy sent {first.t!r}")
         self.connected.set()
-        log.info("registered url=%s proxy=%s worker=%s", self.url, first.proxy_id, self.register.worker_id)
+        log.info("registered url=%s proxy=%s worker=%s", self.url, first.proxy_id, register.worker_id)
         heartbeat = asyncio.create_task(self._heartbeat(ws))
         try:
             async for raw in ws:

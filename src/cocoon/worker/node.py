@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 
+import httpx
+
 from cocoon import __version__
-from cocoon.attestation import DEV_MEASUREMENT, AttestationBundle, make_simulated_quote, report_data
+from cocoon.attestation import DEV_MEASUREMENT, AttestationBundle
 from cocoon.config import WorkerSettings
-from cocoon.crypto import NodeKeys, load_or_create_node_keys, load_or_create_signing_key
+from cocoon.crypto import NodeKeys, load_or_create_node_keys
 from cocoon.engines import Engine, build_engine
-from cocoon.errors import AttestationFailed, ConfigError
+from cocoon.errors import AttestationFailed, ConfigError, map_http_errors
 from cocoon.protocol import ModelOffer, Register
 from cocoon.worker.earnings import payout_address
 from cocoon.worker.link import ProxyLink
@@ -19,16 +23,39 @@ from cocoon.worker.runner import JobRunner
 log = logging.getLogger("cocoon.worker")
 
 
-def attest(settings: WorkerSettings, keys: NodeKeys, model_hashes: list[str]) -> AttestationBundle:
-    """The bundle this worker presents: a quote whose report data binds its keys and models."""
-    data = report_data(keys.sealing.public, keys.signing.public, model_hashes)
+def attestation_url(settings: WorkerSettings) -> str:
+    """Where this worker gets its quotes; ``AttestationFailed`` when it has no provider it can use."""
     if settings.attestation != "simulated":
         raise AttestationFailed(
             f"attestation provider {settings.attestation!r} is not available in this build; use 'simulated' "
             "on development networks"
         )
-    authority = load_or_create_signing_key(settings.dev_authority_key_file)
-    quote = make_simulated_quote(authority, data)
+    if not settings.dev_attestation_url:
+        raise AttestationFailed(
+            "simulated attestation needs the dev network's authority to sign a quote: set dev_attestation_url "
+            "(`cocoon up` serves one and sets it for its workers)"
+        )
+    return settings.dev_attestation_url
+
+
+async def attest(settings: WorkerSettings, keys: NodeKeys, model_hashes: list[str]) -> AttestationBundle:
+    """The bundle this worker presents now: a freshly issued quote whose report data binds its keys and models.
+
+    A simulated quote is signed by the dev network's authority on request (``dev_attestation_url``); the worker
+    never holds that key. ``AttestationFailed`` when no quote can be had, ``UpstreamFailed`` when the authority
+    cannot be reached.
+    """
+    url = attestation_url(settings)
+    body = {"x25519_pub": keys.sealing.public.hex(), "ed25519_pub": keys.signing.public.hex(), "models": model_hashes}
+    async with httpx.AsyncClient(timeout=10) as http:
+        with map_http_errors(f"the dev attestation authority at {url}"):
+            response = await http.post(url, json=body)
+    if response.status_code != 200:
+        raise AttestationFailed(f"the dev attestation authority at {url} refused to sign: {response.text[:200]}")
+    try:
+        quote = base64.b64decode(response.json()["quote"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise AttestationFailed(f"the dev attestation authority at {url} sent no quote: {exc!r}") from exc
     return AttestationBundle(
         provider="simulated",
         quote=quote,
@@ -57,6 +84,7 @@ class WorkerNode:
 
     async def start(self) -> None:
         """Load every engine (may take seconds) and build the registration the proxies will see."""
+        attestation_url(self.settings)  # fail at start-up, not at every reconnect
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         offers = [
             ModelOffer(
@@ -67,24 +95,36 @@ class WorkerNode:
             )
             for name, engine in self.engines.items()
         ]
-        bundle = attest(self.settings, self.keys, [o.model_hash for o in offers])
-        register = Register(
-            worker_id=self.worker_id,
-            software=f"cocoon/{__version__}",
-            models=offers,
-            slots=self.settings.slots,
-            price_coefficient=self.settings.price_coefficient,
-            region=self.settings.region,
-            payout_address=payout_address(self.settings),
-            ed25519_pub=self.keys.signing.public,
-            x25519_pub=self.keys.sealing.public,
-            attestation=bundle.model_dump(mode="python"),
-        )
+        payout = payout_address(self.settings)
+
+        async def registration() -> Register:
+            bundle = await attest(self.settings, self.keys, [o.model_hash for o in offers])
+            return Register(
+                worker_id=self.worker_id,
+                software=f"cocoon/{__version__}",
+                models=offers,
+                slots=self.settings.slots,
+                price_coefficient=self.settings.price_coefficient,
+                region=self.settings.region,
+                payout_address=payout,
+                ed25519_pub=self.keys.signing.public,
+                x25519_pub=self.keys.sealing.public,
+                attestation=bundle.model_dump(mode="python"),
+            )
+
         runner = JobRunner(self.keys, self.engines, self.settings.slots, self.settings.max_queue)
         runner.chaos_bad_receipts = self.settings.chaos_bad_receipts
+        settings = self.settings
         self.links = [
-            ProxyLink(url, register, runner, self.settings.heartbeat_interval, self.settings.reconnect_max_backoff)
-            for url in self.settings.proxies
+            ProxyLink(
+                url,
+                registration,
+                self.keys.signing,
+                runner,
+                settings.heartbeat_interval,
+                settings.reconnect_max_backoff,
+            )
+            for url in settings.proxies
         ]
 
     async def serve(self) -> None:

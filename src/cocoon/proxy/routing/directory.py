@@ -68,8 +68,9 @@ class WorkerEntry:
         self.active_jobs = max(0, self.active_jobs - 1)
 
     def apply(self, beat: Heartbeat) -> None:
+        """Take a heartbeat's load report (its numbers are bounded at the wire; free slots at the registered slots)."""
         self.last_seen = time.monotonic()
-        self.free_slots = beat.free_slots
+        self.free_slots = min(beat.free_slots, self.register.slots)
         self.queue_depth = beat.queue_depth
         self.active_jobs = beat.active_jobs
         self.tokens_per_s = beat.tokens_per_s
@@ -87,6 +88,17 @@ class Directory:
         """Add ``entry``; returns the entry it replaced (same worker reconnected), if any."""
         old = self.workers.get(entry.worker_id)
         self.workers[entry.worker_id] = entry
+        return old
+
+    def live_session(self, worker_id: str, within_s: float) -> WorkerEntry | None:
+        """The session ``worker_id`` already has here if it was heard from in the last ``within_s`` seconds.
+
+        A second registration for a live worker is refused, not swapped in: the one that is talking keeps its
+        jobs. A session silent that long (its socket died without a close) may be replaced by a new one.
+        """
+        old = self.workers.get(worker_id)
+        if old is None or old.gone or time.monotonic() - old.last_seen > within_s:
+            return None
         return old
 
     def remove(self, entry: WorkerEntry, reason: str) -> None:
