@@ -179,3 +179,65 @@ def test_a_resumed_stream_continues_the_text_on_the_next_worker(net: Network) ->
     result = net.stream.finish()
     assert [r.worker_id for r in result.receipts] == [net.second.worker_id]  # a worker that died is not paid
     assert result.usage.completion_tokens == 4  # but the app is told every token it got
+
+
+# ---- F2, F9, F11: the stream's own bounds ----------------------------------------------------------
+
+
+def test_a_receipt_claiming_more_completion_than_its_chunks_carried_is_refused(net: Network) -> None:
+    turn = net.turn(net.first)
+    events = net.read([turn.start(), turn.text("Red"), turn.end(completion_tokens=2)])
+    assert isinstance(events[-1], ReceiptRefused) and "its chunks carried" in events[-1].reason
+
+
+def test_a_resuming_worker_is_paid_only_its_own_tokens_and_never_past_max_tokens(net: Network) -> None:
+    first, second = net.turn(net.first), net.turn(net.second)
+    net.read([first.start(), first.text("a", tokens=40), second.start(attempt=1), second.text("b", tokens=30)])
+    events = net.read([second.end(completion_tokens=70)])  # claims the dead worker's tokens too
+    assert isinstance(events[-1], ReceiptRefused) and "its chunks carried" in events[-1].reason
+
+
+def test_a_receipt_past_max_tokens_is_refused_even_if_its_chunks_claimed_as_much(net: Network) -> None:
+    turn = net.turn(net.first)
+    events = net.read([turn.start(), turn.text("a", tokens=60), turn.text("b", tokens=10), turn.end()])
+    assert isinstance(events[-1], ReceiptRefused) and "left of max_tokens" in events[-1].reason
+
+
+def test_a_second_answer_after_the_receipt_is_an_upstream_failure(net: Network) -> None:
+    turn = net.turn(net.first)
+    answer = [turn.start(), turn.text("Red"), turn.end()]
+    net.read(answer)
+    with pytest.raises(UpstreamFailed, match=r"twice|after the answer's receipt"):
+        net.read([turn.start(attempt=1)])
+    with pytest.raises(UpstreamFailed, match="after the answer's receipt"):
+        net.read([net.turn(net.second).start(attempt=1)])
+
+
+def test_a_failover_after_the_worker_finished_is_an_upstream_failure(net: Network) -> None:
+    turn = net.turn(net.first)
+    net.read([turn.start(), turn.text("Red"), turn.chunk(ChunkPayload(finish_reason="stop"))])
+    with pytest.raises(UpstreamFailed, match="already finished"):
+        net.read([net.turn(net.second).start(attempt=1)])
+
+
+def test_a_hedge_loser_named_before_the_answer_is_an_upstream_failure(net: Network) -> None:
+    with pytest.raises(UpstreamFailed, match="hedge loser before"):
+        net.read([net.turn(net.second).start(hedged_out=True)])
+
+
+def test_more_chunks_than_max_tokens_allows_are_an_upstream_failure(net: Network) -> None:
+    turn = net.turn(net.first)
+    with pytest.raises(UpstreamFailed, match="past the caps"):
+        net.read([turn.start(), *(turn.text("w") for _ in range(67))])
+
+
+def test_a_first_chunk_without_its_key_nonce_is_an_upstream_failure(net: Network) -> None:
+    turn = net.turn(net.first)
+    with pytest.raises(UpstreamFailed, match="nonce"):
+        net.read([turn.start(), turn.text("Red") | {"key_nonce": b""}])
+
+
+def test_an_answer_past_the_byte_budget_is_cut_off_before_it_is_buffered(net: Network) -> None:
+    turn = net.turn(net.first)
+    with pytest.raises(UpstreamFailed, match="cut off"):
+        list(net.stream.feed(wire([turn.start()]) + b"\x03\x00\x00\x00" + bytes(1024 * 1024)))

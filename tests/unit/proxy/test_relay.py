@@ -269,3 +269,24 @@ async def test_a_client_that_hangs_up_cancels_the_job_and_releases_its_reservati
     assert (await a.next_sent("cancel"))["reason"] == "closed"
     assert a.entry.jobs == {} and a.entry.inflight == 0
     assert proxy.cashier.released == [reservation]
+
+
+async def test_a_worker_streaming_past_its_jobs_caps_is_cut_off_and_the_stream_resumes_elsewhere() -> None:
+    proxy = Proxy("a", "b")
+    a, b = proxy.workers["a"], proxy.workers["b"]
+    relay, _ = await proxy.relay(request(a, b).model_copy(update={"max_tokens": 2}))  # 4 chunks at most
+
+    opening = asyncio.create_task(relay.first_frame())
+    job_a = await a.next_sent("job")
+    a.feed(job_a["job_id"], *(a.chunk(seq, b"x" * 100) for seq in range(1000)))
+    attempt, first = await opening
+    assert attempt.queue.qsize() <= 5  # the surplus was never queued
+    reading = asyncio.create_task(client_frames(relay.stream(attempt, first)))
+
+    assert (await a.next_sent("cancel"))["reason"] == "overflow"
+    job_b = await b.next_sent("job")
+    assert len(job_b["resume_from"][0]["chunks"]) == 4
+    b.feed(job_b["job_id"], b.chunk(0, b"sealed"), b.end(job_b))
+    frames = await reading
+    assert kinds(frames) == ["start:a", *["chunk:a"] * 4, "start:b", "chunk:b", "end:b"]
+    assert proxy.evidence("a")["bad_receipt"] == 1
