@@ -90,6 +90,12 @@ class WorkerSettings(RoleSettings):
     )
     slots: int = Field(2, ge=1, le=1024, description="jobs run at once; more wait in the worker's queue")
     max_queue: int = Field(64, ge=0, description="jobs allowed to wait for a slot before the worker says busy")
+    chunk_pad_bytes: int = Field(
+        128, ge=0, le=65536, description="pad sealed chunks to multiples of this many bytes (0: off): sizes hide tokens"
+    )
+    chunk_coalesce_ms: float = Field(
+        0.0, ge=0, le=1000, description="after the first text, merge the text of this many ms into one chunk (0: off)"
+    )
     price_coefficient: int = Field(1000, ge=1, description="price multiplier, 1000 = 1x the registry price")
     region: str = Field("", description="region label clients may route by, e.g. eu-west")
     keys_file: Path = Field(
@@ -110,10 +116,11 @@ class WorkerSettings(RoleSettings):
     )
     chain_url: str | None = Field(None, description="toncenter v2 API, for `cocoon worker claim`")
     chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
-    chaos_bad_receipts: Literal["", "response-digest", "signature"] = Field(
+    chaos_bad_receipts: Literal["", "response-digest", "signature", "inflated-tokens"] = Field(
         "",
         description="TEST AND CHAOS ONLY: sign receipts that must fail the client's check (a wrong response "
-        "digest, or a key other than the attested one), to prove clients pay nothing for them",
+        "digest, or a key other than the attested one), or that overstate the tokens (signed with the attested "
+        "key), to prove clients pay nothing for them and no charge exceeds its reservation",
     )
 
 
@@ -150,6 +157,23 @@ class ProxySettings(RoleSettings):
     unpaid_grace_s: float = Field(
         10.0, gt=0, description="a client with a receipt unpaid this long gets no new request until it pays"
     )
+    credit_limit: int = Field(
+        10**9,
+        ge=0,
+        description="nanoton a channel may hold at risk at once: requests in flight, receipts unpaid, and every "
+        "receipt its client ever rejected (rejections use the limit up); past it the client gets 402",
+    )
+    channel_recheck_s: float = Field(
+        30.0, gt=0, description="a client channel in use is read back from the chain this often (a close, a withdrawal)"
+    )
+    max_price_coefficient: int = Field(
+        4000, ge=1, description="workers asking more than this price coefficient (1000 = 1x) are refused"
+    )
+    operator_key: str | None = Field(
+        None,
+        description="secret operators send as `Authorization: Bearer <key>` to read /v1/books and any channel; "
+        "unset: only loopback callers may (clients always see their own channel by signing)",
+    )
 
 
 class ClientSettings(RoleSettings):
@@ -180,4 +204,7 @@ class ClientSettings(RoleSettings):
     wallet_file: Path = Field(
         default_factory=lambda: cocoon_home() / "client" / "wallet.json",
         description="the client's wallet key: pays deposits and signs vouchers (made on first use)",
+    )
+    max_coefficient: int = Field(
+        4000, ge=1, description="never pay a worker whose price coefficient is above this (1000 = 1x; COCOON's 4x)"
     )

@@ -19,6 +19,8 @@ from cocoon.local import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT, LocalNetw
 from tests.helpers.network import start_network
 
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price
+OPERATOR_KEY = "test-operator-key"  # the proxy shows its books only to callers holding it
+OPERATOR = {"authorization": f"Bearer {OPERATOR_KEY}"}
 PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
 
 
@@ -33,7 +35,12 @@ def start_paid_network(
         money=True,
         engine={"kind": "synthetic"},
         # Settle only when told to, so the tests see the books before and after.
-        proxy_options={"settle_min_amount": 10**18, "settle_max_age": 10**6, **(proxy_options or {})},
+        proxy_options={
+            "settle_min_amount": 10**18,
+            "settle_max_age": 10**6,
+            "operator_key": OPERATOR_KEY,
+            **(proxy_options or {}),
+        },
         worker_options={"price_coefficient": COEFFICIENT, **worker_options},
     )
 
@@ -45,13 +52,15 @@ def oai(net: LocalNetwork) -> openai.OpenAI:
 
 def books(net: LocalNetwork) -> dict[str, Any]:
     """The proxy's ``GET /v1/books``."""
-    body: dict[str, Any] = httpx.get(f"{net.proxy_url}/v1/books", timeout=10).json()
+    response = httpx.get(f"{net.proxy_url}/v1/books", headers=OPERATOR, timeout=10)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
     return body
 
 
 def settle(net: LocalNetwork) -> dict[str, Any]:
     """Settle now (``POST /v1/settle``) and return the report."""
-    response = httpx.post(f"{net.proxy_url}/v1/settle", timeout=120)
+    response = httpx.post(f"{net.proxy_url}/v1/settle", headers=OPERATOR, timeout=120)
     assert response.status_code == 200, response.text
     report: dict[str, Any] = response.json()
     return report

@@ -15,10 +15,11 @@ from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 from pytoniq_core.tlb.account import StateInit
 
+from cocoon.chain.address import address_text
 from cocoon.chain.contracts import TON, address_of, contract_code, read_address, send_checked, state_init_for
 from cocoon.chain.toncenter import ToncenterClient, Transaction
 from cocoon.chain.wallet import Wallet
-from cocoon.errors import BadRequest
+from cocoon.errors import BadRequest, PaymentRequired
 
 OP_DEPOSIT = 0x43480001
 OP_CLAIM = 0x43480002
@@ -197,6 +198,50 @@ class PaymentChannel:
         """``(channel_id, close_delay)`` as the contract stores them."""
         channel_id, close_delay = await self.client.run_get_method(self.address, "get_channel_config")
         return cast(int, channel_id), cast(int, close_delay)
+
+    async def read_genuine(self, *, payee: Address, min_close_delay: int) -> ChannelState:
+        """The channel's state, once it is proven to be the shipped contract with canonical init data.
+
+        A contract's address is the hash of its code and initial data, so recomputing it from the shipped code,
+        the config the chain reports (payer, payer key, channel id, close delay), ``payee`` and this class's
+        role, with deposit and claimed at 0, and finding the same address proves that every nanoton of its
+        deposit came in through real deposits. Raises ``PaymentRequired`` (saying what to do) when the address
+        differs, the close delay is under ``min_close_delay`` seconds, or an open channel's balance does not
+        cover what is unclaimed.
+        """
+        shown = address_text(self.address)
+        state = await self.get_channel()
+        channel_id, close_delay = await self.get_channel_config()
+        role = self.role if self.role is not None else state.role
+        genuine = type(self).for_deploy(
+            self.client,
+            payer=state.payer,
+            payee=payee,
+            payer_key=state.payer_key,
+            close_delay=close_delay,
+            channel_id=channel_id,
+            role=role,
+        )
+        if genuine.address != self.address:
+            raise PaymentRequired(
+                f"{shown} is not a genuine cocoon payment channel paying {address_text(payee)} (its address does "
+                "not follow from the shipped contract code and canonical init data); open one with "
+                "`cocoon client deposit`"
+            )
+        if close_delay < min_close_delay:
+            raise PaymentRequired(
+                f"channel {shown} has a close delay of {close_delay}s but this network requires at least "
+                f"{min_close_delay}s; open a new channel with `cocoon client deposit`"
+            )
+        if state.close_at or state.closed:
+            return state  # a closing channel is refused for that; its balance may already be withdrawn
+        balance = await self.client.get_balance(self.address)
+        if balance < state.unclaimed:
+            raise PaymentRequired(
+                f"channel {shown} reports {state.unclaimed} nanoton unclaimed but holds only {balance}; "
+                "open a new channel with `cocoon client deposit`"
+            )
+        return state
 
     async def get_voucher_hash(self, cumulative: int) -> bytes:
         """The hash the contract expects the payer to sign for ``cumulative``."""

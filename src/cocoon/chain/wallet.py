@@ -89,6 +89,17 @@ def _with_init_and_body(message: Builder, state_init: StateInit | None, body: Ce
     return cell
 
 
+def wallet_state_init(public_key: bytes, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> StateInit:
+    """The StateInit of the v4r2 wallet of ``public_key``: its address needs no secret."""
+    data = Builder().store_uint(0, 32).store_uint(subwallet_id, 32).store_bytes(public_key).store_bit(0).end_cell()
+    return StateInit(code=WALLET_V4R2_CODE, data=data)
+
+
+def wallet_address(public_key: bytes, *, workchain: int = 0, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> Address:
+    """The address of the v4r2 wallet owned by the Ed25519 ``public_key``."""
+    return Address((workchain, wallet_state_init(public_key, subwallet_id).serialize().hash))
+
+
 class Wallet:
     """A wallet v4r2 owned by a 32-byte Ed25519 seed; deploys itself with its first transfer."""
 
@@ -99,15 +110,7 @@ class Wallet:
         self.seed = seed
         self.public_key: bytes = self._key.public_key().public_bytes_raw()
         self.subwallet_id = subwallet_id
-        data = (
-            Builder()
-            .store_uint(0, 32)
-            .store_uint(subwallet_id, 32)
-            .store_bytes(self.public_key)
-            .store_bit(0)
-            .end_cell()
-        )
-        self.state_init = StateInit(code=WALLET_V4R2_CODE, data=data)
+        self.state_init = wallet_state_init(self.public_key, subwallet_id)
         self.address = Address((workchain, self.state_init.serialize().hash))
         self._lock = asyncio.Lock()
 

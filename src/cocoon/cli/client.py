@@ -29,9 +29,10 @@ from cocoon.cli.common import (
     ton,
 )
 from cocoon.config import ClientSettings
-from cocoon.crypto import load_or_create_signing_key
+from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import ConfigError
 from cocoon.logs import configure_logging
+from cocoon.protocol.money import channel_auth_header
 
 T = TypeVar("T")
 
@@ -122,7 +123,8 @@ def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             state = await channel.get_channel()
             out |= {"deposit": state.deposit, "claimed": state.claimed, "close_at": state.close_at}
         async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
-            books = await http.get(f"/v1/channels/{raw}")
+            key = SigningKey(wallet.seed)  # the channel's payer key: the proxy shows a channel only to its owner
+            books = await http.get(f"/v1/channels/{raw}", headers=channel_auth_header(key.public, key.sign, raw))
         if books.status_code == 200:
             body = books.json()
             out |= {k: body[k] for k in ("vouchered", "charged", "reserved", "free")}

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -193,7 +194,7 @@ class CocoonClient:
         answer = ResponseStream(exchange)
         coefficients = {w.worker_id: w.price_coefficient for w in workers}
         peer = f"the proxy at {self._http.base_url} (request {request_id}, timeout {timeout:g}s)"
-        with map_http_errors(peer):
+        with map_http_errors(peer), self._ends_unpaid(request_id):
             async with self._http.stream(
                 "POST",
                 "/v1/jobs",
@@ -266,6 +267,16 @@ class CocoonClient:
             max_tokens=payload.params.max_tokens,
         )
         return job, exchange
+
+    @contextlib.contextmanager
+    def _ends_unpaid(self, request_id: str) -> Iterator[None]:
+        """A request that fails has no receipt on its way: the payer may reject what the proxy holds for it."""
+        try:
+            yield
+        except BaseException:
+            if self.payer is not None:
+                self.payer.finished(request_id)
+            raise
 
     async def _refuse(self, receipt: Receipt, reason: str) -> None:
         if self.payer is not None:

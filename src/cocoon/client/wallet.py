@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,11 @@ from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, UpstreamFailed
 from cocoon.protocol import Receipt
-from cocoon.protocol.money import PayerAuth, payer_message, rejection_message
+from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
+
+DEFAULT_MAX_COEFFICIENT = 4000  # COCOON's default: a client pays at most 4x the registry price
+OPEN_REQUEST_S = 600.0  # a request signed this long ago is no longer in flight, whatever became of it
+RESYNC_MIN_AGE_S = 10.0  # the proxy's default unpaid_grace_s: younger receipts may still be on their way
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +78,31 @@ class ChannelPayer:
     after some), and ``reject`` with each receipt it refused. Nothing else is ever paid.
     """
 
-    def __init__(self, http: httpx.AsyncClient, toncenter: ToncenterClient, key: SigningKey) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        toncenter: ToncenterClient,
+        key: SigningKey,
+        *,
+        max_coefficient: int = DEFAULT_MAX_COEFFICIENT,
+    ) -> None:
         self.http = http
         self.toncenter = toncenter
         self.key = key
         self.wallet = Wallet(key.seed)
+        self.max_coefficient = max_coefficient
         self.channel = ""
         self.vouchered = 0
         self.enabled = True
         self._prices: PriceBook | None = None
         self._ready = False
         self._lock = asyncio.Lock()
+        self._open: dict[str, float] = {}  # request id -> time.monotonic() it was signed for: in flight here
+        self.resync_min_age_s = RESYNC_MIN_AGE_S
 
     async def _start(self) -> None:
+        if self._ready:
+            return
         async with self._lock:
             if self._ready:
                 return
@@ -97,12 +114,15 @@ class ChannelPayer:
                 self._prices = PriceBook(Registry(self.toncenter, terms.registry))
                 self.vouchered = await self._last_voucher()
             self._ready = True
+        await self.resync()  # what an earlier run of this client left owed
 
     async def _last_voucher(self) -> int:
         """Resume from the proxy's copy of our last voucher, trusted only if our own key signed it."""
-        response = await self.http.get(f"/v1/channels/{self.channel}")
+        response = await self.http.get(f"/v1/channels/{self.channel}", headers=self._read_auth())
         if response.status_code == 404:
             return 0
+        if response.status_code != 200:
+            raise CocoonError.from_openai(response.status_code, _json(response))
         body = response.json()
         cumulative = int(body.get("vouchered", 0))
         if cumulative and not verify_voucher(
@@ -116,7 +136,41 @@ class ChannelPayer:
         await self._start()
         if not self.enabled:
             return None
+        now = time.monotonic()
+        for done in [rid for rid, at in self._open.items() if now - at > OPEN_REQUEST_S]:
+            del self._open[done]
+        self._open[request_id] = now
         return PayerAuth(channel=self.channel, signature=self.key.sign(payer_message(self.channel, request_id)))
+
+    def finished(self, request_id: str) -> None:
+        """The request ended without a receipt to pay (it failed): nothing here waits on what the proxy holds."""
+        self._open.pop(request_id, None)
+
+    async def resync(self) -> int:
+        """Settle receipts the proxy says this channel owes but no request here is waiting on; returns how many.
+
+        A proxy that crashed after committing a charge and before delivering its receipt holds a receipt the
+        client never got (nor its completion): the client never pays for it, it rejects it, so the channel is
+        not refused (402) for it forever. Receipts younger than ``resync_min_age_s`` are left alone: they may
+        still be on their way to a request in flight in another process sharing this wallet.
+        """
+        if not self.enabled or not self.channel:
+            return 0
+        response = await self.http.get(f"/v1/channels/{self.channel}/owed", headers=self._read_auth())
+        if response.status_code == 404:
+            return 0
+        if response.status_code != 200:
+            raise CocoonError.from_openai(response.status_code, _json(response))
+        settled = 0
+        for owed in response.json().get("owed", []):
+            if str(owed.get("request_id")) in self._open or float(owed.get("age_s", 0)) < self.resync_min_age_s:
+                continue
+            await self.reject(str(owed["receipt_id"]), "the client never received this receipt or its completion")
+            settled += 1
+        return settled
+
+    def _read_auth(self) -> dict[str, str]:
+        return channel_auth_header(self.key.public, self.key.sign, self.channel)
 
     async def prices(self, model: str) -> Prices:
         """Registry prices, read from the chain itself (not from the proxy)."""
@@ -133,6 +187,17 @@ class ChannelPayer:
         await self._start()
         if not self.enabled:
             return None
+        for r in verified:
+            self._open.pop(r.request_id, None)
+        priced = [r for r in verified if coefficients[r.worker_id] <= self.max_coefficient]
+        for r in verified:
+            if coefficients[r.worker_id] > self.max_coefficient:
+                await self.reject(
+                    r.receipt_id,
+                    f"price coefficient {coefficients[r.worker_id]} is above this client's max_coefficient "
+                    f"{self.max_coefficient}",
+                )
+        verified = priced
         cost = Cost()
         for r in verified:
             prices = await self.prices(r.model)
@@ -168,7 +233,8 @@ def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
     assert settings.chain_url is not None
     http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
     toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
-    return ChannelPayer(http, toncenter, load_or_create_signing_key(settings.wallet_file))
+    key = load_or_create_signing_key(settings.wallet_file)
+    return ChannelPayer(http, toncenter, key, max_coefficient=settings.max_coefficient)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -1,7 +1,8 @@
 """TEST AND CHAOS ONLY: receipts spoiled on purpose (``chaos_bad_receipts``), to prove clients pay nothing.
 
 ``response-digest`` commits to a response the client never received (the proxy cannot tell, the client
-can); ``signature`` signs with a fresh key instead of the attested one (both can tell).
+can); ``signature`` signs with a fresh key instead of the attested one (both can tell); ``inflated-tokens``
+signs, with the attested key, a million completion tokens more than it generated (the proxy's reservation caps it).
 """
 
 from __future__ import annotations
@@ -19,4 +20,7 @@ def spoil(mode: str, receipt: Receipt, signature: bytes, key: SigningKey) -> tup
         return forged, sign_receipt(key, forged)
     if mode == "signature":
         return receipt, sign_receipt(SigningKey.generate(), receipt)
+    if mode == "inflated-tokens":  # a greedy worker: correctly signed, a million tokens more than it made
+        inflated = receipt.model_copy(update={"completion_tokens": receipt.completion_tokens + 1_000_000})
+        return inflated, sign_receipt(key, inflated)
     return receipt, signature

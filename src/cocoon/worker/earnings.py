@@ -19,6 +19,7 @@ from cocoon.chain.contracts import address_of, contract_code, state_init_for
 from cocoon.config import WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import ChainError, ConfigError, UpstreamFailed, map_http_errors
+from cocoon.protocol.money import channel_auth_header
 
 
 def payout_wallet(settings: WorkerSettings) -> Wallet:
@@ -72,7 +73,9 @@ async def earnings(settings: WorkerSettings) -> list[Earnings]:
                 )
                 channel = address_of(state_init_for(contract_code("payment_channel"), config.init_data()))
                 raw = raw_address(channel)
-                response = await http.get(f"{base}/v1/channels/{raw}")
+                signer = load_or_create_signing_key(settings.wallet_file)  # the payee key: only it may read
+                auth = channel_auth_header(signer.public, signer.sign, raw)
+                response = await http.get(f"{base}/v1/channels/{raw}", headers=auth)
             body = response.json() if response.status_code == 200 else {}
             found.append(
                 Earnings(

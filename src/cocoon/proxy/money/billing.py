@@ -17,7 +17,7 @@ from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocoon.chain import ChannelRole, ClientChannel, sign_voucher, verify_voucher
+from cocoon.chain import ClientChannel, sign_voucher, verify_voucher
 from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import Prices, cost_of, max_cost, split
 from cocoon.crypto import verify_signature
@@ -49,10 +49,20 @@ DEPOSIT_RECHECK_S = 1.0
 class Billing:
     """Reservations in memory, everything that moves money in the store, committed before it is acknowledged."""
 
-    def __init__(self, store: Store, chain: ChainHandle, *, unpaid_grace_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: ChainHandle,
+        *,
+        unpaid_grace_s: float,
+        credit_limit: int,
+        channel_recheck_s: float = 30.0,
+    ) -> None:
         self.store = store
         self.chain = chain
         self.unpaid_grace_s = unpaid_grace_s
+        self.credit_limit = credit_limit
+        self.channel_recheck_s = channel_recheck_s
         self._reservations: dict[str, set[Reservation]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -84,8 +94,12 @@ class Billing:
                 raise PaymentRequired(f"channel {channel} is closing; open a new one with `cocoon client deposit`")
             await self._refuse_unpaid(channel)
             free = self._free(account)
-            if free < amount and time.time() - as_utc(account.checked_at).timestamp() > DEPOSIT_RECHECK_S:
+            age = time.time() - as_utc(account.checked_at).timestamp()
+            # Re-read the chain when short (a top-up), and now and then anyway (a close or withdrawal).
+            if (free < amount and age > DEPOSIT_RECHECK_S) or age > self.channel_recheck_s:
                 account = await self._refresh_deposit(channel)
+                if account.closing:
+                    raise PaymentRequired(f"channel {channel} is closing; open a new one with `cocoon client deposit`")
                 free = self._free(account)
             if free < amount:
                 raise PaymentRequired(
@@ -94,6 +108,7 @@ class Billing:
                     f"but this request may cost up to {amount} nanoton; top up with "
                     f"`cocoon client deposit --amount <TON>` or lower max_tokens"
                 )
+            await self._within_credit(channel, amount)
             reservation = Reservation(channel, amount, time.monotonic() + job.timeout + 60)
             self._reservations.setdefault(channel, set()).add(reservation)
         return reservation
@@ -125,6 +140,15 @@ class Billing:
             prices, valid = Prices(0, 0, 0), False
         coefficient = worker.price_coefficient
         cost = cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficient)
+        reason = "" if valid else "the proxy found the receipt's signature invalid"
+        if valid and reservation.charged + cost.total > reservation.amount:
+            # No honest receipt exceeds what admission reserved: the worker claims more work than was asked.
+            valid = False
+            reason = (
+                f"the receipt costs {cost.total} nanoton but the request could cost at most {reservation.amount} "
+                f"({reservation.charged} already charged): the worker overstated its token counts"
+            )
+            log.warning("receipt above its reservation receipt=%s worker=%s", r.receipt_id, worker.worker_id)
         share, fee = split(cost.total, self.chain.params.proxy_fee_bps)
         payout = raw_address(worker.payout_address)
         charge = Charge(
@@ -143,7 +167,7 @@ class Billing:
             worker_share=share,
             fee=fee,
             status=OWED if valid else INVALID,
-            reason="" if valid else "the proxy found the receipt's signature invalid",
+            reason=reason,
             receipt=pack(end),
         )
         async with self.lock(reservation.channel), self.store.writing(), self.store.session() as session:
@@ -154,6 +178,8 @@ class Billing:
                 account.charged += cost.total
             await session.commit()
         reservation.receipts.append(r.receipt_id)
+        if valid:
+            reservation.charged += cost.total
 
     async def accept_voucher(self, sub: VoucherSubmission) -> dict[str, object]:
         """Take the client's next cumulative voucher; it must pay exactly the listed owed receipts."""
@@ -189,7 +215,7 @@ class Billing:
                 )
             now = datetime.now(UTC)
             for charge in owed:
-                charge.status = PAID
+                charge.status, charge.voucher_cumulative = PAID, sub.cumulative
             account.vouchered, account.voucher_signature = sub.cumulative, signature
             account.vouchered_at = account.vouchered_at or now
             session.add(VoucherRecord(kind="client", channel=channel, cumulative=sub.cumulative, signature=signature))
@@ -217,6 +243,7 @@ class Billing:
             if charge.status == OWED:
                 charge.status, charge.reason = REJECTED, rejection.reason
                 account.charged -= charge.cost
+                account.rejected += charge.cost  # rejections use the credit limit up, for good
                 log.warning("receipt rejected by client receipt=%s worker=%s", charge.receipt_id, charge.worker_id)
             elif charge.status == PAID:
                 raise BadRequest(f"receipt {charge.receipt_id} is already paid by a voucher")
@@ -236,20 +263,22 @@ class Billing:
 
     async def _refresh_deposit(self, channel: str) -> ClientAccount:
         """Read the channel from the chain (first use, or a top-up the proxy has not seen yet)."""
+        contract = ClientChannel(self.chain.toncenter, Address(channel))
         try:
-            state = await ClientChannel(self.chain.toncenter, Address(channel)).get_channel()
+            # Only the shipped code with canonical init data: a forged contract could report any deposit.
+            state = await contract.read_genuine(
+                payee=self.chain.wallet.address, min_close_delay=self.chain.params.close_delay
+            )
         except ChainError as exc:
             raise PaymentRequired(
                 f"cannot read a client channel at {channel} on chain ({exc.message}); "
                 "if it does not exist yet, open one with `cocoon client deposit`"
             ) from exc
-        if state.role != ChannelRole.CLIENT or state.payee != self.chain.wallet.address:
-            raise PaymentRequired(f"channel {channel} does not pay this proxy; open one with `cocoon client deposit`")
         async with self.store.writing(), self.store.session() as session:
             await session.execute(
                 self.store.insert_if_absent(ClientAccount).values(
                     channel=channel, payer_key=state.payer_key, deposit=0, charged=0, vouchered=0,
-                    voucher_signature=b"", claimed=0, closing=0, checked_at=datetime.now(UTC),
+                    voucher_signature=b"", claimed=0, rejected=0, closing=0, checked_at=datetime.now(UTC),
                 )
             )  # fmt: skip
             account = await session.get(ClientAccount, channel, with_for_update=True)
@@ -259,6 +288,51 @@ class Billing:
             account.checked_at = datetime.now(UTC)
             await session.commit()
         return account
+
+    async def _within_credit(self, channel: str, amount: int) -> None:
+        """PaymentRequired when ``amount`` more would put the channel past its credit limit (reservations,
+        owed receipts, and everything its client ever rejected)."""
+        async with self.store.session() as session:
+            owed = await session.scalar(
+                select(func.coalesce(func.sum(Charge.cost), 0)).where(
+                    Charge.client_channel == channel, Charge.status == OWED
+                )
+            )
+            account = await session.get(ClientAccount, channel)
+        rejected = account.rejected if account is not None else 0
+        at_risk = self.reserved(channel) + int(owed or 0) + rejected
+        if at_risk + amount > self.credit_limit:
+            raise PaymentRequired(
+                f"channel {channel} would have {at_risk + amount} nanoton at risk with this request "
+                f"({self.reserved(channel)} reserved, {int(owed or 0)} owed, {rejected} in receipts it rejected) "
+                f"but this proxy's credit limit is {self.credit_limit}; pay owed receipts, wait for requests in "
+                "flight, lower max_tokens, or open a new channel with `cocoon client deposit`"
+            )
+
+    async def owed(self, channel: str) -> list[dict[str, object]]:
+        """The receipts ``channel`` owes, oldest first, each with its cost and the signed receipt (msgpack hex)."""
+        async with self.store.session() as session:
+            rows = (
+                await session.scalars(
+                    select(Charge)
+                    .where(Charge.client_channel == channel, Charge.status == OWED)
+                    .order_by(Charge.created_at)
+                )
+            ).all()
+        now = datetime.now(UTC)
+        return [
+            {
+                "receipt_id": c.receipt_id,
+                "request_id": c.request_id,
+                "worker_id": c.worker_id,
+                "cost": c.cost,
+                "coefficient": c.coefficient,
+                "created_at": as_utc(c.created_at).isoformat(),
+                "age_s": round((now - as_utc(c.created_at)).total_seconds(), 3),
+                "receipt": c.receipt.hex(),
+            }
+            for c in rows
+        ]
 
     async def _refuse_unpaid(self, channel: str) -> None:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)

@@ -24,6 +24,7 @@ class Reservation:
     amount: int  # nanoton
     expires: float  # time.monotonic()
     receipts: list[str] = field(default_factory=list)
+    charged: int = 0  # nanoton of valid receipts charged against it: never more than ``amount``
 
 
 class Cashier(Protocol):

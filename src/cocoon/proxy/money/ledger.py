@@ -40,6 +40,7 @@ class ClientAccount(Base):
     vouchered: Mapped[int] = mapped_column(BigInteger, default=0)
     voucher_signature: Mapped[bytes] = mapped_column(LargeBinary(64), default=b"")
     claimed: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)  # receipts the client refused: credit used up
     closing: Mapped[int] = mapped_column(BigInteger, default=0)  # the chain's close_at (uint32), 0 while open
     vouchered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -77,6 +78,8 @@ class Charge(Base):
     worker_share: Mapped[int] = mapped_column(BigInteger)
     fee: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), index=True)
+    # The client voucher that paid it: the worker's share is funded once the chain has paid the proxy that much.
+    voucher_cumulative: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     receipt: Mapped[bytes] = mapped_column(LargeBinary)  # msgpack JobEnd: receipt + worker signature
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

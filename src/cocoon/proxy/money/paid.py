@@ -39,7 +39,13 @@ class PaidCashier:
     def __init__(self, settings: ProxySettings, chain: ChainHandle) -> None:
         self.settings = settings
         self.chain = chain
-        self.billing = Billing(chain.store, chain, unpaid_grace_s=settings.unpaid_grace_s)
+        self.billing = Billing(
+            chain.store,
+            chain,
+            unpaid_grace_s=settings.unpaid_grace_s,
+            credit_limit=settings.credit_limit,
+            channel_recheck_s=settings.channel_recheck_s,
+        )
         self.settlement = Settlement(settings, chain)
         self._task: asyncio.Task[None] | None = None
 
@@ -67,10 +73,18 @@ class PaidCashier:
         self.billing.release(reservation)
 
     def check_worker(self, register: Register) -> None:
-        """A paid proxy admits only workers it can pay: BadRequest without a payout wallet."""
+        """A paid proxy admits only workers it can pay at a bounded price: BadRequest without a payout wallet
+        or with a price coefficient above ``max_price_coefficient``."""
         if not register.payout_address:
             raise BadRequest("this proxy pays workers in TON: give the worker a wallet_file (its payout address)")
         raw_address(register.payout_address)
+        ceiling = self.settings.max_price_coefficient  # the registry has no network maximum: the proxy's own
+        if not 1 <= register.price_coefficient <= ceiling:
+            raise BadRequest(
+                f"price_coefficient {register.price_coefficient} is outside 1..{ceiling} (1000 = 1x the registry "
+                "price) on this proxy; lower the worker's price_coefficient",
+                param="price_coefficient",
+            )
 
     async def annotate_models(self, data: list[dict[str, Any]], serving: Mapping[str, Sequence[Register]]) -> None:
         """Add each model's registry prices and the coefficients of the workers serving it."""

@@ -1,5 +1,6 @@
 """Money over HTTP: ``GET /v1/payment`` (where to open a channel), ``POST /v1/vouchers``, ``POST /v1/vouchers/reject``,
-``GET /v1/channels/{address}``, ``GET /v1/books``, ``POST /v1/settle`` (loopback only).
+``GET /v1/channels/{address}`` and ``.../owed`` (the channel's own key, or an operator), ``GET /v1/books``
+(operators), ``POST /v1/settle`` (operators, or this host's own socket).
 
 Handlers read the proxy's cashier from ``request.app.state.proxy``; on a free proxy every one answers 404.
 """
@@ -17,13 +18,13 @@ from cocoon.chain.address import address_text, raw_address
 from cocoon.errors import NotFound, Unauthorized
 from cocoon.protocol.http import parse_json, read_body
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission
+from cocoon.proxy.money.access import is_local, is_operator, require_channel_reader, require_operator
 from cocoon.proxy.money.cashier import FREE_PROXY
 from cocoon.proxy.money.paid import PaidCashier
 from cocoon.proxy.money.statements import books_json, channel_json
 
 M = TypeVar("M", bound=BaseModel)
 MAX_CONTROL_BODY = 1024 * 1024  # vouchers and rejections are small
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 async def payment(request: Request) -> JSONResponse:
@@ -54,18 +55,31 @@ async def reject(request: Request) -> JSONResponse:
 async def channel(request: Request) -> JSONResponse:
     cashier = _paid(request)
     address = raw_address(request.path_params["address"])
+    await require_channel_reader(request, cashier.chain.store, address, cashier.settings.operator_key)
     return JSONResponse(await channel_json(cashier.chain, address, cashier.billing.reserved))
+
+
+async def owed(request: Request) -> JSONResponse:
+    """The receipts a client channel owes (a receipt the client never got, after a proxy crash, is among them)."""
+    cashier = _paid(request)
+    address = raw_address(request.path_params["address"])
+    await require_channel_reader(request, cashier.chain.store, address, cashier.settings.operator_key)
+    return JSONResponse({"channel": address, "owed": await cashier.billing.owed(address)})
 
 
 async def books(request: Request) -> JSONResponse:
     cashier = _paid(request)
+    require_operator(request, cashier.settings.operator_key, "GET /v1/books")
     return JSONResponse(await books_json(cashier.chain, cashier.billing.reserved))
 
 
 async def settle(request: Request) -> JSONResponse:
     cashier = _paid(request)
-    if request.client is None or request.client.host not in LOOPBACK:
-        raise Unauthorized("settlement is started from the proxy's own host: run `cocoon proxy settle` there")
+    if not (is_local(request) or is_operator(request, cashier.settings.operator_key)):
+        raise Unauthorized(
+            "settlement is started from the proxy's own host (run `cocoon proxy settle` there, not through a "
+            "forwarder) or with `Authorization: Bearer <operator_key>`"
+        )
     report = await cashier.settlement.settle(force=True)
     return JSONResponse(report.to_json() | {"onchain_operations": await cashier.chain.operations()})
 
@@ -75,6 +89,7 @@ ROUTES = [
     Route("/v1/vouchers", vouchers, methods=["POST"]),
     Route("/v1/vouchers/reject", reject, methods=["POST"]),
     Route("/v1/channels/{address}", channel),
+    Route("/v1/channels/{address}/owed", owed),
     Route("/v1/books", books),
     Route("/v1/settle", settle, methods=["POST"]),
 ]

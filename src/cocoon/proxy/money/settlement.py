@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pytoniq_core.boc.address import Address
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain import ClientChannel
 from cocoon.config import ProxySettings
 from cocoon.errors import ChainError, TransactionFailed, UpstreamTimeout
 from cocoon.proxy.money.chain_handle import ChainHandle
-from cocoon.proxy.money.ledger import ClientAccount, WorkerAccount, as_utc
+from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount, WorkerAccount, as_utc
 
 log = logging.getLogger("cocoon.proxy.settlement")
 WATCH_INTERVAL_S = 60.0  # how often unsettled client channels are read back for a close started on chain
@@ -107,22 +108,27 @@ class Settlement:
             contract = ClientChannel(self.chain.toncenter, Address(channel))
             current = await contract.get_channel()  # read first: get-methods cost nothing
             before, sent = current.claimed, False
+            failure = ""
             if account.vouchered > current.deposit:
-                report.failed[channel] = "the voucher exceeds the deposit; waiting for the client's top-up"
-                return
-            if before < account.vouchered:
+                failure = "the voucher exceeds the deposit; waiting for the client's top-up"
+            elif before < account.vouchered:
                 try:
                     await contract.claim(self.chain.wallet, account.vouchered, account.voucher_signature)
+                    sent = True
                 except TransactionFailed as exc:
-                    report.failed[channel] = exc.message
+                    failure = exc.message
                     await self.chain.record("claim", channel, 0, ok=False, detail=exc.message)
-                    return
-                current, sent = await contract.get_channel(), True
+                current = await contract.get_channel()
+            # Keep the chain's view even when the claim failed (a close, a withdrawal): admission then refuses.
             account.claimed, account.deposit = current.claimed, current.deposit
             account.closing = current.close_at or int(current.closed)
+            account.checked_at = datetime.now(UTC)
             if account.claimed >= account.vouchered:
                 account.vouchered_at = None
             await session.commit()
+            if failure:
+                report.failed[channel] = failure
+                return
         if sent:  # else a crash came between the claim and its record: the chain has it already
             report.claimed[channel] = account.claimed - before
             await self.chain.record("claim", channel, account.claimed - before)
@@ -135,7 +141,9 @@ class Settlement:
             # The chain's deposit is what was funded (a crash after a top-up cannot make us fund twice).
             deployed = (await self.chain.toncenter.get_address_information(contract.address)).active
             funded = (await contract.get_channel()).deposit if deployed else 0
-            amount = worker.vouchered - funded
+            # Fund only shares the chain has already paid the proxy for: never out of the proxy's own money.
+            backed = await self._backed_share(session, channel)
+            amount = min(worker.vouchered, backed) - funded
             if amount > 0:
                 try:
                     if deployed:
@@ -147,11 +155,30 @@ class Settlement:
                     await self.chain.record("fund", channel, 0, ok=False, detail=str(exc))
                     return
             worker.funded = funded + max(amount, 0)
-            worker.vouchered_at = None
+            if worker.funded >= worker.vouchered:
+                worker.vouchered_at = None
+            elif amount <= 0:
+                report.failed[channel] = (
+                    f"{worker.vouchered - worker.funded} nanoton of this worker's vouchers wait for their clients' "
+                    "channels to be claimed on chain"
+                )
             await session.commit()
         if amount > 0:
             report.funded[channel] = amount
             await self.chain.record("fund", channel, amount)
+
+    async def _backed_share(self, session: AsyncSession, channel: str) -> int:
+        """The worker's share of paid charges whose client voucher the chain has already paid out to the proxy."""
+        total = await session.scalar(
+            select(func.coalesce(func.sum(Charge.worker_share), 0))
+            .join(ClientAccount, ClientAccount.channel == Charge.client_channel)
+            .where(
+                Charge.worker_channel == channel,
+                Charge.status == PAID,
+                Charge.voucher_cumulative <= ClientAccount.claimed,
+            )
+        )
+        return int(total or 0)
 
     async def _refresh_worker_claims(self) -> None:
         """What workers have claimed is their business; read it back for the books (get-methods are free)."""

@@ -37,7 +37,7 @@ async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exact
     store = Store(store_url)
     await store.start()
     proxy = Wallet(bytes(range(32)))
-    billing = Billing(store, cast(ChainHandle, SimpleNamespace(wallet=proxy)), unpaid_grace_s=60)
+    billing = Billing(store, cast(ChainHandle, SimpleNamespace(wallet=proxy)), unpaid_grace_s=60, credit_limit=10**9)
     payers = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(8)]
     submissions, shares = [], dict.fromkeys(WORKERS, 0)
     async with store.session() as session:
