@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgpack
 from pydantic import BaseModel, ConfigDict, Field
 
 from cocoon.protocol.messages import PROTOCOL_VERSION
@@ -42,10 +43,34 @@ class RequestPayload(BaseModel):
 
 
 class ChunkPayload(BaseModel):
-    """One response chunk plaintext: generated text, or embedding vectors."""
+    """One response chunk plaintext: generated text, or embedding vectors. ``pad`` is filler (see ``encode``)."""
 
     model_config = ConfigDict(frozen=True)
     text: str = ""
     tokens: int = 0
     embeddings: list[list[float]] | None = None
     finish_reason: str | None = None
+    pad: bytes = b""
+
+    def encode(self, bucket: int = 0) -> bytes:
+        """The msgpack plaintext, padded with ``pad`` to a whole number of ``bucket`` bytes (0: unpadded).
+
+        Sealed sizes then say only which bucket a chunk's text fell in, not how long each token is (the token-
+        length side channel); the receipt's digest covers the padded bytes, as the client opens them.
+        """
+        fields = self.model_dump(exclude_defaults=True, exclude={"pad"})
+        plain = msgpack.packb(fields, use_bin_type=True)
+        if bucket <= 0:
+            return plain
+        # The "pad" entry adds its key (4 bytes), a bin header (2, 3 or 5 bytes) and the filler; the map's own
+        # header stays one byte (fewer than 16 entries). Find the smallest bucket multiple the sizes can reach.
+        base = len(plain) + 4
+        target = -(-base // bucket) * bucket
+        while True:
+            for header, most in ((2, 0xFF), (3, 0xFFFF), (5, 0xFFFFFFFF)):
+                filler = target - base - header
+                if 0 <= filler <= most and (header == 2 or filler > (0xFF if header == 3 else 0xFFFF)):
+                    padded = msgpack.packb(fields | {"pad": bytes(filler)}, use_bin_type=True)
+                    assert len(padded) == target
+                    return padded
+            target += bucket

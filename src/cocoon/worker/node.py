@@ -114,6 +114,7 @@ class WorkerNode:
 
         runner = JobRunner(self.keys, self.engines, self.settings.slots, self.settings.max_queue)
         runner.chaos_bad_receipts = self.settings.chaos_bad_receipts
+        runner.pad_bytes, runner.coalesce_s = self.settings.chunk_pad_bytes, self.settings.chunk_coalesce_ms / 1000
         settings = self.settings
         self.links = [
             ProxyLink(

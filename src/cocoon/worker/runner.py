@@ -44,6 +44,7 @@ from cocoon.protocol.replay import ReplayRecord
 from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
+from cocoon.worker.pacing import coalesced
 
 log = logging.getLogger("cocoon.worker")
 
@@ -65,6 +66,10 @@ class JobRunner:
         self.hedge_cancelled: set[str] = set()
         self.chaos_bad_receipts = ""
         self.seen_requests = ReplayRecord()
+        # Chunk plaintexts are padded to multiples of this many bytes, and text after the first is coalesced
+        # over this window: the sealed stream shows neither token lengths nor (with a window) token timing.
+        self.pad_bytes = 128
+        self.coalesce_s = 0.0
         self._slots = asyncio.Semaphore(slots)
 
     async def run(self, job: Job, send: Send) -> None:
@@ -135,7 +140,7 @@ class JobRunner:
 
         async def emit(chunk: ChunkPayload) -> None:
             nonlocal seq, ttft_ms
-            data = msgpack.packb(chunk.model_dump(exclude_defaults=True), use_bin_type=True)
+            data = chunk.encode(self.pad_bytes)
             digest.update(data)
             if seq == 0:
                 ttft_ms = (time.monotonic() - t0) * 1000
@@ -210,7 +215,7 @@ class JobRunner:
             request = GenerationRequest(params=params, messages=messages, continuation=continuation)
         else:
             request = GenerationRequest(params=params, prompt=payload.prompt or "", continuation=continuation)
-        stream = engine.generate(request)
+        stream = coalesced(engine.generate(request), self.coalesce_s)
         reported = pending = 0  # tokens the chunks carried so far; tokens of deltas without text, not yet carried
         try:
             async for event in stream:

@@ -484,6 +484,25 @@ async def test_the_client_stops_reading_an_answer_past_its_caps(net: LocalNetwor
             await ask(client, max_tokens=4)
 
 
+# ---- F16: sizes say nothing of the tokens ---------------------------------------------------------
+
+
+async def test_sealed_chunk_sizes_do_not_reveal_token_lengths(net: LocalNetwork) -> None:
+    """Before: one chunk per token, unpadded, so a relay read each token's length off its ciphertext size (the
+    published token-length side channel). Now every chunk's plaintext is padded to a bucket."""
+    sizes: list[int] = []
+
+    async def measure(body: bytes, forward: Callable[[bytes], Awaitable[tuple[int, bytes]]]) -> tuple[int, bytes]:
+        status, answer = await forward(body)
+        sizes.extend(len(f["data"]) for f in decode(answer) if f.get("t") == "chunk")
+        return status, answer
+
+    async with tampering_relay(net.proxy_url, measure) as url, client_of(net, url) as client:
+        text, _ = await ask(client, max_tokens=24)
+    assert len({len(word) for word in text.split()}) > 1, "the answer's words are too alike to tell"
+    assert len(set(sizes)) == 1, f"chunk sizes {sizes} give away token lengths"
+
+
 # ---- F15, F18: the sidecar's HTTP edge ------------------------------------------------------------
 
 

@@ -1,0 +1,75 @@
+"""Coalescing an engine's text by time, so the sealed stream's chunk count and timing do not spell out its tokens.
+
+The first text goes out at once (time to first token is what users feel); after it, every delta that arrives
+within ``window_s`` of the first one held joins it in one chunk. Padding (``ChunkPayload.encode``) hides sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+
+from cocoon.engines.base import Finished, GenerationEvent, TextDelta
+
+_END = object()
+
+
+async def coalesced(
+    events: AsyncGenerator[GenerationEvent, None], window_s: float
+) -> AsyncGenerator[GenerationEvent, None]:
+    """``events`` with text deltas merged over ``window_s`` seconds (0: as they come); closes ``events`` at the end.
+
+    Engine errors surface here as they would from ``events``.
+    """
+    if window_s <= 0:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+        return
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        except Exception as exc:  # handed to the reader, which raises it where the engine's error belongs
+            queue.put_nowait(exc)
+        queue.put_nowait(_END)
+
+    task = asyncio.create_task(pump())
+    first = True
+    held: object = None  # an item read past the end of a merge, to hand out next
+    try:
+        while True:
+            item, held = (held, None) if held is not None else (await queue.get(), None)
+            if isinstance(item, TextDelta) and not first:
+                texts, tokens = [item.text], item.tokens
+                deadline = time.monotonic() + window_s
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        async with asyncio.timeout(left):
+                            nxt = await queue.get()
+                    except TimeoutError:
+                        break
+                    if not isinstance(nxt, TextDelta):
+                        held = nxt
+                        break
+                    texts.append(nxt.text)
+                    tokens += nxt.tokens
+                item = TextDelta("".join(texts), tokens)
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            assert isinstance(item, TextDelta | Finished)
+            first = first and not (isinstance(item, TextDelta) and item.text)
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await events.aclose()

@@ -1,0 +1,45 @@
+"""Coalescing by time: the first text goes out at once, later text is merged over the window, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+from cocoon.engines.base import Finished, GenerationEvent, TextDelta
+from cocoon.protocol.usage import TokenUsage
+from cocoon.worker.pacing import coalesced
+
+
+async def engine(gap_s: float, words: int) -> AsyncGenerator[GenerationEvent, None]:
+    for i in range(words):
+        await asyncio.sleep(gap_s)
+        yield TextDelta(f"w{i} ")
+    yield Finished("length", TokenUsage(prompt_tokens=1, completion_tokens=words))
+
+
+async def test_text_after_the_first_is_merged_over_the_window_and_nothing_is_lost() -> None:
+    events = [e async for e in coalesced(engine(0.002, 40), window_s=0.05)]
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert deltas[0] == TextDelta("w0 ", 1)  # time to first token is not paid for privacy
+    assert len(deltas) < 20
+    assert "".join(d.text for d in deltas) == "".join(f"w{i} " for i in range(40))
+    assert sum(d.tokens for d in deltas) == 40
+    assert isinstance(events[-1], Finished)
+
+
+async def test_no_window_passes_every_delta_through() -> None:
+    events = [e async for e in coalesced(engine(0, 5), window_s=0)]
+    assert len(events) == 6
+
+
+async def test_an_engine_error_surfaces_to_the_reader() -> None:
+    async def failing() -> AsyncGenerator[GenerationEvent, None]:
+        yield TextDelta("a")
+        raise RuntimeError("engine died")
+
+    try:
+        [e async for e in coalesced(failing(), window_s=0.01)]
+    except RuntimeError as exc:
+        assert "engine died" in str(exc)
+    else:
+        raise AssertionError("the engine's error was swallowed")
