@@ -37,7 +37,8 @@ class Cashier(Protocol):
 
     ``on_receipt(reservation, worker, end, valid)`` is awaited once for each receipt the relay forwards, and the
     relay yields that receipt to the client only after it returns: a charge is durable before the client can pay
-    it. ``valid`` is ``False`` when the proxy found the receipt's signature wrong (it is forwarded, never charged).
+    it. ``valid`` is ``False`` when the proxy found the receipt's signature wrong (it is forwarded, never charged);
+    a paid cashier also books as invalid a receipt whose cost would take its reservation past ``amount``.
     A hedge loser's prefill-only receipt comes here (valid) when it verifies and claims no completion tokens;
     otherwise it is neither forwarded nor passed here. An error raised here ends the client's stream without
     that receipt.

@@ -70,7 +70,7 @@ class Charge(Base):
     worker_payout: Mapped[str] = mapped_column(String(80))
     worker_id: Mapped[str] = mapped_column(String(80))
     model: Mapped[str] = mapped_column(String(200))
-    coefficient: Mapped[int] = mapped_column(BigInteger)  # the worker's, unbounded on the wire
+    coefficient: Mapped[int] = mapped_column(BigInteger)  # the worker's, at most max_price_coefficient
     prompt_cost: Mapped[int] = mapped_column(BigInteger)
     cached_cost: Mapped[int] = mapped_column(BigInteger)
     completion_cost: Mapped[int] = mapped_column(BigInteger)
