@@ -168,3 +168,11 @@ async def test_healthz_says_who_the_proxy_is_and_how_many_workers_it_has(
     response = await http.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"ok": True, "proxy_id": proxy_of(app).proxy_id, "version": __version__, "workers": 1}
+
+
+async def test_a_replayed_request_id_is_a_409_and_reaches_no_worker(app: Starlette, http: httpx.AsyncClient) -> None:
+    job = pack(request(FakeWorker("gone"), request_id="req-once"))
+    first = await http.post("/v1/jobs", content=job)
+    assert first.status_code == 503  # refused for its own reason, yet its id is spent
+    again = await http.post("/v1/jobs", content=job)
+    assert "req-once" in openai_error(again, 409, "invalid_request_error", "request_replayed")
