@@ -380,7 +380,8 @@ class JobRelay:
         if self.evidence is not None:
             receipt = end.receipt if end is not None else None
             outcome = outcome if attempt.sent else None
-            self.evidence.finished(attempt.worker, outcome, time.monotonic() - attempt.started, receipt)
+            first_s = attempt.first_at - attempt.started if attempt.first_at else None
+            self.evidence.finished(attempt.worker, outcome, time.monotonic() - attempt.started, receipt, first_s)
 
     def _receipt_ok(self, attempt: Attempt, end: JobEnd) -> bool:
         r = end.receipt

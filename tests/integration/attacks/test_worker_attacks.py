@@ -25,10 +25,11 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from cocoon.attestation import DEV_MEASUREMENT, report_data
-from cocoon.crypto import NodeKeys, SigningKey, load_or_create_node_keys, node_id_for
+from cocoon.crypto import NodeKeys, SigningKey, load_or_create_node_keys, node_id_for, sign_receipt
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
 from cocoon.local import LocalNetwork
+from cocoon.protocol import JobRequest, Receipt, WrappedKeyWire, pack
 from tests.helpers.network import directory, start_network, wait_for
 
 CHALLENGE_DOMAIN = b"cocoon/v1 register challenge\x00"  # what the wire protocol says a worker signs
@@ -364,3 +365,76 @@ async def test_malformed_frames_on_the_worker_socket_raise_nothing_uncaught(net:
     wait_for(lambda: keys.node_id not in {w["worker_id"] for w in directory(net)}, 5, "the rogue to be dropped")
     log = proxy_log(net)
     assert log.count("Traceback") == before, log[-3000:]
+
+
+# ---- F21: speed is timed on the proxy's clock, not taken from the worker ------------------------------------
+
+
+async def serve_slowly_claiming_speed(ws: ClientConnection, keys: NodeKeys, model: str, delay_s: float) -> None:
+    """Answer every job slowly (``delay_s`` to the first chunk, ``delay_s`` more to the end) while its receipts
+    claim a 1 ms answer and its heartbeats a 1 ms time to first token."""
+    while True:
+        job = await recv(ws, 30)
+        if job["t"] != "job":
+            continue
+        await asyncio.sleep(delay_s)
+        for seq in range(40):
+            chunk = {"t": "chunk", "v": 1, "job_id": job["job_id"], "seq": seq, "data": os.urandom(24)}
+            await ws.send(msgpack.packb(chunk, use_bin_type=True))
+        await asyncio.sleep(delay_s)
+        receipt = Receipt(
+            receipt_id=f"rc-{job['job_id']}",
+            request_id=job["request_id"],
+            job_id=job["job_id"],
+            worker_id=keys.node_id,
+            model=model,
+            model_hash=SYNTHETIC_MODEL_HASH,
+            prompt_tokens=10,
+            cached_tokens=0,
+            completion_tokens=40,
+            reasoning_tokens=0,
+            request_sha256="00" * 32,
+            response_sha256="00" * 32,
+            finish_reason="length",
+            started_at=time.time(),
+            ttft_ms=1.0,
+            duration_ms=2.0,
+        )
+        end = {"t": "end", "v": 1, "job_id": job["job_id"], "receipt": receipt.model_dump(), "signature": b""}
+        end["signature"] = sign_receipt(keys.signing, receipt)
+        await ws.send(msgpack.packb(end, use_bin_type=True))
+
+
+async def test_a_worker_cannot_claim_its_way_to_the_front_of_routing(net: LocalNetwork) -> None:
+    keys, model = NodeKeys.generate(), "boaster-model"
+    quote = mint_quote(net, keys, [SYNTHETIC_MODEL_HASH])
+    boasts = {"tokens_per_s": 1e6, "prefill_tokens_per_s": 1e6, "ttft_ms": 1.0}
+    async with connect(worker_url(net), max_size=2**26) as ws:
+        assert (await register(ws, registration(keys, quote, model=model), keys.signing))["t"] == "registered"
+
+        async def boast() -> None:
+            while True:
+                await ws.send(heartbeat(**boasts))
+                await asyncio.sleep(0.3)
+
+        tasks = [asyncio.create_task(boast()), asyncio.create_task(serve_slowly_claiming_speed(ws, keys, model, 0.6))]
+        async with httpx.AsyncClient(timeout=30) as http:
+            for i in range(3):
+                job = JobRequest(
+                    request_id=f"boast-{i}-{os.urandom(4).hex()}",
+                    model=model,
+                    kind="chat",
+                    max_tokens=64,
+                    prompt_tokens=10,
+                    keys=[WrappedKeyWire(worker_id=keys.node_id, enc=b"e" * 32, wrapped=b"w" * 48)],
+                    ciphertext=b"sealed",
+                )
+                response = await http.post(f"{net.proxy_url}/v1/jobs", content=pack(job))
+                assert response.status_code == 200, response.text
+            listed = {w["worker_id"]: w for w in (await http.get(f"{net.proxy_url}/v1/directory")).json()["workers"]}
+        for task in tasks:
+            task.cancel()
+    score = listed[keys.node_id]["score"]
+    # Its first tokens took 0.6 s by the proxy's clock, whatever it promised; 39 tokens took another 0.6 s.
+    assert score["expected_latency_ms"] >= 400, score
+    assert score["decode_tokens_per_s"] < 200, score

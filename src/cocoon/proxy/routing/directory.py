@@ -46,9 +46,14 @@ class WorkerEntry:
     queue_depth: int = 0
     active_jobs: int = 0
     tokens_per_s: float = 0.0
-    prefill_tokens_per_s: float = 0.0  # as the worker reports it
+    # What the worker says about itself (bounded at the wire): it may inform routing, never outweigh what the
+    # proxy measured itself.
+    prefill_tokens_per_s: float = 0.0
     promised_ttft_s: float = 0.0  # the worker's own median time to first token
-    decode_tokens_per_s: float = 0.0  # measured by the proxy from receipts
+    # Measured by the proxy's clock: dispatch to first frame (less the round trip), and first frame to end.
+    measured_ttft_s: float = 0.0
+    ttft_samples: int = 0
+    decode_tokens_per_s: float = 0.0
     inflight: int = 0
     avg_job_s: float = 1.0
     avg_ttft_s: float = 0.2

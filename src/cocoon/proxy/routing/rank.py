@@ -3,6 +3,11 @@
 ``expected_latency = rtt + queue × avg_job_time / slots + load × ttft + (prompt − cached) / prefill_rate``, divided
 by the worker's reputation; an open circuit breaker sends a worker to the back. The proxy counts its own
 in-flight assignments too, so a burst is spread before heartbeats catch up.
+
+Speeds a worker reports about itself inform this, within bounds: a prefill rate at most ``CLAIM_CAP`` times its
+peers', a first token never sooner than the proxy has measured it (``measured_ttft_s``), and for
+``sort=throughput`` the decode rate timed by the proxy (a claim may tie the best measured rate, not beat it).
+A worker cannot talk its way to the front.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ DEFAULT_PREFILL_TOKENS_PER_S = 2000.0
 # A worker on probation must look four times better to win; one whose breaker is open is a last resort
 # (``rank`` puts it last anyway; the penalty tells clients reading the directory to seal elsewhere).
 BREAKER_PENALTY = {"closed": 1.0, "half_open": 4.0, "open": 100.0}
+CLAIM_CAP = 4.0  # a self-reported speed counts for at most this many times what peers report or show
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +88,13 @@ def score(
     # Jobs beyond the slots wait for one to free up; jobs within them share the worker's compute, so a half-busy
     # worker answers later than an idle one.
     queue_s = waiting * worker.avg_job_s / slots + min(busy, slots) / slots * worker.avg_ttft_s
-    rate = worker.prefill_tokens_per_s or unknown_prefill_rate
+    rate = min(worker.prefill_tokens_per_s or unknown_prefill_rate, CLAIM_CAP * unknown_prefill_rate)
     cached = min(prompt_tokens, book.affinity.cached_tokens(worker.worker_id, prefix_hashes))
     prefill_s = prompt_tokens / rate
     bonus_s = cached / rate
-    expected = worker.rtt_s + queue_s + prefill_s - bonus_s
+    # However fast it claims to prefill, its first token has come no sooner than this (the proxy's clock).
+    floor_s = worker.measured_ttft_s if worker.ttft_samples else 0.0
+    expected = worker.rtt_s + queue_s + max(prefill_s - bonus_s, floor_s)
     reputation = book.reputation.factor(worker.worker_id)
     breaker = book.breakers.state(worker.worker_id)
     # A small floor keeps reputation meaningful between idle workers with zero expected latency.
@@ -117,7 +125,9 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
     # A worker whose first heartbeat with a prefill rate has not come yet is compared at its peers' rate: a
     # fixed default far from the measured rates would decide the ranking by who reported first, not by speed.
     known = sorted(w.prefill_tokens_per_s for w in allowed if w.prefill_tokens_per_s > 0)
-    unknown_rate = known[len(known) // 2] if known else DEFAULT_PREFILL_TOKENS_PER_S
+    # The lower median: with two workers, one boasting cannot set the bar it is capped against.
+    unknown_rate = known[(len(known) - 1) // 2] if known else DEFAULT_PREFILL_TOKENS_PER_S
+    measured_decode = [w.decode_tokens_per_s for w in allowed if w.decode_tokens_per_s > 0]
     keyed = []
     for w in allowed:
         parts = score(w, request.prompt_tokens, request.prefix_hashes, book, unknown_rate)
@@ -125,9 +135,17 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
         if prefs.sort == "price":
             key: tuple[float, ...] = (held_back, parts.price, parts.score_s)
         elif prefs.sort == "throughput":
-            key = (held_back, -(w.decode_tokens_per_s or w.tokens_per_s), parts.score_s)
+            key = (held_back, -_decode_rate(w, measured_decode), parts.score_s)
         else:
             key = (held_back, parts.score_s)
         keyed.append((key, w))
     keyed.sort(key=lambda pair: pair[0])
     return [w for _, w in keyed]
+
+
+def _decode_rate(worker: WorkerEntry, measured: list[float]) -> float:
+    """The decode rate the proxy measured; until it has, the worker's claim, which may tie the best rate measured
+    among its peers but not beat it."""
+    if worker.decode_tokens_per_s > 0:
+        return worker.decode_tokens_per_s
+    return min(worker.tokens_per_s, max(measured)) if measured else worker.tokens_per_s

@@ -64,6 +64,7 @@ def worker_json(w: WorkerEntry, book: RoutingBook) -> dict[str, Any]:
             "avg_job_ms": round(w.avg_job_s * 1000, 3),
             "avg_ttft_ms": round(w.avg_ttft_s * 1000, 3),
             "promised_ttft_ms": round(w.promised_ttft_s * 1000, 3),
+            "measured_ttft_ms": round(w.measured_ttft_s * 1000, 3),  # the proxy's clock, less the round trip
             "prefill_tokens_per_s": round(w.prefill_tokens_per_s, 1),
             "decode_tokens_per_s": round(w.decode_tokens_per_s, 1),
             "cached_prefixes": book.affinity.size(w.worker_id),

@@ -123,3 +123,25 @@ def test_price_cap_and_region_filter_and_price_sort_orders() -> None:
 def test_throughput_sort_prefers_the_fastest_decoder() -> None:
     slow, fast = worker("slow", decode_tokens_per_s=20.0), worker("fast", decode_tokens_per_s=90.0)
     assert names(rank([slow, fast], request(sort="throughput"), book())) == ["fast", "slow"]
+
+
+def test_a_worker_claiming_a_huge_prefill_rate_loses_once_the_proxy_has_timed_it() -> None:
+    """Its heartbeat says 10M tokens/s; the proxy's clock says its first tokens take 1.5 s."""
+    boaster = worker("boaster", prefill_tokens_per_s=1e7, measured_ttft_s=1.5, ttft_samples=3)
+    honest = worker("honest", prefill_tokens_per_s=3000.0, measured_ttft_s=0.01, ttft_samples=3)
+    assert names(rank([boaster, honest], request(600), book())) == ["honest", "boaster"]
+    assert score(boaster, 600, [], book()).expected_latency_s >= 1.5
+
+
+def test_an_untimed_worker_may_claim_at_most_a_few_times_its_peers_prefill_rate() -> None:
+    boaster = worker("boaster", prefill_tokens_per_s=1e7)
+    parts = score(boaster, 12_000, [], book(), unknown_prefill_rate=3000.0)
+    assert parts.prefill_s == pytest.approx(12_000 / (4 * 3000.0))  # not 1.2 ms
+
+
+def test_throughput_sort_never_puts_a_claimed_rate_ahead_of_a_measured_one() -> None:
+    claims = worker("claims", tokens_per_s=1e7, rtt_s=0.002)
+    measured = worker("measured", decode_tokens_per_s=90.0, rtt_s=0.001)
+    slower = worker("slower", decode_tokens_per_s=30.0)
+    ranked = names(rank([claims, slower, measured], request(sort="throughput"), book()))
+    assert ranked == ["measured", "claims", "slower"]  # its 10M tokens/s count as the best measured, 90
