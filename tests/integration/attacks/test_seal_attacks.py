@@ -13,7 +13,9 @@ import contextlib
 import inspect
 import json
 import socket
+import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+import tomli_w
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from websockets.asyncio.server import ServerConnection, serve
 
 from cocoon.attestation import AttestationPolicy
 from cocoon.client import CocoonClient, Completion, TextEvent
@@ -34,6 +38,7 @@ from cocoon.crypto import ResponseDigest, load_or_create_node_keys, request_dige
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.errors import BadRequest, ReceiptInvalid, UpstreamFailed
 from cocoon.local import LocalNetwork, free_port
+from cocoon.local.processes import spawn, stop_all
 from cocoon.protocol import (
     Chunk,
     FrameReader,
@@ -188,7 +193,7 @@ class ChunkSealer:
             from cocoon.protocol import new_key_nonce
 
             self.nonce = new_key_nonce()
-            self.sealer = ResponseSealer(content_key, request_id, worker_id, self.nonce)  # type: ignore[call-arg]
+            self.sealer = ResponseSealer(content_key, request_id, worker_id, self.nonce)
         else:
             self.sealer = ResponseSealer(content_key, request_id, worker_id)  # type: ignore[call-arg]
 
@@ -296,16 +301,65 @@ async def test_a_relay_replaying_a_sealed_request_gets_it_run_once(net: LocalNet
     assert [status for status, _ in replays] == [409, 409, 409], f"{len(served)} replays were served"
 
 
-async def test_a_worker_seals_every_run_of_a_request_under_a_fresh_key(net: LocalNetwork) -> None:
-    """A rogue proxy (or a proxy's lost memory) replays one job to the same worker: the worker refuses what it
-    has run, and a restarted worker, which has forgotten, seals under a fresh key all the same."""
-    settings = WorkerSettings.load(net.home / "worker-1.toml")
-    keys = load_or_create_node_keys(settings.keys_file)
-    from cocoon.engines import build_engine
-    from cocoon.worker.runner import JobRunner
+class RogueProxy:
+    """A proxy of the test's own on a free loopback port that a real worker process dials: it admits the worker
+    (answering the registration protocol of this tree) and hands it whatever jobs the test sends."""
 
-    engine = build_engine(settings.engines[0])
-    await engine.start()
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.frames: dict[str, list[dict[str, Any]]] = {}
+        self.connected = asyncio.Event()
+        self._socket: ServerConnection | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/worker/connect"
+
+    async def session(self, ws: ServerConnection) -> None:
+        from cocoon.protocol import messages
+
+        challenge = getattr(messages, "Challenge", None)  # the tree since registrations answer a challenge
+        if challenge is not None:
+            await ws.send(pack(challenge(proxy_id="p-rogue", nonce=b"n" * 32)))
+        unpack_raw(await ws.recv(decode=False))  # the registration: whatever it says, this proxy admits it
+        await ws.send(pack(messages.Registered(proxy_id="p-rogue", heartbeat_interval=0.5)))
+        self._socket = ws
+        self.connected.set()
+        async for raw in ws:
+            if isinstance(raw, str):
+                continue
+            fields = unpack_raw(raw)
+            if fields.get("t") in ("chunk", "end", "error"):
+                self.frames.setdefault(fields["job_id"], []).append(fields)
+
+    async def run_job(self, job: Job) -> list[dict[str, Any]]:
+        """Send ``job`` and wait for its last frame (a receipt or an error)."""
+        assert self._socket is not None, "no worker is connected"
+        await self._socket.send(pack(job))
+
+        async def ended() -> bool:
+            return any(f["t"] in ("end", "error") for f in self.frames.get(job.job_id, []))
+
+        await until(ended, 30, f"the worker to finish {job.job_id}")
+        return self.frames[job.job_id]
+
+
+async def test_a_worker_seals_every_run_of_a_request_under_a_fresh_key(net: LocalNetwork, tmp_path: Path) -> None:
+    """Before: a proxy (rogue, or one that forgot) sending a worker one job twice got both runs sealed under one
+    key and the same chunk nonces, and so a keystream twice. Now the worker refuses what it has run, and a
+    restarted worker, which has forgotten, seals under a fresh key all the same."""
+
+    keys_file = tmp_path / "replayed-keys.json"
+    keys = load_or_create_node_keys(keys_file)
+    authority = getattr(net, "authority", None)
+    if authority is not None:
+        authority.enroll(keys)
+    rogue_proxy = RogueProxy()
+    config = tomllib.loads((net.home / "worker-1.toml").read_text())
+    config |= {"proxies": [rogue_proxy.url], "keys_file": str(keys_file)}
+    (tmp_path / "worker.toml").write_text(tomli_w.dumps(config))
+    command = [sys.executable, "-m", "cocoon", "worker", "--config", str(tmp_path / "worker.toml")]
+
     payload = RequestPayload(
         kind="chat",
         model=DEFAULT_MODEL,
@@ -315,15 +369,10 @@ async def test_a_worker_seals_every_run_of_a_request_under_a_fresh_key(net: Loca
     )
     plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
     sealed, _ = seal_request("req-replayed", plaintext, {keys.node_id: keys.sealing.public})
-    key = sealed.keys[0]
 
-    async def run(runner: JobRunner, job_id: str) -> list[Any]:
-        frames: list[Any] = []
-
-        async def send(message: Any) -> None:
-            frames.append(message)
-
-        job = Job(
+    def job(job_id: str) -> Job:
+        key = sealed.keys[0]
+        return Job(
             job_id=job_id,
             request_id="req-replayed",
             model=DEFAULT_MODEL,
@@ -333,17 +382,22 @@ async def test_a_worker_seals_every_run_of_a_request_under_a_fresh_key(net: Loca
             wrapped_key=key.wrapped,
             ciphertext=sealed.ciphertext,
         )
-        await runner.run(job, send)
-        return frames
 
-    first_runner = JobRunner(keys, {DEFAULT_MODEL: engine}, 2, 4)
-    first = await run(first_runner, "job-1")
-    again = await run(first_runner, "job-2")
-    restarted = await run(JobRunner(keys, {DEFAULT_MODEL: engine}, 2, 4), "job-3")
-    await engine.close()
-    chunks = [[f.data for f in frames if isinstance(f, Chunk)] for frames in (first, again, restarted)]
+    runs: list[list[dict[str, Any]]] = []
+    async with serve(rogue_proxy.session, "127.0.0.1", rogue_proxy.port, max_size=2**26):
+        for life, job_ids in enumerate((["job-1", "job-2"], ["job-3"])):
+            rogue_proxy.connected.clear()
+            worker = spawn(f"replayed-worker-{life}", command, tmp_path / f"worker-{life}.log")
+            try:
+                await asyncio.wait_for(rogue_proxy.connected.wait(), 60)
+                for job_id in job_ids:
+                    runs.append(await rogue_proxy.run_job(job(job_id)))
+            finally:
+                await asyncio.to_thread(stop_all, [worker])
+    chunks = [[f["data"] for f in frames if f["t"] == "chunk"] for frames in runs]
     assert chunks[0] and not chunks[1], "the worker ran a replayed job"
-    assert getattr(again[-1], "status", None) == 409
+    assert runs[1][-1]["status"] == 409
+    assert chunks[2], "the restarted worker did not run the job"
     assert not set(chunks[0]) & set(chunks[2]), "two runs of one request were sealed under one keystream"
 
 
@@ -466,7 +520,7 @@ async def test_a_worker_streaming_far_past_max_tokens_is_cut_off(net: LocalNetwo
 
         await until(cancelled, 5, "the proxy to cancel the flooding job")
         listed = {w["worker_id"]: w for w in await asyncio.to_thread(directory, net)}
-        evidence = listed[r.keys.node_id]["reputation"]
+        evidence: Any = listed[r.keys.node_id]["reputation"]
         assert evidence["bad_receipt"] > 0, f"the flood left no evidence against the worker: {evidence}"
 
 
