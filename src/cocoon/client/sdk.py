@@ -111,6 +111,14 @@ class CocoonClient:
                 out.setdefault(model, []).append(worker)
         return out
 
+    def _within_payers_cap(self, routing: RoutingPrefs) -> RoutingPrefs:
+        """``routing`` capped at the payer's ``max_coefficient``: sealing to a worker the payer would refuse to
+        pay gets it to work for nothing and spends the client's credit limit on the rejection."""
+        cap = self.payer.max_coefficient if self.payer is not None else None
+        if cap is None or (routing.max_price is not None and routing.max_price <= cap):
+            return routing
+        return routing.model_copy(update={"max_price": cap})
+
     async def pick(self, kind: Kind, model: str, routing: RoutingPrefs) -> list[AttestedWorker]:
         """The candidate workers to seal to, best first; ``ModelNotFound`` / ``NoCapacity`` if none."""
         workers = await self.directory.workers()
@@ -182,7 +190,7 @@ class CocoonClient:
         routing: RoutingPrefs | None,
         timeout: float | None,
     ) -> AsyncIterator[Event]:
-        routing = routing or RoutingPrefs()
+        routing = self._within_payers_cap(routing or RoutingPrefs())
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
         workers = await self.pick(kind, model, routing)

@@ -15,7 +15,7 @@ import pytest
 from cocoon.chain.pricing import Cost
 from cocoon.client import CocoonClient, Completion, TextEvent
 from cocoon.crypto import SigningKey
-from cocoon.errors import ReceiptInvalid, UpstreamFailed, UpstreamTimeout
+from cocoon.errors import NoCapacity, ReceiptInvalid, UpstreamFailed, UpstreamTimeout
 from cocoon.protocol import JobRequest, Receipt
 from cocoon.protocol.payload import ChunkPayload, SealedMessage, SealedParams
 from tests.unit.client.fakes import MODEL, FakeWorker, dev_policy, frames_response, recorded_proxy
@@ -25,6 +25,8 @@ WORKER = FakeWorker()
 
 class Payer:
     """A ``ChannelPayer`` that writes down what it is asked to pay and refuse."""
+
+    max_coefficient = 4000
 
     def __init__(self) -> None:
         self.paid: list[list[str]] = []
@@ -102,3 +104,23 @@ async def test_a_broken_connection_is_retried_once_then_an_upstream_failure() ->
         with pytest.raises(UpstreamFailed, match="broke off"):
             await ask(sdk)
     assert len(set(calls)) == 2  # sealed anew for the second try
+
+
+async def test_the_client_seals_only_to_workers_its_payer_would_pay() -> None:
+    """A worker above the payer's ``max_coefficient`` would work for nothing (its receipt is refused) and spend
+    the client's credit limit on the refusal: the client does not seal to it at all."""
+    dear, cheap = FakeWorker(price_coefficient=100_000), FakeWorker(price_coefficient=1500)
+    sealed_to: list[set[str]] = []
+
+    def reply(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        sealed_to.append({k.worker_id for k in job.keys})
+        return httpx.Response(503, json=NoCapacity("recorded").to_openai())
+
+    async with client(recorded_proxy([dear, cheap], reply), Payer()) as sdk:
+        with pytest.raises(NoCapacity):
+            await ask(sdk)
+    assert sealed_to and all(keys == {cheap.worker_id} for keys in sealed_to)
+
+    async with client(recorded_proxy([dear], reply), Payer()) as sdk:
+        with pytest.raises(NoCapacity, match="max_price=4000"):
+            await ask(sdk)
