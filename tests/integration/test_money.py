@@ -22,7 +22,17 @@ from cocoon.chain import ClientChannel, WorkerChannel
 from cocoon.chain.pricing import cost_of
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork
-from tests.helpers.money import COEFFICIENT, PRICES, books, mixed_requests, oai, on_chain, settle, start_paid_network
+from tests.helpers.money import (
+    COEFFICIENT,
+    OPERATOR_KEY,
+    PRICES,
+    books,
+    mixed_requests,
+    oai,
+    on_chain,
+    settle,
+    start_paid_network,
+)
 from tests.helpers.network import wait_for
 
 
@@ -161,3 +171,26 @@ def test_client_tops_up_and_reads_its_balance_with_the_cli(paid: LocalNetwork) -
 
     assert after["deposit"] == before["deposit"] + 1_500_000_000
     assert after["vouchered"] == books(paid)["clients"][0]["vouchered"]
+
+
+def test_operators_read_the_chain_status_with_their_key_and_strangers_are_told_how(paid: LocalNetwork) -> None:
+    assert paid.chain is not None
+    where = ["--proxy-url", paid.proxy_url]
+
+    def cocoon(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cocoon", *args], capture_output=True, text=True)
+
+    status = cocoon("chain", "status", "--chain-url", paid.chain.url, *where, "--operator-key", OPERATOR_KEY, "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert {c["channel"] for c in report["channels"] if c["kind"] == "client"} == {
+        c["channel"] for c in books(paid)["clients"]
+    }
+
+    refused = cocoon("chain", "status", "--chain-url", paid.chain.url, *where, "--operator-key", "wrong", "--json")
+    assert refused.returncode == 2
+    assert "operator" in refused.stderr and "Traceback" not in refused.stderr
+
+    settled = cocoon("proxy", "settle", *where, "--operator-key", OPERATOR_KEY, "--json")
+    assert settled.returncode == 0, settled.stderr
+    assert "claimed_total" in json.loads(settled.stdout)

@@ -10,7 +10,16 @@ from pytoniq_core.boc.address import Address
 
 from cocoon.chain import ClientChannel, Registry, ToncenterClient, WorkerChannel
 from cocoon.chain.devnet import DevnetClient
-from cocoon.cli.common import JsonOpt, ProxyUrlOpt, print_report, role_group, run_with_spinner
+from cocoon.cli.common import (
+    JsonOpt,
+    OperatorKeyOpt,
+    ProxyUrlOpt,
+    operator_headers,
+    print_report,
+    proxy_json,
+    role_group,
+    run_with_spinner,
+)
 from cocoon.errors import ChainError
 
 chain_app = role_group("Look at the chain: registry prices, channels, on-chain operations.")
@@ -20,14 +29,16 @@ chain_app = role_group("Look at the chain: registry prices, channels, on-chain o
 def chain_status(
     chain_url: Annotated[str, typer.Option(help="toncenter v2 API")] = "http://127.0.0.1:8790",
     proxy_url: ProxyUrlOpt = "http://127.0.0.1:8700",
+    operator_key: OperatorKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The registry's prices and every channel the proxy keeps, as the chain sees them."""
+    """The registry's prices and every channel the proxy keeps, as the chain sees them (the proxy's books are
+    for its operators: run it on the proxy's host, or pass --operator-key)."""
 
     async def work() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=10) as http:
-            terms = (await http.get(f"{proxy_url}/v1/payment")).json()
-            books = (await http.get(f"{proxy_url}/v1/books")).json()
+            terms = await proxy_json(http, "GET", f"{proxy_url}/v1/payment")
+            books = await proxy_json(http, "GET", f"{proxy_url}/v1/books", headers=operator_headers(operator_key))
         out: dict[str, Any] = {"registry": terms["registry"], "proxy_wallet": terms["proxy_wallet"]}
         async with ToncenterClient(chain_url) as chain:
             registry = Registry(chain, Address(terms["registry"]))

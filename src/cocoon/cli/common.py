@@ -34,6 +34,28 @@ HostOpt = Annotated[str | None, typer.Option(help="listen address")]
 PortOpt = Annotated[int | None, typer.Option(help="listen port")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 ProxyUrlOpt = Annotated[str, typer.Option(help="proxy base URL")]
+OperatorKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--operator-key",
+        envvar="COCOON_PROXY_OPERATOR_KEY",
+        help="the proxy's operator_key; not needed on the proxy's own host when it has none",
+    ),
+]
+
+
+def operator_headers(key: str | None) -> dict[str, str]:
+    """The headers that show a proxy this caller is its operator (none without a key)."""
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+async def proxy_json(http: Any, method: str, url: str, **kwargs: Any) -> Any:
+    """The JSON body of a proxy's answer; its OpenAI-shaped error as the matching ``CocoonError`` otherwise."""
+    response = await http.request(method, url, **kwargs)
+    if response.status_code != 200:
+        raise CocoonError.from_openai(response.status_code, response.json())
+    return response.json()
+
 
 AMOUNTS = {"deposit", "claimed", "vouchered", "charged", "reserved", "free", "wallet_balance", "proxy_wallet_balance"}
 

@@ -12,18 +12,20 @@ import typer
 from cocoon.cli.common import (
     HostOpt,
     JsonOpt,
+    OperatorKeyOpt,
     PortOpt,
     ProxyUrlOpt,
     RunConfigOpt,
     console,
     load_settings,
+    operator_headers,
+    proxy_json,
     role_group,
     role_runner,
     run_with_spinner,
     serve,
 )
 from cocoon.config import ProxySettings
-from cocoon.errors import CocoonError
 from cocoon.logs import configure_logging
 
 proxy_app = role_group("Run a proxy, or settle its vouchers on chain.")
@@ -51,15 +53,17 @@ def proxy(
 
 
 @proxy_app.command()
-def settle(proxy_url: ProxyUrlOpt = "http://127.0.0.1:8700", as_json: JsonOpt = False) -> None:
-    """Settle now: claim every client voucher and fund every worker channel up to its voucher."""
+def settle(
+    proxy_url: ProxyUrlOpt = "http://127.0.0.1:8700", operator_key: OperatorKeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Settle now: claim every client voucher and fund every worker channel up to its voucher (on the proxy's
+    own host, or with --operator-key)."""
 
     async def work() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=300) as http:
-            response = await http.post(f"{proxy_url}/v1/settle")
-        if response.status_code != 200:
-            raise CocoonError.from_openai(response.status_code, response.json())
-        result: dict[str, Any] = response.json()
+            result: dict[str, Any] = await proxy_json(
+                http, "POST", f"{proxy_url}/v1/settle", headers=operator_headers(operator_key)
+            )
         return result
 
     report = run_with_spinner("settling on chain", work, peer=f"the proxy at {proxy_url}")
