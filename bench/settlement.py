@@ -37,7 +37,7 @@ from cocoon.chain.address import address_text
 from cocoon.chain.devnet import DevnetClient
 from cocoon.client import CocoonClient
 from cocoon.client.sdk import Completion
-from cocoon.client.wallet import ChannelPayer, client_channel, payment_terms
+from cocoon.client.wallet import ChannelPayer, check_same_chain, client_channel, payment_terms
 from cocoon.crypto import SigningKey
 from cocoon.engines import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
@@ -58,6 +58,7 @@ async def open_client(net: LocalNetwork, chain: ToncenterClient, devnet: DevnetC
     http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30)
     terms = await payment_terms(http)
     assert terms is not None
+    await check_same_chain(chain, terms)
     await client_channel(chain, wallet, terms).deploy(wallet, TON)
     payer = ChannelPayer(http, chain, key)
     return CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy), payer=payer)
@@ -168,7 +169,8 @@ async def voucher_path_rate(net: LocalNetwork, samples: int, channels: int) -> f
         async with ToncenterClient(net.chain.url) as chain:
             wallet = Wallet.generate()
             registry = Registry(chain, Address(net.chain.registry))
-            link = ChainHandle(chain, wallet, registry, await registry.get_params(), store)
+            global_id = await chain.global_id()
+            link = ChainHandle(chain, wallet, registry, await registry.get_params(), store, global_id)
             billing = Billing(store, link, unpaid_grace_s=10)
             keys = [SigningKey.generate() for _ in range(channels)]
             names = [f"0:{i:064x}" for i in range(channels)]
@@ -212,7 +214,8 @@ async def voucher_path_rate(net: LocalNetwork, samples: int, channels: int) -> f
             async def pay(key: SigningKey, name: str) -> None:
                 for n in range(samples // channels):
                     cumulative = 3 * (n + 1)
-                    signature = sign_voucher(key.seed, name, cumulative).hex()  # the client's work, not timed apart
+                    # the client's work, not timed apart
+                    signature = sign_voucher(key.seed, name, cumulative, global_id=global_id).hex()
                     await billing.accept_voucher(
                         VoucherSubmission(
                             channel=name, cumulative=cumulative, signature=signature, receipt_ids=[f"{name}-{n}"]

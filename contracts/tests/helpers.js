@@ -57,6 +57,26 @@ const Errors = {
 
 const VOUCHER_TAG = 0x636f766f;
 
+// A chain's global id (config param 19): part of every voucher, so a voucher never crosses chains.
+const MAINNET_GLOBAL_ID = -239; // also @ton/sandbox's default config
+const TESTNET_GLOBAL_ID = -3;
+const CONFIG_GLOBAL_ID = 19;
+
+function configParams(blockchain) {
+    return Dictionary.loadDirect(Dictionary.Keys.Int(32), Dictionary.Values.Cell(), blockchain.config);
+}
+
+function globalIdOf(blockchain) {
+    return configParams(blockchain).get(CONFIG_GLOBAL_ID).beginParse().loadInt(32);
+}
+
+// Switch the sandbox's config to another chain's global id (all other params unchanged).
+function setGlobalId(blockchain, globalId) {
+    const params = configParams(blockchain);
+    params.set(CONFIG_GLOBAL_ID, beginCell().storeInt(globalId, 32).endCell());
+    blockchain.setConfig(beginCell().storeDictDirect(params).endCell());
+}
+
 function stringCell(s) {
     return beginCell().storeBuffer(Buffer.from(s, 'utf8')).endCell();
 }
@@ -247,12 +267,12 @@ function channelData(cfg) {
         .endCell();
 }
 
-function voucherCell(channel, cumulative) {
-    return beginCell().storeUint(VOUCHER_TAG, 32).storeAddress(channel).storeCoins(cumulative).endCell();
+function voucherCell(globalId, channel, cumulative) {
+    return beginCell().storeUint(VOUCHER_TAG, 32).storeInt(globalId, 32).storeAddress(channel).storeCoins(cumulative).endCell();
 }
 
-function signVoucher(channel, cumulative, secretKey) {
-    return sign(voucherCell(channel, cumulative).hash(), secretKey);
+function signVoucher(globalId, channel, cumulative, secretKey) {
+    return sign(voucherCell(globalId, channel, cumulative).hash(), secretKey);
 }
 
 class PaymentChannel {
@@ -373,7 +393,7 @@ function flushGas(file) {
 }
 
 module.exports = {
-    loadCode, RegistryOp, ChannelOp, Errors, VOUCHER_TAG, stringCell, sha256, modelKey, readStringCell,
+    loadCode, RegistryOp, ChannelOp, Errors, VOUCHER_TAG, MAINNET_GLOBAL_ID, TESTNET_GLOBAL_ID, globalIdOf, setGlobalId, stringCell, sha256, modelKey, readStringCell,
     Registry, PaymentChannel, registryData, channelData, voucherCell, signVoucher,
     txTo, exitCodeOf, isSuccess, recordGas, flushGas, GAS_REPORT,
 };

@@ -31,7 +31,7 @@ describe('PaymentChannel', () => {
         channelId: nextId++, closeDelay: CLOSE_DELAY, ...overrides,
     }, code);
 
-    const sig = (ch, cumulative, secret = keys.secretKey) => H.signVoucher(ch.address, cumulative, secret);
+    const sig = (ch, cumulative, secret = keys.secretKey, globalId = H.MAINNET_GLOBAL_ID) => H.signVoucher(globalId, ch.address, cumulative, secret);
     const balance = async (addr) => (await bc.getContract(addr)).balance;
 
     before(async () => {
@@ -70,7 +70,7 @@ describe('PaymentChannel', () => {
         assert.equal(c.closed, false);
         const cfg = await channel.getChannelConfig();
         assert.equal(cfg.closeDelay, CLOSE_DELAY);
-        assert.equal(await channel.getVoucherHash(123n), BigInt('0x' + H.voucherCell(channel.address, 123n).hash().toString('hex')));
+        assert.equal(await channel.getVoucherHash(123n), BigInt('0x' + H.voucherCell(H.MAINNET_GLOBAL_ID, channel.address, 123n).hash().toString('hex')));
     });
 
     it('distinct channel ids and roles give distinct addresses; a worker channel (role 1) works the same', async () => {
@@ -178,6 +178,28 @@ describe('PaymentChannel', () => {
         // ... while it is valid on its own channel
         r = await other.sendClaim(payee.getSender(), toNano('1'), sOther);
         assert.ok(H.isSuccess(r, other.address));
+    });
+
+    it('a voucher signed for another chain (global id) is rejected; the same voucher for this chain is paid', async () => {
+        assert.equal(H.globalIdOf(bc), H.MAINNET_GLOBAL_ID); // the sandbox's default config is mainnet's
+        // same channel, same amount, same key: only the chain differs (a testnet voucher replayed on mainnet)
+        let r = await channel.sendClaim(payee.getSender(), toNano('1'), sig(channel, toNano('1'), keys.secretKey, H.TESTNET_GLOBAL_ID));
+        assert.equal(H.exitCodeOf(r, channel.address), H.Errors.badSignature);
+        assert.equal((await channel.getChannel()).claimed, 0n);
+        r = await channel.sendClaim(payee.getSender(), toNano('1'), sig(channel, toNano('1')));
+        assert.ok(H.isSuccess(r, channel.address));
+        assert.equal((await channel.getChannel()).claimed, toNano('1'));
+    });
+
+    it('on a testnet config the contract takes testnet vouchers only (it reads the global id from the chain)', async () => {
+        H.setGlobalId(bc, H.TESTNET_GLOBAL_ID);
+        assert.equal(H.globalIdOf(bc), H.TESTNET_GLOBAL_ID);
+        assert.equal(await channel.getVoucherHash(123n), BigInt('0x' + H.voucherCell(H.TESTNET_GLOBAL_ID, channel.address, 123n).hash().toString('hex')));
+        let r = await channel.sendClaim(payee.getSender(), toNano('1'), sig(channel, toNano('1')));
+        assert.equal(H.exitCodeOf(r, channel.address), H.Errors.badSignature);
+        r = await channel.sendClaim(payee.getSender(), toNano('1'), sig(channel, toNano('1'), keys.secretKey, H.TESTNET_GLOBAL_ID));
+        assert.ok(H.isSuccess(r, channel.address));
+        assert.equal((await channel.getChannel()).claimed, toNano('1'));
     });
 
     it('a claim above the deposit is rejected', async () => {

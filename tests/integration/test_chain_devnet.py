@@ -16,6 +16,8 @@ import pytest
 import pytest_asyncio
 
 from cocoon.chain import (
+    MAINNET_GLOBAL_ID,
+    TESTNET_GLOBAL_ID,
     TON,
     ChannelRole,
     ClientChannel,
@@ -37,6 +39,7 @@ from cocoon.chain.toncenter import Transaction
 from cocoon.errors import TransactionFailed
 
 CLOSE_DELAY = 600
+DEVNET = MAINNET_GLOBAL_ID  # the devnet runs @ton/sandbox's default config, which is mainnet's
 
 
 @dataclass
@@ -145,10 +148,12 @@ async def open_client_channel(chain: Chain, deposit: int) -> tuple[Wallet, Walle
 
 async def test_proxy_claims_with_vouchers_the_client_signed_in_python(chain: Chain) -> None:
     client, proxy, channel = await open_client_channel(chain, 3 * TON)
-    assert await channel.get_voucher_hash(TON) == voucher_hash(channel.address, TON)
+    assert await channel.get_voucher_hash(TON) == voucher_hash(channel.address, TON, global_id=DEVNET)
 
-    first = await channel.claim(proxy, TON, sign_voucher(client.seed, channel.address, TON))
-    second = await channel.claim(proxy, 1_700_000_123, sign_voucher(client.seed, channel.address, 1_700_000_123))
+    first = await channel.claim(proxy, TON, sign_voucher(client.seed, channel.address, TON, global_id=DEVNET))
+    second = await channel.claim(
+        proxy, 1_700_000_123, sign_voucher(client.seed, channel.address, 1_700_000_123, global_id=DEVNET)
+    )
 
     assert coins_field(first, OP_PAYOUT) == TON
     assert coins_field(second, OP_PAYOUT) == 700_000_123
@@ -159,31 +164,53 @@ async def test_proxy_claims_with_vouchers_the_client_signed_in_python(chain: Cha
 
 async def test_a_voucher_is_never_paid_twice_nor_beyond_the_deposit(chain: Chain) -> None:
     client, proxy, channel = await open_client_channel(chain, 2 * TON)
-    signature = sign_voucher(client.seed, channel.address, TON)
+    signature = sign_voucher(client.seed, channel.address, TON, global_id=DEVNET)
     await channel.claim(proxy, TON, signature)
 
     with pytest.raises(TransactionFailed) as stale:
         await channel.claim(proxy, TON, signature)
     with pytest.raises(TransactionFailed) as too_much:
-        await channel.claim(proxy, 3 * TON, sign_voucher(client.seed, channel.address, 3 * TON))
+        await channel.claim(proxy, 3 * TON, sign_voucher(client.seed, channel.address, 3 * TON, global_id=DEVNET))
     with pytest.raises(TransactionFailed) as forged:
-        await channel.claim(proxy, 2 * TON, sign_voucher(proxy.seed, channel.address, 2 * TON))
+        await channel.claim(proxy, 2 * TON, sign_voucher(proxy.seed, channel.address, 2 * TON, global_id=DEVNET))
 
     assert (stale.value.exit_code, too_much.value.exit_code, forged.value.exit_code) == (201, 202, 203)
+    assert (await channel.get_channel()).claimed == TON
+
+
+async def test_the_devnet_serves_its_global_id_as_toncenter_does(chain: Chain) -> None:
+    assert await chain.toncenter.global_id() == DEVNET == -239
+    param = await chain.toncenter.get_config_param(19)
+    assert param.begin_parse().load_int(32) == DEVNET
+
+
+async def test_a_voucher_signed_for_another_chain_is_refused_on_chain(chain: Chain) -> None:
+    client, proxy, channel = await open_client_channel(chain, 2 * TON)
+
+    with pytest.raises(TransactionFailed) as testnet:
+        await channel.claim(proxy, TON, sign_voucher(client.seed, channel.address, TON, global_id=TESTNET_GLOBAL_ID))
+
+    assert testnet.value.exit_code == 203
+    assert (await channel.get_channel()).claimed == 0
+    await channel.claim(proxy, TON, sign_voucher(client.seed, channel.address, TON, global_id=DEVNET))
     assert (await channel.get_channel()).claimed == TON
 
 
 async def test_client_gets_the_rest_back_after_the_close_delay(chain: Chain) -> None:
     client, proxy, channel = await open_client_channel(chain, 2 * TON)
     await channel.top_up(client, TON)
-    claim = await channel.claim(proxy, 1_250_000_000, sign_voucher(client.seed, channel.address, 1_250_000_000))
+    claim = await channel.claim(
+        proxy, 1_250_000_000, sign_voucher(client.seed, channel.address, 1_250_000_000, global_id=DEVNET)
+    )
     await channel.start_close(client)
 
     with pytest.raises(TransactionFailed) as early:
         await channel.withdraw(client)
     assert early.value.exit_code == 208
     # The payee may still claim a later voucher while the close delay runs.
-    late = await channel.claim(proxy, 1_500_000_000, sign_voucher(client.seed, channel.address, 1_500_000_000))
+    late = await channel.claim(
+        proxy, 1_500_000_000, sign_voucher(client.seed, channel.address, 1_500_000_000, global_id=DEVNET)
+    )
     await chain.devnet.advance_time(CLOSE_DELAY + 1)
     withdraw = await channel.withdraw(client)
 
@@ -194,7 +221,7 @@ async def test_client_gets_the_rest_back_after_the_close_delay(chain: Chain) -> 
     assert paid_to_payee + returned == state.deposit  # conserved to the nanoton
     assert await chain.toncenter.get_balance(channel.address) == 0
     with pytest.raises(TransactionFailed) as after_close:
-        await channel.claim(proxy, 2 * TON, sign_voucher(client.seed, channel.address, 2 * TON))
+        await channel.claim(proxy, 2 * TON, sign_voucher(client.seed, channel.address, 2 * TON, global_id=DEVNET))
     assert after_close.value.exit_code == 204
 
 
@@ -202,7 +229,9 @@ async def test_a_claim_costs_the_channel_exactly_the_claimed_increase(chain: Cha
     client, proxy, channel = await open_client_channel(chain, 2 * TON)
     before = await chain.toncenter.get_balance(channel.address)
 
-    tx = await channel.claim(proxy, 600_000_000, sign_voucher(client.seed, channel.address, 600_000_000))
+    tx = await channel.claim(
+        proxy, 600_000_000, sign_voucher(client.seed, channel.address, 600_000_000, global_id=DEVNET)
+    )
 
     after = await chain.toncenter.get_balance(channel.address)
     assert before - after == 600_000_000 + tx.storage_fee
@@ -215,7 +244,9 @@ async def test_worker_channel_pays_the_worker_with_proxy_vouchers(chain: Chain) 
     )
     await channel.deploy(proxy, 5 * TON)
 
-    tx = await channel.claim(worker, 950_000_000, sign_voucher(proxy.seed, channel.address, 950_000_000))
+    tx = await channel.claim(
+        worker, 950_000_000, sign_voucher(proxy.seed, channel.address, 950_000_000, global_id=DEVNET)
+    )
 
     assert coins_field(tx, OP_PAYOUT) == 950_000_000
     state = await channel.get_channel()

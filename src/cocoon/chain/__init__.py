@@ -27,10 +27,19 @@ from cocoon.chain.toncenter import (
     ToncenterClient,
     Transaction,
 )
-from cocoon.chain.vouchers import sign_voucher, verify_voucher, voucher_cell, voucher_hash
+from cocoon.chain.vouchers import (
+    MAINNET_GLOBAL_ID,
+    TESTNET_GLOBAL_ID,
+    sign_voucher,
+    verify_voucher,
+    voucher_cell,
+    voucher_hash,
+)
 from cocoon.chain.wallet import InternalTransfer, Wallet
 
 __all__ = [
+    "MAINNET_GLOBAL_ID",
+    "TESTNET_GLOBAL_ID",
     "TON",
     "AccountState",
     "ChannelConfig",

@@ -28,6 +28,7 @@ StackArg = int | Cell | Slice | Builder
 AccountStatus = Literal["active", "uninitialized", "frozen"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CONFIG_GLOBAL_ID = 19  # `_ global_id:int32 = ConfigParam 19`: mainnet -239, testnet -3
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +83,23 @@ class Transaction:
 
 
 class ToncenterClient:
-    """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL."""
+    """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL.
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 15.0) -> None:
+    ``transport`` replaces the network (tests pass an ``httpx.MockTransport`` answering as toncenter does).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 15.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self._global_id: int | None = None
 
     async def __aenter__(self) -> ToncenterClient:
         return self
@@ -113,6 +125,29 @@ class ToncenterClient:
         if exit_code not in (0, 1):
             raise ChainError(f"get-method {method} on {_text(address)} failed with exit code {exit_code}")
         return [_decode_entry(entry) for entry in result.get("stack", [])]
+
+    async def get_config_param(self, config_id: int) -> Cell:
+        """The cell of global config param ``config_id`` (``getConfigParam``); ChainError when the chain has none."""
+        result = await self._call("GET", "/api/v2/getConfigParam", params={"config_id": config_id})
+        try:
+            return Cell.one_from_boc(base64.b64decode(result["config"]["bytes"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChainError(
+                f"getConfigParam {config_id} at {self.base_url} answered an unexpected {result!r}"
+            ) from exc
+
+    async def global_id(self) -> int:
+        """This chain's global id (config param 19: mainnet -239, testnet -3), read once and cached.
+
+        Vouchers name it, so that one signed for a channel on one chain never pays on another chain.
+        """
+        if self._global_id is None:
+            cell = await self.get_config_param(CONFIG_GLOBAL_ID)
+            body = Slice.from_cell(cell)
+            if body.remaining_bits < 32:
+                raise ChainError(f"config param 19 at {self.base_url} holds {body.remaining_bits} bits, not an int32")
+            self._global_id = int(body.load_int(32))
+        return self._global_id
 
     async def get_address_information(self, address: Address | str) -> AccountState:
         result = await self._call("GET", "/api/v2/getAddressInformation", params={"address": _text(address)})

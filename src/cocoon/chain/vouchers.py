@@ -1,7 +1,9 @@
 """Payment-channel vouchers: the cumulative IOU a payer signs off chain and a payee claims on chain.
 
-The cell layout is the contract's, byte for byte (contracts/ABI.md §2): ``0x636f766f`` tag, channel
-address, cumulative nanoton as Coins; the payer signs the cell's representation hash with Ed25519.
+The cell layout is the contract's, byte for byte (contracts/ABI.md §2): ``0x636f766f`` tag, the chain's
+global id (config param 19: ``MAINNET_GLOBAL_ID``, ``TESTNET_GLOBAL_ID``; ``ToncenterClient.global_id()``), channel
+address, cumulative nanoton as Coins; the payer signs the cell's representation hash with Ed25519. The global id
+has no default: a channel has the same address on every chain, so a voucher must say which chain it pays on.
 """
 
 from __future__ import annotations
@@ -17,39 +19,54 @@ from cocoon.errors import BadRequest
 
 VOUCHER_TAG = 0x636F766F
 MAX_COINS = (1 << 120) - 1
+MAINNET_GLOBAL_ID = -239  # also @ton/sandbox's default config, hence the local devnet's
+TESTNET_GLOBAL_ID = -3
 
 
-def voucher_cell(channel: Address | str, cumulative: int) -> Cell:
-    """The voucher cell for ``channel`` owing ``cumulative`` nanoton in total; BadRequest if out of range."""
+def voucher_cell(channel: Address | str, cumulative: int, *, global_id: int) -> Cell:
+    """The voucher cell for ``channel`` on chain ``global_id`` owing ``cumulative`` nanoton in total.
+
+    BadRequest if the amount is outside Coins or the global id outside int32.
+    """
     if not 0 <= cumulative <= MAX_COINS:
         raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
+    if not -(1 << 31) <= global_id < 1 << 31:
+        raise BadRequest(f"global id {global_id} is not an int32 (mainnet is -239, testnet -3)")
     cell: Cell = (
-        Builder().store_uint(VOUCHER_TAG, 32).store_address(parse_address(channel)).store_coins(cumulative).end_cell()
+        Builder()
+        .store_uint(VOUCHER_TAG, 32)
+        .store_int(global_id, 32)
+        .store_address(parse_address(channel))
+        .store_coins(cumulative)
+        .end_cell()
     )
     return cell
 
 
-def voucher_hash(channel: Address | str, cumulative: int) -> bytes:
-    """The 32-byte hash the payer signs (what the contract's ``get_voucher_hash`` returns)."""
-    digest: bytes = voucher_cell(channel, cumulative).hash
+def voucher_hash(channel: Address | str, cumulative: int, *, global_id: int) -> bytes:
+    """The 32-byte hash the payer signs (what the contract's ``get_voucher_hash`` returns on that chain)."""
+    digest: bytes = voucher_cell(channel, cumulative, global_id=global_id).hash
     return digest
 
 
-def sign_voucher(private_key: Ed25519PrivateKey | bytes, channel: Address | str, cumulative: int) -> bytes:
+def sign_voucher(
+    private_key: Ed25519PrivateKey | bytes, channel: Address | str, cumulative: int, *, global_id: int
+) -> bytes:
     """The payer's 64-byte Ed25519 signature of the voucher; ``private_key`` may be a raw 32-byte seed."""
     key = (
         private_key if isinstance(private_key, Ed25519PrivateKey) else Ed25519PrivateKey.from_private_bytes(private_key)
     )
-    return key.sign(voucher_hash(channel, cumulative))
+    return key.sign(voucher_hash(channel, cumulative, global_id=global_id))
 
 
 def verify_voucher(
-    public_key: Ed25519PublicKey | bytes, channel: Address | str, cumulative: int, signature: bytes
+    public_key: Ed25519PublicKey | bytes, channel: Address | str, cumulative: int, signature: bytes, *, global_id: int
 ) -> bool:
-    """True when ``signature`` is the payer's signature of this exact voucher; False on any mismatch."""
+    """True when ``signature`` is the payer's signature of this exact voucher on chain ``global_id``; False on
+    any mismatch (another key, channel, amount or chain)."""
     try:
         key = public_key if isinstance(public_key, Ed25519PublicKey) else Ed25519PublicKey.from_public_bytes(public_key)
-        key.verify(signature, voucher_hash(channel, cumulative))
+        key.verify(signature, voucher_hash(channel, cumulative, global_id=global_id))
     except (InvalidSignature, ValueError, BadRequest):
         return False
     return True

@@ -64,12 +64,13 @@ def _client_chain(settings: ClientSettings) -> str:
 
 
 async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> tuple[Wallet, ClientChannel]:
-    from cocoon.client.wallet import client_channel, payment_terms
+    from cocoon.client.wallet import check_same_chain, client_channel, payment_terms
 
     async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
         terms = await payment_terms(http)
     if terms is None:
         raise ConfigError(f"the proxy at {settings.proxy_url} is free: it takes no deposit")
+    await check_same_chain(chain, terms)  # a deposit on another chain than the proxy's would never be served
     wallet = Wallet(load_or_create_signing_key(settings.wallet_file).seed)
     return wallet, client_channel(chain, wallet, terms)
 

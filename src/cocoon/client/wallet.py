@@ -19,7 +19,7 @@ from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
-from cocoon.errors import CocoonError, UpstreamFailed
+from cocoon.errors import CocoonError, ConfigError, UpstreamFailed
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
 
@@ -34,15 +34,22 @@ class PaymentTerms:
 
     proxy_wallet: Address
     registry: Address
+    global_id: int  # the chain the proxy bills on (config param 19): what every voucher names
     proxy_fee_bps: int
     close_delay: int
     min_client_deposit: int
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> PaymentTerms:
+        if body.get("global_id") is None:
+            raise UpstreamFailed(
+                "the proxy's payment terms do not say which chain it bills on (global_id); "
+                "it is older than this client: upgrade the proxy"
+            )
         return cls(
             Address(body["proxy_wallet"]),
             Address(body["registry"]),
+            int(body["global_id"]),
             int(body["proxy_fee_bps"]),
             int(body["close_delay"]),
             int(body["min_client_deposit"]),
@@ -57,6 +64,22 @@ async def payment_terms(http: httpx.AsyncClient) -> PaymentTerms | None:
     if response.status_code != 200:
         raise CocoonError.from_openai(response.status_code, _json(response))
     return PaymentTerms.from_json(response.json())
+
+
+async def check_same_chain(toncenter: ToncenterClient, terms: PaymentTerms) -> int:
+    """The chain's global id, once it is sure the proxy bills on the chain ``toncenter`` reads; ConfigError if not.
+
+    A channel has the same address on every chain, so a client paying a proxy on another chain would sign
+    vouchers the proxy cannot claim (or pay on a chain it never meant to): it stops before signing any.
+    """
+    own = await toncenter.global_id()
+    if terms.global_id != own:
+        raise ConfigError(
+            f"the proxy bills on the chain with global id {terms.global_id} but this client's chain_url "
+            f"{toncenter.base_url} is the chain with global id {own} (mainnet -239, testnet -3): point "
+            "chain_url at the proxy's chain, or use a proxy on yours"
+        )
+    return own
 
 
 def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTerms) -> ClientChannel:
@@ -93,6 +116,7 @@ class ChannelPayer:
         self.max_coefficient = max_coefficient
         self.channel = ""
         self.vouchered = 0
+        self.global_id: int | None = None  # the chain's, once _start() checked the proxy bills on it
         self.enabled = True
         self._prices: PriceBook | None = None
         self._ready = False
@@ -110,6 +134,7 @@ class ChannelPayer:
             if terms is None:
                 self.enabled = False
             else:
+                self.global_id = await check_same_chain(self.toncenter, terms)
                 self.channel = raw_address(client_channel(self.toncenter, self.wallet, terms).address)
                 self._prices = PriceBook(Registry(self.toncenter, terms.registry))
                 self.vouchered = await self._last_voucher()
@@ -125,8 +150,10 @@ class ChannelPayer:
             raise CocoonError.from_openai(response.status_code, _json(response))
         body = response.json()
         cumulative = int(body.get("vouchered", 0))
+        assert self.global_id is not None, "the chain is checked before the channel is read"
+        signature = bytes.fromhex(body.get("signature", ""))
         if cumulative and not verify_voucher(
-            self.wallet.public_key, self.channel, cumulative, bytes.fromhex(body.get("signature", ""))
+            self.wallet.public_key, self.channel, cumulative, signature, global_id=self.global_id
         ):
             raise UpstreamFailed(f"the proxy reports a voucher for channel {self.channel} this client never signed")
         return cumulative
@@ -202,12 +229,14 @@ class ChannelPayer:
         for r in verified:
             prices = await self.prices(r.model)
             cost += cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficients[r.worker_id])
+        assert self.global_id is not None, "the chain is checked in _start()"
         async with self._lock:  # vouchers are cumulative: sign and submit them one at a time
             cumulative = self.vouchered + cost.total
+            signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
             body = {
                 "channel": self.channel,
                 "cumulative": cumulative,
-                "signature": sign_voucher(self.key.seed, self.channel, cumulative).hex(),
+                "signature": signature.hex(),
                 "receipt_ids": [r.receipt_id for r in verified],
             }
             response = await self.http.post("/v1/vouchers", json=body)

@@ -95,9 +95,13 @@ async def claim(settings: WorkerSettings, entry: Earnings) -> int:
     """Claim ``entry``'s latest voucher on chain; returns the nanoton newly paid to the wallet."""
     if not settings.chain_url:
         raise ConfigError("set chain_url (COCOON_WORKER_CHAIN_URL) to the toncenter API to claim on chain")
-    if not verify_voucher(entry.proxy_key, entry.channel, entry.vouchered, entry.signature):
-        raise UpstreamFailed(f"the proxy at {entry.proxy} sent a voucher its own key did not sign")
     async with ToncenterClient(settings.chain_url, settings.chain_api_key) as chain:
+        global_id = await chain.global_id()
+        if not verify_voucher(entry.proxy_key, entry.channel, entry.vouchered, entry.signature, global_id=global_id):
+            raise UpstreamFailed(
+                f"the proxy at {entry.proxy} sent a voucher its own key did not sign for this chain "
+                f"(global id {global_id} at {settings.chain_url}): claiming it would fail on chain"
+            )
         contract = WorkerChannel(chain, Address(entry.channel))
         try:
             state = await contract.get_channel()

@@ -3,7 +3,7 @@ proxy and paid workers. The attacker is this test process, holding its own walle
 the real protocol through the SDK (a ``ChannelPayer`` that names the channel it likes and pays as it likes), or
 a worker configured to overstate its receipts.
 
-Each test states the guarantee it attacks; each failed on the code before the fix (issue 8, F1-F19).
+Each test states the guarantee it attacks; each failed on the code before the fix (issue 8, F1-F22).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.attestation import AttestationPolicy
-from cocoon.chain import TON, ClientChannel, ToncenterClient, Wallet
+from cocoon.chain import TESTNET_GLOBAL_ID, TON, ClientChannel, ToncenterClient, Wallet, sign_voucher
 from cocoon.chain.address import raw_address
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
@@ -30,7 +30,7 @@ from cocoon.client import CocoonClient, Completion
 from cocoon.client.wallet import ChannelPayer
 from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.errors import CocoonError, PaymentRequired
+from cocoon.errors import CocoonError, ConfigError, PaymentRequired, TransactionFailed
 from cocoon.local import LocalNetwork
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import channel_auth_header
@@ -345,3 +345,66 @@ def test_a_receipt_overstating_its_tokens_is_never_charged(tmp_path: Path) -> No
         assert ledger["clients"][0]["charged"] == 0
     finally:
         greedy.stop()
+
+
+# ---- F22: a voucher signed for the same channel address on another chain -------------------------------
+
+
+async def test_a_voucher_signed_for_another_chain_is_refused(net: LocalNetwork) -> None:
+    """A channel has the same address on testnet and mainnet (same code, init data and keys): a voucher its payer
+    signed on one chain must pay nothing on the other, neither at the proxy nor on chain."""
+    assert net.chain is not None
+    key = await funded_key(net)
+    channel = await deploy_channel(net, key, deposit=TON)
+    address = raw_address(channel.address)
+    await ask(net, Rogue(net, key, address, behaviour="ignore"))  # served; its receipt is left owed
+    async with httpx.AsyncClient(base_url=net.proxy_url) as http:
+        owed = (await http.get(f"/v1/channels/{address}/owed", headers=OPERATOR)).json()["owed"]
+        (receipt,) = owed
+        here = (await http.get("/v1/payment")).json()["global_id"]
+        assert here == await channel.client.global_id() != TESTNET_GLOBAL_ID  # the devnet is mainnet's config
+
+        def voucher(global_id: int) -> dict[str, Any]:
+            signature = sign_voucher(key.seed, address, receipt["cost"], global_id=global_id)
+            return {
+                "channel": address,
+                "cumulative": receipt["cost"],
+                "signature": signature.hex(),
+                "receipt_ids": [receipt["receipt_id"]],
+            }
+
+        # the right channel, the right amount, the payer's own key: only the chain is another one
+        refused = await http.post("/v1/vouchers", json=voucher(TESTNET_GLOBAL_ID))
+        assert refused.status_code == 401, refused.text
+        assert "global id" in refused.json()["error"]["message"]
+        row = client_row(net, address)
+        assert row is not None and row["vouchered"] == 0
+        with pytest.raises(TransactionFailed) as on_chain:
+            await channel.claim(
+                Wallet(key.seed), receipt["cost"], bytes.fromhex(voucher(TESTNET_GLOBAL_ID)["signature"])
+            )
+        assert on_chain.value.exit_code == 203  # the contract reads the global id from the chain's config
+        assert (await channel.get_channel()).claimed == 0
+
+        # the same voucher for this chain is taken: nothing else about the refused one was wrong
+        assert (await http.post("/v1/vouchers", json=voucher(here))).status_code == 200
+    row = client_row(net, address)
+    assert row is not None and row["vouchered"] == receipt["cost"]
+
+
+class ChainEndpointOnTestnet(ToncenterClient):
+    """The client's chain endpoint, answering as testnet does."""
+
+    async def global_id(self) -> int:
+        return TESTNET_GLOBAL_ID
+
+
+async def test_a_client_refuses_a_proxy_billing_on_another_chain(net: LocalNetwork) -> None:
+    assert net.chain is not None
+    key = await funded_key(net)
+    http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30)
+    payer = ChannelPayer(http, ChainEndpointOnTestnet(net.chain.url), key)
+
+    with pytest.raises(ConfigError, match="global id -239 but this client's chain_url"):
+        await ask(net, payer)
+    assert payer.vouchered == 0

@@ -15,12 +15,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import sign_voucher, verify_voucher, voucher_cell, voucher_hash
+from cocoon.chain import (
+    MAINNET_GLOBAL_ID,
+    TESTNET_GLOBAL_ID,
+    sign_voucher,
+    verify_voucher,
+    voucher_cell,
+    voucher_hash,
+)
 from cocoon.chain.vouchers import VOUCHER_TAG
 from cocoon.errors import BadRequest
 
 VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
-CHANNEL = Address("0:43aba7441f37145512276e37a977bbca9451067ce9c77d9014324efef4b65afc")
+CHANNEL = Address("0:79d1870277478058558daf475cf709a91b96b0ae7ea422fea0e5f6bd55564976")
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +37,11 @@ def vectors() -> dict[str, Any]:
     return dict(json.loads(VECTORS.read_text()))
 
 
-def test_voucher_cell_is_tag_then_channel_then_cumulative() -> None:
-    body = voucher_cell(CHANNEL, 1_500_000_000).begin_parse()
+def test_voucher_cell_is_tag_then_global_id_then_channel_then_cumulative() -> None:
+    body = voucher_cell(CHANNEL, 1_500_000_000, global_id=TESTNET_GLOBAL_ID).begin_parse()
 
     assert body.load_uint(32) == VOUCHER_TAG == 0x636F766F
+    assert body.load_int(32) == TESTNET_GLOBAL_ID == -3
     assert body.load_address() == CHANNEL
     assert body.load_coins() == 1_500_000_000
     assert body.remaining_bits == 0 and body.remaining_refs == 0
@@ -45,34 +53,60 @@ def test_voucher_matches_the_contract_build_byte_for_byte(vectors: dict[str, Any
     seed = bytes.fromhex(vectors["key"]["seedHex"])
     cumulative = int(voucher["cumulative"])
 
+    global_id = int(voucher["globalId"])
+
+    assert global_id == MAINNET_GLOBAL_ID == -239
     assert channel["address"] == f"0:{CHANNEL.hash_part.hex()}"
-    assert voucher_hash(CHANNEL, cumulative).hex() == voucher["cellHashHex"]
-    assert sign_voucher(seed, CHANNEL, cumulative).hex() == voucher["signatureHex"]
+    assert voucher_hash(CHANNEL, cumulative, global_id=global_id).hex() == voucher["cellHashHex"]
+    assert sign_voucher(seed, CHANNEL, cumulative, global_id=global_id).hex() == voucher["signatureHex"]
     assert verify_voucher(
         bytes.fromhex(vectors["key"]["publicKeyHex"]),
         CHANNEL,
         cumulative,
         bytes.fromhex(voucher["signatureHex"]),
+        global_id=global_id,
     )
 
 
 def test_signature_round_trips_and_binds_channel_and_amount() -> None:
     seed = os.urandom(32)
     public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
-    signature = sign_voucher(seed, CHANNEL, 42)
+    main = MAINNET_GLOBAL_ID
+    signature = sign_voucher(seed, CHANNEL, 42, global_id=main)
     other_channel = Address((0, bytes(32)))
 
-    assert verify_voucher(public, CHANNEL, 42, signature)
-    assert verify_voucher(public, CHANNEL.to_str(), 42, signature)
-    assert not verify_voucher(public, CHANNEL, 43, signature)
-    assert not verify_voucher(public, other_channel, 42, signature)
-    assert not verify_voucher(os.urandom(32), CHANNEL, 42, signature)
-    assert not verify_voucher(public, CHANNEL, 42, signature[:63])
+    assert verify_voucher(public, CHANNEL, 42, signature, global_id=main)
+    assert verify_voucher(public, CHANNEL.to_str(), 42, signature, global_id=main)
+    assert not verify_voucher(public, CHANNEL, 43, signature, global_id=main)
+    assert not verify_voucher(public, other_channel, 42, signature, global_id=main)
+    assert not verify_voucher(os.urandom(32), CHANNEL, 42, signature, global_id=main)
+    assert not verify_voucher(public, CHANNEL, 42, signature[:63], global_id=main)
 
 
-def test_amount_outside_coins_range_is_refused() -> None:
+def test_a_testnet_voucher_does_not_verify_for_the_mainnet_channel_at_the_same_address() -> None:
+    seed = os.urandom(32)
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    on_testnet = sign_voucher(seed, CHANNEL, 42, global_id=TESTNET_GLOBAL_ID)
+
+    assert verify_voucher(public, CHANNEL, 42, on_testnet, global_id=TESTNET_GLOBAL_ID)
+    assert not verify_voucher(public, CHANNEL, 42, on_testnet, global_id=MAINNET_GLOBAL_ID)
+    assert voucher_hash(CHANNEL, 42, global_id=TESTNET_GLOBAL_ID) != voucher_hash(
+        CHANNEL, 42, global_id=MAINNET_GLOBAL_ID
+    )
+
+
+def test_the_global_id_has_no_default() -> None:
+    with pytest.raises(TypeError):
+        sign_voucher(os.urandom(32), CHANNEL, 42)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        voucher_hash(CHANNEL, 42)  # type: ignore[call-arg]
+
+
+def test_amount_outside_coins_range_or_global_id_outside_int32_is_refused() -> None:
     with pytest.raises(BadRequest):
-        voucher_cell(CHANNEL, -1)
+        voucher_cell(CHANNEL, -1, global_id=MAINNET_GLOBAL_ID)
     with pytest.raises(BadRequest):
-        voucher_cell(CHANNEL, 1 << 120)
-    voucher_cell(CHANNEL, (1 << 120) - 1)
+        voucher_cell(CHANNEL, 1 << 120, global_id=MAINNET_GLOBAL_ID)
+    with pytest.raises(BadRequest):
+        voucher_cell(CHANNEL, 1, global_id=1 << 31)
+    voucher_cell(CHANNEL, (1 << 120) - 1, global_id=MAINNET_GLOBAL_ID)

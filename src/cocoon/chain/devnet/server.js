@@ -8,7 +8,7 @@ const http = require('node:http');
 const fs = require('node:fs');
 const path = require('node:path');
 const { Blockchain, snapshotToSerializable, snapshotFromSerializable, GetMethodError } = require('@ton/sandbox');
-const { Address, Cell, beginCell, loadMessage, storeMessage, storeTransaction, storeStateInit } = require('@ton/core');
+const { Address, Cell, Dictionary, beginCell, loadMessage, storeMessage, storeTransaction, storeStateInit } = require('@ton/core');
 
 const WALLET_V4R2_CODE_HASH = 'feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0';
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
@@ -347,6 +347,16 @@ const handlers = {
       state: type,
       '@extra': 'devnet',
     };
+  },
+
+  // The sandbox's own config (mainnet's by default: param 19, the global id, is -239), as toncenter shapes it.
+  async 'GET /api/v2/getConfigParam'(devnet, _body, query) {
+    const id = Number(query.get('config_id'));
+    if (!Number.isInteger(id) || id < 0) throw new ApiError(400, 'config_id must be a non-negative integer');
+    const params = Dictionary.loadDirect(Dictionary.Keys.Int(32), Dictionary.Values.Cell(), devnet.bc.config);
+    const param = params.get(id);
+    if (!param) throw new ApiError(404, `config param ${id} is not set`);
+    return { '@type': 'configInfo', config: { '@type': 'tvm.cell', bytes: param.toBoc().toString('base64') }, '@extra': 'devnet' };
   },
 
   async 'GET /api/v2/getWalletInformation'(devnet, _body, query) {

@@ -194,8 +194,13 @@ class Billing:
             account = await session.get(ClientAccount, channel, with_for_update=True)
             if account is None:
                 raise NotFound(f"channel {channel} has never been used with this proxy")
-            if not verify_voucher(account.payer_key, channel, sub.cumulative, signature):
-                raise Unauthorized(f"the voucher is not signed by the payer key of channel {channel}")
+            if not verify_voucher(
+                account.payer_key, channel, sub.cumulative, signature, global_id=self.chain.global_id
+            ):
+                raise Unauthorized(
+                    f"the voucher is not signed by the payer key of channel {channel} for this chain "
+                    f"(global id {self.chain.global_id}); sign it over the voucher cell with that global id"
+                )
             rows = (
                 await session.scalars(
                     select(Charge).where(Charge.receipt_id.in_(sub.receipt_ids), Charge.client_channel == channel)
@@ -360,7 +365,9 @@ class Billing:
         account = await session.get(WorkerAccount, worker_channel, with_for_update=True)
         assert account is not None
         account.vouchered += share
-        account.voucher_signature = sign_voucher(self.chain.wallet.seed, worker_channel, account.vouchered)
+        account.voucher_signature = sign_voucher(
+            self.chain.wallet.seed, worker_channel, account.vouchered, global_id=self.chain.global_id
+        )
         account.vouchered_at = account.vouchered_at or now
         session.add(
             VoucherRecord(

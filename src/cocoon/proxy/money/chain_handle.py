@@ -1,4 +1,5 @@
-"""The proxy's handle on the chain: toncenter client, its wallet (the proxy key), the registry, its params and prices.
+"""The proxy's handle on the chain: toncenter client, its wallet (the proxy key), the registry, its params and prices,
+and the chain's global id that every voucher it takes or signs names.
 
 Worker payout channels are derived here (payer = the proxy's wallet), and every on-chain operation the
 proxy sends is recorded, so ``/v1/books`` can show how few there are.
@@ -30,6 +31,7 @@ class ChainHandle:
     registry: Registry
     params: RegistryParams
     store: Store
+    global_id: int  # config param 19 of the chain at chain_url: vouchers for any other chain are refused
     prices: PriceBook = field(init=False)  # the registry's prices, cached: one book per proxy
 
     def __post_init__(self) -> None:
@@ -45,10 +47,11 @@ class ChainHandle:
         registry = Registry(toncenter, Address(settings.registry))
         try:
             params = await registry.get_params()
+            global_id = await toncenter.global_id()
         except ChainError as exc:
             await toncenter.aclose()
             raise ConfigError(f"cannot read the registry {settings.registry} at {settings.chain_url}: {exc}") from exc
-        return cls(toncenter, Wallet(key.seed), registry, params, store)
+        return cls(toncenter, Wallet(key.seed), registry, params, store, global_id)
 
     async def close(self) -> None:
         await self.toncenter.aclose()

@@ -35,6 +35,7 @@ async def payment(request: Request) -> JSONResponse:
             "proxy_wallet": address_text(chain.wallet.address),
             "proxy_key": chain.wallet.public_key.hex(),
             "registry": address_text(chain.registry.address),
+            "global_id": chain.global_id,
             "proxy_fee_bps": params.proxy_fee_bps,
             "close_delay": params.close_delay,
             "min_client_deposit": params.min_client_deposit,

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from cocoon.chain import Wallet, sign_voucher, verify_voucher
+from cocoon.chain import TESTNET_GLOBAL_ID, Wallet, sign_voucher, verify_voucher
 from cocoon.errors import BadRequest
 from cocoon.protocol import JobRequest, WrappedKeyWire, pack, unpack_as
 from cocoon.protocol.money import VoucherSubmission
@@ -37,7 +37,12 @@ async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exact
     store = Store(store_url)
     await store.start()
     proxy = Wallet(bytes(range(32)))
-    billing = Billing(store, cast(ChainHandle, SimpleNamespace(wallet=proxy)), unpaid_grace_s=60, credit_limit=10**9)
+    billing = Billing(
+        store,
+        cast(ChainHandle, SimpleNamespace(wallet=proxy, global_id=TESTNET_GLOBAL_ID)),
+        unpaid_grace_s=60,
+        credit_limit=10**9,
+    )
     payers = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(8)]
     submissions, shares = [], dict.fromkeys(WORKERS, 0)
     async with store.session() as session:
@@ -57,7 +62,7 @@ async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exact
                 VoucherSubmission(
                     channel=client,
                     cumulative=cumulative,
-                    signature=sign_voucher(payer, client, cumulative).hex(),
+                    signature=sign_voucher(payer, client, cumulative, global_id=TESTNET_GLOBAL_ID).hex(),
                     receipt_ids=[c.receipt_id for c in charges],
                 )
             )
@@ -72,7 +77,9 @@ async def test_concurrent_vouchers_from_many_clients_credit_shared_workers_exact
     for channel, account in workers.items():
         assert account is not None
         assert account.vouchered == shares[channel]
-        assert verify_voucher(proxy.public_key, channel, account.vouchered, account.voucher_signature)
+        assert verify_voucher(
+            proxy.public_key, channel, account.vouchered, account.voucher_signature, global_id=TESTNET_GLOBAL_ID
+        )
     assert statuses == {PAID}
 
 
