@@ -12,8 +12,9 @@ from starlette.responses import JSONResponse, Response
 from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import read_body
+from cocoon.proxy.attempt import Attempt, Frame
 from cocoon.proxy.metrics import FAILOVERS, JOBS
-from cocoon.proxy.relay import Attempt, Frame, JobRelay
+from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.rank import rank
 from cocoon.proxy.routing.views import directory_json, models_json
 from cocoon.proxy.state import ProxyState
