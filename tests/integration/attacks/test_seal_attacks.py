@@ -232,6 +232,8 @@ def signed_end(r: Rogue, job: Job, plaintext: bytes, sealer: ChunkSealer, **coun
 class RecordingPayer:
     """Stands in for the SDK's ``ChannelPayer``: records what the client would pay and refuse."""
 
+    max_coefficient = 4000  # as ChannelPayer's default: the SDK seals only to workers within it
+
     def __init__(self) -> None:
         self.paid: list[str] = []
         self.rejected: list[str] = []
