@@ -28,6 +28,16 @@ def raw_address(address: str | Address) -> str:
     return f"{parsed.wc}:{parsed.hash_part.hex()}"
 
 
-def address_text(address: str | Address, *, bounceable: bool = True) -> str:
-    """The user-friendly (base64url) form of ``address``."""
-    return str(parse_address(address).to_str(is_bounceable=bounceable))  # type: ignore[no-untyped-call]
+def address_text(address: str | Address, *, bounceable: bool = True, testnet: bool = False) -> str:
+    """The user-friendly (base64url) form of ``address``, with the testnet-only flag when ``testnet``."""
+    return str(parse_address(address).to_str(is_bounceable=bounceable, is_test_only=testnet))  # type: ignore[no-untyped-call]
+
+
+def payable_text(address: str | Address, *, deployed: bool, testnet: bool) -> str:
+    """The form of ``address`` to give a person who will send TON to it.
+
+    Non-bounceable while no code is deployed there: a bounceable transfer to an uninitialized account
+    bounces back, and only a non-bounceable one can create it (docs.ton.org, "Non-bounceable messages" and
+    "Addresses workflow"). With the testnet flag on testnet, which mainnet wallet apps refuse to pay.
+    """
+    return address_text(address, bounceable=deployed, testnet=testnet)

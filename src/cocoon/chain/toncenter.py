@@ -28,6 +28,8 @@ StackArg = int | Cell | Slice | Builder
 AccountStatus = Literal["active", "uninitialized", "frozen"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_API_V2 = "/api/v2"
+TRANSACTIONS_PAGE = 100  # the most transactions one getTransactions answers on either toncenter server
 CONFIG_GLOBAL_ID = 19  # `_ global_id:int32 = ConfigParam 19`: mainnet -239, testnet -3
 
 
@@ -83,7 +85,8 @@ class Transaction:
 
 
 class ToncenterClient:
-    """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL.
+    """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL, with or
+    without the ``/api/v2`` that toncenter's docs print as the endpoint (both name the same API).
 
     ``transport`` replaces the network (tests pass an ``httpx.MockTransport`` answering as toncenter does).
     """
@@ -97,7 +100,7 @@ class ToncenterClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
-        self.base_url = base_url.rstrip("/")
+        self.base_url = api_root(base_url)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._global_id: int | None = None
 
@@ -176,12 +179,44 @@ class ToncenterClient:
         return int(cast(int, seqno))
 
     async def get_transactions(
-        self, address: Address | str, *, limit: int = 10, lt: int | None = None, to_lt: int | None = None
+        self,
+        address: Address | str,
+        *,
+        limit: int = 10,
+        start_at: tuple[int, bytes] | None = None,
+        to_lt: int | None = None,
     ) -> list[Transaction]:
-        """The account's latest transactions, newest first (``lt``: start from; ``to_lt``: stop before)."""
+        """Up to ``limit`` of the account's transactions, newest first.
+
+        ``start_at``: the ``(lt, hash)`` of the newest one to return (default: the account's latest);
+        ``to_lt``: stop at transactions of this lt or older. More than one page of toncenter's is fetched
+        page by page. BadRequest when ``limit`` is not positive.
+        """
+        if limit < 1:
+            raise BadRequest(f"ask for at least one transaction, not {limit}")
+        found: list[Transaction] = []
+        cursor = start_at
+        while len(found) < limit:
+            # A page starts at its (lt, hash) inclusive, so every page after the first repeats one.
+            ask = min(TRANSACTIONS_PAGE, limit - len(found) + (1 if found else 0))
+            page = await self._transactions_page(address, ask, cursor, to_lt)
+            fresh = [tx for tx in page if not found or tx.lt < found[-1].lt]
+            found.extend(fresh[: limit - len(found)])
+            if len(page) < ask or not fresh:
+                break  # the account's history (or the range down to to_lt) ends here
+            cursor = (found[-1].lt, found[-1].hash)
+        return found
+
+    async def _transactions_page(
+        self, address: Address | str, limit: int, start_at: tuple[int, bytes] | None, to_lt: int | None
+    ) -> list[Transaction]:
+        # Both toncenter servers refuse limit > 100 and take lt only with hash: the C++ server answers 422
+        # "lt and hash should be used together" (ton-http-api-cpp GetTransactionsHandler::ValidateRequest),
+        # the Python one declares `limit: le=100` and "lt ... must be sent with *hash*" (ton-http-api
+        # pyTON/main.py get_transactions). Both read a 64-digit hex hash.
         params: dict[str, str | int] = {"address": _text(address), "limit": limit}
-        if lt is not None:
-            params["lt"] = lt
+        if start_at is not None:
+            params["lt"], params["hash"] = start_at[0], start_at[1].hex()
         if to_lt is not None:
             params["to_lt"] = to_lt
         result = await self._call("GET", "/api/v2/getTransactions", params=params)
@@ -246,6 +281,15 @@ class ToncenterClient:
         if response.status_code == 400 or body.get("code") == 400:
             raise BadRequest(f"{path}: {error}")
         raise ChainError(f"{path} failed: {error}")
+
+
+def api_root(base_url: str) -> str:
+    """The root that ``/api/v2/<method>`` paths are joined to: ``base_url`` less trailing slashes and a
+    trailing ``/api/v2`` (toncenter's docs give the endpoint as ``https://testnet.toncenter.com/api/v2``)."""
+    root = base_url.rstrip("/")
+    if root.endswith(_API_V2):
+        root = root[: -len(_API_V2)].rstrip("/")
+    return root
 
 
 def boc_bytes(cell: Cell) -> bytes:

@@ -18,8 +18,9 @@ from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 from pytoniq_core.tlb.account import StateInit
 
-from cocoon.chain.address import address_text
+from cocoon.chain.address import address_text, payable_text
 from cocoon.chain.toncenter import ToncenterClient
+from cocoon.chain.vouchers import TESTNET_GLOBAL_ID
 from cocoon.errors import BadRequest, ChainError, ConfigError
 
 # The well-known wallet v4r2 code (as shipped by @ton/ton); its hash is checked at import.
@@ -40,7 +41,7 @@ WALLET_V4R2_CODE: Cell = Cell.one_from_boc(WALLET_V4R2_CODE_BOC64)
 if WALLET_V4R2_CODE.hash.hex() != WALLET_V4R2_CODE_HASH:  # pragma: no cover - a corrupted constant
     raise ConfigError("embedded wallet v4r2 code does not match its well-known hash")
 
-DEFAULT_SUBWALLET_ID = 698983191
+DEFAULT_SUBWALLET_ID = 698983191  # the standard v3/v4 subwallet id on the basechain; see default_subwallet_id
 SEND_MODE_PAY_FEES_SEPARATELY = 1
 SEND_MODE_IGNORE_ERRORS = 2
 DEFAULT_SEND_MODE = SEND_MODE_PAY_FEES_SEPARATELY | SEND_MODE_IGNORE_ERRORS
@@ -89,28 +90,39 @@ def _with_init_and_body(message: Builder, state_init: StateInit | None, body: Ce
     return cell
 
 
+def default_subwallet_id(workchain: int) -> int:
+    """The standard subwallet id of a v4 wallet on ``workchain``: 698983191 + workchain (698983190 on the
+    masterchain), as @ton/ton's ``WalletContractV4`` (``this.walletId = 698983191 + workchain``) and tonweb
+    derive it, so a key opens the same wallet here as in every other wallet app."""
+    return DEFAULT_SUBWALLET_ID + workchain
+
+
 def wallet_state_init(public_key: bytes, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> StateInit:
     """The StateInit of the v4r2 wallet of ``public_key``: its address needs no secret."""
     data = Builder().store_uint(0, 32).store_uint(subwallet_id, 32).store_bytes(public_key).store_bit(0).end_cell()
     return StateInit(code=WALLET_V4R2_CODE, data=data)
 
 
-def wallet_address(public_key: bytes, *, workchain: int = 0, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> Address:
-    """The address of the v4r2 wallet owned by the Ed25519 ``public_key``."""
-    return Address((workchain, wallet_state_init(public_key, subwallet_id).serialize().hash))
+def wallet_address(public_key: bytes, *, workchain: int = 0, subwallet_id: int | None = None) -> Address:
+    """The address of the v4r2 wallet owned by the Ed25519 ``public_key`` (standard subwallet by default)."""
+    subwallet = default_subwallet_id(workchain) if subwallet_id is None else subwallet_id
+    return Address((workchain, wallet_state_init(public_key, subwallet).serialize().hash))
 
 
 class Wallet:
-    """A wallet v4r2 owned by a 32-byte Ed25519 seed; deploys itself with its first transfer."""
+    """A wallet v4r2 owned by a 32-byte Ed25519 seed; deploys itself with its first transfer.
 
-    def __init__(self, seed: bytes, *, workchain: int = 0, subwallet_id: int = DEFAULT_SUBWALLET_ID) -> None:
+    ``subwallet_id`` defaults to the standard one of ``workchain`` (``default_subwallet_id``).
+    """
+
+    def __init__(self, seed: bytes, *, workchain: int = 0, subwallet_id: int | None = None) -> None:
         if len(seed) != 32:
             raise ConfigError(f"a wallet seed is 32 bytes, got {len(seed)}")
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
         self.seed = seed
         self.public_key: bytes = self._key.public_key().public_bytes_raw()
-        self.subwallet_id = subwallet_id
-        self.state_init = wallet_state_init(self.public_key, subwallet_id)
+        self.subwallet_id = default_subwallet_id(workchain) if subwallet_id is None else subwallet_id
+        self.state_init = wallet_state_init(self.public_key, self.subwallet_id)
         self.address = Address((workchain, self.state_init.serialize().hash))
         self._lock = asyncio.Lock()
 
@@ -150,8 +162,10 @@ class Wallet:
             state = await client.get_address_information(self.address)
             needed = sum(t.amount for t in transfers)
             if state.balance <= needed:
+                testnet = await client.global_id() == TESTNET_GLOBAL_ID
+                shown = payable_text(self.address, deployed=state.active, testnet=testnet)
                 raise ChainError(
-                    f"wallet {address_text(self.address)} holds {state.balance} nanoton but this transfer "
+                    f"wallet {shown} holds {state.balance} nanoton but this transfer "
                     f"sends {needed} plus fees; fund the wallet first"
                 )
             seqno = await client.get_wallet_seqno(self.address) if state.active else 0

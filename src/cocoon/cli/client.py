@@ -9,8 +9,8 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 
-from cocoon.chain import ClientChannel, ToncenterClient, Wallet
-from cocoon.chain.address import address_text, raw_address
+from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, ToncenterClient, Wallet
+from cocoon.chain.address import address_text, payable_text, raw_address
 from cocoon.cli.common import (
     ConfigOpt,
     HostOpt,
@@ -118,8 +118,10 @@ def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
     async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> dict[str, Any]:
         raw = raw_address(channel.address)
-        out: dict[str, Any] = {"channel": raw, "wallet": address_text(wallet.address, bounceable=False)}
-        out["wallet_balance"] = await chain.get_balance(wallet.address)
+        account = await chain.get_address_information(wallet.address)
+        testnet = await chain.global_id() == TESTNET_GLOBAL_ID  # read already: the proxy's chain was checked
+        shown = payable_text(wallet.address, deployed=account.active, testnet=testnet)
+        out: dict[str, Any] = {"channel": raw, "wallet": shown, "wallet_balance": account.balance}
         if (await chain.get_address_information(channel.address)).active:
             state = await channel.get_channel()
             out |= {"deposit": state.deposit, "claimed": state.claimed, "close_at": state.close_at}
