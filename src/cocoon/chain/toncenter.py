@@ -1,7 +1,7 @@
 """An async client for the toncenter v2 HTTP API: the one chain client cocoon uses.
 
 It talks to the local devnet and to toncenter's testnet/mainnet unchanged (same paths, same JSON
-shapes); get-method stacks decode to Python ints, cells, slices, ``None`` and lists.
+shapes); get-method stacks decode to Python ints, cells (a slice reads as its cell), ``None`` and lists.
 
 Both toncenter servers (the C++ one behind toncenter.com and the older Python ``ton-http-api``) hand a
 get-method's stack entries through tonlib and re-render them; the shapes read here are the ones they produce:
