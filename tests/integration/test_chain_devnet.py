@@ -6,14 +6,18 @@ through the toncenter v2 API and the devnet endpoints, as ``cocoon up`` and the 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain import (
     MAINNET_GLOBAL_ID,
@@ -32,10 +36,11 @@ from cocoon.chain import (
     sign_voucher,
     voucher_hash,
 )
+from cocoon.chain.address import address_text
 from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
 from cocoon.chain.devnet import DevnetClient, DevnetProcess, bootstrap_devnet
 from cocoon.chain.registry import OP_UPSERT_MODEL
-from cocoon.chain.toncenter import Transaction
+from cocoon.chain.toncenter import Transaction, boc_bytes
 from cocoon.errors import TransactionFailed
 
 CLOSE_DELAY = 600
@@ -119,6 +124,34 @@ async def test_registry_is_deployed_and_read_back(chain: Chain) -> None:
 
     await registry.remove_model(owner, "gemma-3-270m")
     assert await registry.get_models() == []
+
+
+async def test_the_devnet_renders_stacks_and_errors_as_toncenter_does(chain: Chain) -> None:
+    owner = await funded_wallet(chain)
+    registry = Registry.for_deploy(chain.toncenter, owner.address, RegistryParams())
+    await registry.deploy(owner)
+    address = address_text(registry.address)
+
+    async with httpx.AsyncClient(base_url=chain.process.base_url) as http:
+
+        async def run(method: str, stack: list[list[str]]) -> dict[str, Any]:
+            payload = {"address": address, "method": method, "stack": stack}
+            answer: dict[str, Any] = (await http.post("/api/v2/runGetMethod", json=payload)).json()
+            return answer
+
+        owner_entry = (await run("get_owner", []))["result"]["stack"][0]
+        empty_dict = (await run("get_models", []))["result"]["stack"][0]
+        builder = await run("get_proxy", [["tvm.Builder", base64.b64encode(boc_bytes(Cell.empty())).decode()]])
+        lone_lt = await http.get("/api/v2/getTransactions", params={"address": address, "lt": "1"})
+
+    # A slice comes back as a "cell" with its BOC and JSON object; a null as an empty list.
+    assert owner_entry[0] == "cell" and {"bytes", "object"} <= set(owner_entry[1])
+    assert empty_dict == ["list", {"@type": "tvm.list", "elements": []}]
+    assert builder["ok"] is False and builder["code"] == 542
+    assert lone_lt.status_code == 422 and lone_lt.json()["ok"] is False
+    assert await registry.get_owner() == owner.address
+    assert await registry.get_models() == []
+    assert await registry.get_proxy(99) is None
 
 
 async def test_registry_refuses_a_stranger(chain: Chain) -> None:

@@ -21,7 +21,7 @@ from pytoniq_core.tlb.account import StateInit
 from cocoon.chain.address import address_text
 from cocoon.chain.toncenter import ToncenterClient, Transaction
 from cocoon.chain.wallet import InternalTransfer, Wallet
-from cocoon.errors import BadRequest, ConfigError, TransactionFailed
+from cocoon.errors import BadRequest, ChainError, ConfigError, TransactionFailed
 
 TON = 1_000_000_000
 MAX_STRING_BYTES = 127
@@ -68,11 +68,20 @@ def read_string(cell: Cell) -> str:
 
 
 def read_address(value: object) -> Address:
-    if isinstance(value, Slice):
-        address = value.load_address()
+    """The address at the start of ``value``, a Cell or a Slice; ChainError when it holds none.
+
+    A get-method's slice comes back from toncenter as a ``"cell"`` entry (see ``toncenter``), and a dictionary
+    value as a Slice, so both are read; a Slice is consumed past the address, a Cell is left as it was.
+    """
+    body = Slice.from_cell(value) if isinstance(value, Cell) else value
+    if isinstance(body, Slice):
+        try:
+            address = body.load_address()
+        except (ValueError, TypeError, IndexError) as exc:
+            raise ChainError(f"expected an address on the stack, got an unreadable {value!r}: {exc}") from exc
         if isinstance(address, Address):
             return address
-    raise TypeError(f"expected an address slice on the stack, got {value!r}")
+    raise ChainError(f"expected an address (a cell or slice) on the stack, got {value!r}")
 
 
 async def send_checked(

@@ -1,7 +1,23 @@
 """An async client for the toncenter v2 HTTP API: the one chain client cocoon uses.
 
 It talks to the local devnet and to toncenter's testnet/mainnet unchanged (same paths, same JSON
-shapes); get-method stacks decode to Python ints, cells, slices, ``None`` and lists.
+shapes); get-method stacks decode to Python ints, cells (a slice reads as its cell), ``None`` and lists.
+
+Both toncenter servers (the C++ one behind toncenter.com and the older Python ``ton-http-api``) hand a
+get-method's stack entries through tonlib and re-render them; the shapes read here are the ones they produce:
+
+- a slice comes back as ``["cell", {"bytes": <BOC>, "object": ...}]``, never ``["slice", ...]``
+  (``tvm_valuetypes.serialize_tvm_element``, which ``ton-http-api`` uses, renders ``tvm.stackEntrySlice`` and
+  ``tvm.stackEntryCell`` alike as ``"cell"``), so a reader of an address takes a Cell or a Slice;
+- a TVM null comes back as an empty ``["list", {"elements": []}]`` (tonlib has no null entry; ``@ton/ton``'s
+  ``TonClient`` ``parseStack`` reads an empty tuple or list as null: "toncenter.com missbehaviour"); ``["null",
+  null]`` is read too;
+- tuples and lists hold tonlib's typed entries (``tvm.stackEntryNumber``, ``tvm.stackEntryCell``, ...);
+- a failure is the envelope ``{"ok": false, "error": "...", "code": N}`` (416, 422, 500, 504, 542, ...), except
+  a 429 whose text is in ``result``.
+
+Arguments go out as ``["num", ...]``, ``["tvm.Cell", <BOC>]`` and ``["tvm.Slice", <BOC>]``; toncenter refuses
+``tvm.Builder``, so no builder is ever sent.
 """
 
 from __future__ import annotations
@@ -23,8 +39,8 @@ from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
 from cocoon.chain.address import address_text
 from cocoon.errors import BadRequest, ChainError, UpstreamTimeout, map_http_errors
 
-StackValue = int | Cell | Slice | None | list["StackValue"]
-StackArg = int | Cell | Slice | Builder
+StackValue = int | Cell | None | list["StackValue"]
+StackArg = int | Cell | Slice
 AccountStatus = Literal["active", "uninitialized", "frozen"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -277,10 +293,12 @@ class ToncenterClient:
             raise ChainError(f"{path} answered HTTP {response.status_code} with an unexpected body")
         if body.get("ok"):
             return body["result"]
-        error = body.get("error", f"HTTP {response.status_code}")
-        if response.status_code == 400 or body.get("code") == 400:
+        code = body.get("code", response.status_code)
+        # toncenter's 429 carries its text in ``result``; every other error in ``error``.
+        error = body.get("error") or body.get("result") or "no error text"
+        if response.status_code == 400 or code == 400:
             raise BadRequest(f"{path}: {error}")
-        raise ChainError(f"{path} failed: {error}")
+        raise ChainError(f"{path} failed with code {code}: {error}")
 
 
 def api_root(base_url: str) -> str:
@@ -318,23 +336,25 @@ def _encode_arg(arg: StackArg) -> list[str]:
         return ["num", str(arg)]
     if isinstance(arg, Cell):
         return ["tvm.Cell", _boc64(arg)]
-    if isinstance(arg, Slice):
-        return ["tvm.Slice", _boc64(Builder().store_slice(arg).end_cell())]
-    return ["tvm.Builder", _boc64(arg.end_cell())]
+    return ["tvm.Slice", _boc64(Builder().store_slice(arg).end_cell())]
 
 
 def _decode_entry(entry: Any) -> StackValue:
-    kind, value = entry[0], entry[1]
-    if kind == "num":
-        return int(str(value), 16) if "0x" in str(value) else int(str(value))
-    if kind == "null":
-        return None
-    if kind == "cell":
-        return Cell.one_from_boc(base64.b64decode(value["bytes"]))
-    if kind == "slice":
-        return cast(Slice, Slice.from_cell(Cell.one_from_boc(base64.b64decode(value["bytes"]))))
-    if kind in ("tuple", "list"):
-        return [_decode_typed(element) for element in value.get("elements", [])]
+    try:
+        kind, value = entry[0], entry[1]
+        if kind == "num":
+            return int(str(value), 16) if "0x" in str(value) else int(str(value))
+        if kind == "null":
+            return None
+        if kind in ("cell", "slice"):
+            # A slice arrives as "cell" from both servers; the devnet of old sent "slice": one type either way.
+            return Cell.one_from_boc(base64.b64decode(value["bytes"]))
+        if kind in ("tuple", "list"):
+            elements = value.get("elements") or []
+            # tonlib renders a TVM null as an empty list; an empty tuple is indistinguishable and reads as null too.
+            return [_decode_typed(element) for element in elements] if elements else None
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ChainError(f"unreadable get-method result entry {entry!r}: {exc}") from exc
     raise ChainError(f"unsupported get-method result entry {kind!r}")
 
 
@@ -346,10 +366,11 @@ def _decode_typed(element: dict[str, Any]) -> StackValue:
     if kind == "tvm.stackEntryCell":
         return Cell.one_from_boc(base64.b64decode(element["cell"]["bytes"]))
     if kind == "tvm.stackEntrySlice":
-        return cast(Slice, Slice.from_cell(Cell.one_from_boc(base64.b64decode(element["slice"]["bytes"]))))
+        return Cell.one_from_boc(base64.b64decode(element["slice"]["bytes"]))
     if kind in ("tvm.stackEntryTuple", "tvm.stackEntryList"):
         inner = element.get("tuple") or element.get("list") or {}
-        return [_decode_typed(e) for e in inner.get("elements", [])]
+        elements = inner.get("elements") or []
+        return [_decode_typed(e) for e in elements] if elements else None
     return None
 
 

@@ -85,6 +85,9 @@ class ProxyLink:
                 log.warning("proxy deferred registration url=%s reason=%s", self.url, exc)
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as exc:
                 log.warning("proxy link down url=%s error=%s", self.url, type(exc).__name__)
+            except Exception:  # a bug must not leave the worker unregistered for good: reconnect after a pause
+                log.exception("proxy link crashed url=%s; reconnecting", self.url)
+                backoff = self.max_backoff
             finally:
                 self.connected.clear()
                 await self._cancel_all()
@@ -145,21 +148,27 @@ class ProxyLink:
                 log.error("job crashed job_id=%s", job_id, exc_info=exc)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
-        board, meter, first_tokens = self.runner.board, self.runner.meter, self.runner.first_tokens
+        """Send a heartbeat every ``heartbeat_interval`` until the link closes; a failing beat is logged, and
+        the next one still goes (a dead heartbeat task would get a healthy worker dropped by the proxy)."""
         while True:
-            await ws.send(
-                pack(
-                    Heartbeat(
-                        free_slots=board.free,
-                        queue_depth=board.waiting,
-                        active_jobs=board.running,
-                        tokens_per_s=meter.rate(),
-                        prefill_tokens_per_s=first_tokens.prefill_tokens_per_s,
-                        ttft_ms=first_tokens.median_ms(),
-                    )
-                )
-            )
+            try:
+                await ws.send(pack(self._beat()))
+            except websockets.ConnectionClosed:
+                return
+            except Exception:
+                log.exception("heartbeat failed url=%s; sending the next one", self.url)
             await asyncio.sleep(self.heartbeat_interval)
+
+    def _beat(self) -> Heartbeat:
+        board, meter, first_tokens = self.runner.board, self.runner.meter, self.runner.first_tokens
+        return Heartbeat(
+            free_slots=board.free,
+            queue_depth=board.waiting,
+            active_jobs=board.running,
+            tokens_per_s=meter.rate(),
+            prefill_tokens_per_s=first_tokens.prefill_tokens_per_s,
+            ttft_ms=first_tokens.median_ms(),
+        )
 
     async def _cancel_all(self) -> None:
         tasks = list(self._jobs.values())

@@ -183,6 +183,20 @@ function intToToncenter(value) {
   return value < 0n ? '-0x' + (-value).toString(16) : '0x' + value.toString(16);
 }
 
+// toncenter's JSON rendering of a cell beside its BOC (tvm_valuetypes' Cell.serialize_to_object).
+function cellObject(cell) {
+  const bytes = Buffer.alloc(Math.ceil(cell.bits.length / 8));
+  for (let i = 0; i < cell.bits.length; i++) if (cell.bits.at(i)) bytes[i >> 3] |= 0x80 >> (i & 7);
+  return { data: { b64: bytes.toString('base64'), len: cell.bits.length }, refs: cell.refs.map(cellObject), special: cell.isExotic };
+}
+
+function cellToToncenter(cell) {
+  return ['cell', { bytes: cell.toBoc().toString('base64'), object: cellObject(cell) }];
+}
+
+// Shapes as both toncenter servers render tonlib's stack (tvm_valuetypes.serialize_tvm_element): a slice comes
+// back as "cell", exactly like a cell, and a null as an empty list (tonlib has no null entry; @ton/ton's TonClient
+// reads an empty list as null for this reason).
 function stackEntryToToncenter(item) {
   switch (item.type) {
     case 'int':
@@ -190,11 +204,10 @@ function stackEntryToToncenter(item) {
     case 'nan':
       return ['num', 'NaN'];
     case 'null':
-      return ['null', null];
+      return ['list', { '@type': 'tvm.list', elements: [] }];
     case 'cell':
-      return ['cell', { bytes: item.cell.toBoc().toString('base64') }];
     case 'slice':
-      return ['slice', { bytes: item.cell.toBoc().toString('base64') }];
+      return cellToToncenter(item.cell);
     case 'builder':
       return ['builder', { bytes: item.cell.toBoc().toString('base64') }];
     case 'tuple':
@@ -215,6 +228,8 @@ function tupleElementToToncenter(item) {
       return { '@type': 'tvm.stackEntrySlice', slice: { '@type': 'tvm.slice', bytes: item.cell.toBoc().toString('base64') } };
     case 'tuple':
       return { '@type': 'tvm.stackEntryTuple', tuple: { '@type': 'tvm.tuple', elements: item.items.map(tupleElementToToncenter) } };
+    case 'null':
+      return { '@type': 'tvm.stackEntryList', list: { '@type': 'tvm.list', elements: [] } };
     default:
       return { '@type': 'tvm.stackEntryUnsupported' };
   }
@@ -239,7 +254,8 @@ function stackEntryFromToncenter(entry) {
       return { type: 'slice', cell: Cell.fromBase64(value) };
     case 'tvm.Builder':
     case 'builder':
-      return { type: 'builder', cell: Cell.fromBase64(value) };
+      // toncenter has no way to pass a builder to tonlib and refuses it (issue 13: 503 / 542); so do we.
+      throw new ApiError(542, `stack entry type ${JSON.stringify(type)} is not supported; pass a tvm.Slice`);
     default:
       throw new ApiError(400, `unsupported stack entry type ${JSON.stringify(type)}`);
   }
@@ -381,6 +397,10 @@ const handlers = {
   async 'GET /api/v2/getTransactions'(devnet, _body, query) {
     const address = parseAddress(query.get('address'));
     const limit = Math.min(Number(query.get('limit') ?? 10), 1000);
+    // A start point is one transaction's id, lt and hash together: toncenter.com answers 422 to a lone lt.
+    if (Boolean(query.get('lt')) !== Boolean(query.get('hash'))) {
+      throw new ApiError(422, 'lt and hash must be given together (one transaction id), or neither');
+    }
     const fromLt = query.get('lt') ? BigInt(query.get('lt')) : null;
     const toLt = query.get('to_lt') ? BigInt(query.get('to_lt')) : 0n;
     const txs = devnet

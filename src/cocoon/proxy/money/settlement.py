@@ -54,12 +54,16 @@ class Settlement:
         self._watched_at = 0.0
 
     async def run_forever(self) -> None:
+        """Settle every ``settle_interval`` until cancelled; a failed round is logged and the next one runs."""
         while True:
             await asyncio.sleep(self.settings.settle_interval)
             try:
                 await self.settle()
             except (ChainError, UpstreamTimeout) as exc:
                 log.warning("settlement round failed error=%s; retrying next round", exc)
+            except Exception:
+                # Anything else is a bug or a chain answer nobody foresaw; the proxy must still settle tomorrow.
+                log.exception("settlement round crashed; retrying next round")
 
     def _due(self, unsettled: int, since: datetime | None, force: bool) -> bool:
         if unsettled <= 0:

@@ -36,10 +36,13 @@ class Liveness:
         sweeps = 0
         while True:
             await asyncio.sleep(interval)
-            self.sweep()
             sweeps += 1
-            if sweeps % sweeps_per_ping == 0:
-                await self.ping_all()
+            try:
+                self.sweep()
+                if sweeps % sweeps_per_ping == 0:
+                    await self.ping_all()
+            except Exception:  # a dead sweeper would keep silent workers routed forever
+                log.exception("liveness sweep crashed; sweeping again in %gs", interval)
 
     def sweep(self) -> None:
         """Remove every worker silent for longer than ``heartbeat_timeout``."""

@@ -66,3 +66,5 @@ async def save_forever(store: Store, book: ReputationBook, interval_s: float = 5
             await save(store, book)
         except SQLAlchemyError as exc:
             log.warning("reputation not saved error=%s; retrying in %gs", type(exc).__name__, interval_s)
+        except Exception:
+            log.exception("saving reputation crashed; retrying in %gs", interval_s)

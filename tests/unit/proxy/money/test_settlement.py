@@ -3,13 +3,18 @@ client voucher that paid it is claimed (issue 8, F1; end to end, a forged channe
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
+
 from cocoon.config import ProxySettings
+from cocoon.errors import ChainError
 from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount
-from cocoon.proxy.money.settlement import Settlement
+from cocoon.proxy.money.settlement import Settlement, SettleReport
 from cocoon.proxy.store import Store
 
 WORKER = "0:" + "a" * 64
@@ -53,3 +58,34 @@ async def test_a_worker_share_is_funded_only_once_its_client_voucher_is_claimed(
             assert await settlement._backed_share(session, WORKER) == 90 + 60
     finally:
         await store.close()
+
+
+async def test_the_settlement_loop_survives_a_round_that_crashes_unexpectedly(caplog: pytest.LogCaptureFixture) -> None:
+    settlement = Settlement(ProxySettings(settle_interval=0.01), cast(ChainHandle, SimpleNamespace()))
+    failures: list[BaseException] = [RuntimeError("a chain answer nobody foresaw"), ChainError("toncenter 542")]
+    rounds: list[int] = []
+    four_rounds = asyncio.Event()
+
+    async def settle(force: bool = False) -> SettleReport:
+        rounds.append(len(rounds))
+        if len(rounds) >= 4:
+            four_rounds.set()
+        if failures:
+            raise failures.pop(0)
+        return SettleReport()
+
+    settlement.settle = settle  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="cocoon.proxy.settlement")
+    loop = asyncio.create_task(settlement.run_forever())
+    waiter = asyncio.create_task(four_rounds.wait())
+    try:
+        await asyncio.wait([loop, waiter], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert not loop.done(), "the settlement loop died"
+        assert four_rounds.is_set()
+    finally:
+        waiter.cancel()
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+    crashed = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], RuntimeError)]
+    assert crashed, "the unexpected exception was not logged with its traceback"
