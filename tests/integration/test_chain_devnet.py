@@ -7,8 +7,10 @@ through the toncenter v2 API and the devnet endpoints, as ``cocoon up`` and the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from cocoon.chain import (
     TON,
     ChannelRole,
     ClientChannel,
+    InternalTransfer,
     ModelEntry,
     ProxyEntry,
     Registry,
@@ -41,7 +44,7 @@ from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
 from cocoon.chain.devnet import DevnetClient, DevnetProcess, bootstrap_devnet
 from cocoon.chain.registry import OP_UPSERT_MODEL
 from cocoon.chain.toncenter import Transaction, boc_bytes
-from cocoon.errors import TransactionFailed
+from cocoon.errors import ChainError, TransactionFailed
 
 CLOSE_DELAY = 600
 DEVNET = MAINNET_GLOBAL_ID  # the devnet runs @ton/sandbox's default config, which is mainnet's
@@ -90,6 +93,21 @@ async def test_wallet_deploys_itself_with_its_first_transfer(chain: Chain) -> No
     assert (await chain.toncenter.get_address_information(wallet.address)).active
     assert await chain.toncenter.get_balance(receiver.address) == TON
     assert await wallet.send(chain.toncenter, receiver.address, TON, bounce=False) == 2
+
+
+async def test_a_first_transfer_past_its_expiry_is_never_applied(chain: Chain) -> None:
+    """The real wallet code checks the expiry of its first message too: a stale one cannot deploy it later."""
+    wallet = await funded_wallet(chain, 5 * TON)
+    stale = wallet.external_message(
+        0,
+        [InternalTransfer(Wallet.generate().address, TON, bounce=False)],
+        valid_until=int(time.time()) - 60,
+        deploy=True,
+    )
+    with contextlib.suppress(ChainError):  # a liteserver may refuse it outright, or accept it and never apply it
+        await chain.toncenter.send_boc(stale)
+    assert not (await chain.toncenter.get_address_information(wallet.address)).active
+    assert await chain.toncenter.get_wallet_seqno(wallet.address) == 0
 
 
 async def test_registry_is_deployed_and_read_back(chain: Chain) -> None:

@@ -46,6 +46,7 @@ SEND_MODE_PAY_FEES_SEPARATELY = 1
 SEND_MODE_IGNORE_ERRORS = 2
 DEFAULT_SEND_MODE = SEND_MODE_PAY_FEES_SEPARATELY | SEND_MODE_IGNORE_ERRORS
 MESSAGE_TTL_S = 120
+EXPIRY_GRACE_S = 10.0  # after a message's expiry, how long a block that took it may still take to be seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +137,17 @@ class Wallet:
     def external_message(
         self, seqno: int, transfers: Sequence[InternalTransfer], *, valid_until: int, deploy: bool = False
     ) -> Cell:
-        """The signed external message carrying up to 4 ``transfers`` (with StateInit when ``deploy``)."""
+        """The signed external message carrying up to 4 ``transfers`` (with StateInit when ``deploy``), which the
+        wallet accepts only before ``valid_until`` (unix time).
+
+        The first message (seqno 0) expires too. Wallet libraries often sign it valid forever (0xFFFFFFFF), so a
+        first transfer that was dropped stays replayable for as long as the wallet is undeployed, by anyone who
+        saw it; the v4 code checks the expiry for every seqno, so there is no reason to.
+        """
         if not 1 <= len(transfers) <= 4:
             raise BadRequest(f"a v4 wallet sends 1 to 4 messages at once, got {len(transfers)}")
         body = Builder().store_uint(self.subwallet_id, 32)
-        body = body.store_uint(0xFFFFFFFF if seqno == 0 else valid_until, 32).store_uint(seqno, 32).store_uint(0, 8)
+        body = body.store_uint(valid_until, 32).store_uint(seqno, 32).store_uint(0, 8)
         for transfer in transfers:
             body = body.store_uint(transfer.send_mode, 8).store_ref(transfer.to_cell())
         signing = body.end_cell()
@@ -156,7 +163,8 @@ class Wallet:
         """Sign and send ``transfers`` in one external message and wait until it is applied.
 
         Returns the wallet's new seqno. Raises ChainError when the wallet cannot cover the amounts or
-        the chain refuses the message, UpstreamTimeout when it is not applied within ``timeout`` seconds.
+        the chain refuses the message, UpstreamTimeout when it is not applied within ``timeout`` seconds nor
+        before it expired (``MESSAGE_TTL_S``): only then is it certainly dropped.
         """
         async with self._lock:
             state = await client.get_address_information(self.address)
@@ -172,7 +180,10 @@ class Wallet:
             valid_until = max(state.sync_utime, int(time.time())) + MESSAGE_TTL_S
             message = self.external_message(seqno, transfers, valid_until=valid_until, deploy=not state.active)
             await client.send_boc(message)
-            return await client.wait_for_seqno(self.address, seqno, timeout=timeout)
+            # A message not applied yet may still be until it expires: reporting it dropped any earlier invites
+            # a retry that would send the money twice.
+            until_expiry = valid_until - time.time() + EXPIRY_GRACE_S
+            return await client.wait_for_seqno(self.address, seqno, timeout=max(timeout, until_expiry))
 
     async def send(
         self,

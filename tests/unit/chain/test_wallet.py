@@ -13,7 +13,7 @@ from pytoniq_core.boc.builder import Builder
 
 from cocoon.chain import MAINNET_GLOBAL_ID, TESTNET_GLOBAL_ID, InternalTransfer, ToncenterClient, Wallet
 from cocoon.chain.address import address_text
-from cocoon.chain.wallet import wallet_address, wallet_state_init
+from cocoon.chain.wallet import MESSAGE_TTL_S, wallet_address, wallet_state_init
 from cocoon.errors import ChainError
 
 SEED = bytes(range(32))
@@ -44,6 +44,16 @@ def test_a_masterchain_wallet_signs_with_its_own_subwallet_id() -> None:
     signed = message.refs[-1].begin_parse()
     signed.skip_bits(512)  # the signature
     assert signed.load_uint(32) == 698983190
+
+
+@pytest.mark.parametrize("seqno", [0, 5])
+def test_every_message_carries_its_expiry_the_first_one_too(seqno: int) -> None:
+    """A first message signed valid forever could be replayed whenever the wallet is still undeployed."""
+    wallet = Wallet(SEED)
+    message = wallet.external_message(seqno, [InternalTransfer(DESTINATION, 1)], valid_until=1_700_000_123)
+    signed = message.refs[-1].begin_parse()
+    signed.skip_bits(512 + 32)  # the signature, the subwallet id
+    assert (signed.load_uint(32), signed.load_uint(32)) == (1_700_000_123, seqno)
 
 
 def test_an_explicit_subwallet_id_is_kept() -> None:
@@ -81,3 +91,25 @@ async def test_a_deployed_mainnet_wallet_asks_for_funds_at_its_bounceable_addres
     shown = address_text(wallet.address)
     assert shown.startswith("EQ")
     assert f"wallet {shown} holds 5 nanoton" in str(caught.value)
+
+
+async def test_a_transfer_is_called_dropped_only_after_its_message_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Giving up while the message may still be applied invites a retry that sends the money twice."""
+    wallet = Wallet(SEED)
+    waited: list[float] = []
+
+    async def wait_for_seqno(address: object, above: int, *, timeout: float) -> int:
+        waited.append(timeout)
+        return above + 1
+
+    async with chain_with(state="uninitialized", balance=5 * 10**9, global_id=MAINNET_GLOBAL_ID) as chain:
+        sent: list[object] = []
+
+        async def send_boc(message: object) -> None:
+            sent.append(message)
+
+        monkeypatch.setattr(chain, "send_boc", send_boc)
+        monkeypatch.setattr(chain, "wait_for_seqno", wait_for_seqno)
+        assert await wallet.send(chain, DESTINATION, 10**9, timeout=5.0) == 1
+    assert len(sent) == 1
+    assert waited[0] >= MESSAGE_TTL_S  # not the 5 s asked for: the message lives MESSAGE_TTL_S
