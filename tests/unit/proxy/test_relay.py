@@ -12,6 +12,7 @@ import pytest
 
 from cocoon.errors import ContextLengthExceeded, NoCapacity
 from cocoon.protocol import FrameReader, JobRequest
+from cocoon.proxy.attempt import Attempt
 from cocoon.proxy.money.cashier import Reservation
 from cocoon.proxy.money.mock import MockCashier
 from cocoon.proxy.relay import JobRelay
@@ -53,6 +54,17 @@ class Proxy:
 
     def evidence(self, name: str) -> dict[str, Any]:
         return self.book.reputation.view(name)
+
+    async def hedged(self, *, a_finishes: bool = False) -> tuple[JobRelay, Frame, Frame, Attempt, Frame]:
+        """A hedged job on workers ``a`` and ``b`` that ``a`` wins with its chunk 0 (and its receipt right after,
+        when ``a_finishes``): the relay, both jobs as sent, and the winning attempt with its first frame."""
+        a, b = self.workers["a"], self.workers["b"]
+        relay, _ = await self.relay(request(a, b, hedge=True))
+        opening = asyncio.create_task(relay.first_frame())
+        job_a, job_b = await a.next_sent("job"), await b.next_sent("job")
+        a.feed(job_a["job_id"], a.chunk(0, b"sealed-0"), *([a.end(job_a)] if a_finishes else []))
+        attempt, first = await opening
+        return relay, job_a, job_b, attempt, first
 
 
 async def client_frames(pieces: AsyncIterator[bytes]) -> list[Frame]:
@@ -175,12 +187,7 @@ async def test_a_worker_lost_mid_stream_hands_its_chunks_to_the_next_candidate()
 async def test_a_hedge_loser_is_cancelled_and_paid_for_its_prefill_only() -> None:
     proxy = Proxy("a", "b")
     a, b = proxy.workers["a"], proxy.workers["b"]
-    relay, _ = await proxy.relay(request(a, b, hedge=True))
-
-    opening = asyncio.create_task(relay.first_frame())
-    job_a, job_b = await a.next_sent("job"), await b.next_sent("job")
-    a.feed(job_a["job_id"], a.chunk(0, b"sealed-0"))
-    attempt, first = await opening
+    relay, job_a, job_b, attempt, first = await proxy.hedged()
     assert attempt.worker is a.entry
     cancel = await b.next_sent("cancel")
     assert (cancel["job_id"], cancel["reason"]) == (job_b["job_id"], "hedge")
@@ -199,12 +206,7 @@ async def test_a_hedge_loser_is_cancelled_and_paid_for_its_prefill_only() -> Non
 async def test_a_hedge_loser_claiming_completion_tokens_is_not_paid_and_marked() -> None:
     proxy = Proxy("a", "b")
     a, b = proxy.workers["a"], proxy.workers["b"]
-    relay, _ = await proxy.relay(request(a, b, hedge=True))
-
-    opening = asyncio.create_task(relay.first_frame())
-    job_a, job_b = await a.next_sent("job"), await b.next_sent("job")
-    a.feed(job_a["job_id"], a.chunk(0, b"sealed-0"))
-    attempt, first = await opening
+    relay, job_a, job_b, attempt, first = await proxy.hedged()
     b.feed(job_b["job_id"], b.chunk(0, b"never-shown"), b.end(job_b, completion_tokens=7))
     a.feed(job_a["job_id"], a.end(job_a))
     frames = await client_frames(relay.stream(attempt, first))
@@ -216,13 +218,8 @@ async def test_a_hedge_loser_claiming_completion_tokens_is_not_paid_and_marked()
 
 async def test_the_cashier_has_each_receipt_before_the_client_sees_it() -> None:
     proxy = Proxy("a", "b")
-    a, b = proxy.workers["a"], proxy.workers["b"]
-    relay, _ = await proxy.relay(request(a, b, hedge=True))
-
-    opening = asyncio.create_task(relay.first_frame())
-    job_a, job_b = await a.next_sent("job"), await b.next_sent("job")
-    a.feed(job_a["job_id"], a.chunk(0, b"sealed-0"), a.end(job_a))
-    attempt, first = await opening
+    b = proxy.workers["b"]
+    relay, _, job_b, attempt, first = await proxy.hedged(a_finishes=True)
     b.feed(job_b["job_id"], b.end(job_b, completion_tokens=0))
 
     reader, seen = FrameReader(), list[str]()
