@@ -226,27 +226,36 @@ class JobStart(Wire):
 # ---- receipts --------------------------------------------------------------------------------------
 
 
+# Bounds on a receipt, checked where it arrives (the worker socket, the client's stream) before anyone prices it:
+# a negative or absurd count would otherwise move money, and an over-long id would fail the stores' VARCHAR(80).
+MAX_RECEIPT_TOKENS = 100_000_000  # far past any context window
+MAX_JOB_MS = 2 * 3_600_000.0  # a request lives at most an hour (JobRequest.timeout)
+ReceiptId = Annotated[str, Field(max_length=80)]
+TokenCount = Annotated[int, Field(ge=0, le=MAX_RECEIPT_TOKENS)]
+Millis = Annotated[float, Field(ge=0, le=MAX_JOB_MS, allow_inf_nan=False)]
+
+
 class Receipt(BaseModel):
     """What a worker attests it did for one job; signed with its attested Ed25519 key."""
 
     model_config = ConfigDict(frozen=True)
     v: int = PROTOCOL_VERSION
-    receipt_id: str
-    request_id: str
-    job_id: str
-    worker_id: str
-    model: str
-    model_hash: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    request_sha256: str
-    response_sha256: str
-    finish_reason: str
-    started_at: float
-    ttft_ms: float
-    duration_ms: float
+    receipt_id: ReceiptId
+    request_id: ReceiptId
+    job_id: ReceiptId
+    worker_id: ReceiptId
+    model: str = Field(max_length=200)
+    model_hash: str = Field(max_length=128)
+    prompt_tokens: TokenCount
+    cached_tokens: TokenCount
+    completion_tokens: TokenCount
+    reasoning_tokens: TokenCount
+    request_sha256: str = Field(max_length=128)
+    response_sha256: str = Field(max_length=128)
+    finish_reason: str = Field(max_length=32)
+    started_at: float = Field(ge=0, allow_inf_nan=False)
+    ttft_ms: Millis
+    duration_ms: Millis
 
 
 WorkerToProxy = Annotated[Register | Heartbeat | Pong | Chunk | JobEnd | JobError, Field(discriminator="t")]
