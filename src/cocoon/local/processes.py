@@ -6,6 +6,7 @@ with ``stop_all``; ``free_port`` picks loopback ports for tests and benchmarks.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -56,7 +57,39 @@ def stop_all(children: list[Child], grace: float = 8) -> None:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now and the kernel will not hand out on its own.
+
+    Asking the kernel for port 0 returns an *ephemeral* port, and between closing that probe and the child's
+    ``bind`` any outgoing connection (a worker dialling the proxy) may be given the same number, so the child
+    fails with "address already in use". Ports are drawn below the ephemeral range instead, and never twice
+    from one process.
+    """
+    low, _high = _ephemeral_range()
+    # room above for the ports LocalNetwork derives from one it was given (devnet = proxy + 90)
+    ceiling = max(low - 1000, _PORT_FLOOR + 1000)
+    for _ in range(200):
+        port = _random.randint(_PORT_FLOOR, ceiling)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError("no free loopback port below the ephemeral range")
+
+
+_PORT_FLOOR = 20000
+_handed_out: set[int] = set()
+_random = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux), or the IANA one elsewhere."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535

@@ -51,3 +51,11 @@ def test_a_network_puts_the_proxy_620_and_the_devnet_710_ports_above_its_base(tm
     assert (net.proxy_port, net.devnet_port) == (9620, 9710)
     assert net.proxy_url == "http://127.0.0.1:9620"
     assert net.children == [] and net.chain is None
+
+
+def test_free_ports_stay_below_the_ephemeral_range_and_never_repeat() -> None:
+    """An outgoing connection can be given any ephemeral port, so a child told to bind one may find it taken."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(port + 90 < low for port in ports)
