@@ -26,6 +26,7 @@ and ``CocoonError.from_openai`` rebuilds the same class on the far side of a pro
     │   ├── WorkerGone (502 worker_gone)
     │   ├── UpstreamTimeout (504 upstream_timeout)
     │   └── ChainError (502 chain_error)
+    │       ├── ChainUnavailable (503 chain_unavailable)
     │       └── TransactionFailed (502 transaction_failed)
     ├── EngineError (500 engine_error)
     ├── RegistrationRefused (500 registration_refused)
@@ -240,6 +241,13 @@ class ChainError(UpstreamFailed):
     """The chain (toncenter or the devnet) refused or failed a request."""
 
     code = "chain_error"
+
+
+class ChainUnavailable(ChainError):
+    """The chain API kept failing transiently (rate limit, 5xx, lost connection) after its retries."""
+
+    status = 503
+    code = "chain_unavailable"
 
 
 class TransactionFailed(ChainError):

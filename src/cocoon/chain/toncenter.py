@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,14 +38,22 @@ from pytoniq_core.boc.slice import Slice
 from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
 
 from cocoon.chain.address import address_text
-from cocoon.errors import BadRequest, ChainError, UpstreamTimeout, map_http_errors
+from cocoon.chain.ratelimit import API_KEY_HINT, limiter_for
+from cocoon.errors import BadRequest, ChainError, ChainUnavailable, UpstreamTimeout, map_http_errors
+
+log = logging.getLogger(__name__)
 
 StackValue = int | Cell | None | list["StackValue"]
 StackArg = int | Cell | Slice
 AccountStatus = Literal["active", "uninitialized", "frozen"]
 
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# 542 is the C++ server's liteserver error, 504 its liteserver timeout; 500 is tonlib's (also a refused message).
+_READ_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 542})
+_SEND_RETRY_STATUSES = _READ_RETRY_STATUSES - {500}
+_ATTEMPTS = 6
+_MAX_BACKOFF_S = 4.0
 _API_V2 = "/api/v2"
+LOCATE_LIMIT = 1000  # transactions read back when looking for one (ten pages)
 TRANSACTIONS_PAGE = 100  # the most transactions one getTransactions answers on either toncenter server
 CONFIG_GLOBAL_ID = 19  # `_ global_id:int32 = ConfigParam 19`: mainnet -239, testnet -3
 
@@ -68,12 +77,14 @@ class AccountState:
 
 @dataclass(frozen=True, slots=True)
 class MessageSummary:
-    """The parts of a message the wrappers need: ends, value (nanoton), op code and body."""
+    """The parts of a message the wrappers need: ends, value (nanoton), op code, body, and ``created_lt``
+    (0 for an external message), which with ``source`` names an internal message uniquely."""
 
     source: Address | None
     destination: Address | None
     value: int
     body: Cell
+    created_lt: int = 0
 
     @property
     def op(self) -> int | None:
@@ -104,6 +115,9 @@ class ToncenterClient:
     """toncenter v2 client; ``base_url`` is e.g. ``https://testnet.toncenter.com`` or the devnet URL, with or
     without the ``/api/v2`` that toncenter's docs print as the endpoint (both name the same API).
 
+    Every call waits its turn under the API key's rate limit (``rps``: the key's plan, default 10/s; keyless:
+    1/s), shared by every client of the key in the process, and transient failures are retried (see ``_call``),
+    ``retry_backoff`` seconds after the first, doubling up to 4 s.
     ``transport`` replaces the network (tests pass an ``httpx.MockTransport`` answering as toncenter does).
     """
 
@@ -113,10 +127,15 @@ class ToncenterClient:
         api_key: str | None = None,
         *,
         timeout: float = 15.0,
+        rps: float | None = None,
+        retry_backoff: float = 0.25,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.base_url = api_root(base_url)
+        self._api_key = api_key
+        self._rps = rps
+        self._backoff = retry_backoff
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._global_id: int | None = None
 
@@ -132,7 +151,7 @@ class ToncenterClient:
     async def send_boc(self, boc: bytes | Cell) -> None:
         """Send a serialized external message; ChainError when the chain does not accept it."""
         raw = boc_bytes(boc) if isinstance(boc, Cell) else boc
-        await self._call("POST", "/api/v2/sendBoc", json={"boc": base64.b64encode(raw).decode()})
+        await self._call("POST", "/api/v2/sendBoc", json={"boc": base64.b64encode(raw).decode()}, send=True)
 
     async def run_get_method(
         self, address: Address | str, method: str, stack: Sequence[StackArg] = ()
@@ -262,11 +281,13 @@ class ToncenterClient:
         match: Callable[[Transaction], bool] = lambda _tx: True,
         timeout: float = 60.0,
     ) -> Transaction:
-        """Poll until ``address`` has a transaction newer than ``after_lt`` that ``match`` accepts."""
+        """Poll until ``address`` has a transaction newer than ``after_lt`` that ``match`` accepts (the oldest
+        such); UpstreamTimeout after ``timeout`` seconds. Every transaction since ``after_lt`` is read, page by
+        page, so a busy account cannot push the one sought out of sight."""
         deadline = time.monotonic() + timeout
-        delay = 0.05
+        delay = 0.1
         while True:
-            for tx in reversed(await self.get_transactions(address, limit=20, to_lt=after_lt)):
+            for tx in reversed(await self.get_transactions(address, limit=LOCATE_LIMIT, to_lt=after_lt)):
                 if tx.lt > after_lt and match(tx):
                     return tx
             if time.monotonic() >= deadline:
@@ -274,17 +295,65 @@ class ToncenterClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def locate_result(self, message: MessageSummary, *, timeout: float = 60.0) -> Transaction:
+        """The transaction in which ``message`` (an internal message out of a transaction already found) was
+        received: toncenter's ``tryLocateResultTx``, done through ``getTransactions`` so that it works on every
+        server. The receiving account's transaction whose incoming message has the same source and
+        ``created_lt`` is the one; no other message can share both."""
+        if message.destination is None or message.source is None or message.created_lt == 0:
+            raise BadRequest("only an internal message with its source and created_lt can be located")
+        source, created_lt = message.source, message.created_lt
+
+        def received(tx: Transaction) -> bool:
+            return tx.in_msg is not None and tx.in_msg.source == source and tx.in_msg.created_lt == created_lt
+
+        return await self.wait_for_transaction(
+            message.destination, after_lt=created_lt, match=received, timeout=timeout
+        )
+
     async def _call(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, str | int] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str | int] | None = None,
+        send: bool = False,
     ) -> Any:
-        for attempt in range(5):
-            with map_http_errors(f"the chain API at {self.base_url}", error=ChainError, timeout=ChainError):
-                response = await self._http.request(method, path, json=json, params=params)
-            if response.status_code in _RETRY_STATUSES and attempt < 4:
-                # toncenter rate-limits keyless clients to 1 request/s.
-                await asyncio.sleep(0.5 * 2**attempt)
-                continue
-            break
+        """One API call under the key's rate limit, retried while the failure is transient.
+
+        Reads are retried on 429, 500, 502, 503, 504, 542 and lost connections: none of them changed anything.
+        A send (``send=True``) is retried on the same except 500, which is the liteserver refusing the message;
+        sending the same external message again is safe, since the wallet applies one seqno once.
+        """
+        retry_on = _SEND_RETRY_STATUSES if send else _READ_RETRY_STATUSES
+        limiter = limiter_for(self.base_url, self._api_key, self._rps)
+        delay = self._backoff
+        for attempt in range(1, _ATTEMPTS + 1):
+            if limiter is not None:
+                await limiter.acquire()
+            try:
+                with map_http_errors(
+                    f"the chain API at {self.base_url}", error=ChainUnavailable, timeout=ChainUnavailable
+                ):
+                    response = await self._http.request(method, path, json=json, params=params)
+            except ChainUnavailable as exc:
+                if attempt == _ATTEMPTS or not _transient_transport(exc):
+                    raise
+                log.info("%s: %s; retrying in %.1f s", path, exc, delay)
+            else:
+                if response.status_code not in retry_on:
+                    return self._result(path, response)
+                if response.status_code == 429 and limiter is not None:
+                    limiter.penalize(delay)
+                if attempt == _ATTEMPTS:
+                    return self._result(path, response)
+                log.info("%s answered HTTP %d; retrying in %.1f s", path, response.status_code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _result(self, path: str, response: httpx.Response) -> Any:
         try:
             body = response.json()
         except ValueError as exc:
@@ -298,7 +367,17 @@ class ToncenterClient:
         error = body.get("error") or body.get("result") or "no error text"
         if response.status_code == 400 or code == 400:
             raise BadRequest(f"{path}: {error}")
+        if response.status_code == 429 or code == 429:
+            hint = API_KEY_HINT if not self._api_key else "the API key's plan allows fewer requests a second"
+            raise ChainUnavailable(f"{path} is rate-limited at {self.base_url} ({error}); {hint}")
+        if response.status_code in _READ_RETRY_STATUSES:
+            raise ChainUnavailable(f"{path} failed with code {code} (retried {_ATTEMPTS} times): {error}")
         raise ChainError(f"{path} failed with code {code}: {error}")
+
+
+def _transient_transport(exc: ChainUnavailable) -> bool:
+    """A lost connection or timeout is worth another try; a malformed URL is not."""
+    return not isinstance(exc.__cause__, (httpx.UnsupportedProtocol, httpx.InvalidURL))
 
 
 def api_root(base_url: str) -> str:
@@ -384,6 +463,7 @@ def _summary(message: Any) -> MessageSummary:
         destination=dest if isinstance(dest, Address) else None,
         value=int(value),
         body=cast(Cell, message.body),
+        created_lt=int(getattr(info, "created_lt", 0) or 0),
     )
 
 

@@ -36,7 +36,13 @@ def toncenter(answers: dict[int, dict[str, object]], calls: list[int]) -> Toncen
         calls.append(config_id)
         return httpx.Response(200, json=answers[config_id])
 
-    return ToncenterClient("https://testnet.toncenter.com", transport=httpx.MockTransport(handle))
+    return ToncenterClient(
+        "https://testnet.toncenter.com",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(handle),
+    )
 
 
 async def test_a_config_param_is_the_cell_toncenter_sends() -> None:

@@ -33,7 +33,9 @@ async def test_a_chain_url_with_or_without_api_v2_calls_the_same_endpoint(chain_
         seen.append(str(request.url.copy_with(query=None)))
         return httpx.Response(200, json={"ok": True, "result": {"balance": "7", "state": "active"}})
 
-    async with ToncenterClient(chain_url, transport=httpx.MockTransport(handle)) as chain:
+    async with ToncenterClient(
+        chain_url, api_key="test-key", rps=10_000, retry_backoff=0.001, transport=httpx.MockTransport(handle)
+    ) as chain:
         assert await chain.get_balance(ACCOUNT) == 7
     assert seen == ["https://testnet.toncenter.com/api/v2/getAddressInformation"]
 
@@ -45,7 +47,13 @@ async def test_a_chain_url_under_a_prefix_keeps_its_prefix() -> None:
         seen.append(request.url.path)
         return httpx.Response(200, json={"ok": True, "result": {"balance": "0"}})
 
-    async with ToncenterClient("https://rpc.example/ton/api/v2", transport=httpx.MockTransport(handle)) as chain:
+    async with ToncenterClient(
+        "https://rpc.example/ton/api/v2",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(handle),
+    ) as chain:
         await chain.get_balance(ACCOUNT)
     assert seen == ["/ton/api/v2/getAddressInformation"]
 
@@ -110,7 +118,13 @@ class History:
 
 
 async def read(history: History, **kwargs: int) -> list[int]:
-    async with ToncenterClient("https://toncenter.com", transport=httpx.MockTransport(history.handle)) as chain:
+    async with ToncenterClient(
+        "https://toncenter.com",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(history.handle),
+    ) as chain:
         return [tx.lt for tx in await chain.get_transactions(ACCOUNT, **kwargs)]
 
 
@@ -150,7 +164,13 @@ async def test_a_single_page_is_one_request() -> None:
 async def test_a_start_names_both_lt_and_hash() -> None:
     history = History(30)
     start = history.cells[5]
-    async with ToncenterClient("https://toncenter.com", transport=httpx.MockTransport(history.handle)) as chain:
+    async with ToncenterClient(
+        "https://toncenter.com",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(history.handle),
+    ) as chain:
         txs = await chain.get_transactions(ACCOUNT, limit=3, start_at=(History.lt(start), start.hash))
     assert [tx.lt for tx in txs] == [1025, 1024, 1023]
     assert history.requests[0]["hash"] == start.hash.hex()

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -24,6 +26,8 @@ from pytoniq_core.boc.slice import Slice
 
 from cocoon.chain import ChannelRole, ClientChannel, Registry, ToncenterClient
 from cocoon.chain.contracts import read_address
+from cocoon.chain.ratelimit import limiter_for
+from cocoon.chain.toncenter import _ATTEMPTS as ATTEMPTS
 from cocoon.chain.toncenter import StackValue, boc_bytes
 from cocoon.errors import ChainError
 
@@ -77,7 +81,13 @@ def run_result(stack: list[Any], exit_code: int = 0) -> dict[str, Any]:
 
 
 def toncenter(answer: Callable[[httpx.Request], httpx.Response]) -> ToncenterClient:
-    return ToncenterClient("https://testnet.toncenter.com", transport=httpx.MockTransport(answer))
+    return ToncenterClient(
+        "https://testnet.toncenter.com",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(answer),
+    )
 
 
 def answering(status: int, body: dict[str, Any], seen: list[httpx.Request] | None = None) -> ToncenterClient:
@@ -191,7 +201,62 @@ async def test_a_429_whose_text_is_in_result_is_retried_then_reported() -> None:
     async with answering(429, {"ok": False, "result": "Ratelimit exceed", "code": 429}, seen) as chain:
         with pytest.raises(ChainError, match="Ratelimit exceed"):
             await chain.get_balance(CONTRACT)
-    assert len(seen) == 5
+    assert len(seen) == ATTEMPTS
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 542])
+async def test_a_read_is_retried_through_transient_failures(status: int) -> None:
+    answers = [httpx.Response(status, json={"ok": False, "error": "LITE_SERVER_NETWORK", "code": status})] * 2
+    answers.append(httpx.Response(200, json={"ok": True, "result": {"balance": "7", "state": "active"}}))
+    async with toncenter(lambda _request: answers.pop(0)) as chain:
+        assert await chain.get_balance(CONTRACT) == 7
+    assert answers == []
+
+
+async def test_a_lost_connection_is_retried_for_reads_and_sends() -> None:
+    failures = {"/api/v2/getAddressInformation": 2, "/api/v2/sendBoc": 2}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if failures[request.url.path] > 0:
+            failures[request.url.path] -= 1
+            raise httpx.ConnectError("connection reset by peer", request=request)
+        if request.url.path == "/api/v2/sendBoc":
+            return httpx.Response(200, json={"ok": True, "result": {"@type": "ok"}})
+        return httpx.Response(200, json={"ok": True, "result": {"balance": "3", "state": "active"}})
+
+    async with toncenter(flaky) as chain:
+        assert await chain.get_balance(CONTRACT) == 3
+        await chain.send_boc(b"\x00")
+    assert failures == {"/api/v2/getAddressInformation": 0, "/api/v2/sendBoc": 0}
+
+
+async def test_a_send_the_liteserver_refused_is_not_sent_again() -> None:
+    """A 500 to sendBoc is the liteserver refusing the message: sending it again would only be refused again."""
+    seen: list[httpx.Request] = []
+    refusal = {"ok": False, "error": "LITE_SERVER_UNKNOWN: cannot apply external message", "code": 500}
+    async with answering(500, refusal, seen) as chain:
+        with pytest.raises(ChainError, match="cannot apply external message"):
+            await chain.send_boc(b"\x00")
+    assert len(seen) == 1
+
+
+async def test_keyless_clients_of_one_public_endpoint_share_one_request_a_second() -> None:
+    seen: list[float] = []
+
+    def handle(_request: httpx.Request) -> httpx.Response:
+        seen.append(time.monotonic())
+        return httpx.Response(200, json={"ok": True, "result": {"balance": "1", "state": "active"}})
+
+    first = ToncenterClient("https://ratelimit.example", transport=httpx.MockTransport(handle))
+    second = ToncenterClient("https://ratelimit.example", transport=httpx.MockTransport(handle))
+    async with first, second:
+        await asyncio.gather(first.get_balance(CONTRACT), second.get_balance(CONTRACT), first.get_balance(CONTRACT))
+    assert seen[2] - seen[0] >= 1.9  # a burst of one, then one a second, across both clients
+
+
+async def test_a_local_devnet_without_a_key_is_not_rate_limited() -> None:
+    assert limiter_for("http://127.0.0.1:8790", None) is None
+    assert limiter_for("https://toncenter.com", "key") is not None
 
 
 async def test_transactions_start_from_an_lt_only_with_its_hash() -> None:
