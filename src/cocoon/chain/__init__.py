@@ -13,6 +13,7 @@ from cocoon.chain.channel import (
     WorkerChannel,
 )
 from cocoon.chain.contracts import TON, contract_code
+from cocoon.chain.outbox import Outbox
 from cocoon.chain.registry import (
     ModelEntry,
     ProxyEntry,
@@ -35,7 +36,7 @@ from cocoon.chain.vouchers import (
     voucher_cell,
     voucher_hash,
 )
-from cocoon.chain.wallet import InternalTransfer, Wallet
+from cocoon.chain.wallet import InternalTransfer, Sent, Wallet
 
 __all__ = [
     "MAINNET_GLOBAL_ID",
@@ -48,10 +49,12 @@ __all__ = [
     "ClientChannel",
     "InternalTransfer",
     "ModelEntry",
+    "Outbox",
     "PaymentChannel",
     "ProxyEntry",
     "Registry",
     "RegistryParams",
+    "Sent",
     "StackValue",
     "ToncenterClient",
     "Transaction",

@@ -16,7 +16,15 @@ from pytoniq_core.boc.cell import Cell
 from pytoniq_core.tlb.account import StateInit
 
 from cocoon.chain.address import address_text
-from cocoon.chain.contracts import TON, address_of, contract_code, read_address, send_checked, state_init_for
+from cocoon.chain.contracts import (
+    TON,
+    address_of,
+    contract_code,
+    new_query_id,
+    read_address,
+    send_checked,
+    state_init_for,
+)
 from cocoon.chain.toncenter import ToncenterClient, Transaction
 from cocoon.chain.wallet import Wallet
 from cocoon.errors import BadRequest, PaymentRequired
@@ -95,29 +103,30 @@ class ChannelState:
         return self.deposit - self.claimed
 
 
-def _body(op: int, query_id: int) -> Builder:
-    body: Builder = Builder().store_uint(op, 32).store_uint(query_id, 64)
+def _body(op: int, query_id: int | None) -> Builder:
+    """op and query_id: a fresh query_id unless one is given."""
+    body: Builder = Builder().store_uint(op, 32).store_uint(new_query_id() if query_id is None else query_id, 64)
     return body
 
 
-def deposit_body(amount: int, query_id: int = 0) -> Cell:
+def deposit_body(amount: int, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_DEPOSIT, query_id).store_coins(amount).end_cell()
     return body
 
 
-def claim_body(cumulative: int, signature: bytes, query_id: int = 0) -> Cell:
+def claim_body(cumulative: int, signature: bytes, query_id: int | None = None) -> Cell:
     if len(signature) != 64:
         raise BadRequest(f"a voucher signature is 64 bytes, got {len(signature)}")
     body: Cell = _body(OP_CLAIM, query_id).store_coins(cumulative).store_bytes(signature).end_cell()
     return body
 
 
-def start_close_body(query_id: int = 0) -> Cell:
+def start_close_body(query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_START_CLOSE, query_id).end_cell()
     return body
 
 
-def withdraw_body(query_id: int = 0) -> Cell:
+def withdraw_body(query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_WITHDRAW, query_id).end_cell()
     return body
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets
+import time
 from collections.abc import Mapping
 from importlib import resources
 
@@ -42,6 +44,12 @@ def contract_code(name: str) -> Cell:
     if code.hash.hex() != str(meta.get("codeHashHex", "")).lower():
         raise ConfigError(f"contracts/{name}.boc does not match the hash in {name}.json; rebuild the contracts")
     return code
+
+
+def new_query_id() -> int:
+    """A fresh 64-bit ``query_id``: milliseconds since the epoch and 16 random bits, as wallets do, so that
+    replies and bounces name the message they answer."""
+    return ((time.time_ns() // 1_000_000) << 16 | secrets.randbits(16)) & (2**64 - 1)
 
 
 def state_init_for(code: Cell, data: Cell) -> StateInit:
@@ -97,17 +105,23 @@ async def send_checked(
 ) -> Transaction:
     """Send ``body`` with ``value`` nanoton from ``wallet`` and return the contract's transaction for it.
 
+    A retry of the same call after an interruption resumes the message sent before (see ``Wallet.transfer``);
+    give every body a fresh ``query_id`` (``new_query_id``) so that two real sends never look the same.
+
     Raises TransactionFailed (``exit_code`` set) when the contract rejects the message; the network
     bounces the value back to the wallet minus fees.
     """
-    before = (await client.get_address_information(destination)).last_lt
     transfer = InternalTransfer(destination, value, body=body, state_init=state_init, bounce=True)
-    await wallet.transfer(client, [transfer], timeout=timeout)
-
-    def from_wallet(tx: Transaction) -> bool:
-        return tx.in_msg is not None and tx.in_msg.source == wallet.address and tx.in_msg.body.hash == body.hash
-
-    tx = await client.wait_for_transaction(destination, after_lt=before, match=from_wallet, timeout=timeout)
+    sent = await wallet.transfer(client, [transfer], timeout=timeout)
+    # The wallet's own transaction names the message it sent; the destination's transaction is the one that
+    # received exactly that message (same source and created_lt), not whichever recent one looks alike.
+    out = next((m for m in sent.transaction.out_msgs if m.destination == destination), None)
+    if out is None:
+        raise ChainError(
+            f"wallet {address_text(wallet.address)} applied the message but sent nothing to "
+            f"{address_text(destination)}: its balance did not cover {value} nanoton plus fees"
+        )
+    tx = await client.locate_result(out, timeout=timeout)
     if not tx.succeeded:
         code = tx.exit_code
         meaning = exit_codes.get(code, "unexpected failure") if code is not None else "the message was not executed"

@@ -22,6 +22,7 @@ from cocoon.chain.contracts import (
     TON,
     address_of,
     contract_code,
+    new_query_id,
     read_address,
     read_string,
     send_checked,
@@ -111,17 +112,18 @@ def registry_init_data(owner: Address, params: RegistryParams) -> Cell:
     return data
 
 
-def _body(op: int, query_id: int) -> Builder:
-    body: Builder = Builder().store_uint(op, 32).store_uint(query_id, 64)
+def _body(op: int, query_id: int | None) -> Builder:
+    """op and query_id: a fresh query_id unless one is given."""
+    body: Builder = Builder().store_uint(op, 32).store_uint(new_query_id() if query_id is None else query_id, 64)
     return body
 
 
-def set_params_body(params: RegistryParams, query_id: int = 0) -> Cell:
+def set_params_body(params: RegistryParams, query_id: int | None = None) -> Cell:
     body: Cell = params.store(_body(OP_SET_PARAMS, query_id)).end_cell()
     return body
 
 
-def upsert_model_body(model: ModelEntry, query_id: int = 0) -> Cell:
+def upsert_model_body(model: ModelEntry, query_id: int | None = None) -> Cell:
     body: Cell = (
         _body(OP_UPSERT_MODEL, query_id)
         .store_bytes(model.weights_hash)
@@ -134,22 +136,22 @@ def upsert_model_body(model: ModelEntry, query_id: int = 0) -> Cell:
     return body
 
 
-def remove_model_body(name: str, query_id: int = 0) -> Cell:
+def remove_model_body(name: str, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_REMOVE_MODEL, query_id).store_bytes(model_name_hash(name)).end_cell()
     return body
 
 
-def add_measurement_body(key: bytes, query_id: int = 0) -> Cell:
+def add_measurement_body(key: bytes, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_ADD_MEASUREMENT, query_id).store_bytes(key).end_cell()
     return body
 
 
-def remove_measurement_body(key: bytes, query_id: int = 0) -> Cell:
+def remove_measurement_body(key: bytes, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_REMOVE_MEASUREMENT, query_id).store_bytes(key).end_cell()
     return body
 
 
-def upsert_proxy_body(proxy: ProxyEntry, query_id: int = 0) -> Cell:
+def upsert_proxy_body(proxy: ProxyEntry, query_id: int | None = None) -> Cell:
     body: Cell = (
         _body(OP_UPSERT_PROXY, query_id)
         .store_uint(proxy.id, 256)
@@ -161,12 +163,12 @@ def upsert_proxy_body(proxy: ProxyEntry, query_id: int = 0) -> Cell:
     return body
 
 
-def remove_proxy_body(proxy_id: int, query_id: int = 0) -> Cell:
+def remove_proxy_body(proxy_id: int, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_REMOVE_PROXY, query_id).store_uint(proxy_id, 256).end_cell()
     return body
 
 
-def change_owner_body(new_owner: Address, query_id: int = 0) -> Cell:
+def change_owner_body(new_owner: Address, query_id: int | None = None) -> Cell:
     body: Cell = _body(OP_CHANGE_OWNER, query_id).store_address(new_owner).end_cell()
     return body
 

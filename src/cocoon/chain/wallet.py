@@ -1,12 +1,17 @@
 """A standard TON wallet (v4r2) driven by an Ed25519 seed: address, signed transfers, deploy on first use.
 
 Every on-chain action cocoon takes (deploys, deposits, claims, owner ops) is an internal message sent
-from one of these wallets; ``transfer`` signs, sends, and waits until the wallet's seqno moves.
+from one of these wallets; ``transfer`` signs, sends, waits until the wallet's seqno moves and finds the
+wallet's transaction for the message; with an ``Outbox`` a retried transfer never sends twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -16,12 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
+from pytoniq_core.boc.slice import Slice
 from pytoniq_core.tlb.account import StateInit
 
-from cocoon.chain.address import address_text, payable_text
-from cocoon.chain.toncenter import ToncenterClient
+from cocoon.chain.address import address_text, payable_text, raw_address
+from cocoon.chain.outbox import Outbox, PendingMessage
+from cocoon.chain.toncenter import ToncenterClient, Transaction, boc_bytes
 from cocoon.chain.vouchers import TESTNET_GLOBAL_ID
-from cocoon.errors import BadRequest, ChainError, ConfigError
+from cocoon.errors import BadRequest, ChainError, ChainUnavailable, ConfigError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
 
 # The well-known wallet v4r2 code (as shipped by @ton/ton); its hash is checked at import.
 WALLET_V4R2_CODE_BOC64 = (
@@ -113,10 +122,14 @@ def wallet_address(public_key: bytes, *, workchain: int = 0, subwallet_id: int |
 class Wallet:
     """A wallet v4r2 owned by a 32-byte Ed25519 seed; deploys itself with its first transfer.
 
-    ``subwallet_id`` defaults to the standard one of ``workchain`` (``default_subwallet_id``).
+    ``subwallet_id`` defaults to the standard one of ``workchain`` (``default_subwallet_id``). With an
+    ``outbox`` (the key's file beside it, see ``outbox``), a transfer interrupted before its outcome was known
+    is resumed by the next one instead of being sent twice.
     """
 
-    def __init__(self, seed: bytes, *, workchain: int = 0, subwallet_id: int | None = None) -> None:
+    def __init__(
+        self, seed: bytes, *, workchain: int = 0, subwallet_id: int | None = None, outbox: Outbox | None = None
+    ) -> None:
         if len(seed) != 32:
             raise ConfigError(f"a wallet seed is 32 bytes, got {len(seed)}")
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
@@ -125,6 +138,7 @@ class Wallet:
         self.subwallet_id = default_subwallet_id(workchain) if subwallet_id is None else subwallet_id
         self.state_init = wallet_state_init(self.public_key, self.subwallet_id)
         self.address = Address((workchain, self.state_init.serialize().hash))
+        self.outbox = outbox
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -144,6 +158,10 @@ class Wallet:
         first transfer that was dropped stays replayable for as long as the wallet is undeployed, by anyone who
         saw it; the v4 code checks the expiry for every seqno, so there is no reason to.
         """
+        return self._wrap(self.signed_body(seqno, transfers, valid_until=valid_until), deploy=deploy)
+
+    def signed_body(self, seqno: int, transfers: Sequence[InternalTransfer], *, valid_until: int) -> Cell:
+        """The body of the external message: signature, subwallet id, expiry, seqno, op 0 and the transfers."""
         if not 1 <= len(transfers) <= 4:
             raise BadRequest(f"a v4 wallet sends 1 to 4 messages at once, got {len(transfers)}")
         body = Builder().store_uint(self.subwallet_id, 32)
@@ -152,21 +170,30 @@ class Wallet:
             body = body.store_uint(transfer.send_mode, 8).store_ref(transfer.to_cell())
         signing = body.end_cell()
         signature = self._key.sign(signing.hash)
-        signed = Builder().store_bytes(signature).store_cell(signing).end_cell()
+        signed: Cell = Builder().store_bytes(signature).store_cell(signing).end_cell()
+        return signed
+
+    def _wrap(self, signed: Cell, *, deploy: bool) -> Cell:
         # ext_in_msg_info$10 src:addr_none dest import_fee:0
         header = Builder().store_uint(0b10, 2).store_address(None).store_address(self.address).store_coins(0)
         return _with_init_and_body(header, self.state_init if deploy else None, signed)
 
     async def transfer(
         self, client: ToncenterClient, transfers: Sequence[InternalTransfer], *, timeout: float = 60.0
-    ) -> int:
-        """Sign and send ``transfers`` in one external message and wait until it is applied.
+    ) -> Sent:
+        """Sign and send ``transfers`` in one external message, wait until it is applied, and return the
+        wallet's transaction for it (found by the message's own hash among the wallet's transactions).
 
-        Returns the wallet's new seqno. Raises ChainError when the wallet cannot cover the amounts or
-        the chain refuses the message, UpstreamTimeout when it is not applied within ``timeout`` seconds nor
-        before it expired (``MESSAGE_TTL_S``): only then is it certainly dropped.
+        Raises ChainError when the wallet cannot cover the amounts or the chain refuses the message,
+        UpstreamTimeout when it is not applied within ``timeout`` seconds nor before it expired
+        (``MESSAGE_TTL_S``): only then is it certainly dropped. With an outbox, a message whose outcome an
+        earlier call never learnt is settled first (see ``outbox``): the same transfer is not sent twice.
         """
-        async with self._lock:
+        intent = transfer_intent(transfers)
+        async with self._lock, self._outbox_held():
+            earlier = await self._settle_pending(client, intent, timeout)
+            if earlier is not None:
+                return earlier
             state = await client.get_address_information(self.address)
             needed = sum(t.amount for t in transfers)
             if state.balance <= needed:
@@ -178,12 +205,97 @@ class Wallet:
                 )
             seqno = await client.get_wallet_seqno(self.address) if state.active else 0
             valid_until = max(state.sync_utime, int(time.time())) + MESSAGE_TTL_S
-            message = self.external_message(seqno, transfers, valid_until=valid_until, deploy=not state.active)
-            await client.send_boc(message)
-            # A message not applied yet may still be until it expires: reporting it dropped any earlier invites
-            # a retry that would send the money twice.
-            until_expiry = valid_until - time.time() + EXPIRY_GRACE_S
-            return await client.wait_for_seqno(self.address, seqno, timeout=max(timeout, until_expiry))
+            body = self.signed_body(seqno, transfers, valid_until=valid_until)
+            pending = PendingMessage(
+                intent=intent,
+                seqno=seqno,
+                valid_until=valid_until,
+                boc=base64.b64encode(boc_bytes(self._wrap(body, deploy=not state.active))).decode(),
+                body_hash=body.hash.hex(),
+                wallet_lt=state.last_lt,
+                description=describe(transfers),
+            )
+            if self.outbox is not None:
+                self.outbox.record(pending)  # before sending: from here on the outcome is unknown
+            return await self._see_through(client, pending, timeout, resumed=False)
+
+    async def _see_through(
+        self, client: ToncenterClient, pending: PendingMessage, timeout: float, *, resumed: bool
+    ) -> Sent:
+        """Send ``pending`` (again, if resumed: the chain applies one seqno once) and wait for its outcome."""
+        try:
+            await client.send_boc(base64.b64decode(pending.boc))
+        except ChainUnavailable:
+            raise  # it may have arrived all the same: the outbox keeps it for the next try
+        except ChainError:
+            if not resumed:
+                self._forget()  # refused outright: it can never be applied
+                raise
+            # A resent message the wallet already took is refused (its seqno moved on); the wait tells.
+        # A message not applied yet may still be until it expires: reporting it dropped any earlier invites
+        # a retry that would send the money twice.
+        until_expiry = pending.valid_until - time.time() + EXPIRY_GRACE_S
+        try:
+            seqno = await client.wait_for_seqno(self.address, pending.seqno, timeout=max(timeout, until_expiry))
+        except UpstreamTimeout as exc:
+            self._forget()
+            raise UpstreamTimeout(
+                f"the wallet never applied the message ({pending.description}) and it has expired: nothing "
+                f"was sent; run the command again. ({exc})"
+            ) from exc
+        transaction = await self._transaction_of(client, pending, timeout)
+        self._forget()
+        if transaction is None:
+            raise ChainError(
+                f"wallet {address_text(self.address)} moved past seqno {pending.seqno} with another message than "
+                f"ours ({pending.description}); is the same key used elsewhere?"
+            )
+        return Sent(seqno, transaction, resumed)
+
+    async def _transaction_of(
+        self, client: ToncenterClient, pending: PendingMessage, timeout: float
+    ) -> Transaction | None:
+        def ours(tx: Transaction) -> bool:
+            return tx.in_msg is not None and tx.in_msg.source is None and tx.in_msg.body.hash.hex() == pending.body_hash
+
+        try:
+            return await client.wait_for_transaction(
+                self.address, after_lt=pending.wallet_lt, match=ours, timeout=timeout
+            )
+        except UpstreamTimeout:
+            return None
+
+    async def _settle_pending(self, client: ToncenterClient, intent: str, timeout: float) -> Sent | None:
+        """Resolve a message an earlier transfer left in the outbox; its ``Sent`` when it did what ``intent``
+        asks, so the caller sends nothing."""
+        pending = self.outbox.pending() if self.outbox is not None else None
+        if pending is None:
+            return None
+        if await client.get_wallet_seqno(self.address) > pending.seqno:
+            transaction = await self._transaction_of(client, pending, timeout)
+            self._forget()
+            if transaction is not None and pending.intent == intent:
+                log.warning("the %s sent earlier has landed; it is not sent again", pending.description)
+                return Sent(pending.seqno + 1, transaction, resumed=True)
+            return None
+        if time.time() > pending.valid_until + EXPIRY_GRACE_S:
+            log.info("the %s sent earlier expired unapplied; it can no longer land", pending.description)
+            self._forget()
+            return None
+        if pending.intent == intent:
+            log.warning("resuming the %s sent earlier, whose outcome was not known", pending.description)
+            return await self._see_through(client, pending, timeout, resumed=True)
+        log.warning("waiting for the %s sent earlier to land or expire before sending another", pending.description)
+        with contextlib.suppress(UpstreamTimeout):
+            await self._see_through(client, pending, timeout, resumed=True)
+        return None
+
+    def _outbox_held(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.outbox.locked() if self.outbox is not None else contextlib.nullcontext()
+
+    def _forget(self) -> None:
+        if self.outbox is not None:
+            self.outbox.clear()
 
     async def send(
         self,
@@ -195,7 +307,42 @@ class Wallet:
         state_init: StateInit | None = None,
         bounce: bool = True,
         timeout: float = 60.0,
-    ) -> int:
+    ) -> Sent:
         """Send one internal message; see ``transfer``."""
         transfer = InternalTransfer(destination, amount, body=body, state_init=state_init, bounce=bounce)
         return await self.transfer(client, [transfer], timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A transfer's outcome: the wallet's seqno after it and the wallet's transaction that sent it;
+    ``resumed`` when the message was one an earlier, interrupted call had signed."""
+
+    seqno: int
+    transaction: Transaction
+    resumed: bool = False
+
+
+def transfer_intent(transfers: Sequence[InternalTransfer]) -> str:
+    """What ``transfers`` do, as a hex digest: destinations, amounts, flags, StateInits and bodies, with each
+    body's ``query_id`` (the 64 bits after its op) left out, since every new message gets a fresh one."""
+    digest = hashlib.sha256()
+    for t in transfers:
+        digest.update(f"{raw_address(t.destination)}|{t.amount}|{t.bounce}|{t.send_mode}|".encode())
+        digest.update(t.state_init.serialize().hash if t.state_init is not None else b"-")
+        digest.update(_body_less_query_id(t.body).hash if t.body is not None else b"-")
+    return digest.hexdigest()
+
+
+def describe(transfers: Sequence[InternalTransfer]) -> str:
+    return "; ".join(f"{t.amount} nanoton to {address_text(t.destination)}" for t in transfers)
+
+
+def _body_less_query_id(body: Cell) -> Cell:
+    reader = Slice.from_cell(body)
+    if reader.remaining_bits < 96:
+        return body
+    op = reader.load_uint(32)
+    reader.skip_bits(64)
+    cell: Cell = Builder().store_uint(op, 32).store_slice(reader).end_cell()
+    return cell

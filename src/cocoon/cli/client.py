@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 
-from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, ToncenterClient, Wallet
+from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, Outbox, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, payable_text, raw_address
 from cocoon.cli.common import (
     ConfigOpt,
@@ -71,7 +71,7 @@ async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> t
     if terms is None:
         raise ConfigError(f"the proxy at {settings.proxy_url} is free: it takes no deposit")
     await check_same_chain(chain, terms)  # a deposit on another chain than the proxy's would never be served
-    wallet = Wallet(load_or_create_signing_key(settings.wallet_file).seed)
+    wallet = Wallet(load_or_create_signing_key(settings.wallet_file).seed, outbox=Outbox.beside(settings.wallet_file))
     return wallet, client_channel(chain, wallet, terms)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import ClientChannel, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
+from cocoon.chain import ClientChannel, Outbox, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
 from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
@@ -108,11 +108,12 @@ class ChannelPayer:
         key: SigningKey,
         *,
         max_coefficient: int = DEFAULT_MAX_COEFFICIENT,
+        outbox: Outbox | None = None,
     ) -> None:
         self.http = http
         self.toncenter = toncenter
         self.key = key
-        self.wallet = Wallet(key.seed)
+        self.wallet = Wallet(key.seed, outbox=outbox)
         self.max_coefficient = max_coefficient
         self.channel = ""
         self.vouchered = 0
@@ -263,7 +264,8 @@ def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
     http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
     toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
     key = load_or_create_signing_key(settings.wallet_file)
-    return ChannelPayer(http, toncenter, key, max_coefficient=settings.max_coefficient)
+    outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too
+    return ChannelPayer(http, toncenter, key, max_coefficient=settings.max_coefficient, outbox=outbox)
 
 
 def _json(response: httpx.Response) -> Any:

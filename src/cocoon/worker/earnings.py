@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import ToncenterClient, Wallet, WorkerChannel, verify_voucher
+from cocoon.chain import Outbox, ToncenterClient, Wallet, WorkerChannel, verify_voucher
 from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
@@ -23,7 +23,8 @@ from cocoon.protocol.money import channel_auth_header
 
 
 def payout_wallet(settings: WorkerSettings) -> Wallet:
-    return Wallet(load_or_create_signing_key(settings.wallet_file).seed)
+    key = load_or_create_signing_key(settings.wallet_file)
+    return Wallet(key.seed, outbox=Outbox.beside(settings.wallet_file))
 
 
 def payout_address(settings: WorkerSettings) -> str:

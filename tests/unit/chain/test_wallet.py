@@ -70,7 +70,13 @@ def chain_with(*, state: str, balance: int, global_id: int) -> ToncenterClient:
         assert request.url.path == "/api/v2/getAddressInformation"
         return httpx.Response(200, json={"ok": True, "result": {"balance": str(balance), "state": state}})
 
-    return ToncenterClient("https://testnet.toncenter.com/api/v2", transport=httpx.MockTransport(handle))
+    return ToncenterClient(
+        "https://testnet.toncenter.com/api/v2",
+        api_key="test-key",
+        rps=10_000,
+        retry_backoff=0.001,
+        transport=httpx.MockTransport(handle),
+    )
 
 
 async def test_an_empty_undeployed_wallet_asks_for_funds_at_its_non_bounceable_testnet_address() -> None:
@@ -109,7 +115,13 @@ async def test_a_transfer_is_called_dropped_only_after_its_message_expired(monke
             sent.append(message)
 
         monkeypatch.setattr(chain, "send_boc", send_boc)
+
+        async def wait_for_transaction(address: object, **_: object) -> str:
+            return "the wallet's transaction"
+
         monkeypatch.setattr(chain, "wait_for_seqno", wait_for_seqno)
-        assert await wallet.send(chain, DESTINATION, 10**9, timeout=5.0) == 1
+        monkeypatch.setattr(chain, "wait_for_transaction", wait_for_transaction)
+        result = await wallet.send(chain, DESTINATION, 10**9, timeout=5.0)
+        assert (result.seqno, result.transaction) == (1, "the wallet's transaction")
     assert len(sent) == 1
     assert waited[0] >= MESSAGE_TTL_S  # not the 5 s asked for: the message lives MESSAGE_TTL_S

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
 
-from cocoon.chain import Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain import Outbox, Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
 from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import PriceBook
 from cocoon.config import ProxySettings
@@ -51,7 +51,8 @@ class ChainHandle:
         except ChainError as exc:
             await toncenter.aclose()
             raise ConfigError(f"cannot read the registry {settings.registry} at {settings.chain_url}: {exc}") from exc
-        return cls(toncenter, Wallet(key.seed), registry, params, store, global_id)
+        wallet = Wallet(key.seed, outbox=Outbox.beside(settings.data_dir / "proxy-key.json"))
+        return cls(toncenter, wallet, registry, params, store, global_id)
 
     async def close(self) -> None:
         await self.toncenter.aclose()
