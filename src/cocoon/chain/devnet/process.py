@@ -10,6 +10,7 @@ import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -20,16 +21,63 @@ from cocoon.errors import ChainError, UpstreamTimeout
 DEFAULT_DEVNET_PORT = 8790
 
 
-def devnet_command(folder: Path, port: int, host: str = "127.0.0.1", state_file: Path | None = None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class DevnetOptions:
+    """How much the devnet behaves like toncenter in front of a real network; every knob is off when ``None``.
+
+    ``toncenter`` turns on the realistic profile (reads cached 1 s, messages land 1 s after sendBoc, 1 request/s
+    without an API key, 10 with one); a knob given beside it overrides the profile's value. ``global_id`` sets
+    config param 19 at start (the sandbox's own config is mainnet's, -239); it is kept in the saved state.
+    """
+
+    toncenter: bool = False
+    read_cache_ms: int | None = None
+    inclusion_delay_ms: int | None = None
+    drop_rate: float | None = None
+    fault_rate: float | None = None
+    seed: int | None = None
+    keyless_rps: float | None = None
+    key_rps: float | None = None
+    global_id: int | None = None
+
+    def cli_args(self) -> list[str]:
+        """The server.js flags for these options (none for the defaults)."""
+        args = ["--toncenter"] if self.toncenter else []
+        flags: list[tuple[str, int | float | None]] = [
+            ("--read-cache-ms", self.read_cache_ms),
+            ("--inclusion-delay-ms", self.inclusion_delay_ms),
+            ("--drop-rate", self.drop_rate),
+            ("--fault-rate", self.fault_rate),
+            ("--seed", self.seed),
+            ("--keyless-rps", self.keyless_rps),
+            ("--key-rps", self.key_rps),
+            ("--global-id", self.global_id),
+        ]
+        for flag, value in flags:
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+
+def devnet_command(
+    folder: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    state_file: Path | None = None,
+    options: DevnetOptions | None = None,
+) -> list[str]:
     """The command line that runs the devnet server installed in ``folder``."""
     args = [str(node_executable()), str(folder / "server.js"), "--port", str(port), "--host", host]
     if state_file is not None:
         args += ["--state", str(state_file)]
+    if options is not None:
+        args += options.cli_args()
     return args
 
 
 class DevnetProcess:
-    """The devnet server as a child process on ``host:port`` (``port=0`` picks a free one)."""
+    """The devnet server as a child process on ``host:port`` (``port=0`` picks a free one), answering like
+    toncenter on a real network as far as ``options`` asks."""
 
     def __init__(
         self,
@@ -39,11 +87,13 @@ class DevnetProcess:
         state_file: Path | None = None,
         cache_dir: Path | None = None,
         log_file: Path | None = None,
+        options: DevnetOptions | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.state_file = state_file
         self.cache_dir = cache_dir
+        self.options = options
         self.log_file = log_file or Path(tempfile.gettempdir()) / f"cocoon-devnet-{os.getpid()}-{port}.log"
         self._process: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
@@ -62,7 +112,7 @@ class DevnetProcess:
     async def start(self, timeout: float = 60.0) -> None:
         """Install (first run only), launch, and wait until the devnet answers; UpstreamTimeout if not."""
         folder = await asyncio.to_thread(ensure_devnet_installed, self.cache_dir)
-        args = devnet_command(folder, self.port, self.host, self.state_file)
+        args = devnet_command(folder, self.port, self.host, self.state_file, self.options)
         self._log = self._open_log()
         self._process = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True

@@ -1,25 +1,40 @@
 #!/usr/bin/env node
 // cocoon devnet: an @ton/sandbox Blockchain behind the subset of the toncenter v2 HTTP API that cocoon's
-// Python chain client uses, plus a few devnet-only endpoints (fund, advance_time, status).
-// Usage: node server.js [--port 8790] [--host 127.0.0.1] [--state devnet-state.json]
+// Python chain client uses, plus a few devnet-only endpoints (fund, advance_time, faults, status).
+// Usage: node server.js [--port 8790] [--host 127.0.0.1] [--state devnet-state.json] [--global-id N]
+//        [--toncenter] [--read-cache-ms N] [--inclusion-delay-ms N] [--drop-rate P] [--fault-rate P] [--seed S]
+//        [--keyless-rps R] [--key-rps R]
+// With no toncenter-mode flag every message applies at once and nothing ever fails; see "real-toncenter mode".
 'use strict';
 
 const http = require('node:http');
 const fs = require('node:fs');
 const path = require('node:path');
+const { performance } = require('node:perf_hooks');
 const { Blockchain, snapshotToSerializable, snapshotFromSerializable, GetMethodError } = require('@ton/sandbox');
 const { Address, Cell, Dictionary, beginCell, loadMessage, storeMessage, storeTransaction, storeStateInit } = require('@ton/core');
 
 const WALLET_V4R2_CODE_HASH = 'feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0';
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
 const SAVE_EVERY_MS = 5000;
+const MAX_TRANSACTIONS_LIMIT = 100;
+
+const USAGE =
+  'usage: server.js [--port N] [--host H] [--state FILE] [--global-id N] [--toncenter] [--read-cache-ms N] ' +
+  '[--inclusion-delay-ms N] [--drop-rate P] [--fault-rate P] [--seed S] [--keyless-rps R] [--key-rps R]';
+
+// What `--toncenter` turns on: toncenter.com in front of a real network, as a keyless or keyed client sees it.
+const TONCENTER_PROFILE = { readCacheMs: 1000, inclusionDelayMs: 1000, keylessRps: 1, keyRps: 10 };
 
 function parseArgs(argv) {
   const opts = {
     port: Number(process.env.COCOON_DEVNET_PORT || 8790),
     host: process.env.COCOON_DEVNET_HOST || '127.0.0.1',
     state: process.env.COCOON_DEVNET_STATE || null,
+    globalId: null,
   };
+  const mode = {};
+  let profile = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const next = () => {
@@ -29,10 +44,38 @@ function parseArgs(argv) {
     if (arg === '--port') opts.port = Number(next());
     else if (arg === '--host') opts.host = next();
     else if (arg === '--state') opts.state = next();
-    else throw new Error(`unknown argument ${arg}; usage: server.js [--port N] [--host H] [--state FILE]`);
+    else if (arg === '--global-id') opts.globalId = int32(next(), '--global-id');
+    else if (arg === '--toncenter') profile = true;
+    else if (arg === '--read-cache-ms') mode.readCacheMs = nonNegative(next(), arg);
+    else if (arg === '--inclusion-delay-ms') mode.inclusionDelayMs = nonNegative(next(), arg);
+    else if (arg === '--drop-rate') mode.dropRate = probability(next(), arg);
+    else if (arg === '--fault-rate') mode.faultRate = probability(next(), arg);
+    else if (arg === '--seed') mode.seed = int32(next(), arg);
+    else if (arg === '--keyless-rps') mode.keylessRps = nonNegative(next(), arg);
+    else if (arg === '--key-rps') mode.keyRps = nonNegative(next(), arg);
+    else throw new Error(`unknown argument ${arg}; ${USAGE}`);
   }
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) throw new Error('--port must be 0..65535');
+  opts.mode = profile ? { ...TONCENTER_PROFILE, ...mode } : mode;
   return opts;
+}
+
+function nonNegative(value, name) {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, not ${JSON.stringify(value)}`);
+  return n;
+}
+
+function probability(value, name) {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > 1) throw new Error(`${name} must be a probability in 0..1, not ${JSON.stringify(value)}`);
+  return n;
+}
+
+function int32(value, name) {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < -(2 ** 31) || n >= 2 ** 31) throw new Error(`${name} must be a 32-bit integer, not ${JSON.stringify(value)}`);
+  return n;
 }
 
 class ApiError extends Error {
@@ -42,11 +85,217 @@ class ApiError extends Error {
   }
 }
 
+// ---------------------------------------------------------------- real-toncenter mode
+// toncenter in front of a real network is slow (a message lands in a block seconds after sendBoc answered ok),
+// forgetful (an accepted message may never land), caches identical reads for a second, rate-limits (1 request/s
+// without a key) and sometimes fails. Each knob below brings one of those back, independently of the others;
+// with none set the devnet answers instantly and never fails, which is what `cocoon up` wants.
+
+// Faults drawn by --fault-rate, with texts as toncenter words them. A 429 carries its text in `result`.
+const RANDOM_FAULTS = [500, 542, 504, 429];
+const FAULT_TEXTS = {
+  500: 'LITE_SERVER_UNKNOWN: block is not applied',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'LITE_SERVER_NETWORK: timeout',
+  542: 'LITE_SERVER_NOTREADY: block is not ready',
+};
+
+function toncenterError(status, text) {
+  if (status === 429) return { ok: false, result: 'Ratelimit exceed', code: 429 };
+  return { ok: false, error: text ?? FAULT_TEXTS[status] ?? `HTTP ${status}`, code: status };
+}
+
+// mulberry32: a tiny seeded PRNG, so a run that failed under --fault-rate or --drop-rate replays with its --seed.
+function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// `rate` requests a second, bursts of up to `rate` (at least one) after a quiet spell.
+class TokenBucket {
+  constructor(rate) {
+    this.rate = rate;
+    this.capacity = Math.max(1, rate);
+    this.tokens = this.capacity;
+    this.at = performance.now();
+  }
+
+  take() {
+    const now = performance.now();
+    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+// The settings `POST /devnet/faults` takes, with the check each value must pass.
+const FAULT_SETTINGS = {
+  read_cache_ms: ['readCacheMs', nonNegative],
+  inclusion_delay_ms: ['inclusionDelayMs', nonNegative],
+  drop_rate: ['dropRate', probability],
+  fault_rate: ['faultRate', probability],
+  keyless_rps: ['keylessRps', nonNegative],
+  key_rps: ['keyRps', nonNegative],
+  seed: ['seed', int32],
+};
+
+class ToncenterMode {
+  constructor(settings) {
+    this.readCacheMs = 0;
+    this.inclusionDelayMs = 0;
+    this.dropRate = 0;
+    this.faultRate = 0;
+    this.keylessRps = 0;
+    this.keyRps = 0;
+    this.seed = 1;
+    Object.assign(this, settings);
+    this.random = mulberry32(this.seed);
+    this.dropNext = 0;
+    this.failNext = [];
+    this.cache = new Map(); // request key -> { expires, text }
+    this.keylessBucket = null;
+    this.keyBuckets = new Map(); // api key -> TokenBucket
+    this.counters = {
+      cache_hits: 0,
+      messages_delayed: 0,
+      messages_dropped: 0,
+      messages_lost: 0,
+      duplicates: 0,
+      faults_injected: 0,
+      rate_limited: 0,
+    };
+  }
+
+  // Whether an accepted message may be held back or dropped, which needs the acceptance check on a snapshot.
+  get holdsMessages() {
+    return this.inclusionDelayMs > 0 || this.dropRate > 0 || this.dropNext > 0;
+  }
+
+  // Applies `POST /devnet/faults`: each field given replaces its setting; 0 turns a knob off.
+  configure(body) {
+    for (const [key, value] of Object.entries(body)) {
+      if (key === 'drop_next') {
+        if (!Number.isInteger(value) || value < 0) throw new ApiError(400, 'drop_next must be a non-negative integer');
+        this.dropNext = value;
+      } else if (key === 'fail_next') {
+        if (!Array.isArray(value) || !value.every((s) => Number.isInteger(s) && s >= 400 && s <= 599)) {
+          throw new ApiError(400, 'fail_next must be a list of HTTP error statuses (400..599)');
+        }
+        this.failNext = [...value];
+      } else if (key in FAULT_SETTINGS) {
+        const [field, check] = FAULT_SETTINGS[key];
+        try {
+          this[field] = check(value, key);
+        } catch (err) {
+          throw new ApiError(400, err.message);
+        }
+      } else {
+        throw new ApiError(400, `unknown fault setting ${JSON.stringify(key)}; known: drop_next, fail_next, ${Object.keys(FAULT_SETTINGS).join(', ')}`);
+      }
+    }
+    if ('seed' in body) this.random = mulberry32(this.seed);
+    if ('read_cache_ms' in body) this.cache.clear();
+    if ('keyless_rps' in body) this.keylessBucket = null;
+    if ('key_rps' in body) this.keyBuckets.clear();
+  }
+
+  // The answer an API request gets before it reaches the chain (so it has no effect), or null to let it through.
+  // An explicit fail_next comes first, then the rate limits a gateway applies, then random liteserver faults.
+  refusal(req, url) {
+    if (this.failNext.length > 0) {
+      this.counters.faults_injected += 1;
+      return this.failNext.shift();
+    }
+    if (!this.admit(req.headers['x-api-key'] || url.searchParams.get('api_key'))) {
+      this.counters.rate_limited += 1;
+      return 429;
+    }
+    if (this.faultRate > 0 && this.random() < this.faultRate) {
+      this.counters.faults_injected += 1;
+      return RANDOM_FAULTS[Math.floor(this.random() * RANDOM_FAULTS.length)];
+    }
+    return null;
+  }
+
+  admit(apiKey) {
+    if (apiKey) {
+      if (this.keyRps <= 0) return true;
+      if (!this.keyBuckets.has(apiKey)) this.keyBuckets.set(apiKey, new TokenBucket(this.keyRps));
+      return this.keyBuckets.get(apiKey).take();
+    }
+    if (this.keylessRps <= 0) return true;
+    this.keylessBucket ??= new TokenBucket(this.keylessRps);
+    return this.keylessBucket.take();
+  }
+
+  // Reads toncenter caches: every GET, and runGetMethod by its body. Never a send, never a devnet endpoint.
+  cacheKey(method, url, raw) {
+    if (this.readCacheMs <= 0 || !url.pathname.startsWith('/api/v2/')) return null;
+    if (method === 'GET') return `GET ${url.pathname}${url.search}`;
+    if (method === 'POST' && url.pathname === '/api/v2/runGetMethod') return `POST ${url.pathname} ${raw}`;
+    return null;
+  }
+
+  cached(key) {
+    const entry = this.cache.get(key);
+    if (!entry) return null;
+    if (entry.expires <= performance.now()) {
+      this.cache.delete(key);
+      return null;
+    }
+    this.counters.cache_hits += 1;
+    return entry.text;
+  }
+
+  remember(key, text) {
+    const now = performance.now();
+    if (this.cache.size >= 10000) for (const [k, e] of this.cache) if (e.expires <= now) this.cache.delete(k);
+    this.cache.set(key, { expires: now + this.readCacheMs, text });
+  }
+
+  // Whether the next accepted message is lost: drop_next first, then --drop-rate.
+  drops() {
+    if (this.dropNext > 0) {
+      this.dropNext -= 1;
+      return true;
+    }
+    return this.dropRate > 0 && this.random() < this.dropRate;
+  }
+
+  toJSON() {
+    return {
+      read_cache_ms: this.readCacheMs,
+      inclusion_delay_ms: this.inclusionDelayMs,
+      drop_rate: this.dropRate,
+      fault_rate: this.faultRate,
+      keyless_rps: this.keylessRps,
+      key_rps: this.keyRps,
+      seed: this.seed,
+      drop_next: this.dropNext,
+      fail_next: this.failNext,
+      counters: this.counters,
+    };
+  }
+}
+
 // ---------------------------------------------------------------- chain state
 
 class Devnet {
-  constructor(blockchain, treasury, saved) {
+  constructor(blockchain, treasury, saved, mode) {
     this.bc = blockchain;
+    this.mode = mode;
+    this.pending = []; // accepted messages waiting for their inclusion delay, oldest first: { key, msg, due }
+    this.pendingKeys = new Set();
+    this.pendingTimer = null;
     this.treasury = treasury;
     this.timeOffset = saved?.timeOffset ?? 0;
     this.opCounts = saved?.opCounts ?? {};
@@ -55,7 +304,7 @@ class Devnet {
     this.queue = Promise.resolve();
   }
 
-  static async create(statePath) {
+  static async create(statePath, { globalId = null, mode = {} } = {}) {
     const bc = await Blockchain.create();
     bc.verbosity = { print: false, blockchainLogs: false, vmLogs: 'none', debugLogs: false };
     let saved = null;
@@ -63,7 +312,9 @@ class Devnet {
       saved = JSON.parse(fs.readFileSync(statePath, 'utf8'));
       await bc.loadFrom(snapshotFromSerializable(saved.snapshot));
     }
-    const devnet = new Devnet(bc, null, saved);
+    // The snapshot carries the config, so a global id set once survives restarts with --state.
+    if (globalId !== null) bc.setConfig(withGlobalId(bc.config, globalId));
+    const devnet = new Devnet(bc, null, saved, new ToncenterMode(mode));
     devnet.tick();
     devnet.treasury = await bc.treasury('cocoon-devnet');
     return devnet;
@@ -114,15 +365,80 @@ class Devnet {
     }
     const msg = loadMessage(cell.beginParse());
     if (msg.info.type !== 'external-in') throw new ApiError(400, 'sendBoc takes external-in messages only');
-    this.tick();
-    let result;
+    if (!this.mode.holdsMessages) {
+      this.tick();
+      this.record((await this.applyExternal(msg)).transactions);
+      return cell.hash();
+    }
+    const key = cell.hash().toString('hex');
+    if (this.pendingKeys.has(key)) {
+      // A node keeps one copy of a message in its queue however often it is sent.
+      this.mode.counters.duplicates += 1;
+      return cell.hash();
+    }
+    await this.checkAcceptance(msg);
+    if (this.mode.drops()) {
+      this.mode.counters.messages_dropped += 1;
+    } else if (this.mode.inclusionDelayMs > 0) {
+      this.mode.counters.messages_delayed += 1;
+      this.pending.push({ key, msg, due: performance.now() + this.mode.inclusionDelayMs });
+      this.pendingKeys.add(key);
+      this.scheduleInclusion();
+    } else {
+      this.tick();
+      this.record((await this.applyExternal(msg)).transactions);
+    }
+    return cell.hash();
+  }
+
+  async applyExternal(msg) {
     try {
-      result = await this.bc.sendMessage(msg);
+      return await this.bc.sendMessage(msg);
     } catch (err) {
       throw new ApiError(500, `LITE_SERVER_UNKNOWN: cannot apply external message to current state: ${err.message}`);
     }
-    this.record(result.transactions);
-    return cell.hash();
+  }
+
+  // What a liteserver does before it answers sendBoc: run the external message against the current state and
+  // refuse it if the account would not accept it. Only its first transaction runs, on a snapshot put back after.
+  async checkAcceptance(msg) {
+    this.tick();
+    const snapshot = this.bc.snapshot();
+    try {
+      const transactions = await this.bc.sendMessageIter(msg, { allowParallel: true });
+      await transactions.next();
+    } catch (err) {
+      throw new ApiError(500, `LITE_SERVER_UNKNOWN: cannot apply external message to current state: ${err.message}`);
+    } finally {
+      await this.bc.loadFrom(snapshot);
+    }
+  }
+
+  // One timer for the oldest waiting message; messages land in the order they were accepted.
+  scheduleInclusion() {
+    if (this.pendingTimer !== null || this.pending.length === 0) return;
+    const wait = Math.max(0, this.pending[0].due - performance.now());
+    this.pendingTimer = setTimeout(() => {
+      this.pendingTimer = null;
+      const now = performance.now();
+      while (this.pending.length > 0 && this.pending[0].due <= now) {
+        const item = this.pending.shift();
+        void this.serial(() => this.include(item));
+      }
+      this.scheduleInclusion();
+    }, wait);
+  }
+
+  async include({ key, msg }) {
+    this.pendingKeys.delete(key);
+    this.tick();
+    try {
+      this.record((await this.bc.sendMessage(msg)).transactions);
+    } catch (err) {
+      // The state moved on since it was accepted (its seqno was used, it expired): on a real chain it is lost.
+      this.mode.counters.messages_lost += 1;
+      process.stderr.write(`devnet: an accepted message ${key} no longer applies and is lost: ${err.message}\n`);
+    }
   }
 
   async fund(address, amount) {
@@ -158,6 +474,13 @@ class Devnet {
     fs.renameSync(tmp, statePath);
     this.dirty = false;
   }
+}
+
+// The chain's config with param 19, the global id (`_ global_id:int32 = ConfigParam 19`), set to `globalId`.
+function withGlobalId(config, globalId) {
+  const params = Dictionary.loadDirect(Dictionary.Keys.Int(32), Dictionary.Values.Cell(), config);
+  params.set(19, beginCell().storeInt(globalId, 32).endCell());
+  return beginCell().storeDictDirect(params).endCell();
 }
 
 // ---------------------------------------------------------------- toncenter JSON shapes
@@ -396,7 +719,11 @@ const handlers = {
 
   async 'GET /api/v2/getTransactions'(devnet, _body, query) {
     const address = parseAddress(query.get('address'));
-    const limit = Math.min(Number(query.get('limit') ?? 10), 1000);
+    const limit = Number(query.get('limit') ?? 10);
+    // Both toncenter servers refuse more than 100 per page (the Python one declares `limit: le=100`).
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_TRANSACTIONS_LIMIT) {
+      throw new ApiError(422, `limit must be an integer from 1 to ${MAX_TRANSACTIONS_LIMIT}, not ${query.get('limit')}; page with lt and hash`);
+    }
     // A start point is one transaction's id, lt and hash together: toncenter.com answers 422 to a lone lt.
     if (Boolean(query.get('lt')) !== Boolean(query.get('hash'))) {
       throw new ApiError(422, 'lt and hash must be given together (one transaction id), or neither');
@@ -434,7 +761,14 @@ const handlers = {
       transactions: devnet.bc.transactions.length,
       treasury: devnet.treasury.address.toString(),
       ops: devnet.opCounts,
+      toncenter_mode: { ...devnet.mode.toJSON(), pending_messages: devnet.pending.length },
     };
+  },
+
+  // Turns real-toncenter knobs at runtime; answers the mode as /devnet/status reports it.
+  async 'POST /devnet/faults'(devnet, body) {
+    devnet.mode.configure(body);
+    return { ...devnet.mode.toJSON(), pending_messages: devnet.pending.length };
   },
 };
 
@@ -460,14 +794,28 @@ function readBody(req) {
   });
 }
 
+function toJson(payload) {
+  return JSON.stringify(payload, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
 function reply(res, status, payload) {
-  const text = JSON.stringify(payload, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  replyText(res, status, toJson(payload));
+}
+
+function replyText(res, status, text) {
   res.writeHead(status, { 'content-type': 'application/json' });
   res.end(text);
 }
 
 async function handle(devnet, req, res) {
   const url = new URL(req.url, 'http://devnet');
+  if (url.pathname.startsWith('/api/v2/')) {
+    const status = devnet.mode.refusal(req, url);
+    if (status !== null) {
+      req.resume(); // the body is never read; let the socket drain
+      return reply(res, status, toncenterError(status));
+    }
+  }
   const handler = handlers[`${req.method} ${url.pathname}`];
   if (!handler) return reply(res, 404, { ok: false, error: `no route ${req.method} ${url.pathname}`, code: 404 });
   try {
@@ -480,8 +828,13 @@ async function handle(devnet, req, res) {
         throw new ApiError(400, 'body is not valid JSON');
       }
     }
+    const cacheKey = devnet.mode.cacheKey(req.method, url, raw);
+    const hit = cacheKey === null ? null : devnet.mode.cached(cacheKey);
+    if (hit !== null) return replyText(res, 200, hit);
     const result = await devnet.serial(() => handler(devnet, body, url.searchParams));
-    reply(res, 200, { ok: true, result });
+    const text = toJson({ ok: true, result });
+    if (cacheKey !== null) devnet.mode.remember(cacheKey, text);
+    replyText(res, 200, text);
   } catch (err) {
     const status = err instanceof ApiError ? err.status : 500;
     reply(res, status, { ok: false, error: err.message, code: status });
@@ -490,7 +843,7 @@ async function handle(devnet, req, res) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const devnet = await Devnet.create(opts.state);
+  const devnet = await Devnet.create(opts.state, { globalId: opts.globalId, mode: opts.mode });
   const server = http.createServer((req, res) => void handle(devnet, req, res));
   const timer = opts.state ? setInterval(() => devnet.serial(() => devnet.save(opts.state)), SAVE_EVERY_MS) : null;
 
