@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 
 from cocoon.attestation.policy import AttestationPolicy
+from cocoon.chain.network import Network
+from cocoon.chain.ratelimit import DEFAULT_KEY_RPS
 from cocoon.engines.config import EngineSettings
 from cocoon.errors import ConfigError, first_problem
 
@@ -116,6 +118,14 @@ class WorkerSettings(RoleSettings):
     )
     chain_url: str | None = Field(None, description="toncenter v2 API, for `cocoon worker claim`")
     chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    network: Network = Field(
+        "devnet",
+        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
+        "global id at start",
+    )
+    chain_rps: float = Field(
+        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
     chaos_bad_receipts: Literal["", "response-digest", "signature", "inflated-tokens"] = Field(
         "",
         description="TEST AND CHAOS ONLY: sign receipts that must fail the client's check (a wrong response "
@@ -150,6 +160,14 @@ class ProxySettings(RoleSettings):
         None, description="toncenter v2 API (devnet: http://127.0.0.1:8790); empty: a free proxy that bills nobody"
     )
     chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    network: Network = Field(
+        "devnet",
+        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
+        "global id at start",
+    )
+    chain_rps: float = Field(
+        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
     registry: str | None = Field(None, description="address of the registry contract (prices, proxy fee)")
     settle_min_amount: int = Field(10**9, ge=0, description="claim a channel once this many nanoton are unsettled")
     settle_max_age: float = Field(3600.0, gt=0, description="or once its oldest unsettled voucher is this old, s")
@@ -201,6 +219,14 @@ class ClientSettings(RoleSettings):
         None, description="toncenter v2 API to read prices and pay from; empty: use only free proxies"
     )
     chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    network: Network = Field(
+        "devnet",
+        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
+        "global id at start",
+    )
+    chain_rps: float = Field(
+        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
     wallet_file: Path = Field(
         default_factory=lambda: cocoon_home() / "client" / "wallet.json",
         description="the client's wallet key: pays deposits and signs vouchers (made on first use)",

@@ -16,6 +16,7 @@ from cocoon.chain import ClientChannel, ToncenterClient, WorkerChannel
 from cocoon.chain.pricing import Prices
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT, LocalNetwork, free_port
+from tests.helpers.chain import TEST_API_KEY, TONCENTER_MODE
 from tests.helpers.network import start_network
 
 COEFFICIENT = 1500  # the workers charge 1.5x the registry price
@@ -31,6 +32,7 @@ def start_paid_network(
     return start_network(
         home,
         devnet_port=free_port(),
+        devnet_options=TONCENTER_MODE,
         workers=workers,
         money=True,
         engine={"kind": "synthetic"},
@@ -71,7 +73,7 @@ def on_chain(net: LocalNetwork, channel: str, kind: type[ClientChannel] | type[W
 
     async def read() -> tuple[int, int]:
         assert net.chain is not None
-        async with ToncenterClient(net.chain.url) as chain:
+        async with ToncenterClient(net.chain.url, TEST_API_KEY) as chain:
             state = await kind(chain, Address(channel)).get_channel()
             return state.deposit, state.claimed
 

@@ -42,12 +42,14 @@ from cocoon.chain import (
 from cocoon.chain.address import address_text
 from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
 from cocoon.chain.devnet import DevnetClient, DevnetProcess, bootstrap_devnet
+from cocoon.chain.network import DEVNET_GLOBAL_ID
 from cocoon.chain.registry import OP_UPSERT_MODEL
 from cocoon.chain.toncenter import Transaction, boc_bytes
 from cocoon.errors import ChainError, TransactionFailed
+from tests.helpers.chain import TEST_API_KEY, TONCENTER_MODE
 
 CLOSE_DELAY = 600
-DEVNET = MAINNET_GLOBAL_ID  # the devnet runs @ton/sandbox's default config, which is mainnet's
+DEVNET = DEVNET_GLOBAL_ID  # the devnet's own global id, so nothing signed on it pays on mainnet
 
 
 @dataclass
@@ -59,10 +61,15 @@ class Chain:
 
 @pytest_asyncio.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
-    process = DevnetProcess(0, state_file=tmp_path / "devnet.json", log_file=tmp_path / "devnet.log")
+    process = DevnetProcess(
+        0, state_file=tmp_path / "devnet.json", log_file=tmp_path / "devnet.log", options=TONCENTER_MODE
+    )
     await process.start()
     try:
-        async with DevnetClient(process.base_url) as devnet, ToncenterClient(process.base_url) as toncenter:
+        async with (
+            DevnetClient(process.base_url) as devnet,
+            ToncenterClient(process.base_url, TEST_API_KEY) as toncenter,
+        ):
             yield Chain(devnet, toncenter, process)
     finally:
         await process.stop()
@@ -150,7 +157,7 @@ async def test_the_devnet_renders_stacks_and_errors_as_toncenter_does(chain: Cha
     await registry.deploy(owner)
     address = address_text(registry.address)
 
-    async with httpx.AsyncClient(base_url=chain.process.base_url) as http:
+    async with httpx.AsyncClient(base_url=chain.process.base_url, headers={"X-API-Key": TEST_API_KEY}) as http:
 
         async def run(method: str, stack: list[list[str]]) -> dict[str, Any]:
             payload = {"address": address, "method": method, "stack": stack}
@@ -230,7 +237,7 @@ async def test_a_voucher_is_never_paid_twice_nor_beyond_the_deposit(chain: Chain
 
 
 async def test_the_devnet_serves_its_global_id_as_toncenter_does(chain: Chain) -> None:
-    assert await chain.toncenter.global_id() == DEVNET == -239
+    assert await chain.toncenter.global_id() == DEVNET != MAINNET_GLOBAL_ID
     param = await chain.toncenter.get_config_param(19)
     assert param.begin_parse().load_int(32) == DEVNET
 
@@ -310,5 +317,5 @@ async def test_devnet_keeps_accounts_across_a_restart(chain: Chain) -> None:
 
     await chain.process.start()
 
-    async with ToncenterClient(chain.process.base_url) as toncenter:
+    async with ToncenterClient(chain.process.base_url, TEST_API_KEY) as toncenter:
         assert await toncenter.get_balance(wallet.address) == 7 * TON

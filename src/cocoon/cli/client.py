@@ -70,7 +70,9 @@ async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> t
         terms = await payment_terms(http)
     if terms is None:
         raise ConfigError(f"the proxy at {settings.proxy_url} is free: it takes no deposit")
-    await check_same_chain(chain, terms)  # a deposit on another chain than the proxy's would never be served
+    await check_same_chain(
+        chain, terms, settings.network
+    )  # a deposit on another chain than the proxy's would never be served
     wallet = Wallet(load_or_create_signing_key(settings.wallet_file).seed, outbox=Outbox.beside(settings.wallet_file))
     return wallet, client_channel(chain, wallet, terms)
 
@@ -82,7 +84,7 @@ def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T]) -> T
     """Run ``act`` on the chain with the client's wallet and its channel with the proxy, under a spinner."""
 
     async def work() -> T:
-        async with ToncenterClient(_client_chain(settings), settings.chain_api_key) as chain:
+        async with ToncenterClient(_client_chain(settings), settings.chain_api_key, rps=settings.chain_rps) as chain:
             wallet, channel = await _client_channel(settings, chain)
             return await act(chain, wallet, channel)
 

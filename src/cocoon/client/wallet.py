@@ -16,6 +16,7 @@ from pytoniq_core.boc.address import Address
 
 from cocoon.chain import ClientChannel, Outbox, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
 from cocoon.chain.address import raw_address
+from cocoon.chain.network import Network, check_network
 from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
@@ -26,6 +27,7 @@ from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message,
 DEFAULT_MAX_COEFFICIENT = 4000  # COCOON's default: a client pays at most 4x the registry price
 OPEN_REQUEST_S = 600.0  # a request signed this long ago is no longer in flight, whatever became of it
 RESYNC_MIN_AGE_S = 10.0  # the proxy's default unpaid_grace_s: younger receipts may still be on their way
+NETWORK_ENV = "COCOON_CLIENT_NETWORK"  # sets the client's `network`, named in the mismatch message
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +68,14 @@ async def payment_terms(http: httpx.AsyncClient) -> PaymentTerms | None:
     return PaymentTerms.from_json(response.json())
 
 
-async def check_same_chain(toncenter: ToncenterClient, terms: PaymentTerms) -> int:
-    """The chain's global id, once it is sure the proxy bills on the chain ``toncenter`` reads; ConfigError if not.
+async def check_same_chain(toncenter: ToncenterClient, terms: PaymentTerms, network: Network) -> int:
+    """The chain's global id, once it is sure ``toncenter`` serves the client's ``network`` and the proxy bills
+    on that chain; ConfigError if not.
 
     A channel has the same address on every chain, so a client paying a proxy on another chain would sign
     vouchers the proxy cannot claim (or pay on a chain it never meant to): it stops before signing any.
     """
-    own = await toncenter.global_id()
+    own = await check_network(toncenter, network, env=NETWORK_ENV)
     if terms.global_id != own:
         raise ConfigError(
             f"the proxy bills on the chain with global id {terms.global_id} but this client's chain_url "
@@ -109,11 +112,13 @@ class ChannelPayer:
         *,
         max_coefficient: int = DEFAULT_MAX_COEFFICIENT,
         outbox: Outbox | None = None,
+        network: Network = "devnet",
     ) -> None:
         self.http = http
         self.toncenter = toncenter
         self.key = key
         self.wallet = Wallet(key.seed, outbox=outbox)
+        self.network: Network = network
         self.max_coefficient = max_coefficient
         self.channel = ""
         self.vouchered = 0
@@ -135,7 +140,7 @@ class ChannelPayer:
             if terms is None:
                 self.enabled = False
             else:
-                self.global_id = await check_same_chain(self.toncenter, terms)
+                self.global_id = await check_same_chain(self.toncenter, terms, self.network)
                 self.channel = raw_address(client_channel(self.toncenter, self.wallet, terms).address)
                 self._prices = PriceBook(Registry(self.toncenter, terms.registry))
                 self.vouchered = await self._last_voucher()
@@ -262,10 +267,12 @@ def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
     """The sidecar's payer: its wallet key from ``wallet_file``, prices from ``chain_url``."""
     assert settings.chain_url is not None
     http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
-    toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
+    toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key, rps=settings.chain_rps)
     key = load_or_create_signing_key(settings.wallet_file)
     outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too
-    return ChannelPayer(http, toncenter, key, max_coefficient=settings.max_coefficient, outbox=outbox)
+    return ChannelPayer(
+        http, toncenter, key, max_coefficient=settings.max_coefficient, outbox=outbox, network=settings.network
+    )
 
 
 def _json(response: httpx.Response) -> Any:

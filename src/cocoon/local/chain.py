@@ -19,7 +19,7 @@ from rich.console import Console
 
 from cocoon.chain import TON, ClientChannel, ModelEntry, RegistryParams, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, raw_address
-from cocoon.chain.devnet import DevnetClient, bootstrap_devnet, devnet_command, ensure_devnet_installed
+from cocoon.chain.devnet import DevnetClient, DevnetOptions, bootstrap_devnet, devnet_command, ensure_devnet_installed
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import ChainSetupFailed, CocoonError, UpstreamFailed, map_http_errors
 from cocoon.local.processes import Child
@@ -47,6 +47,11 @@ class LocalChain:
     url: str
     registry: str
     client_channel: str
+    keyed: bool = False  # the devnet limits keyless callers as toncenter does: every role gets its own API key
+
+    def api_key(self, role: str) -> str | None:
+        """The API key ``role`` calls the devnet with (any key is one to the devnet), or None when keyless."""
+        return f"local-{role}" if self.keyed else None
 
 
 def wallet_of(key_file: Path) -> Wallet:
@@ -62,15 +67,15 @@ def devnet_answers(url: str) -> bool:
         return False
 
 
-def bootstrap(url: str, home: Path, models: dict[str, str], workers: int) -> LocalChain:
+def bootstrap(url: str, home: Path, models: dict[str, str], workers: int, *, keyed: bool = False) -> LocalChain:
     """Deploy the registry with ``models`` (name → weights hash), fund every role, open the client channel."""
     try:
-        return asyncio.run(_bootstrap(url, home, models, workers))
+        return asyncio.run(_bootstrap(url, home, models, workers, keyed))
     except CocoonError as exc:
         raise ChainSetupFailed(f"setting up the devnet at {url} failed: {exc.message}") from exc
 
 
-async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int) -> LocalChain:
+async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int, keyed: bool) -> LocalChain:
     owner = wallet_of(home / "chain-owner.json")
     proxy = wallet_of(home / "proxy" / "proxy-key.json")
     client = wallet_of(home / "client-wallet.json")
@@ -86,7 +91,8 @@ async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int)
         )
         for name, h in models.items()
     ]
-    async with DevnetClient(url) as devnet, ToncenterClient(url) as chain:
+    key = "local-bootstrap" if keyed else None
+    async with DevnetClient(url) as devnet, ToncenterClient(url, key) as chain:
         # Top up only wallets running low, so a restarted network keeps its history.
         needy = {}
         for wallet in [proxy, client, *payouts]:
@@ -102,7 +108,7 @@ async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int)
         )
         if not (await chain.get_address_information(channel.address)).active:
             await channel.deploy(client, CLIENT_DEPOSIT)
-    return LocalChain(url, address_text(registry.address), raw_address(channel.address))
+    return LocalChain(url, address_text(registry.address), raw_address(channel.address), keyed)
 
 
 def wait_devnet(url: str, devnet: Child, timeout: float) -> None:
@@ -117,17 +123,28 @@ def wait_devnet(url: str, devnet: Child, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def start_local_chain(home: Path, port: int, *, models: dict[str, str], workers: int, spawn: SpawnChild) -> LocalChain:
+def start_local_chain(
+    home: Path,
+    port: int,
+    *,
+    models: dict[str, str],
+    workers: int,
+    spawn: SpawnChild,
+    options: DevnetOptions | None = None,
+) -> LocalChain:
     """Start the devnet on ``port`` through ``spawn`` (so the network owns and stops it) keeping its state in
     ``home``, then set up the registry with ``models``, funded wallets for ``workers`` workers and the client
-    channel. Raises ChainSetupFailed when the port already has a devnet or the chain cannot be set up."""
+    channel. ``options`` make the devnet answer as toncenter on a real network does (``DevnetOptions``); when
+    they rate-limit keyless callers, every role gets an API key. Raises ChainSetupFailed when the port already
+    has a devnet or the chain cannot be set up."""
     url = f"http://127.0.0.1:{port}"
     if devnet_answers(url):
         raise ChainSetupFailed(f"port {port} is taken by another devnet; stop it or pick --port-base")
     folder = ensure_devnet_installed()  # with progress, on first use only
-    devnet = spawn("devnet", devnet_command(folder, port, state_file=home / "devnet-state.json"))
+    devnet = spawn("devnet", devnet_command(folder, port, state_file=home / "devnet-state.json", options=options))
     wait_devnet(url, devnet, 60)
-    chain = bootstrap(url, home, models, workers)
+    keyed = options is not None and (options.toncenter or options.keyless_rps is not None)
+    chain = bootstrap(url, home, models, workers, keyed=keyed)
     console.print(f"[green]✓[/] devnet chain at {url}: registry, prices, funded wallets, client channel")
     return chain
 
@@ -136,11 +153,14 @@ def money_options(chain: LocalChain | None, home: Path, role: str) -> dict[str, 
     """The settings ``role`` needs to pay or be paid on the local chain (empty without one)."""
     if chain is None:
         return {}
+    common: dict[str, Any] = {"chain_url": chain.url, "network": "devnet"}
+    if (key := chain.api_key(role)) is not None:
+        common["chain_api_key"] = key
     if role == "proxy":
-        return {"chain_url": chain.url, "registry": chain.registry}
+        return common | {"registry": chain.registry}
     if role == "client":
-        return {"chain_url": chain.url, "wallet_file": str(home / "client-wallet.json")}
-    return {"chain_url": chain.url, "wallet_file": str(home / role / "wallet.json")}
+        return common | {"wallet_file": str(home / "client-wallet.json")}
+    return common | {"wallet_file": str(home / role / "wallet.json")}
 
 
 def print_money_demo(chain: LocalChain, proxy_url: str, usage: dict[str, Any]) -> None:

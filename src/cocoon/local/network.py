@@ -21,6 +21,7 @@ import tomli_w
 from rich.console import Console
 
 from cocoon.attestation.simulated import DEV_MEASUREMENT
+from cocoon.chain.devnet import DevnetOptions
 from cocoon.config import cocoon_home
 from cocoon.crypto import SigningKey, load_or_create_node_keys
 from cocoon.engines.config import DEFAULT_MODEL
@@ -53,6 +54,7 @@ class LocalNetwork:
         capture_wire: Path | None = None,
         money: bool = False,
         devnet_port: int | None = None,
+        devnet_options: DevnetOptions | None = None,
     ) -> None:
         self.client_port = port_base
         self.proxy_port = proxy_port or port_base + 620
@@ -65,6 +67,7 @@ class LocalNetwork:
         self.capture_wire = capture_wire
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
         self.devnet_port = devnet_port or self.proxy_port + 90
+        self.devnet_options = devnet_options  # the devnet answering as toncenter on a real network does
         self.chain: LocalChain | None = None
         self.children: list[Child] = []
         self.policy: dict[str, Any] = {}
@@ -133,7 +136,12 @@ class LocalNetwork:
             models = {DEFAULT_MODEL: model_hash}
             models.setdefault(str(self.engine.get("model", DEFAULT_MODEL)), served_hash)
             self.chain = start_local_chain(
-                self.home, self.devnet_port, models=models, workers=self.workers, spawn=self._start_child
+                self.home,
+                self.devnet_port,
+                models=models,
+                workers=self.workers,
+                spawn=self._start_child,
+                options=self.devnet_options,
             )
         proxy = {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
         self._write("proxy.toml", proxy | money_options(self.chain, self.home, "proxy") | self.proxy_options)

@@ -25,6 +25,7 @@ from cocoon.chain.address import raw_address
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
 from cocoon.chain.devnet import DevnetClient
+from cocoon.chain.network import DEVNET_GLOBAL_ID
 from cocoon.chain.pricing import Cost
 from cocoon.client import CocoonClient, Completion
 from cocoon.client.wallet import ChannelPayer
@@ -35,6 +36,7 @@ from cocoon.local import LocalNetwork
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import channel_auth_header
 from cocoon.protocol.payload import SealedMessage, SealedParams
+from tests.helpers.chain import TEST_API_KEY
 from tests.helpers.money import OPERATOR, books, oai, start_paid_network
 from tests.helpers.network import directory, wait_for
 
@@ -59,7 +61,7 @@ class Rogue(ChannelPayer):
     def __init__(self, net: LocalNetwork, key: SigningKey, channel: str | None = None, behaviour: str = "pay") -> None:
         assert net.chain is not None
         http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30)
-        super().__init__(http, ToncenterClient(net.chain.url), key)
+        super().__init__(http, ToncenterClient(net.chain.url, TEST_API_KEY), key)
         self.forced, self.behaviour = channel, behaviour
         self.resync_min_age_s = 1.0
 
@@ -112,7 +114,7 @@ async def deploy_channel(
     data = Builder().store_coins(claims_deposit).store_coins(0).store_uint(0, 32).store_bit(0)
     data_cell: Cell = data.store_ref(config_cell).end_cell()
     state_init = state_init_for(contract_code("payment_channel"), data_cell)
-    toncenter = ToncenterClient(net.chain.url)
+    toncenter = ToncenterClient(net.chain.url, TEST_API_KEY)
     channel = ClientChannel(toncenter, address_of(state_init))
     channel.state_init = state_init
     await channel.deploy(wallet, deposit)
@@ -362,7 +364,7 @@ async def test_a_voucher_signed_for_another_chain_is_refused(net: LocalNetwork) 
         owed = (await http.get(f"/v1/channels/{address}/owed", headers=OPERATOR)).json()["owed"]
         (receipt,) = owed
         here = (await http.get("/v1/payment")).json()["global_id"]
-        assert here == await channel.client.global_id() != TESTNET_GLOBAL_ID  # the devnet is mainnet's config
+        assert here == await channel.client.global_id() != TESTNET_GLOBAL_ID  # the devnet has its own id
 
         def voucher(global_id: int) -> dict[str, Any]:
             signature = sign_voucher(key.seed, address, receipt["cost"], global_id=global_id)
@@ -403,8 +405,8 @@ async def test_a_client_refuses_a_proxy_billing_on_another_chain(net: LocalNetwo
     assert net.chain is not None
     key = await funded_key(net)
     http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30)
-    payer = ChannelPayer(http, ChainEndpointOnTestnet(net.chain.url), key)
+    payer = ChannelPayer(http, ChainEndpointOnTestnet(net.chain.url, TEST_API_KEY), key, network="testnet")
 
-    with pytest.raises(ConfigError, match="global id -239 but this client's chain_url"):
+    with pytest.raises(ConfigError, match=f"global id {DEVNET_GLOBAL_ID} but this client's chain_url"):
         await ask(net, payer)
     assert payer.vouchered == 0

@@ -34,15 +34,18 @@ def test_a_network_without_a_chain_gives_no_role_money_settings(tmp_path: Path) 
 
 def test_each_role_gets_the_chain_and_its_own_wallet(tmp_path: Path) -> None:
     chain = LocalChain("http://127.0.0.1:8790", "EQregistry", "0:channel")
-    assert money_options(chain, tmp_path, "proxy") == {"chain_url": chain.url, "registry": "EQregistry"}
-    assert money_options(chain, tmp_path, "client") == {
-        "chain_url": chain.url,
-        "wallet_file": str(tmp_path / "client-wallet.json"),
+    on_devnet = {"chain_url": chain.url, "network": "devnet"}
+    assert money_options(chain, tmp_path, "proxy") == on_devnet | {"registry": "EQregistry"}
+    assert money_options(chain, tmp_path, "client") == on_devnet | {"wallet_file": str(tmp_path / "client-wallet.json")}
+    assert money_options(chain, tmp_path, "worker-2") == on_devnet | {
+        "wallet_file": str(tmp_path / "worker-2" / "wallet.json")
     }
-    assert money_options(chain, tmp_path, "worker-2") == {
-        "chain_url": chain.url,
-        "wallet_file": str(tmp_path / "worker-2" / "wallet.json"),
-    }
+
+
+def test_on_a_devnet_that_limits_keyless_callers_each_role_has_its_own_api_key(tmp_path: Path) -> None:
+    chain = LocalChain("http://127.0.0.1:8790", "EQregistry", "0:channel", keyed=True)
+    keys = {role: money_options(chain, tmp_path, role)["chain_api_key"] for role in ("proxy", "client", "worker-1")}
+    assert keys == {"proxy": "local-proxy", "client": "local-client", "worker-1": "local-worker-1"}
 
 
 def test_a_network_puts_the_proxy_620_and_the_devnet_710_ports_above_its_base(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import IO
 
 from cocoon.chain.devnet.client import DevnetClient
 from cocoon.chain.devnet.nodejs import ensure_devnet_installed, node_executable
+from cocoon.chain.network import DEVNET_GLOBAL_ID
 from cocoon.errors import ChainError, UpstreamTimeout
 
 DEFAULT_DEVNET_PORT = 8790
@@ -27,7 +28,9 @@ class DevnetOptions:
 
     ``toncenter`` turns on the realistic profile (reads cached 1 s, messages land 1 s after sendBoc, 1 request/s
     without an API key, 10 with one); a knob given beside it overrides the profile's value. ``global_id`` sets
-    config param 19 at start (the sandbox's own config is mainnet's, -239); it is kept in the saved state.
+    config param 19 at start: the devnet's own id (``DEVNET_GLOBAL_ID``) unless told otherwise, since the
+    sandbox's own config is mainnet's (-239) and nothing signed on a devnet should be valid on mainnet; it is
+    kept in the saved state. ``None`` leaves the sandbox's config as it is.
     """
 
     toncenter: bool = False
@@ -38,7 +41,7 @@ class DevnetOptions:
     seed: int | None = None
     keyless_rps: float | None = None
     key_rps: float | None = None
-    global_id: int | None = None
+    global_id: int | None = DEVNET_GLOBAL_ID
 
     def cli_args(self) -> list[str]:
         """The server.js flags for these options (none for the defaults)."""
@@ -70,9 +73,7 @@ def devnet_command(
     args = [str(node_executable()), str(folder / "server.js"), "--port", str(port), "--host", host]
     if state_file is not None:
         args += ["--state", str(state_file)]
-    if options is not None:
-        args += options.cli_args()
-    return args
+    return args + (options or DevnetOptions()).cli_args()
 
 
 class DevnetProcess:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from cocoon.chain import Outbox, Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
 from cocoon.chain.address import raw_address
+from cocoon.chain.network import check_network
 from cocoon.chain.pricing import PriceBook
 from cocoon.config import ProxySettings
 from cocoon.crypto import SigningKey
@@ -43,14 +44,17 @@ class ChainHandle:
         assert settings.chain_url is not None
         if not settings.registry:
             raise ConfigError("chain_url is set but registry is not: give the registry contract's address")
-        toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key)
+        toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key, rps=settings.chain_rps)
         registry = Registry(toncenter, Address(settings.registry))
         try:
+            global_id = await check_network(toncenter, settings.network, env="COCOON_PROXY_NETWORK")
             params = await registry.get_params()
-            global_id = await toncenter.global_id()
         except ChainError as exc:
             await toncenter.aclose()
             raise ConfigError(f"cannot read the registry {settings.registry} at {settings.chain_url}: {exc}") from exc
+        except ConfigError:
+            await toncenter.aclose()
+            raise
         wallet = Wallet(key.seed, outbox=Outbox.beside(settings.data_dir / "proxy-key.json"))
         return cls(toncenter, wallet, registry, params, store, global_id)
 
