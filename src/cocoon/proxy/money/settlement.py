@@ -111,7 +111,8 @@ class Settlement:
             assert account is not None
             contract = ClientChannel(self.chain.toncenter, Address(channel))
             current = await contract.get_channel()  # read first: get-methods cost nothing
-            before, sent = current.claimed, False
+            # A stale read (toncenter caches reads, liteservers lag) may not show our last claim yet.
+            before, sent = max(current.claimed, account.claimed), False
             failure = ""
             if account.vouchered > current.deposit:
                 failure = "the voucher exceeds the deposit; waiting for the client's top-up"
@@ -124,7 +125,9 @@ class Settlement:
                     await self.chain.record("claim", channel, 0, ok=False, detail=exc.message)
                 current = await contract.get_channel()
             # Keep the chain's view even when the claim failed (a close, a withdrawal): admission then refuses.
-            account.claimed, account.deposit = current.claimed, current.deposit
+            # Claims only grow: a read that lags behind the one just applied does not take it back.
+            claimed = max(current.claimed, account.claimed, account.vouchered if sent else 0)
+            account.claimed, account.deposit = claimed, current.deposit
             account.closing = current.close_at or int(current.closed)
             account.checked_at = datetime.now(UTC)
             if account.claimed >= account.vouchered:
@@ -142,9 +145,13 @@ class Settlement:
             worker = await session.get(WorkerAccount, channel)
             assert worker is not None
             contract = self.chain.worker_contract(worker.payout)
-            # The chain's deposit is what was funded (a crash after a top-up cannot make us fund twice).
-            deployed = (await self.chain.toncenter.get_address_information(contract.address)).active
-            funded = (await contract.get_channel()).deposit if deployed else 0
+            # What was funded is the larger of the chain's deposit (a crash after a top-up, before its record,
+            # cannot make us fund twice) and our own record: a read served from a cache or a lagging liteserver
+            # may not show the top-up we made a second ago, and must not make us fund it again.
+            deployed = (
+                worker.funded > 0 or (await self.chain.toncenter.get_address_information(contract.address)).active
+            )
+            funded = max((await contract.get_channel()).deposit if deployed else 0, worker.funded)
             # Fund only shares the chain has already paid the proxy for: never out of the proxy's own money.
             backed = await self._backed_share(session, channel)
             amount = min(worker.vouchered, backed) - funded
