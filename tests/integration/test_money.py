@@ -6,22 +6,28 @@ proxy fees, off chain and on chain), a SIGKILLed proxy still claims what it held
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import tomli_w
 
 from cocoon.chain import ClientChannel, WorkerChannel
+from cocoon.chain.devnet import DevnetClient
 from cocoon.chain.pricing import cost_of
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.local import LocalNetwork
+from cocoon.local import LocalNetwork, free_port
 from tests.helpers.money import (
     COEFFICIENT,
     OPERATOR_KEY,
@@ -194,3 +200,80 @@ def test_operators_read_the_chain_status_with_their_key_and_strangers_are_told_h
     settled = cocoon("proxy", "settle", *where, "--operator-key", OPERATOR_KEY, "--json")
     assert settled.returncode == 0, settled.stderr
     assert "claimed_total" in json.loads(settled.stdout)
+
+
+def test_a_deposit_killed_before_it_landed_and_run_again_deposits_once(paid: LocalNetwork) -> None:
+    """A retried `cocoon client deposit` resumes the message the first run sent instead of signing another."""
+    assert paid.chain is not None
+    config = str(paid.home / "client.toml")
+    outbox = paid.home / "client-wallet.json.outbox.json"
+    set_inclusion_delay(paid, 4000)  # the first run dies while its message waits to be included
+    try:
+        before = balance_of(config)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "cocoon", "client", "deposit", "--amount", "1", "--config", config],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(outbox.exists, 60, "the first run to write its message down")
+        time.sleep(0.5)  # past sendBoc
+        first.kill()
+        first.wait()
+        assert outbox.exists()
+
+        again = subprocess.run(
+            [sys.executable, "-m", "cocoon", "client", "deposit", "--amount", "1", "--config", config],
+            capture_output=True,
+            text=True,
+        )
+        assert again.returncode == 0, again.stderr
+        time.sleep(4.5)  # a second message, had one been sent, would have landed by now
+        assert balance_of(config)["deposit"] == before["deposit"] + 1_000_000_000
+        assert not outbox.exists()
+    finally:
+        set_inclusion_delay(paid, 1000)
+
+
+def test_every_role_refuses_a_chain_of_another_network(paid: LocalNetwork, tmp_path: Path) -> None:
+    assert paid.chain is not None
+    proxy_config = tomllib.loads((paid.home / "proxy.toml").read_text())
+    proxy_config |= {"network": "testnet", "port": free_port(), "data_dir": str(tmp_path / "proxy")}
+    (tmp_path / "proxy.toml").write_text(tomli_w.dumps(proxy_config))
+    proxy = subprocess.run(
+        [sys.executable, "-m", "cocoon", "proxy", "--config", str(tmp_path / "proxy.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    client = subprocess.run(
+        [sys.executable, "-m", "cocoon", "client", "balance", "--config", str(paid.home / "client.toml")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COCOON_CLIENT_NETWORK": "mainnet"},
+    )
+
+    assert proxy.returncode != 0
+    assert "serves devnet (global id -662), but this role is configured for testnet" in proxy.stderr
+    assert 'set network = "devnet" in the config (or COCOON_PROXY_NETWORK=devnet)' in proxy.stderr
+    assert client.returncode == 2 and "configured for mainnet (global id -239)" in client.stderr
+    assert "Traceback" not in client.stderr
+
+
+def balance_of(config: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "cocoon", "client", "balance", "--config", config, "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def set_inclusion_delay(net: LocalNetwork, ms: int) -> None:
+    async def change() -> None:
+        assert net.chain is not None
+        async with DevnetClient(net.chain.url) as devnet:
+            await devnet.set_faults(inclusion_delay_ms=ms)
+
+    asyncio.run(change())

@@ -128,7 +128,13 @@ class Wallet:
     """
 
     def __init__(
-        self, seed: bytes, *, workchain: int = 0, subwallet_id: int | None = None, outbox: Outbox | None = None
+        self,
+        seed: bytes,
+        *,
+        workchain: int = 0,
+        subwallet_id: int | None = None,
+        outbox: Outbox | None = None,
+        message_ttl: int = MESSAGE_TTL_S,
     ) -> None:
         if len(seed) != 32:
             raise ConfigError(f"a wallet seed is 32 bytes, got {len(seed)}")
@@ -139,6 +145,7 @@ class Wallet:
         self.state_init = wallet_state_init(self.public_key, self.subwallet_id)
         self.address = Address((workchain, self.state_init.serialize().hash))
         self.outbox = outbox
+        self.message_ttl = message_ttl  # seconds each message stays valid (and may still land)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -204,7 +211,7 @@ class Wallet:
                     f"sends {needed} plus fees; fund the wallet first"
                 )
             seqno = await client.get_wallet_seqno(self.address) if state.active else 0
-            valid_until = max(state.sync_utime, int(time.time())) + MESSAGE_TTL_S
+            valid_until = max(state.sync_utime, int(time.time())) + self.message_ttl
             body = self.signed_body(seqno, transfers, valid_until=valid_until)
             pending = PendingMessage(
                 intent=intent,
