@@ -9,9 +9,11 @@ lists for tuples. ``pytvm`` ships with the ``liteserver`` extra and is imported 
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from pytoniq_core.boc.address import Address
@@ -51,8 +53,8 @@ def run_get_method(state: ContractState, method: str, stack: Sequence[StackArg] 
     Blocking (the emulator runs in C++; call it through ``asyncio.to_thread``). ChainError on an exit code
     other than 0 or 1; ConfigError when ``pytvm`` is not installed.
     """
-    emulator_class = _tvm_emulator_class()
-    emulator = emulator_class(code=state.code, data=state.data)
+    emulator_class, engine = _tvm()
+    emulator = emulator_class(code=state.code, data=state.data, engine=engine)
     emulator.set_gas_limit(GAS_LIMIT)
     emulator.set_c7(
         address=address_text(state.address),
@@ -102,9 +104,22 @@ def from_vm_value(value: Any) -> StackValue:
     raise ChainError(f"unsupported get-method result value {value!r} (continuations are not read)")
 
 
-def _tvm_emulator_class() -> Any:
+@functools.cache
+def _tvm() -> tuple[Any, Any]:
+    """pytvm's emulator class and its engine, loaded once.
+
+    pytvm finds its shared library through ``pkg_resources``, which setuptools 81 removed; the library sits
+    beside ``pytvm.engine``, so it is loaded from there.
+    """
     try:
+        from pytvm.engine import EmulatorEngineC
         from pytvm.tvm_emulator import TvmEmulator
     except ImportError as exc:
         raise ConfigError(f"running get-methods locally needs the TVM emulator (pytvm); {INSTALL_HINT}") from exc
-    return TvmEmulator
+    folder = resources.files("pytvm.engine")
+    found = sorted(str(entry) for entry in folder.iterdir() if entry.name.startswith("libemulator"))
+    if not found:
+        raise ConfigError(f"pytvm has no emulator library for this platform in {folder}; reinstall it from source")
+    engine = EmulatorEngineC(found[0])
+    engine.emulator_set_verbosity_level(0)
+    return TvmEmulator, engine
