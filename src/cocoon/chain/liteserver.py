@@ -3,7 +3,8 @@
 ``LiteserverClient`` is a ``ToncenterClient`` whose reads come from a liteserver (pytoniq's ``LiteClient``,
 ADNL over TCP) with Merkle proofs checked here against a masterchain block: account states, config params,
 the transaction list (a hash chain anchored in the proven account state) and get-methods, which run locally
-in the TVM on the proven code and data instead of trusting a server's result. Sends stay on the HTTP API:
+in the TVM (``NodeTvm``: @ton/sandbox's emulator, the devnet's) on the proven code and data instead of
+trusting a server's result. Sends stay on the HTTP API:
 a send needs no proof (a server that drops it is caught by the proven seqno not moving), and toncenter
 answers a refused message with the reason. The devnet has no liteserver; ``open_chain`` picks the path.
 
@@ -32,7 +33,7 @@ from pytoniq_core.boc.slice import Slice
 from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
 
 from cocoon.chain.address import address_text
-from cocoon.chain.local_tvm import INSTALL_HINT, ContractState, run_get_method
+from cocoon.chain.local_tvm import INSTALL_HINT, ContractState, NodeTvm
 from cocoon.chain.toncenter import (
     AccountState,
     AccountStatus,
@@ -67,7 +68,9 @@ class LiteserverClient(ToncenterClient):
     ``global_config`` is a TON global config (``https://ton.org/global.config.json``, or the testnet's) as a
     path or a parsed dict; its liteservers are tried in order until one connects, on the first read and after
     a connection is lost. Every failure surfaces as ``ChainError`` (``UpstreamTimeout`` for a timeout), a
-    proof that does not verify included. ConfigError when the config is unreadable or pytoniq is missing.
+    proof that does not verify included. ConfigError when the config is unreadable or pytoniq is missing,
+    or, on the first get-method, when Node.js is. Get-methods run in ``tvm`` if given (the caller closes
+    it), else in a ``NodeTvm`` of the client's own, started on first use and stopped by ``aclose``.
     """
 
     def __init__(
@@ -80,8 +83,11 @@ class LiteserverClient(ToncenterClient):
         timeout: float = 15.0,
         connect_timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tvm: NodeTvm | None = None,
     ) -> None:
         super().__init__(http_url, api_key, timeout=timeout, transport=transport)
+        self.tvm = tvm if tvm is not None else NodeTvm()
+        self._owns_tvm = tvm is None
         self.global_config = load_global_config(global_config)
         self.trust_level = trust_level
         self.timeout = timeout
@@ -94,6 +100,8 @@ class LiteserverClient(ToncenterClient):
 
     async def aclose(self) -> None:
         await self._drop()
+        if self._owns_tvm:
+            await self.tvm.aclose()
         await super().aclose()
 
     async def get_address_information(self, address: Address | str) -> AccountState:
@@ -190,11 +198,11 @@ class LiteserverClient(ToncenterClient):
         if state.code is None or state.data is None:
             raise ChainError(f"account {address_text(state.address)} is active but its proof holds no code or data")
         if _has_library_cells(state.code):
-            # pytoniq fetches libraries too; our contracts and wallet v4r2 use none, so refuse rather than guess.
+            # Libraries would need fetching and proving too; our contracts and wallet v4r2 use none, so refuse.
             raise ChainError(f"{address_text(state.address)}'s code calls library cells, which are not read here")
         config = await self._config(account.config_hash)
         contract = ContractState(state.address, state.code, state.data, state.balance, state.sync_utime, config)
-        return await asyncio.to_thread(run_get_method, contract, method, stack)
+        return await self.tvm.run_get_method(contract, method, stack)
 
     async def _config(self, config_hash: bytes | None) -> Cell:
         if config_hash is None:

@@ -1,8 +1,8 @@
 """The liteserver read path, checked offline: what a live liteserver is not needed for.
 
-Get-methods run in the real TVM (pytvm) on the shipped contracts' real code and the data the wrappers
-build, and the wrappers parse the result; pytoniq's objects convert to cocoon's types; tampered proofs and
-broken hash chains are refused; connection failures and a missing package surface as cocoon's errors.
+pytoniq's objects convert to cocoon's types; tampered proofs and broken hash chains are refused;
+connection failures and a missing package surface as cocoon's errors. The get-methods it runs locally are
+tested in ``test_local_tvm``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -37,156 +36,31 @@ from pytoniq_core.tlb.account import (
     AccountState as TlbAccountState,
 )
 from pytoniq_core.tlb.transaction import CurrencyCollection
-from pytoniq_core.tlb.vm_stack import VmStack, VmTuple
 
-from cocoon.chain import ChannelConfig, ChannelRole, ClientChannel, Registry, RegistryParams, contract_code
-from cocoon.chain.contracts import address_of, state_init_for
+from cocoon.chain import RegistryParams, contract_code
 from cocoon.chain.liteserver import (
     LiteserverClient,
     account_state,
     chained_transactions,
     config_from_proof,
-    config_params,
     load_global_config,
     map_liteserver_errors,
     open_chain,
 )
-from cocoon.chain.local_tvm import ContractState, _tvm, from_vm_value, run_get_method
 from cocoon.chain.registry import registry_init_data
-from cocoon.chain.toncenter import StackArg, StackValue, ToncenterClient
-from cocoon.chain.vouchers import MAINNET_GLOBAL_ID, voucher_hash
-from cocoon.chain.wallet import WALLET_V4R2_CODE
+from cocoon.chain.toncenter import ToncenterClient
+from cocoon.chain.vouchers import MAINNET_GLOBAL_ID
 from cocoon.errors import ChainError, ConfigError, UpstreamTimeout
 
-pytest.importorskip("pytvm")
-
-# pytvm 0.0.14 (the newest Linux wheel) bundles a TVM emulator older than the opcodes Tolk 1.3 compiles our
-# contracts to: every getter of registry.boc / payment_channel.boc exits with code 6 (invalid opcode) there,
-# while wallet v4r2's runs. These tests state what must hold once a newer emulator is installed.
-OLD_EMULATOR = pytest.mark.xfail(
-    strict=True, raises=ChainError, reason="pytvm 0.0.14's emulator predates Tolk 1.3's opcodes (exit code 6)"
-)
-
 OWNER = Address("0:" + "11" * 32)
-PAYEE = Address("0:" + "22" * 32)
-PAYER_KEY = bytes(range(32))
 
 
 def chain_config(global_id: int = MAINNET_GLOBAL_ID) -> Cell:
-    """pytvm's default config dictionary with config param 19 (the global id) added, as a real chain has it."""
-    from pytvm.utils import DEFAULT_CONFIG_BOC
-
-    params = config_params(Cell.one_from_boc(DEFAULT_CONFIG_BOC))
-    params[19] = Builder().store_int(global_id, 32).end_cell()
+    """A config dictionary holding param 19 (the global id), the one a proof here carries."""
     config = HashMap(32, value_serializer=lambda value, dest: dest.store_ref(value))
-    config.map = params
+    config.map = {19: Builder().store_int(global_id, 32).end_cell()}
     root: Cell = config.serialize()
     return root
-
-
-class LocalChain(ToncenterClient):
-    """Answers get-methods through the same local run ``LiteserverClient`` uses, on states given here."""
-
-    def __init__(self, states: dict[Address, ContractState]) -> None:
-        super().__init__("http://unused.invalid")
-        self.states = states
-
-    async def run_get_method(
-        self, address: Address | str, method: str, stack: Sequence[StackArg] = ()
-    ) -> list[StackValue]:
-        state = self.states[Address(address) if isinstance(address, str) else address]
-        return await asyncio.to_thread(run_get_method, state, method, stack)
-
-    async def get_balance(self, address: Address | str) -> int:
-        return self.states[Address(address) if isinstance(address, str) else address].balance
-
-
-def contract_state(name: str, data: Cell, balance: int = 10**9) -> ContractState:
-    code = contract_code(name)
-    return ContractState(address_of(state_init_for(code, data)), code, data, balance, 1_700_000_000, chain_config())
-
-
-@pytest.fixture
-async def chain() -> AsyncIterator[LocalChain]:
-    local = LocalChain({})
-    yield local
-    await local.aclose()
-
-
-@OLD_EMULATOR
-async def test_registry_getters_run_locally_read_as_the_wrapper_expects(chain: LocalChain) -> None:
-    params = RegistryParams(proxy_fee_bps=321, min_client_deposit=7, min_worker_deposit=9, close_delay=600)
-    state = contract_state("registry", registry_init_data(OWNER, params))
-    chain.states[state.address] = state
-    registry = Registry(chain, state.address)
-
-    assert await registry.get_owner() == OWNER
-    assert await registry.get_params() == params
-    assert await registry.get_models() == []
-    assert await registry.get_model("gemma") is None
-    assert await registry.is_measurement_allowed(b"\x01" * 32) is False
-
-
-@OLD_EMULATOR
-async def test_channel_getters_run_locally_read_as_the_wrapper_expects(chain: LocalChain) -> None:
-    config = ChannelConfig(OWNER, PAYEE, PAYER_KEY, ChannelRole.CLIENT, channel_id=5, close_delay=7200)
-    state = contract_state("payment_channel", config.init_data())
-    chain.states[state.address] = state
-    channel = ClientChannel(chain, state.address)
-
-    seen = await channel.get_channel()
-    assert (seen.payer, seen.payee, seen.payer_key, seen.role) == (OWNER, PAYEE, PAYER_KEY, ChannelRole.CLIENT)
-    assert (seen.deposit, seen.claimed, seen.close_at, seen.closed) == (0, 0, 0, False)
-    assert await channel.get_channel_config() == (5, 7200)
-    genuine = await channel.read_genuine(payee=PAYEE, min_close_delay=3600)
-    assert genuine == seen
-
-
-@OLD_EMULATOR
-async def test_voucher_hash_getter_reads_the_global_id_from_the_config_it_is_given(chain: LocalChain) -> None:
-    config = ChannelConfig(OWNER, PAYEE, PAYER_KEY, ChannelRole.WORKER)
-    state = contract_state("payment_channel", config.init_data())
-    chain.states[state.address] = state
-    channel = ClientChannel(chain, state.address)
-
-    assert await channel.get_voucher_hash(12345) == voucher_hash(state.address, 12345, global_id=MAINNET_GLOBAL_ID)
-    testnet = ContractState(state.address, state.code, state.data, state.balance, state.unixtime, chain_config(-3))
-    chain.states[state.address] = testnet
-    assert await channel.get_voucher_hash(12345) == voucher_hash(state.address, 12345, global_id=-3)
-
-
-def test_a_wallet_seqno_runs_locally_on_the_real_wallet_code() -> None:
-    data = Builder().store_uint(7, 32).store_uint(698983191, 32).store_bytes(PAYER_KEY).store_bit(0).end_cell()
-    state = ContractState(OWNER, WALLET_V4R2_CODE, data, 10**9, 1_700_000_000, chain_config())
-    assert run_get_method(state, "seqno") == [7]
-    assert run_get_method(state, "get_public_key") == [int.from_bytes(PAYER_KEY, "big")]
-
-
-def test_a_failing_get_method_is_a_chain_error() -> None:
-    state = contract_state("registry", registry_init_data(OWNER, RegistryParams()))
-    with pytest.raises(ChainError, match=r"no_such_method on \S+ failed with exit code 11"):
-        run_get_method(state, "no_such_method")
-
-
-def test_vm_values_convert_as_toncenter_decodes_them() -> None:
-    cell = Builder().store_uint(0xABCD, 16).store_ref(Builder().store_uint(1, 8).end_cell()).end_cell()
-    partly_read = Slice.from_cell(cell)
-    partly_read.load_uint(8)
-    # Round-trip through the real stack encoding, so the values are the ones pytoniq hands back.
-    stack = VmStack.deserialize(
-        Slice.one_from_boc(
-            VmStack.serialize([-(2**200), 7, None, cell, partly_read, VmTuple([1, VmTuple([])])]).to_boc()
-        )
-    )
-    big, small, null, as_cell, as_slice, nested = (from_vm_value(v) for v in stack)
-
-    assert (big, small, null) == (-(2**200), 7, None)
-    assert as_cell == cell
-    assert isinstance(as_slice, Cell) and as_slice == Builder().store_slice(partly_read).end_cell()
-    assert nested == [1, None]  # an empty tuple reads as null, as tonlib renders it
-    assert from_vm_value(Builder().store_uint(3, 4)) == Builder().store_uint(3, 4).end_cell()
-    with pytest.raises(ChainError, match="unsupported"):
-        from_vm_value(object())
 
 
 def _account(kind: str, balance: int, code: Cell | None = None, data: Cell | None = None) -> Account:
@@ -344,12 +218,3 @@ def test_missing_pytoniq_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "pytoniq.liteclient.client", None)
     with pytest.raises(ConfigError, match=r"pip install 'cocoon\[liteserver\]'"):
         open_chain("http://127.0.0.1:1", reads="liteserver", liteserver_config=_global_config(1))
-
-
-def test_missing_pytvm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    state = contract_state("registry", registry_init_data(OWNER, RegistryParams()))
-    monkeypatch.setitem(sys.modules, "pytvm.tvm_emulator", None)
-    _tvm.cache_clear()
-    with pytest.raises(ConfigError, match=r"pip install 'cocoon\[liteserver\]'"):
-        run_get_method(state, "get_owner")
-    _tvm.cache_clear()
