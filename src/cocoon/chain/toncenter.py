@@ -470,15 +470,28 @@ def _summary(message: Any) -> MessageSummary:
 def _decode_transaction(item: dict[str, Any]) -> Transaction:
     cell = Cell.one_from_boc(base64.b64decode(item["data"]))
     tx = TlbTransaction.deserialize(Slice.from_cell(cell))
+    return transaction_from_tlb(cell, tx, fee=item.get("fee"), storage_fee=item.get("storage_fee", 0))
+
+
+def transaction_from_tlb(
+    cell: Cell, tx: TlbTransaction, *, fee: object = None, storage_fee: object = None
+) -> Transaction:
+    """cocoon's ``Transaction`` from a transaction's root ``cell`` and its parse ``tx``.
+
+    ``fee`` and ``storage_fee`` are toncenter's figures where it gives them; without them the fee is the
+    transaction's ``total_fees`` and the storage fee what its storage phase collected.
+    """
     description = tx.description
     compute = getattr(description, "compute_ph", None)
     exit_code = getattr(compute, "exit_code", None) if compute is not None and compute.type_ == "vm" else None
+    storage = getattr(description, "storage_ph", None)
+    collected = getattr(storage, "storage_fees_collected", 0) if storage is not None else 0
     return Transaction(
         lt=int(tx.lt),
         hash=cell.hash,
         utime=int(tx.now),
-        fee=int(item.get("fee", tx.total_fees.grams)),
-        storage_fee=int(item.get("storage_fee", 0)),
+        fee=int(cast(int, fee if fee is not None else tx.total_fees.grams)),
+        storage_fee=int(cast(int, storage_fee if storage_fee is not None else collected)),
         in_msg=_summary(tx.in_msg) if tx.in_msg is not None else None,
         out_msgs=tuple(_summary(m) for m in tx.out_msgs),
         aborted=bool(getattr(description, "aborted", False)),

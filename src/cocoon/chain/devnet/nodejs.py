@@ -19,7 +19,7 @@ from rich.console import Console
 
 from cocoon.errors import ConfigError
 
-DEVNET_FILES = ("package.json", "package-lock.json", "server.js")
+DEVNET_FILES = ("package.json", "package-lock.json", "server.js", "tvm.js")  # tvm.js: cocoon.chain.local_tvm
 NPM_CI_TIMEOUT_S = 600
 
 
@@ -67,7 +67,7 @@ def devnet_fingerprint(source: Path | None = None) -> str:
 
 
 def ensure_devnet_installed(cache_dir: Path | None = None) -> Path:
-    """Return a folder holding ``server.js`` with its ``node_modules``, installing it on first use.
+    """Return a folder holding ``server.js`` and ``tvm.js`` with their ``node_modules``, installing it on first use.
 
     Safe against concurrent callers (a file lock) and crashes (install into a temp folder, then rename).
     Raises ConfigError when npm is missing or ``npm ci`` fails (its output is in the message).
