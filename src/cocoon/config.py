@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 from cocoon.attestation.policy import AttestationPolicy
-from cocoon.chain.network import Network
+from cocoon.chain.network import ChainReads, Network
 from cocoon.chain.ratelimit import DEFAULT_KEY_RPS
 from cocoon.engines.config import EngineSettings
 from cocoon.errors import ConfigError, first_problem
@@ -126,6 +126,15 @@ class WorkerSettings(RoleSettings):
     chain_rps: float = Field(
         DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
     )
+    chain_reads: ChainReads = Field(
+        "auto",
+        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
+        "locally), auto (liteserver on mainnet, http elsewhere)",
+    )
+    liteserver_config: Path | None = Field(
+        None,
+        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
+    )
     chaos_bad_receipts: Literal["", "response-digest", "signature", "inflated-tokens"] = Field(
         "",
         description="TEST AND CHAOS ONLY: sign receipts that must fail the client's check (a wrong response "
@@ -167,6 +176,15 @@ class ProxySettings(RoleSettings):
     )
     chain_rps: float = Field(
         DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
+    chain_reads: ChainReads = Field(
+        "auto",
+        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
+        "locally), auto (liteserver on mainnet, http elsewhere)",
+    )
+    liteserver_config: Path | None = Field(
+        None,
+        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
     )
     registry: str | None = Field(None, description="address of the registry contract (prices, proxy fee)")
     settle_min_amount: int = Field(10**9, ge=0, description="claim a channel once this many nanoton are unsettled")
@@ -226,6 +244,15 @@ class ClientSettings(RoleSettings):
     )
     chain_rps: float = Field(
         DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
+    chain_reads: ChainReads = Field(
+        "auto",
+        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
+        "locally), auto (liteserver on mainnet, http elsewhere)",
+    )
+    liteserver_config: Path | None = Field(
+        None,
+        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
     )
     wallet_file: Path = Field(
         default_factory=lambda: cocoon_home() / "client" / "wallet.json",

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import httpx
 from pytoniq_core.boc.address import Address
@@ -34,6 +34,7 @@ from pytoniq_core.tlb.transaction import Transaction as TlbTransaction
 
 from cocoon.chain.address import address_text
 from cocoon.chain.local_tvm import INSTALL_HINT, ContractState, NodeTvm
+from cocoon.chain.network import ChainReads, Network
 from cocoon.chain.toncenter import (
     AccountState,
     AccountStatus,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TrustLevel = Literal[0, 1]
-ChainReads = Literal["http", "liteserver"]
 TRANSACTIONS_PAGE = 16  # the most transactions one liteServer.getTransactions answers
 
 
@@ -79,13 +79,14 @@ class LiteserverClient(ToncenterClient):
         *,
         http_url: str,
         api_key: str | None = None,
+        rps: float | None = None,
         trust_level: TrustLevel = 0,
         timeout: float = 15.0,
         connect_timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
         tvm: NodeTvm | None = None,
     ) -> None:
-        super().__init__(http_url, api_key, timeout=timeout, transport=transport)
+        super().__init__(http_url, api_key, rps=rps, timeout=timeout, transport=transport)
         self.tvm = tvm if tvm is not None else NodeTvm()
         self._owns_tvm = tvm is None
         self.global_config = load_global_config(global_config)
@@ -269,23 +270,55 @@ def open_chain(
     url: str,
     api_key: str | None = None,
     *,
-    reads: ChainReads = "http",
+    network: Network = "devnet",
+    reads: ChainReads = "auto",
     liteserver_config: Path | str | Mapping[str, Any] | None = None,
+    rps: float | None = None,
     trust_level: TrustLevel = 0,
     timeout: float = 15.0,
 ) -> ToncenterClient:
-    """The chain client for a network: toncenter (or the devnet) at ``url`` for everything when ``reads`` is
-    ``"http"``; reads through a liteserver of ``liteserver_config`` with proofs, sends to ``url``, when it is
-    ``"liteserver"``. ConfigError when ``"liteserver"`` comes without a config, or pytoniq is not installed."""
-    if reads == "http":
-        return ToncenterClient(url, api_key, timeout=timeout)
+    """The chain client for a role on ``network``: toncenter (or the devnet) at ``url`` for everything when
+    ``reads`` is ``"http"``; reads through a liteserver of ``liteserver_config`` with proofs, sends to ``url``,
+    when it is ``"liteserver"``. ``"auto"`` is a liteserver on mainnet, where a lying HTTP endpoint could make
+    a role serve an empty channel or fund a forged one, and HTTP elsewhere. ConfigError when a liteserver is
+    asked for without a config, or pytoniq is not installed."""
+    if reads == "http" or (reads == "auto" and network != "mainnet"):
+        return ToncenterClient(url, api_key, rps=rps, timeout=timeout)
     if liteserver_config is None:
         raise ConfigError(
-            "proof-checked chain reads need a TON global config with liteservers (e.g. "
-            "https://ton.org/global.config.json saved to a file); set it, or read over HTTP"
+            f"proof-checked chain reads ({'the default on mainnet' if reads == 'auto' else 'chain_reads'}) need a "
+            "TON global config with liteservers: save https://ton.org/global.config.json to a file and set "
+            'liteserver_config to it, or set chain_reads = "http" to trust chain_url\'s answers'
         )
     _lite_client_class()  # fail here, at startup, rather than on the first read
-    return LiteserverClient(liteserver_config, http_url=url, api_key=api_key, trust_level=trust_level, timeout=timeout)
+    return LiteserverClient(
+        liteserver_config, http_url=url, api_key=api_key, rps=rps, trust_level=trust_level, timeout=timeout
+    )
+
+
+class ChainSettings(Protocol):
+    """The chain fields every role's settings carry (``cocoon.config``)."""
+
+    chain_url: str | None
+    chain_api_key: str | None
+    network: Network
+    chain_reads: ChainReads
+    liteserver_config: Path | None
+    chain_rps: float
+
+
+def chain_for(settings: ChainSettings) -> ToncenterClient:
+    """The chain client a role's settings ask for (``open_chain``); ConfigError when chain_url is not set."""
+    if not settings.chain_url:
+        raise ConfigError("chain_url is not set: give the toncenter v2 API of the network (or the devnet's URL)")
+    return open_chain(
+        settings.chain_url,
+        settings.chain_api_key,
+        network=settings.network,
+        reads=settings.chain_reads,
+        liteserver_config=settings.liteserver_config,
+        rps=settings.chain_rps,
+    )
 
 
 def load_global_config(source: Path | str | Mapping[str, Any]) -> Mapping[str, Any]:

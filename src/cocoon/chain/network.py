@@ -16,6 +16,7 @@ from cocoon.errors import ConfigError
 
 Network = Literal["devnet", "testnet", "mainnet"]
 NETWORKS: tuple[Network, ...] = get_args(Network)
+ChainReads = Literal["auto", "http", "liteserver"]  # auto: a liteserver on mainnet, HTTP elsewhere
 # The local devnet's own id (set as its config param 19), so that nothing signed on it is valid on mainnet,
 # whose config @ton/sandbox copies by default.
 DEVNET_GLOBAL_ID = -662

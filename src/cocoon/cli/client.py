@@ -11,6 +11,7 @@ import typer
 
 from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, Outbox, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, payable_text, raw_address
+from cocoon.chain.liteserver import chain_for
 from cocoon.cli.common import (
     ConfigOpt,
     HostOpt,
@@ -84,7 +85,8 @@ def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T]) -> T
     """Run ``act`` on the chain with the client's wallet and its channel with the proxy, under a spinner."""
 
     async def work() -> T:
-        async with ToncenterClient(_client_chain(settings), settings.chain_api_key, rps=settings.chain_rps) as chain:
+        _client_chain(settings)
+        async with chain_for(settings) as chain:
             wallet, channel = await _client_channel(settings, chain)
             return await act(chain, wallet, channel)
 

@@ -16,6 +16,7 @@ from pytoniq_core.boc.address import Address
 
 from cocoon.chain import ClientChannel, Outbox, Registry, ToncenterClient, Wallet, sign_voucher, verify_voucher
 from cocoon.chain.address import raw_address
+from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import Network, check_network
 from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
@@ -267,7 +268,7 @@ def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
     """The sidecar's payer: its wallet key from ``wallet_file``, prices from ``chain_url``."""
     assert settings.chain_url is not None
     http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
-    toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key, rps=settings.chain_rps)
+    toncenter = chain_for(settings)
     key = load_or_create_signing_key(settings.wallet_file)
     outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too
     return ChannelPayer(

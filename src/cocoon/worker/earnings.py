@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 import httpx
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import Outbox, ToncenterClient, Wallet, WorkerChannel, verify_voucher
+from cocoon.chain import Outbox, Wallet, WorkerChannel, verify_voucher
 from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.channel import ChannelConfig, ChannelRole
 from cocoon.chain.contracts import address_of, contract_code, state_init_for
+from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
 from cocoon.config import WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
@@ -97,7 +98,7 @@ async def claim(settings: WorkerSettings, entry: Earnings) -> int:
     """Claim ``entry``'s latest voucher on chain; returns the nanoton newly paid to the wallet."""
     if not settings.chain_url:
         raise ConfigError("set chain_url (COCOON_WORKER_CHAIN_URL) to the toncenter API to claim on chain")
-    async with ToncenterClient(settings.chain_url, settings.chain_api_key, rps=settings.chain_rps) as chain:
+    async with chain_for(settings) as chain:
         global_id = await check_network(chain, settings.network, env="COCOON_WORKER_NETWORK")
         if not verify_voucher(entry.proxy_key, entry.channel, entry.vouchered, entry.signature, global_id=global_id):
             raise UpstreamFailed(

@@ -205,6 +205,23 @@ async def test_open_chain_reads_over_http_unless_told_otherwise(tmp_path: Any) -
         open_chain("http://127.0.0.1:1", reads="liteserver")
 
 
+async def test_on_mainnet_reads_are_proof_checked_unless_told_to_trust_http(tmp_path: Any) -> None:
+    path = tmp_path / "global.config.json"
+    path.write_text(__import__("json").dumps(_global_config(1)))
+    for network in ("devnet", "testnet"):
+        client = open_chain("https://toncenter.com", network=network)
+        assert type(client) is ToncenterClient
+        await client.aclose()
+    with pytest.raises(ConfigError, match=r"the default on mainnet.*set liteserver_config"):
+        open_chain("https://toncenter.com", network="mainnet")
+    lite = open_chain("https://toncenter.com", network="mainnet", liteserver_config=path)
+    assert isinstance(lite, LiteserverClient)
+    await lite.aclose()
+    trusting = open_chain("https://toncenter.com", network="mainnet", reads="http")
+    assert type(trusting) is ToncenterClient
+    await trusting.aclose()
+
+
 def test_a_file_that_is_no_global_config_is_a_config_error(tmp_path: Any) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"liteservers": []}')

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from cocoon.chain import Outbox, Registry, RegistryParams, ToncenterClient, Wallet, WorkerChannel
 from cocoon.chain.address import raw_address
+from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
 from cocoon.chain.pricing import PriceBook
 from cocoon.config import ProxySettings
@@ -44,7 +45,7 @@ class ChainHandle:
         assert settings.chain_url is not None
         if not settings.registry:
             raise ConfigError("chain_url is set but registry is not: give the registry contract's address")
-        toncenter = ToncenterClient(settings.chain_url, settings.chain_api_key, rps=settings.chain_rps)
+        toncenter = chain_for(settings)
         registry = Registry(toncenter, Address(settings.registry))
         try:
             global_id = await check_network(toncenter, settings.network, env="COCOON_PROXY_NETWORK")
