@@ -33,11 +33,13 @@ def network_of(global_id: int) -> Network | None:
     return next((name for name, known in GLOBAL_IDS.items() if known == global_id), None)
 
 
-async def check_network(client: ToncenterClient, network: Network, *, env: str | None = None) -> int:
+async def check_network(
+    client: ToncenterClient, network: Network, *, env: str | None = None, option: str | None = None
+) -> int:
     """The chain's global id, after checking it is ``network``'s; ConfigError naming both when not.
 
-    ``env`` is the environment variable that sets the caller's ``network`` (``COCOON_PROXY_NETWORK``), for the
-    message.
+    ``env`` is the environment variable that sets the caller's ``network`` (``COCOON_PROXY_NETWORK``) and
+    ``option`` the command-line option (``--network``) if it has one, for the message.
     """
     expected = GLOBAL_IDS[network]
     actual = await client.global_id()
@@ -47,7 +49,8 @@ async def check_network(client: ToncenterClient, network: Network, *, env: str |
         if found is None:
             fix = f"point chain_url at a {network} endpoint"
         else:
-            fix = f'set network = "{found}" in the config' + (f" (or {env}={found})" if env else "")
+            fix = f"pass {option} {found}" if option else f'set network = "{found}" in the config'
+            fix += f" (or {env}={found})" if env else ""
         raise ConfigError(
             f"{client.base_url} serves {served}, but this role is configured for {network} (global id {expected}); "
             f"{fix} if that is the network you mean"

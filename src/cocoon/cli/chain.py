@@ -1,4 +1,5 @@
-"""``cocoon chain status``: the registry's prices and the proxy's channels as the chain sees them."""
+"""``cocoon chain status``: the registry's prices and the proxy's channels as the chain sees them; the owner's
+commands (``cocoon chain wallet``, ``cocoon chain registry ...``) are in ``registry``."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from cocoon.cli.common import (
     role_group,
     run_with_spinner,
 )
+from cocoon.cli.registry import registry_app, wallet
 from cocoon.errors import ChainError
 
-chain_app = role_group("Look at the chain: registry prices, channels, on-chain operations.")
+chain_app = role_group("The chain: the owner wallet, the registry, and the proxy's channels as the chain sees them.")
+chain_app.command("wallet")(wallet)
+chain_app.add_typer(registry_app, name="registry")
 
 
 @chain_app.command("status")
