@@ -28,6 +28,7 @@ from cocoon.chain.devnet import DevnetClient
 from cocoon.chain.pricing import cost_of
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
+from tests.helpers.chain import TEST_API_KEY
 from tests.helpers.money import (
     COEFFICIENT,
     OPERATOR_KEY,
@@ -181,7 +182,7 @@ def test_client_tops_up_and_reads_its_balance_with_the_cli(paid: LocalNetwork) -
 
 def test_operators_read_the_chain_status_with_their_key_and_strangers_are_told_how(paid: LocalNetwork) -> None:
     assert paid.chain is not None
-    where = ["--proxy-url", paid.proxy_url]
+    where = ["--proxy-url", paid.proxy_url, "--api-key", TEST_API_KEY]
 
     def cocoon(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cocoon", *args], capture_output=True, text=True)
@@ -197,7 +198,7 @@ def test_operators_read_the_chain_status_with_their_key_and_strangers_are_told_h
     assert refused.returncode == 2
     assert "operator" in refused.stderr and "Traceback" not in refused.stderr
 
-    settled = cocoon("proxy", "settle", *where, "--operator-key", OPERATOR_KEY, "--json")
+    settled = cocoon("proxy", "settle", "--proxy-url", paid.proxy_url, "--operator-key", OPERATOR_KEY, "--json")
     assert settled.returncode == 0, settled.stderr
     assert "claimed_total" in json.loads(settled.stdout)
 

@@ -3,14 +3,15 @@ commands (``cocoon chain wallet``, ``cocoon chain registry ...``) are in ``regis
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-import typer
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import ClientChannel, Registry, ToncenterClient, WorkerChannel
+from cocoon.chain import ClientChannel, Registry, WorkerChannel
 from cocoon.chain.devnet import DevnetClient
+from cocoon.chain.liteserver import open_chain
+from cocoon.chain.network import check_network
 from cocoon.cli.common import (
     JsonOpt,
     OperatorKeyOpt,
@@ -21,7 +22,15 @@ from cocoon.cli.common import (
     role_group,
     run_with_spinner,
 )
-from cocoon.cli.registry import registry_app, wallet
+from cocoon.cli.registry import (
+    DEFAULT_CHAIN_URL,
+    ApiKeyOpt,
+    ChainUrlOpt,
+    LiteserverOpt,
+    NetworkOpt,
+    registry_app,
+    wallet,
+)
 from cocoon.errors import ChainError
 
 chain_app = role_group("The chain: the owner wallet, the registry, and the proxy's channels as the chain sees them.")
@@ -31,7 +40,10 @@ chain_app.add_typer(registry_app, name="registry")
 
 @chain_app.command("status")
 def chain_status(
-    chain_url: Annotated[str, typer.Option(help="toncenter v2 API")] = "http://127.0.0.1:8790",
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
     proxy_url: ProxyUrlOpt = "http://127.0.0.1:8700",
     operator_key: OperatorKeyOpt = None,
     as_json: JsonOpt = False,
@@ -44,7 +56,8 @@ def chain_status(
             terms = await proxy_json(http, "GET", f"{proxy_url}/v1/payment")
             books = await proxy_json(http, "GET", f"{proxy_url}/v1/books", headers=operator_headers(operator_key))
         out: dict[str, Any] = {"registry": terms["registry"], "proxy_wallet": terms["proxy_wallet"]}
-        async with ToncenterClient(chain_url) as chain:
+        async with open_chain(chain_url, api_key, network=network, liteserver_config=liteserver_config) as chain:
+            await check_network(chain, network, env="COCOON_NETWORK", option="--network")
             registry = Registry(chain, Address(terms["registry"]))
             out["models"] = [
                 {"model": m.name, "prompt": m.price_prompt, "cached": m.price_cached, "completion": m.price_completion}
