@@ -250,7 +250,23 @@ def test_every_role_refuses_a_chain_of_another_network(paid: LocalNetwork, tmp_p
         [sys.executable, "-m", "cocoon", "client", "balance", "--config", str(paid.home / "client.toml")],
         capture_output=True,
         text=True,
-        env=os.environ | {"COCOON_CLIENT_NETWORK": "mainnet"},
+        env=os.environ | {"COCOON_CLIENT_NETWORK": "mainnet", "COCOON_CLIENT_CHAIN_READS": "http"},
+    )
+    sidecar = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cocoon",
+            "client",
+            "--config",
+            str(paid.home / "client.toml"),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"COCOON_CLIENT_NETWORK": "testnet"},
     )
 
     assert proxy.returncode != 0
@@ -258,6 +274,7 @@ def test_every_role_refuses_a_chain_of_another_network(paid: LocalNetwork, tmp_p
     assert 'set network = "devnet" in the config (or COCOON_PROXY_NETWORK=devnet)' in proxy.stderr
     assert client.returncode == 2 and "configured for mainnet (global id -239)" in client.stderr
     assert "Traceback" not in client.stderr
+    assert sidecar.returncode != 0 and "configured for testnet (global id -3)" in sidecar.stderr
 
 
 def balance_of(config: str) -> dict[str, Any]:

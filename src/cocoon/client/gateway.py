@@ -7,6 +7,7 @@ SDK and settings from ``app.state``, and every error is OpenAI-shaped with the r
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import struct
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cocoon.chain.network import check_network
 from cocoon.client.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -46,7 +48,7 @@ from cocoon.client.openai_schema import (
     Usage,
 )
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
-from cocoon.client.wallet import sidecar_payer
+from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
@@ -71,7 +73,16 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
     )
     if client is None and settings.chain_url:
         sdk.payer = sidecar_payer(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # A sidecar pointed at another network than its own refuses to start, before it signs anything.
+        if isinstance(sdk.payer, ChannelPayer):
+            await check_network(sdk.payer.toncenter, settings.network, env=NETWORK_ENV)
+        yield
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
