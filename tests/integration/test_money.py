@@ -203,8 +203,9 @@ def test_operators_read_the_chain_status_with_their_key_and_strangers_are_told_h
     assert "claimed_total" in json.loads(settled.stdout)
 
 
-def test_a_deposit_killed_before_it_landed_and_run_again_deposits_once(paid: LocalNetwork) -> None:
-    """A retried `cocoon client deposit` resumes the message the first run sent instead of signing another."""
+def test_a_deposit_killed_before_its_outcome_was_known_and_run_again_deposits_once(paid: LocalNetwork) -> None:
+    """The first run dies after sending; its message lands; the user runs the command again. The rerun finds
+    the message it sent in the wallet's outbox, sees it landed, and sends nothing."""
     assert paid.chain is not None
     config = str(paid.home / "client.toml")
     outbox = paid.home / "client-wallet.json.outbox.json"
@@ -221,6 +222,7 @@ def test_a_deposit_killed_before_it_landed_and_run_again_deposits_once(paid: Loc
         first.kill()
         first.wait()
         assert outbox.exists()
+        wait_for(lambda: balance_of(config)["deposit"] > before["deposit"], 60, "the first run's deposit to land")
 
         again = subprocess.run(
             [sys.executable, "-m", "cocoon", "client", "deposit", "--amount", "1", "--config", config],
@@ -228,6 +230,7 @@ def test_a_deposit_killed_before_it_landed_and_run_again_deposits_once(paid: Loc
             text=True,
         )
         assert again.returncode == 0, again.stderr
+        assert "sent earlier has landed; it is not sent again" in again.stderr
         time.sleep(4.5)  # a second message, had one been sent, would have landed by now
         assert balance_of(config)["deposit"] == before["deposit"] + 1_000_000_000
         assert not outbox.exists()
