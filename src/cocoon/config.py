@@ -202,6 +202,12 @@ class ProxySettings(RoleSettings):
     channel_recheck_s: float = Field(
         30.0, gt=0, description="a client channel in use is read back from the chain this often (a close, a withdrawal)"
     )
+    policy_from_chain: bool = Field(
+        True,
+        description="with chain_url and registry set, take the allowed measurements and models from the registry "
+        "(re-read every policy_refresh_s; a worker it no longer admits is evicted) instead of policy",
+    )
+    policy_refresh_s: float = Field(30.0, gt=0, description="seconds between reads of the registry's policy")
     max_price_coefficient: int = Field(
         4000, ge=1, description="workers asking more than this price coefficient (1000 = 1x) are refused"
     )
@@ -254,6 +260,12 @@ class ClientSettings(RoleSettings):
         None,
         description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
     )
+    registry: str | None = Field(
+        None,
+        description="the network's registry contract: with chain_url set, workers are judged by its allowed "
+        "measurements and models (re-read every policy_refresh_s) instead of policy",
+    )
+    policy_refresh_s: float = Field(30.0, gt=0, description="seconds between reads of the registry's policy")
     wallet_file: Path = Field(
         default_factory=lambda: cocoon_home() / "client" / "wallet.json",
         description="the client's wallet key: pays deposits and signs vouchers (made on first use)",

@@ -25,6 +25,11 @@ class AttestationPolicy(BaseModel):
         default_factory=list, description="hex Ed25519 keys of dev authorities trusted for simulated quotes"
     )
     allowed_measurements: list[str] | None = Field(None, description="hex image measurements; empty: any")
+    allowed_measurement_digests: list[str] | None = Field(
+        None,
+        description="hex sha256 of allowed image measurements, as the registry lists them (set from the chain "
+        "when the role reads its policy there); empty: any",
+    )
     allowed_model_hashes: list[str] | None = Field(None, description="hex weights hashes; empty: any")
     max_quote_age_s: float = Field(
         3600.0, gt=0, description="a proxy refuses to admit a worker whose quote is older than this, seconds"
@@ -55,6 +60,11 @@ class AttestationVerifier:
         self.verdicts_kept = verdicts_kept
         # A refusal is kept as its message: an exception would keep its traceback, and with it the bundle.
         self._cache: OrderedDict[bytes, VerifiedWorker | str] = OrderedDict()
+
+    def set_policy(self, policy: AttestationPolicy) -> None:
+        """Judge by ``policy`` from now on (a refresh from the registry); earlier verdicts are forgotten."""
+        self.policy = policy
+        self._cache.clear()
 
     def verify(self, bundle: AttestationBundle, *, fresh_at: float | None = None) -> VerifiedWorker:
         """The verified identity in ``bundle``; ``AttestationFailed`` saying which check failed.
@@ -111,6 +121,12 @@ class AttestationVerifier:
             raise AttestationFailed("bundle measurement differs from the quoted one")
         if policy.allowed_measurements is not None and quote.measurement not in policy.allowed_measurements:
             raise AttestationFailed(f"image measurement {quote.measurement[:16]}… is not on the allow-list")
+        if policy.allowed_measurement_digests is not None:
+            digest = hashlib.sha256(bytes.fromhex(quote.measurement)).hexdigest()
+            if digest not in policy.allowed_measurement_digests:
+                raise AttestationFailed(
+                    f"image measurement {quote.measurement[:16]}… is not allowed by the network's registry"
+                )
         if policy.allowed_model_hashes is not None:
             unknown = [h for h in bundle.model_hashes if h not in policy.allowed_model_hashes]
             if unknown:

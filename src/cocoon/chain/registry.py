@@ -48,6 +48,12 @@ EXIT_CODES = {
     102: "invalid name or endpoint string",
     0xFFFF: "unknown op",
 }
+_POLICY_OPS = {
+    OP_ADD_MEASUREMENT: "allow-measurement",
+    OP_REMOVE_MEASUREMENT: "remove-measurement",
+    OP_UPSERT_MODEL: "set-model",
+    OP_REMOVE_MODEL: "remove-model",
+}
 OWNER_OP_VALUE = 5 * TON // 100
 DEPLOY_VALUE = TON // 10
 
@@ -193,6 +199,41 @@ def _dict_items(root: StackValue, parse: Callable[[int, Slice], object]) -> list
     return [parse(int(key), value) for key, value in sorted(items.items())]
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One change to the network's allow-lists, as the registry's transaction for it records: ``op`` is
+    ``allow-measurement``, ``remove-measurement``, ``set-model`` or ``remove-model``; ``subject`` the
+    measurement key (sha256 of the measurement) or the model name (its name hash for a removal); ``detail`` the
+    weights hash and prices of a model set."""
+
+    utime: int
+    lt: int
+    tx_hash: bytes
+    op: str
+    subject: str
+    detail: str = ""
+
+
+def policy_change(tx: Transaction) -> PolicyChange | None:
+    """The allow-list change ``tx`` applied, or None when it applied none (another op, or it failed)."""
+    if not tx.succeeded or tx.in_msg is None or tx.in_msg.op not in _POLICY_OPS:
+        return None
+    body = Slice.from_cell(tx.in_msg.body)
+    op = int(body.load_uint(32))
+    body.skip_bits(64)  # query_id
+    try:
+        if op in (OP_ADD_MEASUREMENT, OP_REMOVE_MEASUREMENT, OP_REMOVE_MODEL):
+            subject = bytes(body.load_bytes(32)).hex()
+            return PolicyChange(tx.utime, tx.lt, tx.hash, _POLICY_OPS[op], subject)
+        weights = bytes(body.load_bytes(32)).hex()
+        prompt, cached, completion = body.load_coins(), body.load_coins(), body.load_coins()
+        name = read_string(body.load_ref())
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None  # the contract took it, so this cannot happen; a reader never crashes on it all the same
+    detail = f"weights {weights}, prices {prompt}/{cached}/{completion} nanoton per 1M tokens"
+    return PolicyChange(tx.utime, tx.lt, tx.hash, _POLICY_OPS[op], name, detail)
+
+
 class Registry:
     """A registry contract at ``address``; ``Registry.for_deploy`` computes the address of a fresh one."""
 
@@ -279,6 +320,12 @@ class Registry:
     async def get_proxies(self) -> list[ProxyEntry]:
         (root,) = await self._get("get_proxies")
         return cast(list[ProxyEntry], _dict_items(root, _proxy_from_slice))
+
+    async def policy_history(self, limit: int = 1000) -> list[PolicyChange]:
+        """Every change to the allow-lists in the registry's last ``limit`` transactions, oldest first: the
+        public record of which images and models the network has accepted, and when."""
+        transactions = await self.client.get_transactions(self.address, limit=limit)
+        return [c for c in (policy_change(tx) for tx in reversed(transactions)) if c is not None]
 
     async def _get(self, method: str, *args: int) -> list[StackValue]:
         return await self.client.run_get_method(self.address, method, args)

@@ -28,6 +28,7 @@ from cocoon.cli.registry import (
     ChainUrlOpt,
     LiteserverOpt,
     NetworkOpt,
+    policy,
     registry_app,
     wallet,
 )
@@ -35,6 +36,7 @@ from cocoon.errors import ChainError
 
 chain_app = role_group("The chain: the owner wallet, the registry, and the proxy's channels as the chain sees them.")
 chain_app.command("wallet")(wallet)
+chain_app.command("policy")(policy)
 chain_app.add_typer(registry_app, name="registry")
 
 

@@ -10,6 +10,7 @@ again after a crash or a timeout resumes the message it sent instead of sending 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -249,6 +250,99 @@ def allow_measurement(
 
     message = ChainTarget(chain_url, network, api_key, liteserver_config).run("allowing the measurement", act)
     console.print(f"[green]✓[/] {message}")
+
+
+@registry_app.command("remove-measurement")
+def remove_measurement(
+    measurement: Annotated[str, typer.Argument(help="the image measurement to stop allowing, hex")],
+    registry: RegistryOpt = "",
+    owner_key: OwnerKeyOpt = None,
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
+) -> None:
+    """Stop allowing an image: proxies and clients reading the registry evict its workers at their next read."""
+    try:
+        key = measurement_key(bytes.fromhex(measurement))
+    except ValueError as exc:
+        raise typer.BadParameter(f"a measurement is hex: {exc}") from exc
+    owner = owner_wallet(owner_key)
+
+    async def act(chain: ToncenterClient) -> str:
+        contract = Registry(chain, parse_registry(registry))
+        if not await contract.is_measurement_allowed(key):
+            return "that measurement is not allowed"
+        await contract.remove_measurement(owner, key)
+        return "measurement removed"
+
+    message = ChainTarget(chain_url, network, api_key, liteserver_config).run("removing the measurement", act)
+    console.print(f"[green]✓[/] {message}")
+
+
+@registry_app.command("remove-model")
+def remove_model(
+    name: Annotated[str, typer.Argument(help="the model to delist")],
+    registry: RegistryOpt = "",
+    owner_key: OwnerKeyOpt = None,
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
+) -> None:
+    """Delist a model: its price goes, and workers attesting only its weights are no longer admitted."""
+    owner = owner_wallet(owner_key)
+
+    async def act(chain: ToncenterClient) -> str:
+        contract = Registry(chain, parse_registry(registry))
+        if await contract.get_model(name) is None:
+            return f"{name} is not listed"
+        await contract.remove_model(owner, name)
+        return f"{name} delisted"
+
+    message = ChainTarget(chain_url, network, api_key, liteserver_config).run(f"delisting {name}", act)
+    console.print(f"[green]✓[/] {message}")
+
+
+def policy(
+    registry: RegistryOpt = "",
+    history: Annotated[bool, typer.Option("--history", help="every allow-list change, with its transaction")] = False,
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The network's attestation policy as the registry holds it: allowed image measurements (their sha256)
+    and model weights; with --history, every change to them, oldest first (the chain is the public record)."""
+
+    async def act(chain: ToncenterClient) -> dict[str, Any]:
+        contract = Registry(chain, parse_registry(registry))
+        out: dict[str, Any] = {
+            "measurement_digests": [key.hex() for key in await contract.get_measurements()],
+            "models": {m.name: m.weights_hash.hex() for m in await contract.get_models()},
+        }
+        if history:
+            out["history"] = [
+                {
+                    "time": datetime.fromtimestamp(c.utime, UTC).isoformat(),
+                    "op": c.op,
+                    "subject": c.subject,
+                    "detail": c.detail,
+                    "transaction": f"{c.lt}:{c.tx_hash.hex()}",
+                }
+                for c in await contract.policy_history()
+            ]
+        return out
+
+    report = ChainTarget(chain_url, network, api_key, liteserver_config).run("reading the policy", act)
+    if as_json:
+        print_report(report, True, "policy")
+        return
+    print_report({k: v for k, v in report.items() if k != "history"}, False, "policy")
+    for change in report.get("history", []):
+        detail = f" ({change['detail']})" if change["detail"] else ""
+        console.print(f"{change['time']}  {change['op']:<18} {change['subject']}{detail}  tx {change['transaction']}")
 
 
 def parse_registry(text: str) -> Address:

@@ -6,6 +6,7 @@ SDK and settings from ``app.state``, and every error is OpenAI-shaped with the r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -22,7 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cocoon.attestation import AttestationVerifier
+from cocoon.attestation.registry_policy import RegistryPolicy
+from cocoon.chain.address import parse_address
+from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
+from cocoon.chain.registry import Registry
 from cocoon.client.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -52,7 +58,9 @@ from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
+    ChainError,
     CocoonError,
+    ConfigError,
     Forbidden,
     ModelNotFound,
     NotFound,
@@ -79,7 +87,8 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
         # A sidecar pointed at another network than its own refuses to start, before it signs anything.
         if isinstance(sdk.payer, ChannelPayer):
             await check_network(sdk.payer.toncenter, settings.network, env=NETWORK_ENV)
-        yield
+        async with registry_policy(settings, sdk.directory.verifier):
+            yield
 
     app = Starlette(
         lifespan=lifespan,
@@ -96,6 +105,45 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
     app.state.settings = settings
     app.state.sdk = sdk
     return app
+
+
+@contextlib.asynccontextmanager
+async def registry_policy(settings: ClientSettings, verifier: AttestationVerifier) -> AsyncIterator[None]:
+    """With ``registry`` and ``chain_url`` set, judge workers by the registry's allow-lists, re-read every
+    ``policy_refresh_s``; otherwise by the local ``policy``. The client pins the registry itself: the proxy's
+    word for which images are allowed would be no check at all."""
+    if not (settings.registry and settings.chain_url):
+        yield
+        return
+    source = RegistryPolicy(
+        Registry(chain_for(settings), parse_address(settings.registry)),
+        settings.policy,
+        refresh_s=settings.policy_refresh_s,
+    )
+    try:
+        verifier.set_policy(await source.refresh())
+    except ChainError as exc:
+        await source.registry.client.aclose()
+        raise ConfigError(f"cannot read the attestation policy from the registry {settings.registry}: {exc}") from exc
+
+    async def keep_fresh() -> None:
+        while True:
+            await asyncio.sleep(source.refresh_s)
+            try:
+                policy = await source.refresh()
+            except Exception:  # a dead refresher would keep a revoked image trusted forever
+                log.exception("reading the policy from the registry failed; keeping the last one")
+                continue
+            if policy != verifier.policy:
+                log.info("policy changed in the registry")
+                verifier.set_policy(policy)
+
+    refresher = asyncio.create_task(keep_fresh())
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        await source.registry.client.aclose()
 
 
 # ---- endpoints -------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from cocoon.chain import TON, ClientChannel, ModelEntry, RegistryParams, ToncenterClient, Wallet
+from cocoon.attestation.simulated import DEV_MEASUREMENT
+from cocoon.chain import TON, ClientChannel, ModelEntry, RegistryParams, ToncenterClient, Wallet, measurement_key
 from cocoon.chain.address import address_text, raw_address
 from cocoon.chain.devnet import DevnetClient, DevnetOptions, bootstrap_devnet, devnet_command, ensure_devnet_installed
 from cocoon.crypto import load_or_create_signing_key
@@ -103,6 +104,10 @@ async def _bootstrap(url: str, home: Path, models: dict[str, str], workers: int,
         for entry in entries:
             if known.get(entry.name) != entry:
                 await registry.upsert_model(owner, entry)
+        # The devnet's policy lives on chain like a real network's: the simulated image is the one allowed.
+        dev_image = measurement_key(bytes.fromhex(DEV_MEASUREMENT))
+        if not await registry.is_measurement_allowed(dev_image):
+            await registry.add_measurement(owner, dev_image)
         channel = ClientChannel.for_deploy(
             chain, payer=client.address, payee=proxy.address, payer_key=client.public_key, close_delay=CLOSE_DELAY_S
         )
@@ -159,7 +164,7 @@ def money_options(chain: LocalChain | None, home: Path, role: str) -> dict[str, 
     if role == "proxy":
         return common | {"registry": chain.registry}
     if role == "client":
-        return common | {"wallet_file": str(home / "client-wallet.json")}
+        return common | {"wallet_file": str(home / "client-wallet.json"), "registry": chain.registry}
     return common | {"wallet_file": str(home / role / "wallet.json")}
 
 

@@ -133,8 +133,9 @@ class LocalNetwork:
         self.policy = policy
         self.model_file, self.model_hash = model, model_hash
         if self.money:
-            models = {DEFAULT_MODEL: model_hash}
-            models.setdefault(str(self.engine.get("model", DEFAULT_MODEL)), served_hash)
+            # The registry lists the weights the workers serve: it is the network's allow-list of models.
+            models = {str(self.engine.get("model", DEFAULT_MODEL)): served_hash}
+            models.setdefault(DEFAULT_MODEL, model_hash)
             self.chain = start_local_chain(
                 self.home,
                 self.devnet_port,

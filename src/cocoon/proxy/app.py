@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from cocoon.config import ProxySettings
 from cocoon.errors import CocoonError, NotFound
-from cocoon.proxy import jobs, metrics
+from cocoon.proxy import jobs, metrics, policy
 from cocoon.proxy.money.paid import open_cashier
 from cocoon.proxy.money.routes import ROUTES as MONEY_ROUTES
 from cocoon.proxy.routing import reputation_store
@@ -53,6 +53,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await reputation_store.load(state.store, state.routing.reputation)
     saver = asyncio.create_task(reputation_store.save_forever(state.store, state.routing.reputation))
     state.cashier = await open_cashier(state.settings, state.key, state.store)
+    state.policy_source = await policy.open_policy(state)
+    refresher = asyncio.create_task(policy.keep_fresh(state, state.policy_source)) if state.policy_source else None
     metrics.count_workers(state.directory)
     sweeper = asyncio.create_task(state.liveness.run_forever())
     log.info("proxy up proxy_id=%s", state.proxy_id)
@@ -61,6 +63,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     finally:
         sweeper.cancel()
         saver.cancel()
+        if refresher is not None:
+            refresher.cancel()
+        if state.policy_source is not None:
+            await state.policy_source.registry.client.aclose()
         await reputation_store.save(state.store, state.routing.reputation)
         await state.cashier.close()
         await state.store.close()

@@ -5,6 +5,7 @@ store and the cashier. The app keeps it at ``app.state.proxy``; handlers read it
 from __future__ import annotations
 
 from cocoon.attestation import AttestationVerifier
+from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.config import ProxySettings
 from cocoon.crypto import load_or_create_signing_key, node_id_for
 from cocoon.protocol.replay import ReplayRecord
@@ -34,3 +35,4 @@ class ProxyState:
         self.liveness = Liveness(self.directory, settings.heartbeat_timeout)
         self.cashier: Cashier = FreeCashier()
         self.seen_requests = ReplayRecord()  # request ids relayed lately: a replayed one is refused
+        self.policy_source: RegistryPolicy | None = None  # set at start when the policy comes from the registry

@@ -34,6 +34,7 @@ from cocoon.protocol import (
     unpack_raw,
 )
 from cocoon.protocol.messages import Challenge
+from cocoon.proxy import policy
 from cocoon.proxy.routing.directory import Sender, SendFailed, WorkerEntry
 from cocoon.proxy.state import ProxyState
 
@@ -62,6 +63,7 @@ async def worker_connect(ws: WebSocket) -> None:
         if len(data) > PRE_REGISTRATION_MAX_BYTES:
             raise PayloadTooLarge(f"registration is {len(data)} bytes; at most {PRE_REGISTRATION_MAX_BYTES} allowed")
         register = unpack_as(data, Register)
+        await policy.before_admission(state)
         entry = _verified_entry(state, register, nonce, send)
         state.cashier.check_worker(register)
         if state.directory.live_session(entry.worker_id, LIVE_WITHIN_S) is not None:
@@ -94,8 +96,10 @@ async def worker_connect(ws: WebSocket) -> None:
         log.info("worker joined worker=%s models=%s", entry.worker_id, [m.model for m in register.models])
         while not entry.gone:
             _on_frame(state, entry, await _receive_frame(ws))
-        # Dropped for silence while we waited: close, so it re-registers if it ever wakes up.
-        await _close(ws, SILENT)
+        if entry.evicted:  # the registry's policy no longer admits it: say why; it may retry once re-allowed
+            await _refuse(ws, send, AttestationFailed(entry.evicted), retryable=True)
+        else:  # dropped for silence while we waited: close, so it re-registers if it ever wakes up
+            await _close(ws, SILENT)
     except WebSocketDisconnect as exc:
         log.debug("worker hung up worker=%s code=%s", entry.worker_id, exc.code)
     except (SendFailed, WebSocketDisconnected):  # a write to it failed (relay, pings): the socket is closed

@@ -24,7 +24,7 @@ def test_each_role_keeps_its_subcommands() -> None:
     assert _commands("proxy") == ["settle"]
     assert _commands("worker") == ["earnings", "claim"]
     assert _commands("client") == ["deposit", "balance", "close", "withdraw"]
-    assert _commands("chain") == ["status"]
+    assert _commands("chain") == ["wallet", "policy", "status", "registry"]
 
 
 def test_a_bad_amount_is_a_clear_error_not_a_traceback() -> None:

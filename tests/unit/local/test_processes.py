@@ -36,7 +36,10 @@ def test_each_role_gets_the_chain_and_its_own_wallet(tmp_path: Path) -> None:
     chain = LocalChain("http://127.0.0.1:8790", "EQregistry", "0:channel")
     on_devnet = {"chain_url": chain.url, "network": "devnet"}
     assert money_options(chain, tmp_path, "proxy") == on_devnet | {"registry": "EQregistry"}
-    assert money_options(chain, tmp_path, "client") == on_devnet | {"wallet_file": str(tmp_path / "client-wallet.json")}
+    assert money_options(chain, tmp_path, "client") == on_devnet | {
+        "wallet_file": str(tmp_path / "client-wallet.json"),
+        "registry": "EQregistry",  # the client reads the policy from the registry itself
+    }
     assert money_options(chain, tmp_path, "worker-2") == on_devnet | {
         "wallet_file": str(tmp_path / "worker-2" / "wallet.json")
     }

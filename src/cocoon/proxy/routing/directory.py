@@ -61,6 +61,7 @@ class WorkerEntry:
     completed: int = 0
     failed: int = 0
     gone: bool = False  # left the directory; jobs must not be sent here any more
+    evicted: str = ""  # why the proxy removed it (the policy changed), told to the worker as it is closed
     jobs: dict[str, asyncio.Queue[dict[str, Any] | WorkerLost]] = field(default_factory=dict)
 
     def serves(self, model: str) -> bool:
