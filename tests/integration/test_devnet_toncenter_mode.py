@@ -295,7 +295,7 @@ async def test_a_global_id_is_served_seen_by_contracts_and_kept_across_a_restart
     assert await channel.get_voucher_hash(TON) == voucher_hash(channel.address, TON, global_id=global_id)
     await chain.process.stop()
 
-    again = await start_devnet(state_file=state)
+    again = await start_devnet(DevnetOptions(global_id=None), state_file=state)  # no --global-id this time
 
     param = await again.toncenter.get_config_param(19)
     assert param.begin_parse().load_int(32) == global_id
