@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import struct
 import time
@@ -23,6 +24,8 @@ import dcap_qvl
 from cryptography import x509
 
 from cocoon.errors import AttestationFailed
+
+log = logging.getLogger(__name__)
 
 TEE_TYPE_TDX = 0x81
 TEE_TYPE_SGX = 0x00
@@ -200,8 +203,13 @@ def fetch_collateral(
     cached = cache_dir / f"{key}.json"
     if cached.is_file():
         text = cached.read_text()
-        if at < collateral_expiry(text):
-            return text
+        try:
+            if at < collateral_expiry(text):
+                return text
+        except AttestationFailed as exc:
+            log.warning("ignoring unreadable cached TDX collateral path=%s error=%s", cached, exc)
+    if _in_event_loop():
+        raise RuntimeError("fetch_collateral blocks on the network; from a coroutine, call it via asyncio.to_thread")
     try:
         fetched = asyncio.run(dcap_qvl.get_collateral(pccs_url, raw))
         text = str(fetched.to_json())
@@ -243,6 +251,14 @@ def _dcap_verify(raw: bytes, collateral: str, now: int) -> dict[str, Any]:
         raise AttestationFailed(f"TDX quote does not verify (dcap-qvl): {_reason(exc)}") from exc
     result: dict[str, Any] = json.loads(report.to_json())
     return result
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fmspc(raw: bytes) -> str | None:

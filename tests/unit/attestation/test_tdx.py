@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,5 +168,16 @@ def test_cached_collateral_is_used_until_its_earliest_next_update(tmp_path: Path
     expiry = collateral_expiry(V4.text())
     unreachable = "http://127.0.0.1:9"
     assert fetch_collateral(V4.raw(), pccs_url=unreachable, cache_dir=tmp_path, now=expiry - 1) == V4.text()
-    with pytest.raises(AttestationFailed, match=f"cannot fetch TDX collateral from {unreachable}"):
+    with pytest.raises(AttestationFailed, match=re.escape(f"cannot fetch TDX collateral from {unreachable}")):
         fetch_collateral(V4.raw(), pccs_url=unreachable, cache_dir=tmp_path, now=expiry)
+
+
+def test_a_corrupt_cache_file_is_fetched_again(tmp_path: Path) -> None:
+    (tmp_path / "B0C06F000000-platform.json").write_text("{half a file")
+    with pytest.raises(AttestationFailed, match=re.escape("cannot fetch TDX collateral from http://127.0.0.1:9")):
+        fetch_collateral(V4.raw(), pccs_url="http://127.0.0.1:9", cache_dir=tmp_path, now=V4.now)
+
+
+async def test_fetching_collateral_refuses_to_block_an_event_loop(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"asyncio\.to_thread"):
+        fetch_collateral(V4.raw(), pccs_url="http://127.0.0.1:9", cache_dir=tmp_path, now=V4.now)
