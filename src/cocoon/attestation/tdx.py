@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ TEE_TYPE_TDX = 0x81
 TEE_TYPE_SGX = 0x00
 DEFAULT_PCS_URL = "https://api.trustedservices.intel.com"  # Intel PCS; a PCCS URL serves the same API
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "cocoon" / "tdx-collateral"
+FETCH_TIMEOUT_S = 60.0
 
 _HEADER = struct.Struct("<HHIHH16s20s")  # version, attestation key type, TEE type, QE SVN, PCE SVN, vendor, user data
 _TD_REPORT10 = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")  # 584 bytes
@@ -38,6 +40,9 @@ _TD_REPORT15_EXTRA = struct.Struct("<16s48s")  # tee_tcb_svn2, mr_servicetd: TdR
 _V5_BODY_PREFIX = struct.Struct("<HI")  # body type, body size
 # Quote v5 body types: 2 = TDX 1.0 report, 3 = TDX 1.5 report, 4 = TDX 1.5 "ex" report (a TdReport15 prefix).
 _V5_BODY_TYPES = {2: _TD_REPORT10.size, 3: _TD_REPORT10.size + _TD_REPORT15_EXTRA.size, 4: None}
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +215,14 @@ def fetch_collateral(
             log.warning("ignoring unreadable cached TDX collateral path=%s error=%s", cached, exc)
     if _in_event_loop():
         raise RuntimeError("fetch_collateral blocks on the network; from a coroutine, call it via asyncio.to_thread")
+    pending = asyncio.run_coroutine_threadsafe(_dcap_fetch(pccs_url, raw), _fetch_loop())
     try:
-        fetched = asyncio.run(dcap_qvl.get_collateral(pccs_url, raw))
-        text = str(fetched.to_json())
+        text = pending.result(timeout=FETCH_TIMEOUT_S)
+    except TimeoutError as exc:
+        pending.cancel()
+        raise AttestationFailed(
+            f"cannot fetch TDX collateral from {pccs_url}: no answer in {FETCH_TIMEOUT_S} s"
+        ) from exc
     except (ValueError, RuntimeError) as exc:
         raise AttestationFailed(f"cannot fetch TDX collateral from {pccs_url}: {_reason(exc)}") from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +261,27 @@ def _dcap_verify(raw: bytes, collateral: str, now: int) -> dict[str, Any]:
         raise AttestationFailed(f"TDX quote does not verify (dcap-qvl): {_reason(exc)}") from exc
     result: dict[str, Any] = json.loads(report.to_json())
     return result
+
+
+def _fetch_loop() -> asyncio.AbstractEventLoop:
+    """One event loop, in a daemon thread, for every fetch, never closed.
+
+    dcap-qvl's fetch runs on a Rust (tokio) runtime that calls back into the loop that started it; with
+    ``asyncio.run`` the loop is closed under it, and the interpreter then crashed at exit (SIGSEGV) about every
+    other run here. A loop that lives as long as the process does not.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="tdx-collateral-fetch", daemon=True).start()
+        return _loop
+
+
+async def _dcap_fetch(pccs_url: str, raw: bytes) -> str:
+    # dcap-qvl's get_collateral needs a running loop when it is called, not only when it is awaited.
+    fetched = await dcap_qvl.get_collateral(pccs_url, raw)
+    return str(fetched.to_json())
 
 
 def _in_event_loop() -> bool:
