@@ -175,8 +175,8 @@ def verify_quote(
             "TDX quote is from a debug TD (TD attribute DEBUG is set): the host can read and change its memory, "
             "so nothing it attests can be trusted; launch the TD without debug"
         )
-    text = fetch_collateral(raw) if collateral is None else collateral
     at = int(time.time()) if now is None else now
+    text = fetch_collateral(raw, now=at) if collateral is None else collateral
     report = _dcap_verify(raw, text, at)
     status = str(report.get("status", ""))
     advisories = tuple(str(a) for a in report.get("advisory_ids", []))
@@ -226,7 +226,7 @@ def fetch_collateral(
     except (ValueError, RuntimeError) as exc:
         raise AttestationFailed(f"cannot fetch TDX collateral from {pccs_url}: {_reason(exc)}") from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
     partial.write_text(text)
     partial.replace(cached)  # atomic: a concurrent reader sees the old file or the new one, never half
     return text
