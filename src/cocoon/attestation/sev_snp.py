@@ -224,8 +224,9 @@ def verify_report(
     certificate is valid at ``now`` (default: the current time), the ECDSA P-384 signature over bytes 0..0x29F,
     the reported TCB equals the certificate's SPLs, and for a VCEK the chip id equals its hwID (a VLEK has no hwID,
     by design). A debug guest is refused unless ``allow_debug``. ``product``, if given, must be the chain's.
-    Not checked: revocation (AMD's CRLs are not consulted offline) and what the launch measurement should be
-    (that is policy; it is not recomputed from the guest's images). Any failure raises ``AttestationFailed``.
+    Not checked: revocation (AMD's CRLs are not consulted offline); what the launch measurement should be (that is
+    policy; it is not recomputed from the guest's images); whether the TCB is recent enough (a minimum TCB is
+    policy); what report_data commits to (the caller's binding). Any failure raises ``AttestationFailed``.
     """
     report = parse_report(raw, product=product)
     when = now or datetime.now(UTC)
@@ -268,6 +269,8 @@ def verify_report(
             )
     if kind == "VCEK":
         hwid = _extension(leaf, _OID_HWID, kind)
+        if not report.chip_id.strip(b"\0"):
+            raise AttestationFailed("the report's chip id is masked (MASK_CHIP_ID): it cannot be tied to the VCEK")
         if hwid != report.chip_id[: _hwid_size(chain_product)]:
             raise AttestationFailed("the report's chip id is not the VCEK's hwID: the VCEK belongs to another chip")
     if report.debug and not allow_debug:
