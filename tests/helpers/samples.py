@@ -1,8 +1,4 @@
-"""Where the recorded attestation evidence lives: the project's shared folder, never copied into the repository.
-
-``COCOON_ATTESTATION_SAMPLES`` names the folder; by default it is ``../shared/attestation-samples`` from the
-repository root. Tests that need it skip, saying why, when it is absent.
-"""
+"""Where the recorded real attestation evidence is (``../shared/attestation-samples``, never copied here)."""
 
 from __future__ import annotations
 
@@ -11,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def samples_dir() -> Path:
-    """The attestation-samples folder; skips the calling test when it does not exist."""
-    folder = Path(os.environ.get("COCOON_ATTESTATION_SAMPLES") or REPO_ROOT / ".." / "shared" / "attestation-samples")
+    """The samples folder: ``$COCOON_ATTESTATION_SAMPLES`` or ``../shared/attestation-samples`` beside the
+    repository; the test is skipped, saying so, when it is absent."""
+    folder = Path(os.environ.get("COCOON_ATTESTATION_SAMPLES") or REPO.parent / "shared" / "attestation-samples")
     if not folder.is_dir():
-        pytest.skip(
-            f"recorded attestation evidence not found at {folder}; set COCOON_ATTESTATION_SAMPLES to the "
-            "attestation-samples folder (the project's shared/attestation-samples)"
-        )
+        pytest.skip(f"no recorded attestation evidence at {folder} (set COCOON_ATTESTATION_SAMPLES)")
     return folder
