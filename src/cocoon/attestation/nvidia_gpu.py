@@ -77,7 +77,8 @@ class GpuVerdict:
     architecture: Architecture
     driver_version: str
     vbios_version: str
-    fwid: bytes
+    fwid: bytes  # the firmware's ID: the same on every GPU running that firmware
+    device_serial: int  # the leaf certificate's serial number (the device's UEID): tells GPUs apart
     measurement_count: int
     measurements_checked: int  # how many blocks were compared with ``expected_measurements``
 
@@ -230,6 +231,7 @@ def verify_report(
         driver_version=parsed.driver_version,
         vbios_version=parsed.vbios_version,
         fwid=parsed.fwid,
+        device_serial=leaf.serial_number,
         measurement_count=len(parsed.measurements),
         measurements_checked=checked,
     )
