@@ -184,10 +184,11 @@ def verify_report(
 ) -> GpuVerdict:
     """Verify one GPU's report against its PEM chain (leaf first, root last, as NVML returns it).
 
-    Verified: every certificate is signed by the next and valid at ``now`` (default: the current time), every
-    issuer is a CA, the last one is NVIDIA's Device Identity CA by pinned SHA-256 fingerprint; the report's FWID
-    equals the leaf certificate's; the ECDSA-P384 signature over SHA-384 of the report before it, by the leaf
-    key; the signed request nonce equals ``nonce``; and, when given, each ``expected_measurements`` block.
+    Verified: every certificate is signed by the next and valid at ``now`` (timezone-aware; default: the current
+    time), every issuer is a CA, the last one is NVIDIA's Device Identity CA by pinned SHA-256 fingerprint; the
+    report's FWID equals the leaf certificate's; the ECDSA-P384 signature over SHA-384 of the report before it,
+    by the leaf key; the signed request nonce equals ``nonce``; and, when given, each ``expected_measurements``
+    block (index -> the 48-byte digest a RIM lists).
 
     Not verified: revocation (no OCSP or CRL fetch: this works offline), and the RIMs (NVIDIA's signed golden
     measurements): the caller takes expected values from RIMs it trusts, their XML signatures unchecked here.
