@@ -104,7 +104,21 @@ class WorkerSettings(RoleSettings):
         default_factory=lambda: cocoon_home() / "worker" / "keys.json",
         description="node keys (made on first start; inside a TEE they never leave it)",
     )
-    attestation: Literal["simulated", "tdx", "sev-snp"] = Field("simulated", description="attestation provider")
+    attestation: Literal["auto", "simulated", "tdx", "sev-snp"] = Field(
+        "auto",
+        description="attestation provider: auto picks the TEE configfs-tsm names (TDX, SEV-SNP), else the "
+        "simulated dev authority when dev_attestation_url is set",
+    )
+    tsm_root: Path = Field(
+        Path("/sys/kernel/config/tsm/report"), description="configfs-tsm report directory the evidence comes from"
+    )
+    tdx_pccs_url: str = Field(
+        "https://api.trustedservices.intel.com",
+        description="where TDX collateral is fetched (Intel PCS, or your PCCS); cached under ~/.cache/cocoon",
+    )
+    gpu_attestation: int = Field(
+        0, ge=0, le=8, description="NVIDIA GPUs (in confidential-computing mode) whose evidence the worker presents"
+    )
     dev_attestation_url: str | None = Field(
         None,
         description="simulated attestation only: the dev authority that signs this worker's quotes (`cocoon up` "

@@ -8,13 +8,16 @@ holds its quote to ``max_quote_age_s``; a client reading the directory checks wh
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
 from pydantic import BaseModel, Field
 
 from cocoon.attestation.bundle import AttestationBundle, report_data
+from cocoon.attestation.hardware import verify_hardware
 from cocoon.attestation.simulated import verify_simulated_quote
 from cocoon.errors import AttestationFailed
 
@@ -34,6 +37,13 @@ class AttestationPolicy(BaseModel):
     max_quote_age_s: float = Field(
         3600.0, gt=0, description="a proxy refuses to admit a worker whose quote is older than this, seconds"
     )
+    accepted_tcb_statuses: list[str] = Field(
+        default_factory=lambda: ["UpToDate"],
+        description="TDX platform TCB statuses accepted (Intel's: UpToDate, SWHardeningNeeded, OutOfDate, ...)",
+    )
+    require_gpu_attestation: bool = Field(
+        False, description="refuse workers that present no NVIDIA GPU evidence bound to their keys"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +55,10 @@ class VerifiedWorker:
     model_hashes: frozenset[str]
     measurement: str
     provider: str
-    issued_at: float = 0.0  # when the quote was made (wall clock, UTC seconds)
+    issued_at: float | None = 0.0  # when a simulated quote was made (UTC seconds); None: hardware, undated
+    tcb: str = ""  # the platform's TCB as its evidence reports it
+    platform: str = ""  # FMSPC, or AMD product and signing key
+    gpus: int = 0  # NVIDIA GPUs whose evidence verified
 
 
 CLOCK_SKEW_S = 60.0  # a quote dated this far in the future is still accepted
@@ -55,9 +68,12 @@ VERDICTS_KEPT = 1024  # the cache is bounded: refused registrations cannot grow 
 class AttestationVerifier:
     """Checks bundles against one policy; remembers the last ``VERDICTS_KEPT`` verdicts by bundle digest."""
 
-    def __init__(self, policy: AttestationPolicy, verdicts_kept: int = VERDICTS_KEPT) -> None:
+    def __init__(
+        self, policy: AttestationPolicy, verdicts_kept: int = VERDICTS_KEPT, clock: Callable[[], float] = time.time
+    ) -> None:
         self.policy = policy
         self.verdicts_kept = verdicts_kept
+        self.clock = clock  # the wall clock certificates and collateral are judged at (tests fix it)
         # A refusal is kept as its message: an exception would keep its traceback, and with it the bundle.
         self._cache: OrderedDict[bytes, VerifiedWorker | str] = OrderedDict()
 
@@ -86,7 +102,7 @@ class AttestationVerifier:
             self._cache.move_to_end(cache_key)
         if isinstance(cached, str):
             raise AttestationFailed(cached)
-        if fresh_at is not None:
+        if fresh_at is not None and cached.issued_at is not None:
             age = fresh_at - cached.issued_at
             if age > self.policy.max_quote_age_s:
                 raise AttestationFailed(
@@ -109,23 +125,32 @@ class AttestationVerifier:
                     "(allow_simulated is false): run the worker in a TDX or SEV-SNP guest"
                 )
             quote = verify_simulated_quote(bundle.quote, policy.simulated_authorities)
+            expected = report_data(bundle.x25519_pub, bundle.ed25519_pub, bundle.model_hashes)
+            if quote.report_data != expected:
+                raise AttestationFailed("quote report data does not commit to the worker's keys and models")
+            if quote.measurement != bundle.measurement:
+                raise AttestationFailed("bundle measurement differs from the quoted one")
+            if bundle.gpus:
+                raise AttestationFailed("a simulated guest has no GPU evidence to present")
+            if policy.require_gpu_attestation:
+                raise AttestationFailed("this network requires GPU attestation, which a simulated guest cannot give")
+            measurement, issued_at, tcb, platform, gpus = quote.measurement, quote.issued_at, "", "dev authority", 0
         else:
-            raise AttestationFailed(
-                f"attestation provider {bundle.provider!r} cannot be verified by this build yet; "
-                "only 'simulated' quotes are supported"
+            hardware = verify_hardware(
+                bundle,
+                now=self.clock(),
+                accepted_tcb=policy.accepted_tcb_statuses,
+                require_gpu=policy.require_gpu_attestation,
             )
-        expected = report_data(bundle.x25519_pub, bundle.ed25519_pub, bundle.model_hashes)
-        if quote.report_data != expected:
-            raise AttestationFailed("quote report data does not commit to the worker's keys and models")
-        if quote.measurement != bundle.measurement:
-            raise AttestationFailed("bundle measurement differs from the quoted one")
-        if policy.allowed_measurements is not None and quote.measurement not in policy.allowed_measurements:
-            raise AttestationFailed(f"image measurement {quote.measurement[:16]}… is not on the allow-list")
+            measurement, issued_at, tcb, platform = hardware.measurement, None, hardware.tcb, hardware.detail
+            gpus = len(hardware.gpus)
+        if policy.allowed_measurements is not None and measurement not in policy.allowed_measurements:
+            raise AttestationFailed(f"image measurement {measurement[:16]}… is not on the allow-list")
         if policy.allowed_measurement_digests is not None:
-            digest = hashlib.sha256(bytes.fromhex(quote.measurement)).hexdigest()
+            digest = hashlib.sha256(bytes.fromhex(measurement)).hexdigest()
             if digest not in policy.allowed_measurement_digests:
                 raise AttestationFailed(
-                    f"image measurement {quote.measurement[:16]}… is not allowed by the network's registry"
+                    f"image measurement {measurement[:16]}… is not allowed by the network's registry"
                 )
         if policy.allowed_model_hashes is not None:
             unknown = [h for h in bundle.model_hashes if h not in policy.allowed_model_hashes]
@@ -135,13 +160,18 @@ class AttestationVerifier:
             bundle.x25519_pub,
             bundle.ed25519_pub,
             frozenset(bundle.model_hashes),
-            quote.measurement,
+            measurement,
             bundle.provider,
-            quote.issued_at,
+            issued_at,
+            tcb,
+            platform,
+            gpus,
         )
 
 
 def _digest(bundle: AttestationBundle) -> bytes:
     """A short key naming everything the verdict depends on (the bundle itself may be kilobytes)."""
-    fields = [bundle.provider, bundle.quote, bundle.x25519_pub, bundle.ed25519_pub, bundle.model_hashes]
+    gpus = [[gpu.report, gpu.cert_chain] for gpu in bundle.gpus]
+    fields: list[object] = [bundle.provider, bundle.quote, bundle.collateral, gpus, bundle.x25519_pub]
+    fields += [bundle.ed25519_pub, bundle.model_hashes]
     return hashlib.sha256(msgpack.packb([*fields, bundle.measurement], use_bin_type=True)).digest()

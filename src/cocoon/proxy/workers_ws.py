@@ -43,8 +43,9 @@ log = logging.getLogger("cocoon.proxy")
 M = TypeVar("M", bound=BaseModel)
 REGISTER_TIMEOUT_S = 10.0
 HEARTBEAT_INTERVAL_S = 0.5  # told to the worker in ``Registered``
-# A registration with a 32 KiB quote fits with room to spare; a stranger gets no more of the proxy's memory.
-PRE_REGISTRATION_MAX_BYTES = 64 * 1024
+# The largest bundle (a 32 KiB quote, 64 KiB of collateral, 8 GPUs with 24 KiB each) fits; a stranger gets no
+# more of the proxy's memory.
+PRE_REGISTRATION_MAX_BYTES = 384 * 1024
 # A worker heard from this recently keeps its session; a second registration under its id is refused.
 LIVE_WITHIN_S = 2 * HEARTBEAT_INTERVAL_S
 REFUSED, TOO_BIG, SILENT = 4003, 1009, 4008  # close codes: refused; frame too large; dropped for silence

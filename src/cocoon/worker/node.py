@@ -10,7 +10,8 @@ import logging
 import httpx
 
 from cocoon import __version__
-from cocoon.attestation import DEV_MEASUREMENT, AttestationBundle
+from cocoon.attestation import DEV_MEASUREMENT, AttestationBundle, report_data
+from cocoon.attestation.collect import collect, resolve_provider
 from cocoon.config import WorkerSettings
 from cocoon.crypto import NodeKeys, load_or_create_node_keys
 from cocoon.engines import Engine, build_engine
@@ -24,12 +25,7 @@ log = logging.getLogger("cocoon.worker")
 
 
 def attestation_url(settings: WorkerSettings) -> str:
-    """Where this worker gets its quotes; ``AttestationFailed`` when it has no provider it can use."""
-    if settings.attestation != "simulated":
-        raise AttestationFailed(
-            f"attestation provider {settings.attestation!r} is not available in this build; use 'simulated' "
-            "on development networks"
-        )
+    """Where this worker gets its simulated quotes; ``AttestationFailed`` when none is configured."""
     if not settings.dev_attestation_url:
         raise AttestationFailed(
             "simulated attestation needs the dev network's authority to sign a quote: set dev_attestation_url "
@@ -39,12 +35,36 @@ def attestation_url(settings: WorkerSettings) -> str:
 
 
 async def attest(settings: WorkerSettings, keys: NodeKeys, model_hashes: list[str]) -> AttestationBundle:
-    """The bundle this worker presents now: a freshly issued quote whose report data binds its keys and models.
+    """The bundle this worker presents now: evidence whose report data binds its keys and models.
 
-    A simulated quote is signed by the dev network's authority on request (``dev_attestation_url``); the worker
-    never holds that key. ``AttestationFailed`` when no quote can be had, ``UpstreamFailed`` when the authority
-    cannot be reached.
+    In a TDX or SEV-SNP guest (``attestation = "auto"`` finds which through configfs-tsm) the hardware makes it,
+    with its collateral and the GPUs' reports beside it. Elsewhere a simulated quote is signed by the dev
+    network's authority on request (``dev_attestation_url``); the worker never holds that key.
+    ``AttestationFailed`` when no evidence can be had, ``UpstreamFailed`` when the authority cannot be reached.
     """
+    provider = resolve_provider(
+        settings.attestation, tsm_root=settings.tsm_root, dev_authority=bool(settings.dev_attestation_url)
+    )
+    binding = report_data(keys.sealing.public, keys.signing.public, model_hashes)
+    if provider != "simulated":
+        evidence = await collect(
+            provider,
+            binding,
+            tsm_root=settings.tsm_root,
+            pccs_url=settings.tdx_pccs_url,
+            gpu_count=settings.gpu_attestation,
+        )
+        log.info("attested with %s measurement=%s… gpus=%d", provider, evidence.measurement[:16], len(evidence.gpus))
+        return AttestationBundle(
+            provider=provider,
+            quote=evidence.quote,
+            collateral=evidence.collateral,
+            gpus=list(evidence.gpus),
+            x25519_pub=keys.sealing.public,
+            ed25519_pub=keys.signing.public,
+            model_hashes=model_hashes,
+            measurement=evidence.measurement,
+        )
     url = attestation_url(settings)
     body = {"x25519_pub": keys.sealing.public.hex(), "ed25519_pub": keys.signing.public.hex(), "models": model_hashes}
     async with httpx.AsyncClient(timeout=10) as http:
@@ -84,7 +104,13 @@ class WorkerNode:
 
     async def start(self) -> None:
         """Load every engine (may take seconds) and build the registration the proxies will see."""
-        attestation_url(self.settings)  # fail at start-up, not at every reconnect
+        # Fail at start-up, not at every reconnect, and say which provider vouches for this worker.
+        provider = resolve_provider(
+            self.settings.attestation,
+            tsm_root=self.settings.tsm_root,
+            dev_authority=bool(self.settings.dev_attestation_url),
+        )
+        log.info("attestation provider=%s (configured: %s)", provider, self.settings.attestation)
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         offers = [
             ModelOffer(
