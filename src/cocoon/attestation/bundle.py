@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_QUOTE_BYTES = 32 * 1024  # a TDX quote with its certificate chain is under 16 KiB
 MAX_COLLATERAL_BYTES = 64 * 1024  # Intel's TCB info, QE identity, CRLs and chains: about 15 KiB
@@ -48,10 +48,12 @@ class AttestationBundle(BaseModel):
 
 
 class SnpCollateral(BaseModel):
-    """What an SNP report is verified with: the signing certificate and its chain to the AMD root (PEM/DER)."""
+    """What an SNP report is verified with: the signing certificate and its chain to the AMD root (PEM/DER);
+    base64 in its JSON form (the bundle's ``collateral``)."""
 
-    vcek: Base64Bytes = Field(max_length=8 * 1024)
-    chain: Base64Bytes = Field(max_length=16 * 1024)
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+    vcek: bytes = Field(max_length=8 * 1024)
+    chain: bytes = Field(max_length=16 * 1024)
 
 
 def hardware_report_data(binding: bytes) -> bytes:

@@ -13,7 +13,6 @@ worker is alive because it signs the session's challenge with the attested key.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -107,6 +106,6 @@ def _snp_collateral(raw: bytes) -> SnpCollateral:
             "certificate table or AMD KDS and sends them with the report"
         )
     try:
-        return SnpCollateral.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
+        return SnpCollateral.model_validate_json(raw)
+    except ValidationError as exc:
         raise AttestationFailed(f"the SEV-SNP collateral is malformed: {exc}") from exc

@@ -9,9 +9,6 @@ writes. What the kernel's TDX/SNP drivers put in the report is not exercised.
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,49 +16,7 @@ import pytest
 
 from cocoon.attestation import tsm
 from cocoon.errors import AttestationFailed
-
-
-class FakeTsm:
-    """A configfs-tsm provider in a temporary folder; ``other_writes`` simulates a racing writer."""
-
-    def __init__(self, root: Path, provider: str = "tdx_guest", auxblob: bytes | None = None) -> None:
-        self.root = root
-        self.provider = provider
-        self.auxblob = auxblob
-        self.other_writes = 0
-        self.entries: list[Path] = []
-        self.removed: list[Path] = []
-        self._servers: dict[Path, threading.Thread] = {}
-
-    def make_entry(self, entry: Path) -> None:
-        entry.mkdir(mode=0o700)
-        (entry / "provider").write_text(self.provider + "\n")
-        (entry / "generation").write_text("0\n")
-        if self.auxblob is not None:
-            (entry / "auxblob").write_bytes(self.auxblob)
-        os.mkfifo(entry / "outblob")
-        server = threading.Thread(target=self._serve, args=(entry,), daemon=True)
-        server.start()
-        self._servers[entry] = server
-        self.entries.append(entry)
-
-    def _serve(self, entry: Path) -> None:
-        with open(entry / "outblob", "wb") as out:  # blocks until a reader opens outblob
-            inblob = entry / "inblob"
-            if not inblob.exists():
-                return  # opened by remove_entry: the caller gave up before asking for a report
-            writes = 1 + self.other_writes
-            (entry / "generation").write_text(f"{writes}\n")  # before the report: the reader sees EOF after it
-            out.write(b"REPORT(" + inblob.read_bytes() + b")")
-
-    def remove_entry(self, entry: Path) -> None:
-        unblock = os.open(entry / "outblob", os.O_RDONLY | os.O_NONBLOCK)  # lets a waiting server finish
-        try:
-            self._servers.pop(entry).join(timeout=10)
-        finally:
-            os.close(unblock)
-        shutil.rmtree(entry)
-        self.removed.append(entry)
+from tests.helpers.tsm import FakeTsm
 
 
 @pytest.fixture
