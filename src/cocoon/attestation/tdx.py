@@ -23,6 +23,7 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from cocoon.errors import AttestationFailed
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 TEE_TYPE_TDX = 0x81
 TEE_TYPE_SGX = 0x00
 DEFAULT_PCS_URL = "https://api.trustedservices.intel.com"  # Intel PCS; a PCCS URL serves the same API
+# SHA-256 of the Intel SGX Root CA certificate (DER), the root dcap-qvl pins (its src/TrustedRootCA.der, as
+# Intel publishes it at certificates.trustedservices.intel.com). dcap-qvl verifies the PCK chain to its own copy
+# and ignores the root the quote carries; the carried one must be that root too, so no byte of a quote is
+# left unchecked.
+INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "cocoon" / "tdx-collateral"
 FETCH_TIMEOUT_S = 60.0
 
@@ -177,6 +183,7 @@ def verify_quote(
         )
     at = int(time.time()) if now is None else now
     text = fetch_collateral(raw, now=at) if collateral is None else collateral
+    _check_carried_root(quote)
     report = _dcap_verify(raw, text, at)
     status = str(report.get("status", ""))
     advisories = tuple(str(a) for a in report.get("advisory_ids", []))
@@ -302,3 +309,17 @@ def _fmspc(raw: bytes) -> str | None:
 def _reason(exc: Exception) -> str:
     """dcap-qvl's message on one line (it spreads its cause chain over several)."""
     return " ".join(str(exc).removeprefix("Verification failed: ").split())
+
+
+def _check_carried_root(quote: TdxQuote) -> None:
+    """The PCK chain in the quote's certification data ends in Intel's SGX root CA; AttestationFailed if not."""
+    start = quote.signature_data.rfind(b"-----BEGIN CERTIFICATE-----")
+    end = quote.signature_data.rfind(b"-----END CERTIFICATE-----")
+    if start < 0 or end < start:
+        return  # no PEM chain carried (another certification data type): dcap-qvl judges it
+    try:
+        root = x509.load_pem_x509_certificate(quote.signature_data[start : end + 25])
+    except ValueError as exc:
+        raise AttestationFailed(f"the root certificate the TDX quote carries is unreadable: {exc}") from exc
+    if root.fingerprint(hashes.SHA256()).hex() != INTEL_SGX_ROOT_CA_SHA256:
+        raise AttestationFailed("the certificate chain in the TDX quote does not end in Intel's SGX root CA")

@@ -1,10 +1,11 @@
 """The ``cocoon`` typer app: ``up`` and ``status`` at the top, then one group per role (``proxy``, ``worker``,
-``client``) and ``chain``, each defined in the module named after it."""
+``client``), ``chain`` and ``attest``, each defined in the module named after it."""
 
 from __future__ import annotations
 
 import typer
 
+from cocoon.cli.attest import attest_app
 from cocoon.cli.chain import chain_app
 from cocoon.cli.client import client_app
 from cocoon.cli.network import status, up
@@ -20,5 +21,6 @@ app = typer.Typer(
 )
 app.command()(status)
 app.command()(up)
-for _name, _group in (("proxy", proxy_app), ("worker", worker_app), ("client", client_app), ("chain", chain_app)):
+_GROUPS = (("proxy", proxy_app), ("worker", worker_app), ("client", client_app), ("chain", chain_app))
+for _name, _group in (*_GROUPS, ("attest", attest_app)):
     app.add_typer(_group, name=_name)
