@@ -17,7 +17,7 @@ def _commands(*args: str) -> list[str]:
 
 
 def test_cocoon_lists_up_and_status_then_each_role() -> None:
-    assert _commands() == ["status", "up", "proxy", "worker", "client", "chain"]
+    assert _commands() == ["status", "up", "proxy", "worker", "client", "chain", "attest"]
 
 
 def test_each_role_keeps_its_subcommands() -> None:
