@@ -63,6 +63,7 @@ class VerifiedWorker:
 
 CLOCK_SKEW_S = 60.0  # a quote dated this far in the future is still accepted
 VERDICTS_KEPT = 1024  # the cache is bounded: refused registrations cannot grow it without limit
+VERDICT_TTL_S = 3600.0  # a verdict is re-reached this often: collateral and certificates expire, CRLs change
 
 
 class AttestationVerifier:
@@ -75,7 +76,7 @@ class AttestationVerifier:
         self.verdicts_kept = verdicts_kept
         self.clock = clock  # the wall clock certificates and collateral are judged at (tests fix it)
         # A refusal is kept as its message: an exception would keep its traceback, and with it the bundle.
-        self._cache: OrderedDict[bytes, VerifiedWorker | str] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[float, VerifiedWorker | str]] = OrderedDict()
 
     def set_policy(self, policy: AttestationPolicy) -> None:
         """Judge by ``policy`` from now on (a refresh from the registry); earlier verdicts are forgotten."""
@@ -89,17 +90,17 @@ class AttestationVerifier:
         issued within the policy's ``max_quote_age_s`` before it.
         """
         cache_key = _digest(bundle)
-        cached = self._cache.get(cache_key)
-        if cached is None:
+        now = self.clock()
+        reached_at, cached = self._cache.get(cache_key, (now, None))
+        if cached is None or now - reached_at > VERDICT_TTL_S:
             try:
                 cached = self._verify(bundle)
             except AttestationFailed as exc:
                 cached = exc.message
-            self._cache[cache_key] = cached
+            self._cache[cache_key] = (now, cached)
             while len(self._cache) > self.verdicts_kept:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(cache_key)
+        self._cache.move_to_end(cache_key)
         if isinstance(cached, str):
             raise AttestationFailed(cached)
         if fresh_at is not None and cached.issued_at is not None:
