@@ -78,7 +78,30 @@ class RoleSettings(BaseSettings):
             _CONFIG_FILE.reset(token)
 
 
-class WorkerSettings(RoleSettings):
+class ChainAccess(BaseSettings):
+    """How a role reaches the chain, beside its ``chain_url``: the same fields for the worker, proxy and client."""
+
+    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
+    network: Network = Field(
+        "devnet",
+        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
+        "global id at start",
+    )
+    chain_rps: float = Field(
+        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
+    )
+    chain_reads: ChainReads = Field(
+        "auto",
+        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
+        "locally), auto (liteserver on mainnet, http elsewhere)",
+    )
+    liteserver_config: Path | None = Field(
+        None,
+        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
+    )
+
+
+class WorkerSettings(RoleSettings, ChainAccess):
     """A GPU (or CPU) operator's node: engines it serves and the proxies it dials."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_WORKER_")
@@ -131,24 +154,6 @@ class WorkerSettings(RoleSettings):
         description="payout wallet key (made on first use); proxies pay the worker's share to its address",
     )
     chain_url: str | None = Field(None, description="toncenter v2 API, for `cocoon worker claim`")
-    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
-    network: Network = Field(
-        "devnet",
-        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
-        "global id at start",
-    )
-    chain_rps: float = Field(
-        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
-    )
-    chain_reads: ChainReads = Field(
-        "auto",
-        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
-        "locally), auto (liteserver on mainnet, http elsewhere)",
-    )
-    liteserver_config: Path | None = Field(
-        None,
-        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
-    )
     chaos_bad_receipts: Literal["", "response-digest", "signature", "inflated-tokens"] = Field(
         "",
         description="TEST AND CHAOS ONLY: sign receipts that must fail the client's check (a wrong response "
@@ -157,7 +162,7 @@ class WorkerSettings(RoleSettings):
     )
 
 
-class ProxySettings(RoleSettings):
+class ProxySettings(RoleSettings, ChainAccess):
     """The router and cashier: directory of workers, routing, relaying sealed bytes."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_PROXY_")
@@ -181,24 +186,6 @@ class ProxySettings(RoleSettings):
     )
     chain_url: str | None = Field(
         None, description="toncenter v2 API (devnet: http://127.0.0.1:8790); empty: a free proxy that bills nobody"
-    )
-    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
-    network: Network = Field(
-        "devnet",
-        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
-        "global id at start",
-    )
-    chain_rps: float = Field(
-        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
-    )
-    chain_reads: ChainReads = Field(
-        "auto",
-        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
-        "locally), auto (liteserver on mainnet, http elsewhere)",
-    )
-    liteserver_config: Path | None = Field(
-        None,
-        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
     )
     registry: str | None = Field(None, description="address of the registry contract (prices, proxy fee)")
     settle_min_amount: int = Field(10**9, ge=0, description="claim a channel once this many nanoton are unsettled")
@@ -232,7 +219,7 @@ class ProxySettings(RoleSettings):
     )
 
 
-class ClientSettings(RoleSettings):
+class ClientSettings(RoleSettings, ChainAccess):
     """The app developer's side: the OpenAI-compatible sidecar and SDK defaults."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_CLIENT_")
@@ -255,24 +242,6 @@ class ClientSettings(RoleSettings):
     )
     chain_url: str | None = Field(
         None, description="toncenter v2 API to read prices and pay from; empty: use only free proxies"
-    )
-    chain_api_key: str | None = Field(None, description="toncenter API key, if the endpoint wants one")
-    network: Network = Field(
-        "devnet",
-        description="the TON network chain_url must serve (devnet, testnet, mainnet); checked against the chain's "
-        "global id at start",
-    )
-    chain_rps: float = Field(
-        DEFAULT_KEY_RPS, gt=0, description="requests a second chain_api_key's plan allows (toncenter's free plan: 10)"
-    )
-    chain_reads: ChainReads = Field(
-        "auto",
-        description="how chain state is read: http (trust chain_url), liteserver (Merkle proofs, get-methods run "
-        "locally), auto (liteserver on mainnet, http elsewhere)",
-    )
-    liteserver_config: Path | None = Field(
-        None,
-        description="TON global config JSON listing liteservers (ton.org/global.config.json), for liteserver reads",
     )
     registry: str | None = Field(
         None,
