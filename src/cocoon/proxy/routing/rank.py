@@ -58,7 +58,7 @@ class ScoreParts:
             "breaker": self.breaker,
             "price_coefficient": self.price,
             "expected_latency_ms": round(self.expected_latency_s * 1000, 3),
-            "score_ms": round(self.score_s * 1000, 3),
+            "score_ms": round(self.score_s * 1000, 3) if math.isfinite(self.score_s) else None,  # None: never routed
         }
 
 
