@@ -160,6 +160,12 @@ class WorkerSettings(RoleSettings, ChainAccess):
         "digest, or a key other than the attested one), or that overstate the tokens (signed with the attested "
         "key), to prove clients pay nothing for them and no charge exceeds its reservation",
     )
+    chaos_serve_model_path: Path | None = Field(
+        None,
+        description="TEST AND CHAOS ONLY: load this GGUF for every llamacpp engine while attesting (and signing "
+        "receipts for) the configured model's weights hash, as a worker cheating with a cheaper model would; "
+        "proves canaries catch it",
+    )
 
 
 class ProxySettings(RoleSettings, ChainAccess):
@@ -212,6 +218,17 @@ class ProxySettings(RoleSettings, ChainAccess):
     max_price_coefficient: int = Field(
         4000, ge=1, description="workers asking more than this price coefficient (1000 = 1x) are refused"
     )
+    canary_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="share of client requests followed by a canary (a sealed check request the proxy pays for "
+        "itself) to a worker of the same model; 0 with canary_min_interval_s 0 turns canaries off",
+    )
+    canary_min_interval_s: float = Field(
+        180.0, ge=0, description="and at least one canary per worker this often, seconds (0: only by rate)"
+    )
+    canary_window: int = Field(8, ge=1, le=256, description="canaries a worker is judged on (its last ones)")
     operator_key: str | None = Field(
         None,
         description="secret operators send as `Authorization: Bearer <key>` to read /v1/books and any channel; "

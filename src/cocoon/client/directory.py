@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,8 @@ class DirectoryCache:
             raise CocoonError.from_openai(response.status_code, _json(response))
         out = []
         for raw in response.json().get("workers", []):
+            if raw.get("flagged"):  # caught by the proxy's canaries serving another model: never sealed to
+                continue
             try:
                 out.append(self._attest(raw))
             except AttestationFailed as exc:
@@ -109,7 +112,8 @@ class DirectoryCache:
 
 def _rank_ms(score: dict[str, Any]) -> float:
     """The proxy's score: expected latency over reputation, with breaker penalties (older proxies: latency)."""
-    return float(score.get("score_ms", score.get("expected_latency_ms", 0.0)))
+    ranked = score.get("score_ms", score.get("expected_latency_ms", 0.0))
+    return math.inf if ranked is None else float(ranked)  # None: the proxy routes nothing there
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

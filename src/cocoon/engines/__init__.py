@@ -6,6 +6,7 @@ from ``EngineSettings``. This module only re-exports.
 from __future__ import annotations
 
 from cocoon.engines.base import (
+    SCORE_MAX_TOKENS,
     ChatMessage,
     ChatRole,
     Embeddings,
@@ -16,7 +17,9 @@ from cocoon.engines.base import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    ScoreRequest,
     TextDelta,
+    TokenScores,
 )
 from cocoon.engines.config import DEFAULT_MODEL, EngineSettings
 from cocoon.engines.factory import build_engine
@@ -29,6 +32,7 @@ from cocoon.protocol.usage import TokenUsage
 
 __all__ = [
     "DEFAULT_MODEL",
+    "SCORE_MAX_TOKENS",
     "ChatMessage",
     "ChatRole",
     "Embeddings",
@@ -42,9 +46,11 @@ __all__ = [
     "LlamaCppEngine",
     "OpenAIUpstreamEngine",
     "SamplingParams",
+    "ScoreRequest",
     "StopStringFilter",
     "SyntheticEngine",
     "TextDelta",
+    "TokenScores",
     "TokenUsage",
     "build_engine",
     "bundled_model_path",

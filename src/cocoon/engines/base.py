@@ -70,6 +70,49 @@ class Finished:
 
 GenerationEvent = TextDelta | Finished
 
+SCORE_MAX_TOKENS = 256
+"""Completion tokens a ``score`` job rates at most: the tail beyond is not scored, so the answer stays bounded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Teacher forcing: how likely is ``completion`` right after this prompt (chat ``messages`` or ``prompt``)?
+
+    The engine tokenizes the prompt as ``generate`` would and the completion as plain text after it, and rates
+    at most ``SCORE_MAX_TOKENS`` completion tokens. Canaries use it to check one worker's answer on another.
+    """
+
+    completion: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a ScoreRequest needs exactly one of messages or prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenScores:
+    """Per-token log-probabilities of a completion under the engine's model, computed in one prefill.
+
+    ``greedy`` says, for each token, whether it was the model's most likely next token there (greedy replay).
+    """
+
+    logprobs: tuple[float, ...]
+    greedy: tuple[bool, ...]
+    prompt_tokens: int
+    truncated: bool = False  # the completion had more than SCORE_MAX_TOKENS tokens; the rest was not scored
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per scored token (0.0 for an empty completion)."""
+        return -sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+    @property
+    def greedy_rate(self) -> float:
+        """Share of scored tokens that greedy decoding would have produced (1.0 for an empty completion)."""
+        return sum(self.greedy) / len(self.greedy) if self.greedy else 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
@@ -99,6 +142,8 @@ class Engine(Protocol):
       Closing the iterator early (``aclose()``, or cancelling the task that drives it) cancels the
       generation: the engine stops computing promptly and frees its slot.
     - ``embed()`` raises ``cocoon.errors.BadRequest`` when ``info.supports_embeddings`` is false.
+    - ``score()`` rates a given completion token by token (``TokenScores``, at most ``SCORE_MAX_TOKENS``
+      tokens) without sampling; raises ``ContextLengthExceeded`` when prompt + completion do not fit.
     - ``count_tokens()`` is exact for the engine's own tokenizer (used for routing and limits).
     - Errors are ``cocoon.errors.CocoonError`` subclasses (``ContextLengthExceeded``, ``EngineError``,
       ``UpstreamFailed``), never bare exceptions.
@@ -114,5 +159,7 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]: ...
 
     async def embed(self, inputs: list[str]) -> Embeddings: ...
+
+    async def score(self, request: ScoreRequest) -> TokenScores: ...
 
     async def count_tokens(self, text: str) -> int: ...

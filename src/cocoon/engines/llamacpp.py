@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cocoon.engines.base import (
+    SCORE_MAX_TOKENS,
     Embeddings,
     EngineInfo,
     Finished,
@@ -26,7 +27,9 @@ from cocoon.engines.base import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    ScoreRequest,
     TextDelta,
+    TokenScores,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.engines.gemma_template import TURN_END, prompt_tokens, single_token
@@ -134,7 +137,13 @@ class LlamaCppEngine:
         self._contexts = await asyncio.to_thread(self._load_contexts, path)
         for context in self._contexts:
             context.watch_cancellation()
-        self._end_of_turn = single_token(self._contexts[0].llama, TURN_END)
+        try:
+            self._end_of_turn = single_token(self._contexts[0].llama, TURN_END)
+        except EngineError:
+            # Not a Gemma model (the chaos knob serving another model does this): chat still lays out Gemma's
+            # turns, their markers read as text, and the model's own end-of-generation token ends an answer.
+            log.warning("model %s has no %s token; chat turns are plain text to it", path, TURN_END)
+            self._end_of_turn = -1
         self._free = asyncio.Queue()
         for context in self._contexts:
             self._free.put_nowait(context)
@@ -309,6 +318,36 @@ class LlamaCppEngine:
                 job.emit(TextDelta(tail, tokens=unreported))
         job.emit(Finished(reason, TokenUsage(len(job.tokens), completion, cached_tokens=cached)))
 
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Log-probabilities of ``request.completion`` after its prompt, from one chunked prefill on a pooled context.
+
+        The prompt is laid out as ``generate`` lays it out; the completion is tokenized as plain text and cut to
+        ``SCORE_MAX_TOKENS``. Raises ``ContextLengthExceeded`` when prompt and completion do not fit the context.
+        """
+        info = self.info
+        free, executor = self._free, self._executor
+        assert free is not None and executor is not None
+        llama = self._contexts[0].llama
+        params = SamplingParams(max_tokens=1)
+        layout = GenerationRequest(params=params, messages=request.messages, prompt=request.prompt)
+        prompt = prompt_tokens(llama, layout)
+        completion = llama.tokenize(request.completion.encode(), add_bos=False, special=False)
+        truncated = len(completion) > SCORE_MAX_TOKENS
+        completion = completion[:SCORE_MAX_TOKENS]
+        if len(prompt) + len(completion) > info.context_length:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(prompt)} tokens and the completion to score {len(completion)}: more than the "
+                f"context length of {info.context_length} tokens; score a shorter one"
+            )
+        context = await free.get()
+        try:
+            logprobs, greedy = await asyncio.get_running_loop().run_in_executor(
+                executor, _score_blocking, context, prompt, completion
+            )
+        finally:
+            free.put_nowait(context)
+        return TokenScores(tuple(logprobs), tuple(greedy), prompt_tokens=len(prompt), truncated=truncated)
+
     async def embed(self, inputs: list[str]) -> Embeddings:
         """One L2-normalized, mean-pooled vector per input, from a second context loaded on first use.
 
@@ -358,6 +397,58 @@ class LlamaCppEngine:
             raise EngineError("the llama.cpp engine is not started; call start() first")
         llama = self._contexts[0].llama
         return len(llama.tokenize(text.encode(), add_bos=False, special=False))
+
+
+def _score_blocking(context: _Context, prompt: list[int], completion: list[int]) -> tuple[list[float], list[bool]]:
+    """Worker-thread body of ``score``: evaluate prompt + completion in aligned chunks, reading logits only at
+    the positions that predict a completion token, and log-softmax each of those rows.
+
+    The KV cache keeps what it can reuse (whole chunks of the prompt) and afterwards holds this sequence, all of
+    it computed in chunks, so a later ``generate`` of the same prompt reuses it exactly.
+    """
+    import llama_cpp
+    import numpy as np
+
+    llama = context.llama
+    tokens = prompt + completion
+    if not completion:
+        return [], []
+    context.cancel = threading.Event()
+    try:
+        cached = _reuse_kv_prefix(context, prompt)  # a whole number of chunks, short of the last prompt token
+        context.prompt_kv = cached
+        llama._ctx.kv_cache_seq_rm(-1, cached, -1)  # what generation decoded after the reused chunks
+        first_output = len(prompt) - 1  # the logits at position p rate the token at p + 1
+        n_vocab = llama.n_vocab()
+        logprobs: list[float] = []
+        greedy: list[bool] = []
+        for start in range(cached, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            llama._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            wanted = [i for i in range(len(chunk)) if first_output <= start + i < len(tokens) - 1]
+            llama._batch.batch.logits[len(chunk) - 1] = False
+            for i in wanted:
+                llama._batch.batch.logits[i] = True
+            if not wanted:  # llama.cpp wants one output per batch; the last one costs nothing to read
+                llama._batch.batch.logits[len(chunk) - 1] = True
+            llama._ctx.decode(llama._batch)
+            llama.input_ids[start : start + len(chunk)] = chunk
+            llama.n_tokens = start + len(chunk)
+            for i in wanted:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
+                row = row.astype(np.float64)
+                top = float(row.max())
+                log_total = top + float(np.log(np.exp(row - top).sum()))
+                following = tokens[start + i + 1]
+                logprobs.append(float(row[following]) - log_total)
+                greedy.append(int(row.argmax()) == following)
+        context.prompt_kv = len(tokens)
+        return logprobs, greedy
+    except Exception as exc:  # crossing the thread boundary: the caller raises it
+        llama.n_tokens = 0
+        context.prompt_kv = 0
+        log.exception("llama.cpp scoring failed")
+        raise EngineError(f"llama.cpp failed while scoring: {exc}") from exc
 
 
 def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:

@@ -16,12 +16,15 @@ from typing import Any
 import httpx
 
 from cocoon.engines.base import (
+    SCORE_MAX_TOKENS,
     Embeddings,
     EngineInfo,
     Finished,
     GenerationEvent,
     GenerationRequest,
+    ScoreRequest,
     TextDelta,
+    TokenScores,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.errors import (
@@ -216,6 +219,48 @@ class OpenAIUpstreamEngine:
             raise UpstreamFailed(f"upstream {url} returned {len(vectors)} embeddings for {len(inputs)} inputs")
         return Embeddings(vectors, prompt_tokens=prompt_tokens)
 
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Teacher-forced log-probabilities through vLLM's ``prompt_logprobs`` (an extension of the OpenAI API).
+
+        The completion is sent as the end of the prompt (a completion prompt's tail, or an open final assistant
+        message with ``continue_final_message``), with ``max_tokens`` 1 and ``prompt_logprobs`` 0: vLLM then
+        returns, for every prompt token, its log-probability and rank (rank 1: greedy would have chosen it). The
+        last n entries are the completion's, n counted by the upstream's tokenizer. Servers without
+        ``prompt_logprobs`` (SGLang, Ollama, llama.cpp's) answer without it: ``UpstreamFailed`` says so.
+        """
+        completion = request.completion
+        n = await self.count_tokens(completion)
+        body: dict[str, Any] = {"model": self._model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+        if request.prompt is not None:
+            path, body["prompt"] = "/completions", request.prompt + completion
+        else:
+            assert request.messages is not None
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages.append({"role": "assistant", "content": completion})
+            path = "/chat/completions"
+            body |= {"messages": messages, "continue_final_message": True, "add_generation_prompt": False}
+        url = f"{self._base}{path}"
+        response = await self._request("POST", url, json=body)
+        if response.status_code >= 400:
+            raise _error_from_response(response.status_code, response.text, url)
+        try:
+            payload = response.json()
+            entries = payload.get("prompt_logprobs") or payload["choices"][0].get("prompt_logprobs")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise UpstreamFailed(f"upstream {url} answered an unreadable body: {exc!r}") from exc
+        if not isinstance(entries, list):
+            raise UpstreamFailed(
+                f"upstream {url} returned no prompt_logprobs; scoring (canaries) needs vLLM's prompt_logprobs"
+            )
+        rated = [_rated_token(entry) for entry in entries[len(entries) - n :]] if n else []
+        rated = rated[:SCORE_MAX_TOKENS]
+        return TokenScores(
+            tuple(logprob for logprob, _ in rated),
+            tuple(rank == 1 for _, rank in rated),
+            prompt_tokens=len(entries) - n,
+            truncated=n > SCORE_MAX_TOKENS,
+        )
+
     async def _count_prompt_tokens(self, text: str) -> int:
         """Like ``count_tokens`` but with the tokens the server adds to a prompt (BOS) included."""
         count = await self.count_tokens(text)
@@ -310,6 +355,18 @@ def _usage(raw: dict[str, Any]) -> TokenUsage:
         cached_tokens=int(details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
+
+
+def _rated_token(entry: Any) -> tuple[float, int]:
+    """One entry of vLLM's ``prompt_logprobs`` asked with 0 alternatives: ``{token_id: {"logprob", "rank", ...}}``,
+    the prompt's own token only. Returns its log-probability and rank."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise UpstreamFailed(f"upstream sent a prompt_logprobs entry vLLM never sends for 0 alternatives: {entry!r}")
+    (rated,) = entry.values()
+    try:
+        return float(rated["logprob"]), int(rated.get("rank") or 1)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamFailed(f"upstream sent an unreadable prompt_logprobs entry: {entry!r}") from exc
 
 
 def _prompt_text(request: GenerationRequest) -> str:

@@ -13,12 +13,16 @@ import time
 from collections.abc import AsyncGenerator
 
 from cocoon.engines.base import (
+    SCORE_MAX_TOKENS,
     Embeddings,
     EngineInfo,
     Finished,
     GenerationEvent,
     GenerationRequest,
+    SamplingParams,
+    ScoreRequest,
     TextDelta,
+    TokenScores,
 )
 from cocoon.engines.config import EngineSettings
 from cocoon.engines.stops import StopStringFilter
@@ -33,6 +37,9 @@ _TEXT = (
 WORDS: tuple[str, ...] = tuple(_TEXT.split())
 SYNTHETIC_MODEL_HASH = hashlib.sha256(b"cocoon synthetic engine v1\n" + _TEXT.encode()).hexdigest()
 _EMBEDDING_DIM = 16
+# What ``score`` rates a word: likely where ``generate`` would have put it, very unlikely anywhere else.
+EXPECTED_WORD_LOGPROB = math.log(0.9)
+OTHER_WORD_LOGPROB = math.log(1e-4)
 
 
 class SyntheticEngine:
@@ -72,8 +79,7 @@ class SyntheticEngine:
                 f"than the context length of {self._info.context_length} tokens; shorten the prompt or "
                 "lower max_tokens"
             )
-        first = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
-        first += len(request.continuation.split())
+        first = _first_word(prompt) + len(request.continuation.split())
         pace = self._settings.synthetic_tokens_per_s
         stops = StopStringFilter(request.params.stop)
         started = time.monotonic()
@@ -96,6 +102,17 @@ class SyntheticEngine:
             yield TextDelta(tail, tokens=unreported)
         yield Finished("length", TokenUsage(prompt_tokens, max_tokens))
 
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Each completion word is likely (``EXPECTED_WORD_LOGPROB``) where ``generate`` would have said it and
+        unlikely (``OTHER_WORD_LOGPROB``) otherwise: an answer of this engine scores high, any other text low."""
+        layout = GenerationRequest(SamplingParams(max_tokens=1), messages=request.messages, prompt=request.prompt)
+        prompt = _prompt_text(layout)
+        words = request.completion.split()
+        first = _first_word(prompt)
+        greedy = tuple(word == WORDS[(first + i) % len(WORDS)] for i, word in enumerate(words[:SCORE_MAX_TOKENS]))
+        logprobs = tuple(EXPECTED_WORD_LOGPROB if hit else OTHER_WORD_LOGPROB for hit in greedy)
+        return TokenScores(logprobs, greedy, len(prompt.split()), truncated=len(words) > SCORE_MAX_TOKENS)
+
     async def embed(self, inputs: list[str]) -> Embeddings:
         """One unit vector per input, derived from its sha256 (same text, same vector)."""
         if not self._info.supports_embeddings:
@@ -106,6 +123,10 @@ class SyntheticEngine:
     async def count_tokens(self, text: str) -> int:
         """Whitespace-separated words."""
         return len(text.split())
+
+
+def _first_word(prompt: str) -> int:
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
 
 
 def _prompt_text(request: GenerationRequest) -> str:

@@ -51,6 +51,7 @@ class LocalNetwork:
         engine: dict[str, Any] | None = None,
         proxy_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None,
+        worker_overrides: dict[int, dict[str, Any]] | None = None,
         capture_wire: Path | None = None,
         money: bool = False,
         devnet_port: int | None = None,
@@ -64,6 +65,7 @@ class LocalNetwork:
         self.engine = engine or {}
         self.proxy_options = proxy_options or {}
         self.worker_options = worker_options or {}
+        self.worker_overrides = worker_overrides or {}  # worker number (from 1) -> options for that worker only
         self.capture_wire = capture_wire
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
         self.devnet_port = devnet_port or self.proxy_port + 90
@@ -177,7 +179,7 @@ class LocalNetwork:
             "engines": [table | self.engine | engine],
         }
         options = money_options(self.chain, self.home, f"worker-{i}")
-        self._write(f"worker-{i}.toml", worker | options | self.worker_options)
+        self._write(f"worker-{i}.toml", worker | options | self.worker_options | self.worker_overrides.get(i, {}))
         return self._spawn(f"worker-{i}", f"worker-{i}.toml")
 
     def child(self, name: str) -> Child:

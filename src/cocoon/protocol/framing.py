@@ -34,6 +34,8 @@ def job_caps(kind: str, max_tokens: int) -> tuple[int, int]:
     """
     if kind == "embedding":
         return 2, MAX_FRAME
+    if kind == "score":  # one chunk of at most SCORE_MAX_TOKENS logprobs, and the finish
+        return 2, BASE_JOB_BYTES
     return max_tokens + 2, BASE_JOB_BYTES + CHUNK_BYTES_PER_TOKEN * max_tokens
 
 

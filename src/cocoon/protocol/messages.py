@@ -17,6 +17,8 @@ PROTOCOL_VERSION = 1
 # Prompts are hashed for cache affinity in blocks of this many characters (about 64 tokens each).
 PREFIX_BLOCK_CHARS = 256
 PREFIX_BLOCK_TOKENS = 64
+JobKind = Literal["chat", "completion", "embedding", "score"]
+"""What a job asks: generate (chat, completion), embed, or score a given completion (teacher forcing; canaries)."""
 
 
 class Wire(BaseModel):
@@ -145,7 +147,7 @@ class Job(Wire):
     job_id: str
     request_id: str
     model: str
-    kind: Literal["chat", "completion", "embedding"]
+    kind: JobKind
     max_tokens: int
     enc: bytes
     wrapped_key: bytes
@@ -202,7 +204,7 @@ class JobRequest(Wire):
     # Bounded: paid proxies key charges on it in a VARCHAR(80) column, which PostgreSQL enforces.
     request_id: str = Field(min_length=1, max_length=80)
     model: str
-    kind: Literal["chat", "completion", "embedding"]
+    kind: JobKind
     max_tokens: int = Field(ge=0)
     prompt_tokens: int = Field(0, ge=0, description="client's estimate, for routing only")
     keys: list[WrappedKeyWire] = Field(min_length=1)

@@ -10,7 +10,7 @@ from typing import Literal
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field
 
-from cocoon.protocol.messages import PROTOCOL_VERSION
+from cocoon.protocol.messages import PROTOCOL_VERSION, JobKind
 
 
 class SealedMessage(BaseModel):
@@ -29,16 +29,21 @@ class SealedParams(BaseModel):
 
 
 class RequestPayload(BaseModel):
-    """The request plaintext. ``salt`` is random per request: it keys the response digest."""
+    """The request plaintext. ``salt`` is random per request: it keys the response digest.
+
+    A ``score`` job carries the prompt (``messages`` or ``prompt``) and the ``completion`` to rate under the
+    worker's model; it is answered with one chunk of ``logprobs`` (see ``cocoon.engines.base.ScoreRequest``).
+    """
 
     model_config = ConfigDict(frozen=True)
     v: int = PROTOCOL_VERSION
-    kind: Literal["chat", "completion", "embedding"]
+    kind: JobKind
     model: str
     salt: bytes
     messages: list[SealedMessage] | None = None
     prompt: str | None = None
     input: list[str] | None = None
+    completion: str | None = None
     params: SealedParams
 
 
@@ -49,6 +54,9 @@ class ChunkPayload(BaseModel):
     text: str = ""
     tokens: int = 0
     embeddings: list[list[float]] | None = None
+    # A score job's answer: each completion token's log-probability, and whether greedy decoding chose it.
+    logprobs: list[float] | None = None
+    greedy: list[bool] | None = None
     finish_reason: str | None = None
     pad: bytes = b""
 

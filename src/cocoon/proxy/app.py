@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from cocoon.config import ProxySettings
 from cocoon.errors import CocoonError, NotFound
 from cocoon.proxy import jobs, metrics, policy
+from cocoon.proxy.canaries import CanarySender
 from cocoon.proxy.money.paid import open_cashier
 from cocoon.proxy.money.routes import ROUTES as MONEY_ROUTES
 from cocoon.proxy.routing import reputation_store
@@ -43,6 +44,7 @@ def create_app(settings: ProxySettings) -> Starlette:
     handlers = {CocoonError: cocoon_error, 404: not_found, 405: not_found}
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=handlers)
     app.state.proxy = ProxyState(settings)
+    app.state.canaries = CanarySender(app.state.proxy)
     return app
 
 
@@ -57,11 +59,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     refresher = asyncio.create_task(policy.keep_fresh(state, state.policy_source)) if state.policy_source else None
     metrics.count_workers(state.directory)
     sweeper = asyncio.create_task(state.liveness.run_forever())
+    canaries: CanarySender = app.state.canaries
+    canary_loop = asyncio.create_task(canaries.run_forever())
     log.info("proxy up proxy_id=%s", state.proxy_id)
     try:
         yield
     finally:
         sweeper.cancel()
+        canary_loop.cancel()
         saver.cancel()
         if refresher is not None:
             refresher.cancel()

@@ -13,6 +13,7 @@ from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import read_body
 from cocoon.proxy.attempt import Attempt, Frame
+from cocoon.proxy.canaries import CanarySender
 from cocoon.proxy.metrics import FAILOVERS, JOBS
 from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.rank import rank
@@ -74,6 +75,8 @@ async def jobs(request: Request) -> Response:
         JOBS.labels(job.model, exc.code).inc()
         raise
     state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
+    sender: CanarySender = request.app.state.canaries
+    sender.after_client_job(job.model)  # a share of traffic is followed by a canary, so canaries track load
     if len(relay.attempts) > 1:
         FAILOVERS.inc(len(relay.attempts) - 1)
     return FrameStreamResponse(_counted(relay, attempt, first), lambda: relay.finished, FRAMES)

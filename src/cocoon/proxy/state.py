@@ -12,6 +12,7 @@ from cocoon.protocol.replay import ReplayRecord
 from cocoon.proxy.money.cashier import Cashier, FreeCashier
 from cocoon.proxy.routing.affinity import PrefixAffinity
 from cocoon.proxy.routing.breaker import Breakers
+from cocoon.proxy.routing.canary import CanaryBook, CanaryPolicy
 from cocoon.proxy.routing.directory import Directory
 from cocoon.proxy.routing.evidence import EvidenceLog
 from cocoon.proxy.routing.liveness import Liveness
@@ -30,7 +31,14 @@ class ProxyState:
         self.directory = Directory()
         self.verifier = AttestationVerifier(settings.policy)
         self.store = Store(settings.store_url or default_url(settings.data_dir))
-        self.routing = RoutingBook(ReputationBook(settings.reputation_half_life_s), Breakers(), PrefixAffinity())
+        canaries = CanaryBook(
+            CanaryPolicy(
+                rate=settings.canary_rate, min_interval_s=settings.canary_min_interval_s, window=settings.canary_window
+            )
+        )
+        self.routing = RoutingBook(
+            ReputationBook(settings.reputation_half_life_s), Breakers(), PrefixAffinity(), canaries
+        )
         self.evidence = EvidenceLog(self.routing)
         self.liveness = Liveness(self.directory, settings.heartbeat_timeout)
         self.cashier: Cashier = FreeCashier()

@@ -14,9 +14,10 @@ from cocoon.attestation import DEV_MEASUREMENT, AttestationBundle, report_data
 from cocoon.attestation.collect import collect, resolve_provider
 from cocoon.config import WorkerSettings
 from cocoon.crypto import NodeKeys, load_or_create_node_keys
-from cocoon.engines import Engine, build_engine
+from cocoon.engines import Engine, EngineSettings, build_engine
 from cocoon.errors import AttestationFailed, ConfigError, map_http_errors
 from cocoon.protocol import ModelOffer, Register
+from cocoon.worker.chaos import ImpostorEngine
 from cocoon.worker.earnings import payout_address
 from cocoon.worker.link import ProxyLink
 from cocoon.worker.runner import JobRunner
@@ -86,6 +87,14 @@ async def attest(settings: WorkerSettings, keys: NodeKeys, model_hashes: list[st
     )
 
 
+def _engine(engine: EngineSettings, settings: WorkerSettings) -> Engine:
+    impostor = settings.chaos_serve_model_path
+    if impostor is not None and engine.kind == "llamacpp":  # test/chaos knob only, see worker/chaos.py
+        log.warning("CHAOS: serving %s while attesting %s's weights", impostor, engine.model)
+        return ImpostorEngine(engine, impostor)
+    return build_engine(engine)
+
+
 class WorkerNode:
     def __init__(self, settings: WorkerSettings) -> None:
         if not settings.engines:
@@ -95,7 +104,7 @@ class WorkerNode:
             raise ConfigError(f"two engines serve the same model name: {names}")
         self.settings = settings
         self.keys = load_or_create_node_keys(settings.keys_file)
-        self.engines: dict[str, Engine] = {e.model: build_engine(e) for e in settings.engines}
+        self.engines: dict[str, Engine] = {e.model: _engine(e, settings) for e in settings.engines}
         self.links: list[ProxyLink] = []
 
     @property

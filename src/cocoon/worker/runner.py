@@ -23,6 +23,7 @@ from cocoon.engines.base import (
     Finished,
     GenerationRequest,
     SamplingParams,
+    ScoreRequest,
     TextDelta,
 )
 from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestReplayed
@@ -153,6 +154,12 @@ class JobRunner:
             await emit(ChunkPayload(embeddings=result.vectors))
             usage = TokenUsage(prompt_tokens=result.prompt_tokens, completion_tokens=0)
             finish_reason = "stop"
+        elif payload.kind == "score":
+            scores = await engine.score(_score_request(payload))
+            await emit(ChunkPayload(logprobs=list(scores.logprobs), greedy=list(scores.greedy), finish_reason="stop"))
+            # Teacher forcing reads the completion as prompt: all of it is prefill, nothing is generated.
+            usage = TokenUsage(prompt_tokens=scores.prompt_tokens + len(scores.logprobs), completion_tokens=0)
+            finish_reason = "stop"
         else:
             continuation, emitted = _continuation(job, content_key)
             try:
@@ -234,6 +241,17 @@ class JobRunner:
         finally:
             await stream.aclose()
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
+
+
+def _score_request(payload: RequestPayload) -> ScoreRequest:
+    if payload.completion is None:
+        raise BadRequest("a score job needs the completion to score", param="completion")
+    if payload.messages is not None:
+        messages = tuple(ChatMessage(m.role, m.content) for m in payload.messages)
+        return ScoreRequest(payload.completion, messages=messages)
+    if payload.prompt is None:
+        raise BadRequest("a score job needs messages or a prompt before its completion", param="messages")
+    return ScoreRequest(payload.completion, prompt=payload.prompt)
 
 
 def _uncancel() -> None:

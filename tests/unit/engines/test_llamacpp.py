@@ -20,6 +20,7 @@ from cocoon.engines import (
     GenerationRequest,
     LlamaCppEngine,
     SamplingParams,
+    ScoreRequest,
     TextDelta,
 )
 from cocoon.engines.llamacpp import PREFILL_CHUNK
@@ -257,3 +258,26 @@ async def test_count_tokens_is_exact_and_reads_markers_as_plain_text(engine: Lla
     assert await engine.count_tokens("") == 0
     assert await engine.count_tokens("1, 2, 3, 4, 5,") == 14
     assert await engine.count_tokens("<end_of_turn>") > 1
+
+
+async def test_score_of_its_own_greedy_answer_is_greedy_and_far_likelier_than_other_text(
+    engine: LlamaCppEngine,
+) -> None:
+    messages = (ChatMessage("user", "Name three colours of the rainbow."),)
+    deltas, _ = await run(engine, GenerationRequest(SamplingParams(max_tokens=16, temperature=0), messages=messages))
+    answer = text_of(deltas)
+
+    own = await engine.score(ScoreRequest(answer, messages=messages))
+    other = await engine.score(ScoreRequest("Bananas are rich in potassium and taste sweet.", messages=messages))
+
+    assert own.greedy_rate == 1.0  # teacher forcing replays greedy decoding token for token
+    assert own.mean_nll < 1.0 < other.mean_nll
+    assert all(lp <= 0 for lp in own.logprobs) and own.prompt_tokens > 0
+
+
+async def test_score_after_a_generation_leaves_the_context_usable_and_greedy_unchanged(engine: LlamaCppEngine) -> None:
+    before, _ = await run(engine, completion(COUNTING, max_tokens=6))
+    await engine.score(ScoreRequest(" 6, 7, 8", prompt=COUNTING))
+    after, _ = await run(engine, completion(COUNTING, max_tokens=6))
+
+    assert text_of(after) == text_of(before)

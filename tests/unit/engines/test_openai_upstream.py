@@ -17,6 +17,7 @@ from cocoon.engines import (
     GenerationRequest,
     OpenAIUpstreamEngine,
     SamplingParams,
+    ScoreRequest,
     TextDelta,
 )
 from cocoon.errors import ContextLengthExceeded, UpstreamFailed
@@ -160,3 +161,55 @@ async def test_embeddings_come_back_in_input_order() -> None:
 
     assert result.vectors == [[1.0, 0.0], [0.0, 1.0]]
     assert result.prompt_tokens == 5
+
+
+def prompt_logprobs(*rated: tuple[int, float, int]) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's ``prompt_logprobs`` for prompt_logprobs=0: None for the first token, then one entry per token."""
+    out: list[dict[str, dict[str, Any]] | None] = [None]
+    for token_id, logprob, rank in rated:
+        out.append({str(token_id): {"logprob": logprob, "rank": rank, "decoded_token": f"t{token_id}"}})
+    return out
+
+
+async def test_score_reads_the_completions_last_prompt_logprobs_with_ranks_as_greedy_replay() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def generate(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/chat/completions"
+        bodies.append(json.loads(request.content))
+        # Five template/prompt tokens, then the completion's two ("Paris is" counts 2 at /tokenize).
+        entries = prompt_logprobs((1, -5.0, 9), (2, -4.0, 3), (3, -3.0, 2), (4, -2.0, 1), (5, -0.25, 1), (6, -2.5, 4))
+        return httpx.Response(200, json={"choices": [{"message": {"content": "."}}], "prompt_logprobs": entries})
+
+    engine = await started(generate, [])
+    scores = await engine.score(ScoreRequest("Paris is", messages=(ChatMessage("user", "capital?"),)))
+
+    assert scores.logprobs == (-0.25, -2.5)
+    assert scores.greedy == (True, False)
+    assert scores.prompt_tokens == 5
+    body = bodies[0]
+    assert body["prompt_logprobs"] == 0 and body["max_tokens"] == 1
+    assert body["messages"][-1] == {"role": "assistant", "content": "Paris is"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+
+
+async def test_score_of_a_completion_prompt_reads_choices_prompt_logprobs() -> None:
+    def generate(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/completions"
+        assert json.loads(request.content)["prompt"] == "Once upon a time"
+        entries = prompt_logprobs((7, -1.0, 2), (8, -0.5, 1), (9, -0.1, 1))
+        return httpx.Response(200, json={"choices": [{"text": ",", "prompt_logprobs": entries}]})
+
+    engine = await started(generate, [])
+    scores = await engine.score(ScoreRequest("a time", prompt="Once upon "))
+
+    assert scores.logprobs == (-0.5, -0.1)
+    assert scores.mean_nll == pytest.approx(0.3)
+    assert scores.greedy_rate == 1.0
+
+
+async def test_score_against_a_server_without_prompt_logprobs_says_it_needs_vllm() -> None:
+    engine = await started(lambda _: httpx.Response(200, json={"choices": [{"text": ","}]}), [])
+
+    with pytest.raises(UpstreamFailed, match="prompt_logprobs"):
+        await engine.score(ScoreRequest("a time", prompt="Once upon "))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cocoon.engines import (
+    SCORE_MAX_TOKENS,
     ChatMessage,
     Engine,
     EngineSettings,
@@ -15,6 +16,7 @@ from cocoon.engines import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    ScoreRequest,
     SyntheticEngine,
     TextDelta,
     build_engine,
@@ -129,3 +131,23 @@ async def test_embeddings_are_deterministic_unit_vectors_and_can_be_disabled() -
 
 async def test_count_tokens_counts_whitespace_words() -> None:
     assert await engine().count_tokens("  one two\nthree ") == 3
+
+
+async def test_score_rates_its_own_answer_likely_and_other_text_unlikely() -> None:
+    synthetic = engine()
+    messages = (ChatMessage("user", "tell me about the network"),)
+    request = GenerationRequest(SamplingParams(max_tokens=12), messages=messages)
+    answer = "".join([e.text async for e in synthetic.generate(request) if isinstance(e, TextDelta)])
+
+    own = await synthetic.score(ScoreRequest(answer, messages=messages))
+    other = await synthetic.score(ScoreRequest("a completely different answer of some words", messages=messages))
+
+    assert len(own.logprobs) == 12 and own.greedy_rate == 1.0
+    assert own.mean_nll == pytest.approx(-math.log(0.9))
+    assert other.greedy_rate < 0.5 and other.mean_nll > 5
+
+
+async def test_score_rates_at_most_score_max_tokens() -> None:
+    scores = await engine().score(ScoreRequest("word " * (SCORE_MAX_TOKENS + 5), prompt="p"))
+
+    assert len(scores.logprobs) == SCORE_MAX_TOKENS and scores.truncated

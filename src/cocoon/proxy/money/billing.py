@@ -35,6 +35,7 @@ from cocoon.proxy.money.ledger import (
     ClientAccount,
     VoucherRecord,
     WorkerAccount,
+    WorkerHold,
     as_utc,
 )
 from cocoon.proxy.money.statements import account_json
@@ -224,8 +225,14 @@ class Billing:
             account.vouchered, account.voucher_signature = sub.cumulative, signature
             account.vouchered_at = account.vouchered_at or now
             session.add(VoucherRecord(kind="client", channel=channel, cumulative=sub.cumulative, signature=signature))
+            holds = {h.worker_id: h for h in (await session.scalars(select(WorkerHold))).all()}
             shares: dict[tuple[str, str], int] = {}
             for charge in owed:
+                hold = holds.get(charge.worker_id)
+                if hold is not None and as_utc(charge.created_at) >= as_utc(hold.since):
+                    hold.withheld += charge.worker_share  # the client pays; the caught worker is not paid
+                    charge.reason = f"worker share withheld: {hold.reason}"[:2000]
+                    continue
                 key = (charge.worker_channel, charge.worker_payout)
                 shares[key] = shares.get(key, 0) + charge.worker_share
             for (worker_channel, payout), share in sorted(shares.items()):  # one lock order: no deadlocks
@@ -254,6 +261,18 @@ class Billing:
                 raise BadRequest(f"receipt {charge.receipt_id} is already paid by a voucher")
             await session.commit()
             return self._account_json(account)
+
+    async def withhold(self, worker_id: str, since: datetime, reason: str) -> None:
+        """Keep back ``worker_id``'s share of charges made since ``since`` that no client voucher has paid yet,
+        and of every later one (see ``Cashier.withhold``); a second hold keeps the earlier ``since``."""
+        async with self.store.writing(), self.store.session() as session:
+            await session.execute(
+                self.store.insert_if_absent(WorkerHold).values(
+                    worker_id=worker_id, since=since, reason=reason, withheld=0, created_at=datetime.now(UTC)
+                )
+            )
+            await session.commit()
+        log.warning("worker earnings withheld worker=%s since=%s", worker_id, since.isoformat())
 
     def _free(self, account: ClientAccount) -> int:
         return account.deposit - max(account.charged, account.vouchered) - self.reserved(account.channel)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from cocoon.protocol import JobEnd, JobRequest, Register
@@ -51,6 +52,10 @@ class Cashier(Protocol):
     ``check_worker(register)`` raises ``BadRequest`` for a worker this cashier could not pay; it then never joins.
     ``annotate_models(data, serving)`` adds pricing to ``GET /v1/models`` entries in place (``serving``: model →
     registrations of the workers serving it). ``close()`` is awaited once at shutdown.
+
+    ``withhold(worker, since, reason)`` is awaited when canaries caught ``worker`` serving another model than it
+    attests: its share of every charge made since ``since`` (its last passed canary) and not yet vouchered to it
+    is kept back, and the books show the hold. Shares vouchered before the flag are signed and cannot be undone.
     """
 
     async def admit(self, job: JobRequest, candidates: Sequence[Register]) -> Reservation: ...
@@ -62,6 +67,8 @@ class Cashier(Protocol):
     def check_worker(self, register: Register) -> None: ...
 
     async def annotate_models(self, data: list[dict[str, Any]], serving: Mapping[str, Sequence[Register]]) -> None: ...
+
+    async def withhold(self, worker: Register, since: datetime, reason: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -86,6 +93,9 @@ class FreeCashier:
 
     async def annotate_models(self, data: list[dict[str, Any]], serving: Mapping[str, Sequence[Register]]) -> None:
         return None
+
+    async def withhold(self, worker: Register, since: datetime, reason: str) -> None:
+        return None  # a free proxy pays nobody: there is nothing to hold
 
     async def close(self) -> None:
         return None

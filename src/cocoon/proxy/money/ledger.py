@@ -85,6 +85,20 @@ class Charge(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class WorkerHold(Base):
+    """A worker caught by canaries: its share of charges made since ``since`` is never vouchered to it.
+
+    ``withheld`` is the nanoton kept back so far (the client still pays those charges; the proxy keeps the share).
+    """
+
+    __tablename__ = "worker_holds"
+    worker_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    withheld: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class VoucherRecord(Base):
     """Every voucher: ``client`` ones the proxy received, ``worker`` ones it signed."""
 

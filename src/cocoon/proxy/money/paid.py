@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from cocoon.chain.address import raw_address
@@ -71,6 +72,9 @@ class PaidCashier:
 
     def release(self, reservation: Reservation) -> None:
         self.billing.release(reservation)
+
+    async def withhold(self, worker: Register, since: datetime, reason: str) -> None:
+        await self.billing.withhold(worker.worker_id, since, reason)
 
     def check_worker(self, register: Register) -> None:
         """A paid proxy admits only workers it can pay at a bounded price: BadRequest without a payout wallet

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from cocoon.chain.address import address_text
 from cocoon.errors import NotFound
 from cocoon.proxy.money.chain_handle import ChainHandle
-from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount, WorkerAccount
+from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount, WorkerAccount, WorkerHold, as_utc
 
 
 def account_json(account: ClientAccount, reserved: int) -> dict[str, object]:
@@ -58,6 +58,7 @@ async def books_json(chain: ChainHandle, reserved: Callable[[str], int]) -> dict
         workers = (await session.scalars(select(WorkerAccount).order_by(WorkerAccount.channel))).all()
         fees = await session.scalar(select(func.coalesce(func.sum(Charge.fee), 0)).where(Charge.status == PAID))
         counts = dict((await session.execute(select(Charge.status, func.count()).group_by(Charge.status))).all())
+        holds = (await session.scalars(select(WorkerHold).order_by(WorkerHold.worker_id))).all()
     return {
         "proxy_wallet": address_text(chain.wallet.address),
         "proxy_fee_bps": chain.params.proxy_fee_bps,
@@ -67,5 +68,11 @@ async def books_json(chain: ChainHandle, reserved: Callable[[str], int]) -> dict
         "client_debits": sum(c.vouchered for c in clients),
         "worker_credits": sum(w.vouchered for w in workers),
         "receipts": {status: int(n) for status, n in counts.items()},
+        # Workers caught by canaries: client debits = worker credits + proxy fees + these withheld shares.
+        "worker_holds": [
+            {"worker_id": h.worker_id, "since": as_utc(h.since).isoformat(), "reason": h.reason, "withheld": h.withheld}
+            for h in holds
+        ],
+        "worker_shares_withheld": sum(h.withheld for h in holds),
         "onchain_operations": await chain.operations(),
     }

@@ -12,12 +12,14 @@ A worker cannot talk its way to the front.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from cocoon.protocol import JobRequest
 from cocoon.proxy.routing.affinity import PrefixAffinity
 from cocoon.proxy.routing.breaker import Breakers
+from cocoon.proxy.routing.canary import CanaryBook, CanaryPolicy
 from cocoon.proxy.routing.directory import WorkerEntry
 from cocoon.proxy.routing.reputation import ReputationBook
 
@@ -56,7 +58,7 @@ class ScoreParts:
             "breaker": self.breaker,
             "price_coefficient": self.price,
             "expected_latency_ms": round(self.expected_latency_s * 1000, 3),
-            "score_ms": round(self.score_s * 1000, 3),
+            "score_ms": round(self.score_s * 1000, 3) if math.isfinite(self.score_s) else None,  # None: never routed
         }
 
 
@@ -67,6 +69,7 @@ class RoutingBook:
     reputation: ReputationBook
     breakers: Breakers
     affinity: PrefixAffinity
+    canaries: CanaryBook = field(default_factory=lambda: CanaryBook(CanaryPolicy()))
 
 
 def score(
@@ -98,7 +101,7 @@ def score(
     reputation = book.reputation.factor(worker.worker_id)
     breaker = book.breakers.state(worker.worker_id)
     # A small floor keeps reputation meaningful between idle workers with zero expected latency.
-    final = (expected + 0.001) / reputation * BREAKER_PENALTY[breaker]
+    final = (expected + 0.001) / reputation * BREAKER_PENALTY[breaker] if reputation > 0 else math.inf
     return ScoreParts(
         rtt_s=worker.rtt_s,
         queue_s=queue_s,
@@ -121,7 +124,12 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
     come last, reached only when every other candidate failed. Ties keep the client's order.
     """
     prefs = request.routing
-    allowed = [w for w in workers if prefs.admits(w.register.price_coefficient, w.register.region)]
+    # A worker caught by canaries serving another model (reputation zero) gets no job at all.
+    allowed = [
+        w
+        for w in workers
+        if prefs.admits(w.register.price_coefficient, w.register.region) and book.reputation.factor(w.worker_id) > 0
+    ]
     # A worker whose first heartbeat with a prefill rate has not come yet is compared at its peers' rate: a
     # fixed default far from the measured rates would decide the ranking by who reported first, not by speed.
     known = sorted(w.prefill_tokens_per_s for w in allowed if w.prefill_tokens_per_s > 0)

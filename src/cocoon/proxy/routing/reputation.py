@@ -66,6 +66,7 @@ class ReputationBook:
         self.clock = clock
         self._evidence: dict[str, Evidence] = {}
         self._dirty: set[str] = set()
+        self.condemned: dict[str, str] = {}  # worker id -> why its reputation is zero (a failed canary check)
 
     def record(self, worker_id: str, outcome: Outcome) -> None:
         """Count one finished job attempt."""
@@ -78,7 +79,13 @@ class ReputationBook:
             self._add(worker_id, "late")
         return late
 
+    def condemn(self, worker_id: str, reason: str) -> None:
+        """Set ``worker_id``'s reputation to zero for good: it was caught serving another model than it attests."""
+        self.condemned[worker_id] = reason
+
     def factor(self, worker_id: str) -> float:
+        if worker_id in self.condemned:
+            return 0.0
         evidence = self._evidence.get(worker_id)
         return 1.0 if evidence is None else evidence.factor(self.clock(), self.half_life_s)
 
@@ -90,6 +97,8 @@ class ReputationBook:
         out["jobs"] = evidence.jobs
         out["factor"] = round(self.factor(worker_id), 4)
         out["half_life_s"] = self.half_life_s
+        if worker_id in self.condemned:
+            out["condemned"] = self.condemned[worker_id]
         return out
 
     def load(self, worker_id: str, evidence: Evidence) -> None:

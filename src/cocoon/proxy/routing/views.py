@@ -13,7 +13,11 @@ from cocoon.proxy.routing.rank import RoutingBook, score
 
 def directory_json(directory: Directory, book: RoutingBook, proxy_id: str, model: str | None) -> dict[str, Any]:
     """Every connected worker (only those serving ``model`` when it is given), with its score and evidence."""
-    workers = [worker_json(w, book) for w in directory.workers.values() if model is None or w.serves(model)]
+    workers = [
+        worker_json(w, book, _peers(directory, w))
+        for w in directory.workers.values()
+        if model is None or w.serves(model)
+    ]
     return {"object": "directory", "proxy_id": proxy_id, "workers": workers}
 
 
@@ -39,7 +43,17 @@ def models_json(directory: Directory) -> list[dict[str, Any]]:
     return data
 
 
-def worker_json(w: WorkerEntry, book: RoutingBook) -> dict[str, Any]:
+def _peers(directory: Directory, worker: WorkerEntry) -> int:
+    """Other connected workers attesting one of ``worker``'s weights hashes: who could check its canaries."""
+    hashes = {o.model_hash for o in worker.register.models}
+    return sum(
+        1
+        for w in directory.workers.values()
+        if w.worker_id != worker.worker_id and hashes & {o.model_hash for o in w.register.models}
+    )
+
+
+def worker_json(w: WorkerEntry, book: RoutingBook, peers: int = 0) -> dict[str, Any]:
     reg = w.register
     attestation = {k: (_b64(v) if isinstance(v, bytes) else v) for k, v in reg.attestation.items()}
     parts = score(w, 0, [], book)
@@ -71,6 +85,17 @@ def worker_json(w: WorkerEntry, book: RoutingBook) -> dict[str, Any]:
         },
         "reputation": book.reputation.view(w.worker_id),
         "breaker": book.breakers.view(w.worker_id),
+        "canary": book.canaries.view(w.worker_id, peers),
+    } | _flagged(w.worker_id, book)
+
+
+def _flagged(worker_id: str, book: RoutingBook) -> dict[str, Any]:
+    flag = book.canaries.flags.get(worker_id)
+    if flag is None:
+        return {"flagged": False}
+    return {
+        "flagged": True,
+        "flag": {"reason": flag.reason, "at": flag.at.isoformat(), "earnings_withheld_since": flag.since.isoformat()},
     }
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -17,7 +19,7 @@ from cocoon.protocol import JobRequest, WrappedKeyWire, pack, unpack_as
 from cocoon.protocol.money import VoucherSubmission
 from cocoon.proxy.money.billing import Billing
 from cocoon.proxy.money.chain_handle import ChainHandle
-from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, WorkerAccount
+from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, WorkerAccount, WorkerHold
 from cocoon.proxy.store import Store
 
 WORKERS = ("0:" + "a" * 64, "0:" + "b" * 64)
@@ -93,3 +95,40 @@ def test_a_request_id_too_long_for_the_books_is_refused_before_any_work() -> Non
     assert unpack_as(request("r" * width), JobRequest).request_id == "r" * width
     with pytest.raises(BadRequest, match="request_id"):
         unpack_as(request("r" * (width + 1)), JobRequest)
+
+
+async def test_a_worker_flagged_by_canaries_is_not_vouchered_its_share_and_the_books_show_the_hold(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'books.db'}")
+    await store.start()
+    proxy = Wallet(bytes(range(32)))
+    billing = Billing(
+        store,
+        cast(ChainHandle, SimpleNamespace(wallet=proxy, global_id=TESTNET_GLOBAL_ID)),
+        unpaid_grace_s=60,
+        credit_limit=10**9,
+    )
+    payer = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
+    client = f"0:{7:064x}"
+    honest, cheater = charge("rcpt-h", client, WORKERS[0], BIG), charge("rcpt-c", client, WORKERS[1], BIG)
+    async with store.session() as session:
+        session.add(ClientAccount(channel=client, payer_key=payer.public_key().public_bytes_raw(), deposit=10 * BIG))
+        session.add_all([honest, cheater])
+        await session.commit()
+    await billing.withhold(cheater.worker_id, datetime.now(UTC) - timedelta(minutes=5), "canaries: another model")
+
+    cumulative = 2 * BIG
+    signature = sign_voucher(payer, client, cumulative, global_id=TESTNET_GLOBAL_ID).hex()
+    await billing.accept_voucher(
+        VoucherSubmission(channel=client, cumulative=cumulative, signature=signature, receipt_ids=["rcpt-h", "rcpt-c"])
+    )
+    async with store.session() as session:
+        paid_honest = await session.get(WorkerAccount, WORKERS[0])
+        paid_cheater = await session.get(WorkerAccount, WORKERS[1])
+        hold = await session.get(WorkerHold, cheater.worker_id)
+    await store.close()
+
+    assert paid_honest is not None and paid_honest.vouchered == honest.worker_share
+    assert paid_cheater is None  # never vouchered a nanoton
+    assert hold is not None and hold.withheld == cheater.worker_share
