@@ -6,7 +6,7 @@ Gemma (an honest checker) and by SmolLM2 (the cheater checking an honest answer)
 one 96-token answer gives the score of every shorter ``max_tokens`` prefix. Then ``--canaries`` canaries are drawn
 as the proxy draws them, and ``--runs`` simulated networks (2 honest workers + 1 cheater, random checkers) are fed
 to ``CanaryBook`` to count canaries to detection and honest workers flagged.
-Usage: ``python bench/canaries.py [--canaries 200] [--runs 500] [--threads 2]``.
+Usage: ``python bench/canaries.py [--canaries 200] [--prompts 0] [--runs 500] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,16 @@ async def measure(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     drawn = [draw_prompt(rng) for _ in range(args.canaries)]
     prompts = sorted({p.messages for p in drawn})
+    if args.prompts and args.prompts < len(prompts):
+        # Fewer distinct prompts to score (each costs two generations and three scorings on the CPU): the canaries
+        # are drawn as the proxy draws them, among those prompts only.
+        prompts = sorted(rng.sample(prompts, args.prompts))
+        kept = set(prompts)
+        drawn = []
+        while len(drawn) < args.canaries:
+            canary = draw_prompt(rng)
+            if canary.messages in kept:
+                drawn.append(canary)
     gemma = LlamaCppEngine(EngineSettings(threads=args.threads, context_length=1024))
     smol = LlamaCppEngine(EngineSettings(threads=args.threads, context_length=1024, model_path=smollm2_gguf()))
     await gemma.start()
@@ -192,6 +202,7 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--canaries", type=int, default=200)
+    parser.add_argument("--prompts", type=int, default=0, help="score only this many distinct prompts (0: all)")
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
