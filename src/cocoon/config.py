@@ -250,6 +250,12 @@ class ClientSettings(RoleSettings, ChainAccess):
     candidates: int = Field(3, ge=1, le=16, description="workers each request is sealed to (failover set)")
     timeout: float = Field(120.0, gt=0, description="default request timeout, seconds (COCOON's `timeout`)")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_prompt_chars: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="longest prompt accepted, in characters (all messages, or all embedding inputs, together); "
+        "a longer one is a 413 before anything is sealed",
+    )
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request leaves it out")
     api_key: str | None = Field(None, description="if set, apps must send it as a bearer token")
     allowed_origins: list[str] = Field(

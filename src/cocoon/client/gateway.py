@@ -1,7 +1,8 @@
 """The sidecar: an OpenAI-compatible ASGI app on localhost that speaks to the network through the SDK.
 
-Chat and text completions (whole or as server-sent events), embeddings and models; the endpoints read the
-SDK and settings from ``app.state``, and every error is OpenAI-shaped with the right status.
+Chat and text completions (whole or as server-sent events), embeddings, models and the OpenAPI document; the
+endpoints read the SDK and settings from ``app.state``, every error is OpenAI-shaped with the right status, and
+every response carries an ``x-request-id`` (and CORS headers for allowed web origins, see ``edge``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import TypeVar
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,6 +33,7 @@ from cocoon.chain.address import parse_address
 from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
 from cocoon.chain.registry import Registry
+from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -53,6 +58,7 @@ from cocoon.client.openai_schema import (
     TextCompletionChunk,
     Usage,
 )
+from cocoon.client.openapi import openapi_document
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
 from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
@@ -64,6 +70,7 @@ from cocoon.errors import (
     Forbidden,
     ModelNotFound,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -90,8 +97,12 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
         async with registry_policy(settings, sdk.directory.verifier):
             yield
 
+    middleware = [Middleware(RequestIds)]
+    if settings.allowed_origins:
+        middleware.append(Middleware(BrowserAccess, origins=settings.allowed_origins))
     app = Starlette(
         lifespan=lifespan,
+        middleware=middleware,
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
@@ -99,8 +110,9 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model_detail),
             Route("/healthz", healthz),
+            Route("/openapi.json", openapi),
         ],
-        exception_handlers={CocoonError: cocoon_error, 404: not_found, 405: not_found},
+        exception_handlers={CocoonError: cocoon_error, 404: not_found, 405: not_found, Exception: internal_error},
     )
     app.state.settings = settings
     app.state.sdk = sdk
@@ -152,28 +164,32 @@ async def registry_policy(settings: ClientSettings, verifier: AttestationVerifie
 async def chat_completions(request: Request) -> Response:
     req = await _parse(request, ChatCompletionRequest)
     max_tokens = req.max_completion_tokens or req.max_tokens or _settings(request).default_max_tokens
+    messages = req.sealed_messages()
+    _within_prompt_limit(request, sum(len(m.content) for m in messages), "messages")
     events = _sdk(request).stream(
         "chat",
         req.model,
-        messages=req.sealed_messages(),
+        messages=messages,
         params=req.sealed_params(max_tokens),
         routing=req.routing(),
         timeout=req.timeout,
     )
-    return await _respond(_Reply("chat", req.model), req, events)
+    return await _respond(request, _Reply("chat", req.model), req, events)
 
 
 async def completions(request: Request) -> Response:
     req = await _parse(request, CompletionRequest)
+    prompt = req.prompt_text()
+    _within_prompt_limit(request, len(prompt), "prompt")
     events = _sdk(request).stream(
         "completion",
         req.model,
-        prompt=req.prompt_text(),
+        prompt=prompt,
         params=req.sealed_params(req.max_tokens or 16),  # OpenAI's default for legacy completions
         routing=req.routing(),
         timeout=req.timeout,
     )
-    return await _respond(_Reply("completion", req.model), req, events)
+    return await _respond(request, _Reply("completion", req.model), req, events)
 
 
 async def embeddings(request: Request) -> Response:
@@ -181,6 +197,7 @@ async def embeddings(request: Request) -> Response:
     inputs = req.inputs()
     if not all(inputs):
         raise BadRequest("input must not contain empty strings", param="input")
+    _within_prompt_limit(request, sum(map(len, inputs)), "input")
     vectors: list[list[float]] = []
     final: Completion | None = None
     async for event in _sdk(request).stream(
@@ -223,6 +240,12 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def openapi(request: Request) -> JSONResponse:
+    if not hasattr(request.app.state, "openapi"):
+        request.app.state.openapi = openapi_document(_version())
+    return JSONResponse(request.app.state.openapi)
+
+
 async def cocoon_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CocoonError)
     return JSONResponse(exc.to_openai(), status_code=exc.status)
@@ -232,6 +255,14 @@ async def not_found(request: Request, exc: Exception) -> Response:
     """An unknown route (404) or method (405), in the OpenAI shape of ``NotFound``."""
     error = NotFound(f"{request.method} {request.url.path} is not an endpoint of this API")
     return JSONResponse(error.to_openai(), status_code=getattr(exc, "status_code", 404))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug's 500, still in the OpenAI shape and with the request id to find it in the log by (Starlette logs
+    the traceback and re-raises after this answer)."""
+    request_id = getattr(request.state, "request_id", "")
+    error = CocoonError(f"internal error in the sidecar; report it with the request id {request_id}")
+    return JSONResponse(error.to_openai(), status_code=500, headers={REQUEST_ID: request_id} if request_id else None)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -245,6 +276,21 @@ def _settings(request: Request) -> ClientSettings:
 def _sdk(request: Request) -> CocoonClient:
     sdk: CocoonClient = request.app.state.sdk
     return sdk
+
+
+def _version() -> str:
+    with contextlib.suppress(PackageNotFoundError):
+        return package_version("cocoon")
+    return "0"
+
+
+def _within_prompt_limit(request: Request, chars: int, param: str) -> None:
+    """``PayloadTooLarge`` for a prompt over ``max_prompt_chars``, before anything is looked up or sealed."""
+    limit = _settings(request).max_prompt_chars
+    if chars > limit:
+        raise PayloadTooLarge(
+            f"the prompt has {chars} characters, over this sidecar's limit of {limit} (max_prompt_chars)", param=param
+        )
 
 
 async def _parse(request: Request, model: type[R]) -> R:
@@ -270,7 +316,7 @@ async def _parse(request: Request, model: type[R]) -> R:
     return parse_json(await read_body(request, settings.max_request_bytes), model)
 
 
-async def _respond(reply: _Reply, req: SamplingFields, events: AsyncIterator[Event]) -> Response:
+async def _respond(request: Request, reply: _Reply, req: SamplingFields, events: AsyncIterator[Event]) -> Response:
     # Pull the first event before answering, so routing and capacity errors get a real HTTP status.
     first = await anext(events)
     if not req.stream:
@@ -285,7 +331,7 @@ async def _respond(reply: _Reply, req: SamplingFields, events: AsyncIterator[Eve
         return JSONResponse(reply.whole("".join(text), final).model_dump(mode="json"))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return StreamingResponse(
-        _sse(reply, first, events, include_usage),
+        _sse(reply, first, events, include_usage, request.state.request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
@@ -338,25 +384,34 @@ def _usage(final: Completion) -> Usage:
     )
 
 
-async def _sse(reply: _Reply, first: Event, events: AsyncIterator[Event], include_usage: bool) -> AsyncIterator[bytes]:
+async def _sse(
+    reply: _Reply, first: Event, events: AsyncIterator[Event], include_usage: bool, request_id: str
+) -> AsyncIterator[bytes]:
     def line(obj: BaseModel | dict[str, object]) -> bytes:
         body = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
         return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
+    def chunk(text: str | None, finish_reason: str | None, first: bool = False) -> bytes:
+        # OpenAI writes "usage": null on every chunk of a stream that will end with usage, and no key otherwise.
+        dumped = reply.chunk(text, finish_reason, first).model_dump(
+            mode="json", exclude=set() if include_usage else {"usage"}
+        )
+        return line(dumped)
+
     if reply.kind == "chat":
-        yield line(reply.chunk("", None, first=True))
+        yield chunk("", None, first=True)
     try:
         event: Event | None = first
         while event is not None:
             if isinstance(event, TextEvent):
-                yield line(reply.chunk(event.text, None))
+                yield chunk(event.text, None)
             elif isinstance(event, Completion):
-                yield line(reply.chunk(None if reply.kind == "chat" else "", event.finish_reason))
+                yield chunk(None if reply.kind == "chat" else "", event.finish_reason)
                 if include_usage:
                     yield line(reply.usage_chunk(event))
             event = await anext(events, None)
     except CocoonError as exc:
-        log.warning("stream failed code=%s", exc.code)
+        log.warning("stream failed request_id=%s code=%s", request_id, exc.code)
         yield line(exc.to_openai())
     yield b"data: [DONE]\n\n"
 

@@ -1,7 +1,9 @@
 """The OpenAI API as the sidecar speaks it: request bodies and response objects, as pydantic models (as vLLM's).
 
 Fields OpenAI defines but cocoon cannot honour yet (``n`` > 1, ``logprobs``, tools, images) are refused with a
-400 that names them, never silently ignored; ``usage`` adds cocoon's receipt ids, workers and costs.
+400 that names them, never silently ignored; ``usage`` adds cocoon's receipt ids, workers and costs. Every
+number has bounds that fit the msgpack of the sealed payload and the job (64-bit), so no value a caller can
+write in JSON fails later, at sealing, as a 500.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
-    model_validator,
 )
 
 from cocoon.errors import BadRequest
@@ -23,6 +24,11 @@ from cocoon.protocol import RoutingPrefs
 from cocoon.protocol.payload import SealedMessage, SealedParams
 
 # ---- requests --------------------------------------------------------------------------------------
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOKENS = 2**31 - 1  # far past any context window; the bound keeps the job's arithmetic in 64 bits
+MAX_CHOICES = 128  # OpenAI's own bound on ``n``
+MAX_PRICE_CAP = 2**53  # a price coefficient cap (1000 = 1x) past every worker; a float up to it converts exactly
 
 
 class ContentPart(BaseModel):
@@ -56,7 +62,9 @@ class ProviderPrefs(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     sort: Literal["latency", "throughput", "price"] | None = None
-    max_price: float | None = None
+    max_price: float | None = Field(
+        None, ge=0, le=MAX_PRICE_CAP, description="cocoon: price coefficient cap, 1000 = 1x"
+    )
     allow_fallbacks: bool = True
     region: str | None = None
     hedge: bool = Field(False, description="cocoon: run on two workers, keep the first to answer")
@@ -67,17 +75,17 @@ class SamplingFields(BaseModel):
     ``provider`` object are accepted beside OpenAI's fields."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     logprobs: bool | int | None = None
-    max_coefficient: int | None = Field(None, ge=1, description="COCOON: price cap, 1000 = 1x")
+    max_coefficient: int | None = Field(None, ge=1, le=MAX_PRICE_CAP, description="COCOON: price cap, 1000 = 1x")
     timeout: float | None = Field(None, gt=0, le=3600, description="COCOON: seconds")
     provider: ProviderPrefs | None = None
 
@@ -88,13 +96,19 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         return value
 
-    @model_validator(mode="after")
-    def _refuse_unsupported(self) -> SamplingFields:
-        if self.n != 1:
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
             raise ValueError("n > 1 is not supported: send one request per choice")
-        if self.logprobs:
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
             raise ValueError("logprobs are not supported yet")
-        return self
+        return value
 
     def sealed_params(self, max_tokens: int) -> SealedParams:
         """The sampling parameters sealed to the worker, generating at most ``max_tokens``."""
@@ -127,14 +141,15 @@ class SamplingFields(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     tools: list[Any] | None = None
 
-    @model_validator(mode="after")
-    def _no_tools(self) -> ChatCompletionRequest:
-        if self.tools:
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
             raise ValueError("tools are not supported yet")
-        return self
+        return value
 
     def sealed_messages(self) -> list[SealedMessage]:
         """The conversation as the worker reads it: text only (``BadRequest`` on other content parts)."""
@@ -154,7 +169,7 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     timeout: float | None = Field(None, gt=0, le=3600)
@@ -245,7 +260,8 @@ class ChatChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One server-sent event of a chat stream."""
+    """One server-sent event of a chat stream. ``usage`` is ``null`` on each chunk of a stream asked to
+    ``include_usage`` (the last one, ``ChatCompletionUsageChunk``, has it) and absent otherwise, as OpenAI's."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -253,6 +269,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
+    usage: Usage | None = None
 
 
 class ChatCompletionUsageChunk(ChatCompletionChunk):
@@ -270,7 +287,7 @@ class TextChoice(BaseModel):
 
 
 class TextCompletionChunk(BaseModel):
-    """One server-sent event of a text completion stream."""
+    """One server-sent event of a text completion stream; ``usage`` as in ``ChatCompletionChunk``."""
 
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -278,6 +295,7 @@ class TextCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str | None = None
     choices: list[TextChoice]
+    usage: Usage | None = None
 
 
 class TextCompletion(TextCompletionChunk):
@@ -326,3 +344,16 @@ class ModelCard(ResponseObject):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the sidecar answers, whatever its status (``CocoonError.to_openai``)."""
+
+    error: ErrorDetail

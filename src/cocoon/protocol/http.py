@@ -1,14 +1,15 @@
 """Reading request bodies at the HTTP edges (client sidecar, proxy): size-capped, time-capped, then parsed.
 
 Both roles answer oversize bodies with 413, bodies sent too slowly with 408, and malformed ones (nested past
-any sense included) with an OpenAI-shaped 400 naming the field.
+any sense, ``NaN``, text no UTF-8 can carry) with an OpenAI-shaped 400 naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TypeVar
+import re
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -22,6 +23,10 @@ M = TypeVar("M", bound=BaseModel)
 BODY_DEADLINE_S = 10.0
 MIN_BODY_RATE = 256 * 1024
 
+# A lone UTF-16 surrogate (``"\\ud800"``) is legal in a JSON escape but is no character: it cannot be encoded
+# as UTF-8, so it could never be sealed, stored or forwarded. json.loads joins valid pairs, so any left is lone.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
 
 async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
     """The whole body: ``PayloadTooLarge`` as soon as it is known to exceed ``limit`` bytes, ``RequestTimeout``
@@ -30,6 +35,8 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
         declared = int(request.headers.get("content-length") or 0)
     except ValueError as exc:
         raise BadRequest("the content-length header is not a number") from exc
+    if declared < 0:
+        raise BadRequest(f"the content-length header is negative ({declared})")
     if declared > limit:
         raise PayloadTooLarge(f"{what} of {declared} bytes exceeds the limit of {limit} bytes")
     deadline = BODY_DEADLINE_S + (declared or limit) / MIN_BODY_RATE
@@ -48,13 +55,18 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
 
 
 def parse_json(body: bytes, model: type[M]) -> M:
-    """``body`` as ``model``; ``InvalidJSON`` or a ``BadRequest`` whose ``param`` names the bad field."""
+    """``body`` as ``model``; ``InvalidJSON`` or a ``BadRequest`` whose ``param`` names the bad field.
+
+    Strict JSON only: ``NaN``/``Infinity`` literals and numbers too large for a float (``1e999``) are refused,
+    as are strings holding a lone surrogate, wherever they are (unknown fields included).
+    """
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
     except RecursionError:
         raise InvalidJSON("request body nests JSON arrays or objects too deeply") from None
+    _refuse_lone_surrogates(raw)
     try:
         return model.model_validate(raw)
     except RecursionError:
@@ -62,3 +74,40 @@ def parse_json(body: bytes, model: type[M]) -> M:
     except ValidationError as exc:
         where, message = first_problem(exc)
         raise BadRequest(f"{where}: {message}" if where else message, param=where or None) from exc
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
+
+
+def _refuse_lone_surrogates(raw: Any) -> None:
+    """``InvalidJSON`` naming a string (key or value) that holds a lone surrogate; iterative, so a deep
+    but parseable document cannot exhaust the stack here."""
+    pending: list[tuple[Any, str]] = [(raw, "")]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise InvalidJSON(
+                    f"{where or 'the body'}: the string holds a lone UTF-16 surrogate, which is not text; "
+                    "send valid Unicode",
+                    param=where or None,
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(key):
+                    raise InvalidJSON(
+                        f"{where or 'the body'}: a field name holds a lone UTF-16 surrogate; send valid Unicode",
+                        param=where or None,
+                    )
+                pending.append((item, path))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(value))
