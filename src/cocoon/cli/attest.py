@@ -113,6 +113,7 @@ async def _verify(data: bytes, files: list[bytes], at: int, nonce: bytes | None)
             "tcb_status": verdict.tcb_status,
             "advisories": ", ".join(verdict.advisory_ids) or "none",
             "fmspc": verdict.fmspc or "unknown",
+            "measurement": verdict.measurement,  # what `cocoon chain registry allow-measurement` takes
             "mrtd": quote.mrtd.hex(),
             **{f"rtmr{i}": r.hex() for i, r in enumerate(quote.rtmrs)},
             "report_data": verdict.report_data.hex(),

@@ -222,11 +222,18 @@ def set_model(
     console.print(f"[green]✓[/] {message}")
 
 
+MeasurementArg = Annotated[
+    str,
+    typer.Argument(
+        help="the image measurement, hex, as `cocoon attest verify` prints it (TDX: MRTD and RTMR0..3, "
+        "SEV-SNP: the launch measurement)"
+    ),
+]
+
+
 @registry_app.command("allow-measurement")
 def allow_measurement(
-    measurement: Annotated[
-        str, typer.Argument(help="the TEE image measurement (TDX MRTD / SEV-SNP launch digest), hex")
-    ],
+    measurement: MeasurementArg,
     registry: RegistryOpt = "",
     owner_key: OwnerKeyOpt = None,
     chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
@@ -235,26 +242,13 @@ def allow_measurement(
     liteserver_config: LiteserverOpt = None,
 ) -> None:
     """Allow workers whose attested image has this measurement."""
-    try:
-        key = measurement_key(bytes.fromhex(measurement))
-    except ValueError as exc:
-        raise typer.BadParameter(f"a measurement is hex: {exc}") from exc
-    owner = owner_wallet(owner_key)
-
-    async def act(chain: ToncenterClient) -> str:
-        contract = Registry(chain, parse_registry(registry))
-        if await contract.is_measurement_allowed(key):
-            return "that measurement is allowed already"
-        await contract.add_measurement(owner, key)
-        return "measurement allowed"
-
-    message = ChainTarget(chain_url, network, api_key, liteserver_config).run("allowing the measurement", act)
-    console.print(f"[green]✓[/] {message}")
+    target = ChainTarget(chain_url, network, api_key, liteserver_config)
+    _set_measurement(target, registry, owner_key, measurement, allowed=True)
 
 
 @registry_app.command("remove-measurement")
 def remove_measurement(
-    measurement: Annotated[str, typer.Argument(help="the image measurement to stop allowing, hex")],
+    measurement: MeasurementArg,
     registry: RegistryOpt = "",
     owner_key: OwnerKeyOpt = None,
     chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
@@ -263,6 +257,13 @@ def remove_measurement(
     liteserver_config: LiteserverOpt = None,
 ) -> None:
     """Stop allowing an image: proxies and clients reading the registry evict its workers at their next read."""
+    target = ChainTarget(chain_url, network, api_key, liteserver_config)
+    _set_measurement(target, registry, owner_key, measurement, allowed=False)
+
+
+def _set_measurement(
+    target: ChainTarget, registry: str, owner_key: Path | None, measurement: str, *, allowed: bool
+) -> None:
     try:
         key = measurement_key(bytes.fromhex(measurement))
     except ValueError as exc:
@@ -271,12 +272,12 @@ def remove_measurement(
 
     async def act(chain: ToncenterClient) -> str:
         contract = Registry(chain, parse_registry(registry))
-        if not await contract.is_measurement_allowed(key):
-            return "that measurement is not allowed"
-        await contract.remove_measurement(owner, key)
-        return "measurement removed"
+        if await contract.is_measurement_allowed(key) == allowed:
+            return f"that measurement is {'allowed' if allowed else 'not allowed'} already"
+        await (contract.add_measurement if allowed else contract.remove_measurement)(owner, key)
+        return "measurement allowed" if allowed else "measurement removed"
 
-    message = ChainTarget(chain_url, network, api_key, liteserver_config).run("removing the measurement", act)
+    message = target.run("allowing the measurement" if allowed else "removing the measurement", act)
     console.print(f"[green]✓[/] {message}")
 
 
