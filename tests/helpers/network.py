@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -15,8 +16,16 @@ from cocoon.local import LocalNetwork, free_port
 __all__ = ["directory", "free_port", "start_network", "wait_for", "worker_process"]
 
 
+# Canaries are background jobs the proxy sends on its own: tests that count jobs or busy slots would see them.
+# Only the tests about canaries turn them on (their proxy_options override these).
+NO_CANARIES = {"canary_rate": 0.0, "canary_min_interval_s": 0.0}
+
+
 def start_network(home: Path, **options: object) -> LocalNetwork:
-    """A ``LocalNetwork`` on free ports under ``home``, started and answering; stopped again if it fails to."""
+    """A ``LocalNetwork`` on free ports under ``home``, started and answering; stopped again if it fails to.
+    Canaries are off unless ``proxy_options`` turn them on."""
+    proxy_options = dict(cast(dict[str, object], options.pop("proxy_options", None) or {}))
+    options["proxy_options"] = NO_CANARIES | proxy_options
     network = LocalNetwork(
         port_base=free_port(),
         proxy_port=free_port(),

@@ -72,6 +72,9 @@ def test_a_worker_serving_another_model_is_flagged_and_honest_workers_never_are(
     for w in honest:
         assert found[w]["flagged"] is False
         assert found[w]["canary"]["status"] in ("ok", "calibrating")  # type: ignore[index]
+    # A job dispatched to it before the flag may still finish; from then on it gets none.
+    wait_for(lambda: entries()[cheater]["inflight"] == 0, timeout=30, what="the cheater's last job to end")
+    flagged = entries()[cheater]
     # Out of routing: client requests keep working, served by the honest workers only.
     for _ in range(2):
         body = {"model": "gemma-3-270m", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
