@@ -20,7 +20,9 @@ class EngineSettings(BaseModel):
     )
     model: str = Field(DEFAULT_MODEL, description="model name clients ask for")
     model_path: Path | None = Field(
-        None, description="GGUF file for llamacpp; empty means the bundled Gemma 3 270M (assembled once)"
+        None,
+        description="GGUF file for llamacpp; empty means the bundled one of `model`: SmolLM2-135M-Instruct for "
+        "smollm2-135m-instruct (the smollm extra), else Gemma 3 270M (assembled once)",
     )
     context_length: int = Field(4096, ge=128, description="context window in tokens (llamacpp n_ctx)")
     threads: int | None = Field(None, ge=1, description="CPU threads per llama.cpp context; empty: all cores")

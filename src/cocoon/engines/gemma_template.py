@@ -6,6 +6,7 @@ tokens, message contents as plain text (a user cannot forge a turn marker), syst
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cocoon.engines.base import ChatMessage, GenerationRequest
@@ -19,11 +20,29 @@ TURN_END = "<end_of_turn>"
 _GEMMA_ROLES = {"user": "user", "tool": "user", "assistant": "model"}
 
 
+@dataclass(frozen=True, slots=True)
+class GemmaTurns:
+    """Gemma's chat template; ``end_of_turn`` is the id of ``<end_of_turn>``, -1 for a model without one."""
+
+    end_of_turn: int
+    name: str = "gemma"
+
+    def prompt_tokens(self, llama: Llama, request: GenerationRequest) -> list[int]:
+        return prompt_tokens(llama, request)
+
+
+def raw_prompt_tokens(llama: Llama, request: GenerationRequest) -> list[int]:
+    """A completion's prompt and continuation as tokens: BOS, then special markers such as ``<start_of_turn>``
+    recognised (as llama.cpp's and vLLM's servers do)."""
+    assert request.prompt is not None
+    text = request.prompt + request.continuation
+    return llama.tokenize(text.encode(), add_bos=True, special=True)
+
+
 def prompt_tokens(llama: Llama, request: GenerationRequest) -> list[int]:
     """The prompt as tokens: Gemma's chat template for messages, the raw text for a completion."""
     if request.prompt is not None:
-        text = request.prompt + request.continuation
-        return llama.tokenize(text.encode(), add_bos=True, special=True)
+        return raw_prompt_tokens(llama, request)
     assert request.messages is not None
     tokens = [llama.token_bos()]
     for role, content in gemma_turns(request.messages):

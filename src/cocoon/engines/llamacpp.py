@@ -31,9 +31,11 @@ from cocoon.engines.base import (
     TextDelta,
     TokenScores,
 )
+from cocoon.engines.bundled import bundled_gguf
+from cocoon.engines.chat_template import ChatTemplate, chat_template_for
 from cocoon.engines.config import EngineSettings
-from cocoon.engines.gemma_template import TURN_END, prompt_tokens, single_token
-from cocoon.engines.model_cache import bundled_model_path, sha256_file
+from cocoon.engines.gemma_template import GemmaTurns
+from cocoon.engines.model_cache import sha256_file
 from cocoon.engines.stops import StopStringFilter
 from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
 from cocoon.protocol.usage import TokenUsage
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Gemma's turn markers. The bundled GGUF is the base model and carries no chat template.
 _EMBED_BATCH_CAP = 4096  # tokens per embedding input; also the embedding context size
 # Prompts are evaluated in chunks of this many tokens, always aligned to multiples of it from position 0.
 # llama.cpp's CPU kernels round differently for different batch sizes, so a KV prefix is reused only in
@@ -88,11 +89,12 @@ class _Job:
 
 
 class LlamaCppEngine:
-    """Serves a GGUF model (the bundled Gemma 3 270M when ``settings.model_path`` is empty) with llama.cpp.
+    """Serves a GGUF model with llama.cpp; with ``settings.model_path`` empty, the bundled one of that name
+    (SmolLM2-135M-Instruct for ``smollm2-135m-instruct``, else Gemma 3 270M).
 
-    Chat requests use Gemma's turn template; completions use the raw prompt, in which special tokens
-    such as ``<start_of_turn>`` are recognised (as llama.cpp's and vLLM's servers do). Message contents
-    are tokenized as plain text, so a user cannot forge turn markers.
+    Chat requests use the model's template (``chat_template.py``: Gemma's turns, or the GGUF's own); completions
+    use the raw prompt, in which special tokens such as ``<start_of_turn>`` are recognised (as llama.cpp's and
+    vLLM's servers do). Message contents are tokenized as plain text, so a user cannot forge turn markers.
     """
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -104,7 +106,7 @@ class LlamaCppEngine:
         self._free: asyncio.Queue[_Context] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: set[threading.Event] = set()
-        self._end_of_turn = -1
+        self._template: ChatTemplate = GemmaTurns(-1)
         self._embedder: Llama | None = None
         self._embed_lock = asyncio.Lock()
 
@@ -125,7 +127,7 @@ class LlamaCppEngine:
         settings = self._settings
         path = settings.model_path
         if path is None:
-            path = await asyncio.to_thread(bundled_model_path)
+            path = await asyncio.to_thread(bundled_gguf, settings.model)
         if not path.is_file():
             raise ConfigError(f"model_path {path} is not a file; point it at a GGUF model or leave it empty")
         model_hash = await asyncio.to_thread(sha256_file, path)
@@ -137,13 +139,7 @@ class LlamaCppEngine:
         self._contexts = await asyncio.to_thread(self._load_contexts, path)
         for context in self._contexts:
             context.watch_cancellation()
-        try:
-            self._end_of_turn = single_token(self._contexts[0].llama, TURN_END)
-        except EngineError:
-            # Not a Gemma model (the chaos knob serving another model does this): chat still lays out Gemma's
-            # turns, their markers read as text, and the model's own end-of-generation token ends an answer.
-            log.warning("model %s has no %s token; chat turns are plain text to it", path, TURN_END)
-            self._end_of_turn = -1
+        self._template = chat_template_for(self._contexts[0].llama, path)
         self._free = asyncio.Queue()
         for context in self._contexts:
             self._free.put_nowait(context)
@@ -158,6 +154,7 @@ class LlamaCppEngine:
             supports_embeddings=settings.embeddings,
             extra={
                 "backend": "llama.cpp",
+                "chat_template": self._template.name,
                 "llama_cpp_python": llama_cpp.__version__,
                 "parallel": str(settings.parallel),
                 "threads": str(self._threads),
@@ -213,7 +210,7 @@ class LlamaCppEngine:
         if request.params.max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
         # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
-        tokens = prompt_tokens(self._contexts[0].llama, request)
+        tokens = self._template.prompt_tokens(self._contexts[0].llama, request)
         needed = len(tokens) + request.params.max_tokens
         if needed > info.context_length:
             raise ContextLengthExceeded(
@@ -300,7 +297,7 @@ class LlamaCppEngine:
                     return
                 completion += 1
                 unreported += 1
-                if token == self._end_of_turn or llama_cpp.llama_vocab_is_eog(vocab, token):
+                if token == self._template.end_of_turn or llama_cpp.llama_vocab_is_eog(vocab, token):
                     reason = "stop"
                     break
                 text = stops.feed(utf8.decode(llama.detokenize([token])))
@@ -330,7 +327,7 @@ class LlamaCppEngine:
         llama = self._contexts[0].llama
         params = SamplingParams(max_tokens=1)
         layout = GenerationRequest(params=params, messages=request.messages, prompt=request.prompt)
-        prompt = prompt_tokens(llama, layout)
+        prompt = self._template.prompt_tokens(llama, layout)
         completion = llama.tokenize(request.completion.encode(), add_bos=False, special=False)
         truncated = len(completion) > SCORE_MAX_TOKENS
         completion = completion[:SCORE_MAX_TOKENS]

@@ -24,6 +24,7 @@ from cocoon.attestation.simulated import DEV_MEASUREMENT
 from cocoon.chain.devnet import DevnetOptions
 from cocoon.config import cocoon_home
 from cocoon.crypto import SigningKey, load_or_create_node_keys
+from cocoon.engines.bundled import SMOLLM2_MODEL, SMOLLM2_SHA256, smollm2_model_path
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
@@ -56,6 +57,7 @@ class LocalNetwork:
         money: bool = False,
         devnet_port: int | None = None,
         devnet_options: DevnetOptions | None = None,
+        smollm2: bool = False,
     ) -> None:
         self.client_port = port_base
         self.proxy_port = proxy_port or port_base + 620
@@ -70,11 +72,14 @@ class LocalNetwork:
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
         self.devnet_port = devnet_port or self.proxy_port + 90
         self.devnet_options = devnet_options  # the devnet answering as toncenter on a real network does
+        # Every worker also serves SmolLM2-135M-Instruct (the smollm extra), a model that can chat.
+        self.smollm2 = smollm2
         self.chain: LocalChain | None = None
         self.children: list[Child] = []
         self.policy: dict[str, Any] = {}
         self.model_file = Path()
         self.model_hash = ""
+        self.extra_engines: list[dict[str, Any]] = []  # engine tables every worker serves beside the main one
         # The attestation authority lives in this process only (a fresh key per start); workers ask it for quotes.
         self.authority = DevAuthority()
         self.authority_url = ""
@@ -101,6 +106,8 @@ class LocalNetwork:
             self.start()
             self.wait_ready(timeout=180)
             out.print(f"[bold green]cocoon is up[/]: OpenAI base URL [bold]{self.base_url}[/]")
+            models = [str(self.engine.get("model", DEFAULT_MODEL)), *(str(e["model"]) for e in self.extra_engines)]
+            out.print("  models: " + ", ".join(models))
             out.print(f"  proxy {self.proxy_url} (directory {self.proxy_url}/v1/directory, metrics /metrics)")
             out.print(f"  try: OPENAI_BASE_URL={self.base_url} OPENAI_API_KEY=unused python your_app.py")
             if self.chain is not None:
@@ -123,12 +130,19 @@ class LocalNetwork:
         model_hash = sha256_file(model)
         self.authority_url = self.authority_url or self.authority.start()
         served_hash = SYNTHETIC_MODEL_HASH if self.synthetic else model_hash
+        self.extra_engines = []
+        if self.smollm2 and not self.synthetic:
+            path = smollm2_model_path()  # its SHA-256 checked against SMOLLM2_SHA256
+            self.extra_engines.append(
+                {"kind": "llamacpp", "model": SMOLLM2_MODEL, "model_path": str(path), "model_hash": SMOLLM2_SHA256}
+            )
+        extra_hashes = {str(e["model"]): str(e["model_hash"]) for e in self.extra_engines}
         policy = {
             "allow_simulated": True,
             "simulated_authorities": [self.authority.public_hex],
             "allowed_measurements": [DEV_MEASUREMENT],
             # A network of synthetic workers (benchmarks) admits that engine's fixed weights hash, no other.
-            "allowed_model_hashes": [served_hash],
+            "allowed_model_hashes": [served_hash, *extra_hashes.values()],
             # Workers fetch a fresh quote for every session, so a copied one is soon worthless.
             "max_quote_age_s": QUOTE_MAX_AGE_S,
         }
@@ -138,6 +152,7 @@ class LocalNetwork:
             # The registry lists the weights the workers serve: it is the network's allow-list of models.
             models = {str(self.engine.get("model", DEFAULT_MODEL)): served_hash}
             models.setdefault(DEFAULT_MODEL, model_hash)
+            models |= extra_hashes
             self.chain = start_local_chain(
                 self.home,
                 self.devnet_port,
@@ -176,7 +191,7 @@ class LocalNetwork:
             "slots": 2,
             "keys_file": str(keys_file),
             "dev_attestation_url": self.authority_url,
-            "engines": [table | self.engine | engine],
+            "engines": [table | self.engine | engine, *({"threads": threads} | e for e in self.extra_engines)],
         }
         options = money_options(self.chain, self.home, f"worker-{i}")
         self._write(f"worker-{i}.toml", worker | options | self.worker_options | self.worker_overrides.get(i, {}))
@@ -208,26 +223,33 @@ class LocalNetwork:
                 console.print(f"[green]✓[/] {label}")
 
     def demo(self) -> None:
-        # The bundled model is a small base model: one example turn shows it what a chat answer looks like.
         question = "What is the capital of France?"
-        body = {
-            "model": DEFAULT_MODEL,
-            "max_tokens": 24,
-            "temperature": 0,
-            "stop": ["."],
-            "messages": [
-                {"role": "user", "content": "What is the capital of Italy?"},
-                {"role": "assistant", "content": "The capital of Italy is Rome."},
-                {"role": "user", "content": question},
-            ],
-        }
+        body: dict[str, Any] = {"max_tokens": 24, "temperature": 0}
+        if self.extra_engines:
+            # The instruct model chats as it was trained to.
+            system = {"role": "system", "content": "Answer in one short sentence."}
+            body |= {"model": SMOLLM2_MODEL, "messages": [system, {"role": "user", "content": question}]}
+        else:
+            # Gemma 3 270M is a small base model: one example turn shows it what a chat answer looks like.
+            body |= {
+                "model": DEFAULT_MODEL,
+                "stop": ["."],
+                "messages": [
+                    {"role": "user", "content": "What is the capital of Italy?"},
+                    {"role": "assistant", "content": "The capital of Italy is Rome."},
+                    {"role": "user", "content": question},
+                ],
+            }
         started = time.monotonic()
         response = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
         answer = response.json()
         if response.status_code != 200:
             raise ChildDied(f"demo request failed: {answer}")
         usage = answer["usage"]
-        out.print(f"[bold]demo[/] (sealed to an attested worker, receipt verified, {time.monotonic() - started:.2f}s):")
+        out.print(
+            f"[bold]demo[/] ({body['model']}, sealed to an attested worker, receipt verified, "
+            f"{time.monotonic() - started:.2f}s):"
+        )
         out.print(f"  > {question}")
         out.print("  < " + answer["choices"][0]["message"]["content"].strip().replace("\n", " "))
         out.print(

@@ -70,6 +70,7 @@ async def test_info_names_the_model_and_its_gguf_sha256(engine: LlamaCppEngine) 
     assert engine.info.model_hash == bundle.EXPECTED_SHA256
     assert engine.info.context_length == CONTEXT
     assert engine.info.supports_embeddings
+    assert engine.info.extra["chat_template"] == "gemma"  # the bundled base GGUF has no template of its own
 
 
 async def test_completion_streams_deltas_then_one_finished_with_exact_counts(engine: LlamaCppEngine) -> None:
