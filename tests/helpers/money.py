@@ -26,16 +26,21 @@ PRICES = Prices(PRICE_PROMPT, PRICE_CACHED, PRICE_COMPLETION)
 
 
 def start_paid_network(
-    home: Path, workers: int = 2, proxy_options: dict[str, Any] | None = None, **worker_options: Any
+    home: Path,
+    workers: int = 2,
+    proxy_options: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+    **worker_options: Any,
 ) -> LocalNetwork:
-    """A network that bills in TON on its own devnet; it settles only when a test calls ``settle``."""
+    """A network that bills in TON on its own devnet (synthetic workers, ``engine`` adding to their engine table);
+    it settles only when a test calls ``settle``."""
     return start_network(
         home,
         devnet_port=free_port(),
         devnet_options=TONCENTER_MODE,
         workers=workers,
         money=True,
-        engine={"kind": "synthetic"},
+        engine={"kind": "synthetic", **(engine or {})},
         # Settle only when told to, so the tests see the books before and after.
         proxy_options={
             "settle_min_amount": 10**18,

@@ -15,7 +15,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import TypeVar
@@ -79,6 +79,7 @@ from cocoon.protocol.payload import SealedParams
 
 log = logging.getLogger("cocoon.client")
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
 
 
 def create_gateway(settings: ClientSettings, client: CocoonClient | None = None) -> Starlette:
@@ -317,24 +318,67 @@ async def _parse(request: Request, model: type[R]) -> R:
 
 
 async def _respond(request: Request, reply: _Reply, req: SamplingFields, events: AsyncIterator[Event]) -> Response:
-    # Pull the first event before answering, so routing and capacity errors get a real HTTP status.
-    first = await anext(events)
-    if not req.stream:
-        text: list[str] = [first.text] if isinstance(first, TextEvent) else []
-        final = first if isinstance(first, Completion) else None
-        async for event in events:
-            if isinstance(event, TextEvent):
-                text.append(event.text)
-            elif isinstance(event, Completion):
-                final = event
-        assert final is not None
-        return JSONResponse(reply.whole("".join(text), final).model_dump(mode="json"))
+    try:
+        if not req.stream:
+            body = await _unless_hung_up(request, _whole(reply, events))
+            return JSONResponse(body.model_dump(mode="json"))
+        # Pull the first event before answering, so routing and capacity errors get a real HTTP status.
+        first = await _unless_hung_up(request, anext(events))
+    except _HungUp:
+        log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
+        return Response(status_code=499)  # nobody reads it
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return StreamingResponse(
         _sse(reply, first, events, include_usage, request.state.request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
+
+
+async def _whole(reply: _Reply, events: AsyncIterator[Event]) -> ChatCompletion | TextCompletion:
+    text: list[str] = []
+    final: Completion | None = None
+    async for event in events:
+        if isinstance(event, TextEvent):
+            text.append(event.text)
+        elif isinstance(event, Completion):
+            final = event
+    assert final is not None
+    return reply.whole("".join(text), final)
+
+
+class _HungUp(Exception):
+    """The app closed its connection before its answer was ready."""
+
+
+async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; ``_HungUp`` as soon as the app disconnects, ``work`` cancelled then.
+
+    Cancelling it closes the SDK's request to the proxy, which cancels the job on its worker: an answer nobody
+    waits for no longer runs to ``max_tokens`` (nor holds the worker's slot), and only its tokens so far are billed.
+    """
+    task = asyncio.current_task()
+    state = {"done": False, "hung_up": False}
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if not state["done"] and task is not None:
+            state["hung_up"] = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        result = await work
+        state["done"] = True  # before any await: the watcher cancels nothing from here on
+        return result
+    except asyncio.CancelledError:
+        if not state["hung_up"] or task is None:
+            raise
+        task.uncancel()
+        raise _HungUp from None
+    finally:
+        watcher.cancel()
 
 
 class _Reply:
@@ -413,6 +457,12 @@ async def _sse(
     except CocoonError as exc:
         log.warning("stream failed request_id=%s code=%s", request_id, exc.code)
         yield line(exc.to_openai())
+    finally:
+        # An app that hangs up closes this generator: closing the SDK's too ends its request to the proxy now
+        # (not when the garbage collector gets to it), so the job is cancelled on its worker.
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
     yield b"data: [DONE]\n\n"
 
 

@@ -26,6 +26,12 @@ What this code does:
   behind a ``hedged_out`` start frame if it verifies and claims no completion tokens: the client pays the winner's
   answer and the loser's prefill. A loser claiming completion tokens the client never got is paid nothing.
 
+- Abandoned (the client hung up, or its timeout closed the request, before or after the first byte): every
+  attempt still running gets ``Cancel`` with reason ``closed``; its worker stops at the next token and signs a
+  receipt for the prefill and the tokens its chunks carried, which the proxy books (``on_receipt``) within
+  ``CANCELLED_RECEIPT_S`` though nobody is left to forward it to. The worker is paid for the work it did; the
+  client, which never got that receipt, settles it as it settles any receipt it never got (``wallet.resync``).
+
 - Bounded: a worker may stream at most ``chunk_cap`` chunks and ``byte_cap`` bytes for one job, both derived from
   its ``max_tokens`` (one chunk per token at most, plus its finish). One that streams more is cut off (cancelled, its
   surplus never queued), counted as bad evidence, and the stream resumes on the next candidate, as for a lost one.
@@ -67,6 +73,9 @@ from cocoon.proxy.routing.hedge import race
 from cocoon.proxy.routing.reputation import Outcome
 
 log = logging.getLogger("cocoon.proxy")
+
+# How long a cancelled attempt's receipt is waited for: a worker stops at its next token, so this is a round trip.
+CANCELLED_RECEIPT_S = 2.0
 
 
 class JobRelay:
@@ -112,6 +121,9 @@ class JobRelay:
         """
         try:
             return await self._first_answer()
+        except asyncio.CancelledError:  # the client left before the first byte: stop (and book) what runs
+            await self.abandon()
+            raise
         except BaseException:
             self.cashier.release(self.reservation)
             raise
@@ -198,11 +210,47 @@ class JobRelay:
                     return
                 current = None
         finally:
-            for running in self.attempts:
-                if running.worker.jobs.pop(running.job_id, None) is not None:
-                    running.worker.release()
-                    await _send_quietly(running.worker, pack(Cancel(job_id=running.job_id, reason="closed")))
+            await self.abandon()
+
+    async def abandon(self) -> None:
+        """End the request where it stands: cancel every attempt still running, book the receipts they end with
+        (within ``CANCELLED_RECEIPT_S``), release the reservation. Idempotent; after a whole answer nothing runs."""
+        running = [a for a in self.attempts if a.job_id in a.worker.jobs]
+        for attempt in running:
+            if attempt not in self.hedge_losers:  # a loser was told already; it answers that cancel
+                await _send_quietly(attempt.worker, pack(Cancel(job_id=attempt.job_id, reason="closed")))
+        try:
+            await asyncio.gather(*(self._cancelled_receipt(a) for a in running))
+        finally:
+            for attempt in running:  # no receipt came: counted out, as no evidence either way
+                if attempt.worker.jobs.pop(attempt.job_id, None) is not None:
+                    attempt.worker.release()
             self.cashier.release(self.reservation)
+
+    async def _cancelled_receipt(self, attempt: Attempt) -> None:
+        """Book the receipt a cancelled attempt ends with: the work it did before the cancel, nobody to forward
+        it to. A hedge loser's must claim no completion, as when it is forwarded."""
+        deadline = time.monotonic() + CANCELLED_RECEIPT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = await self._next(attempt, left)
+            except CocoonError:  # an error (cancelled before it started), a timeout, a lost worker: no receipt
+                return
+            if item.get("t") != "end":
+                continue  # chunks sealed before the cancel arrived: the client is gone
+            end = JobEnd.model_validate(item)
+            ok = self._receipt_ok(attempt, end)
+            if attempt in self.hedge_losers and end.receipt.completion_tokens:
+                ok = False
+            self._finish(attempt, None if ok else "bad_receipt", end)
+            await self.cashier.on_receipt(self.reservation, attempt.worker.register, end, ok)
+            log.info(
+                "cancelled job booked job=%s worker=%s completion_tokens=%d",
+                attempt.job_id,
+                attempt.worker.worker_id,
+                end.receipt.completion_tokens,
+            )
+            return
 
     async def _dispatch(self, worker: WorkerEntry, resume: list[ResumeChunks]) -> Attempt:
         key = self.keys[worker.worker_id]
@@ -235,8 +283,15 @@ class JobRelay:
         return attempt
 
     async def _first(self, attempt: Attempt) -> Frame:
-        """The attempt's first frame, within the first-byte timeout; times it against the worker's promise."""
-        item = await self._next(attempt, self.first_byte_timeout)
+        """The attempt's first frame, within the first-byte timeout; times it against the worker's promise.
+
+        A worker past the timeout is told to stop (``Cancel`` reason ``timeout``): nobody waits for its answer.
+        """
+        try:
+            item = await self._next(attempt, self.first_byte_timeout)
+        except UpstreamTimeout:
+            await _send_quietly(attempt.worker, pack(Cancel(job_id=attempt.job_id, reason="timeout")))
+            raise
         attempt.first_at = time.monotonic()
         if self.evidence is not None:
             self.evidence.first_token(attempt.worker, attempt.first_at - attempt.started, attempt.queue_s)

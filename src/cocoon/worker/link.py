@@ -120,9 +120,8 @@ class ProxyLink:
                     self._start_job(ws, message)
                 elif isinstance(message, Cancel):
                     task = self._jobs.get(message.job_id)
-                    if task is not None:
-                        if message.reason == "hedge":
-                            self.runner.hedge_cancelled.add(message.job_id)
+                    if task is not None and message.job_id not in self.runner.cancelled:  # else: unknown or done
+                        self.runner.cancelled[message.job_id] = message.reason
                         task.cancel()
                 elif isinstance(message, Ping):
                     await ws.send(pack(Pong(nonce=message.nonce)))
@@ -141,7 +140,7 @@ class ProxyLink:
 
     def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._jobs.pop(job_id, None)
-        self.runner.hedge_cancelled.discard(job_id)
+        self.runner.cancelled.pop(job_id, None)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             if not isinstance(exc, websockets.ConnectionClosed):

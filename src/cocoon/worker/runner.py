@@ -62,9 +62,10 @@ class JobRunner:
         self.meter = ThroughputMeter()
         self.first_tokens = FirstTokenMeter()
         self.max_queue = max_queue
-        # Jobs the proxy cancelled because a hedged twin answered first: they end with a receipt for
-        # their prefill only (see DESIGN.md, Routing), instead of vanishing unpaid.
-        self.hedge_cancelled: set[str] = set()
+        # Jobs the proxy cancelled (job id -> the ``Cancel`` reason), which end with a receipt instead of vanishing
+        # unpaid: a hedge loser's covers its prefill only (see DESIGN.md, Routing), any other the prefill and the
+        # tokens its chunks carried before the cancel (the client hung up, or streamed past its caps).
+        self.cancelled: dict[str, str] = {}
         self.chaos_bad_receipts = ""
         self.seen_requests = ReplayRecord()
         # Chunk plaintexts are padded to multiples of this many bytes, and text after the first is coalesced
@@ -87,10 +88,16 @@ class JobRunner:
         try:
             await self._slots.acquire()
         except asyncio.CancelledError:
-            if job.job_id not in self.hedge_cancelled:
+            reason = self.cancelled.pop(job.job_id, None)
+            if reason is None:
                 raise
             _uncancel()  # nothing was computed, nothing to bill: say so, so the proxy stops waiting
-            await send(_error(job.job_id, 409, "hedge_cancelled", "a hedged twin answered before this job started"))
+            if reason == "hedge":
+                await send(_error(job.job_id, 409, "hedge_cancelled", "a hedged twin answered before this job started"))
+            else:
+                await send(
+                    _error(job.job_id, 409, "cancelled", f"cancelled ({reason or 'no reason'}) before it started")
+                )
             return
         finally:
             self.board.waiting -= 1
@@ -105,8 +112,9 @@ class JobRunner:
             self.board.running -= 1
             self._slots.release()
         # Counted out before its last frame goes: a heartbeat sent after the receipt never shows the job as
-        # running, so the proxy (which counts it out on the receipt) does not see it busy again.
-        await send(last)
+        # running, so the proxy (which counts it out on the receipt) does not see it busy again. Shielded: a cancel
+        # arriving now (the job is done) must not cut off its receipt.
+        await asyncio.shield(send(last))
 
     async def _run(self, job: Job, send: Send) -> JobEnd:
         """Stream ``job``'s sealed chunks through ``send`` and return its signed receipt (sent by ``run``)."""
@@ -136,11 +144,11 @@ class JobRunner:
         key_nonce = new_key_nonce()
         sealer = ResponseSealer(content_key, job.request_id, worker_id, key_nonce)
         digest = ResponseDigest(payload.salt)
-        seq = 0
+        seq = carried = 0  # chunks sent; completion tokens they carried (what a cancelled job's receipt claims)
         ttft_ms = 0.0
 
         async def emit(chunk: ChunkPayload) -> None:
-            nonlocal seq, ttft_ms
+            nonlocal seq, carried, ttft_ms
             data = chunk.encode(self.pad_bytes)
             digest.update(data)
             if seq == 0:
@@ -148,6 +156,7 @@ class JobRunner:
             nonce = key_nonce if seq == 0 else b""
             await send(Chunk(job_id=job.job_id, seq=seq, data=sealer.seal(seq, data), key_nonce=nonce))
             seq += 1
+            carried += chunk.tokens
 
         if payload.kind == "embedding":
             result = await engine.embed(payload.input or [])
@@ -165,14 +174,23 @@ class JobRunner:
             try:
                 usage, finish_reason = await self._generate(engine, payload, continuation, emitted, emit)
             except asyncio.CancelledError:
-                if job.job_id not in self.hedge_cancelled:
+                reason = self.cancelled.get(job.job_id)
+                if reason is None:  # the link dropped: nobody is left to take a receipt
                     raise
                 _uncancel()
-                # The client received none of this worker's chunks: the receipt covers the prefill only.
-                usage = TokenUsage(await _prompt_tokens(engine, payload, continuation), completion_tokens=0)
-                finish_reason, digest = "cancelled", ResponseDigest(payload.salt)
+                prompt_tokens = await _prompt_tokens(engine, payload, continuation)
+                if reason == "hedge":
+                    # The client received none of this worker's chunks: the receipt covers the prefill only.
+                    usage = TokenUsage(prompt_tokens, completion_tokens=0)
+                    digest = ResponseDigest(payload.salt)
+                else:
+                    # Generation stopped at the cancel: the receipt claims the tokens sent, and its digest
+                    # covers exactly the chunks sent, so it verifies against what left this worker.
+                    usage = TokenUsage(prompt_tokens, completion_tokens=carried)
+                finish_reason = "cancelled"
+                log.info("job cancelled job_id=%s reason=%s tokens=%d", job.job_id, reason, carried)
             finally:
-                self.hedge_cancelled.discard(job.job_id)
+                self.cancelled.pop(job.job_id, None)
             if seq and finish_reason != "cancelled":
                 self.first_tokens.add(ttft_ms / 1000, usage.prompt_tokens)
         receipt = Receipt(
