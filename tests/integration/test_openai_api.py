@@ -129,3 +129,18 @@ def test_prompt_beyond_the_context_window_is_a_400(oai: openai.OpenAI) -> None:
         oai.completions.create(model=DEFAULT_MODEL, prompt="hello " * 5000, max_tokens=8)
     assert isinstance(info.value.body, dict)
     assert info.value.body["code"] == "context_length_exceeded"
+
+
+def test_penalties_and_logit_bias_are_sealed_to_the_worker_and_answered(oai: openai.OpenAI) -> None:
+    """The worker validates and applies them (their effect on the text: tests/unit/engines/test_llamacpp.py)."""
+    answer = oai.completions.create(
+        model=DEFAULT_MODEL,
+        prompt="One, two, three, four,",
+        max_tokens=4,
+        temperature=0,
+        frequency_penalty=2.0,
+        presence_penalty=-0.5,
+        logit_bias={"0": -100, "106": 1.5},
+    )
+    assert answer.choices[0].text
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 4

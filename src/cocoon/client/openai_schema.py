@@ -21,7 +21,7 @@ from pydantic import (
 
 from cocoon.errors import BadRequest
 from cocoon.protocol import RoutingPrefs
-from cocoon.protocol.payload import SealedMessage, SealedParams
+from cocoon.protocol.payload import MAX_LOGIT_BIAS, MAX_TOKEN_ID, SealedMessage, SealedParams
 
 # ---- requests --------------------------------------------------------------------------------------
 
@@ -83,6 +83,9 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     logprobs: bool | int | None = None
     max_coefficient: int | None = Field(None, ge=1, le=MAX_PRICE_CAP, description="COCOON: price cap, 1000 = 1x")
@@ -94,6 +97,16 @@ class SamplingFields(BaseModel):
     def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or int(token) > MAX_TOKEN_ID:
+                raise ValueError(f"logit_bias keys are token ids (non-negative integers), got {token[:20]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values are from -100 to 100, got {bias} for token {token}")
         return value
 
     @field_validator("n")
@@ -118,6 +131,9 @@ class SamplingFields(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=self.stops(),
             seed=self.seed,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias=[(int(token), bias) for token, bias in (self.logit_bias or {}).items()],
         )
 
     def stops(self) -> list[str]:

@@ -32,6 +32,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often a token appeared so far
+    presence_penalty: float = 0.0  # minus this once a token appeared at all
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), -100 bans it
 
 
 @dataclass(frozen=True, slots=True)

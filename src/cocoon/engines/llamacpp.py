@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cocoon.engines.base import (
     SCORE_MAX_TOKENS,
@@ -284,6 +284,9 @@ class LlamaCppEngine:
             min_p=0.0,
             typical_p=1.0,
             repeat_penalty=1.0,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            logits_processor=_logit_bias(params.logit_bias, llama.n_vocab()),
         )
         vocab = llama._model.vocab
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -468,3 +471,21 @@ def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
         return prefix
     llama.n_tokens = 0
     return 0
+
+
+def _logit_bias(bias: tuple[tuple[int, float], ...], vocabulary: int) -> Any:
+    """A llama-cpp-python logits processor adding OpenAI's ``logit_bias`` (None without one); token ids past
+    the vocabulary name no token of this model and are ignored, as OpenAI ignores unknown ones."""
+    if not bias:
+        return None
+    import llama_cpp
+    import numpy as np
+
+    ids = np.array([token for token, _ in bias if token < vocabulary], dtype=np.intc)
+    values = np.array([value for token, value in bias if token < vocabulary], dtype=np.single)
+
+    def add(_input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+
+    return llama_cpp.LogitsProcessorList([add])

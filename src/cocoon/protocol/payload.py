@@ -5,7 +5,7 @@ Only client and worker ever see these; the proxy relays them as ciphertext.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +19,10 @@ class SealedMessage(BaseModel):
     content: str
 
 
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+MAX_TOKEN_ID = 2**31 - 1
+
+
 class SealedParams(BaseModel):
     model_config = ConfigDict(frozen=True)
     max_tokens: int
@@ -26,6 +30,13 @@ class SealedParams(BaseModel):
     top_p: float = 1.0
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    # OpenAI's ranges: the worker applies them as given, so they are bounded here too (a client can be anyone).
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
+    # (token id, bias) pairs: msgpack maps take only string keys here
+    logit_bias: list[tuple[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)], Annotated[float, Field(ge=-100, le=100)]]] = (
+        Field(default_factory=list, max_length=MAX_LOGIT_BIAS)
+    )
 
 
 class RequestPayload(BaseModel):

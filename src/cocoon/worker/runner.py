@@ -234,6 +234,9 @@ class JobRunner:
             top_p=payload.params.top_p,
             stop=tuple(payload.params.stop),
             seed=payload.params.seed,
+            frequency_penalty=payload.params.frequency_penalty,
+            presence_penalty=payload.params.presence_penalty,
+            logit_bias=tuple(sorted(payload.params.logit_bias)),
         )
         if payload.kind == "chat":
             messages = tuple(ChatMessage(m.role, m.content) for m in payload.messages or [])

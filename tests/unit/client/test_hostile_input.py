@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from cocoon.client import CocoonClient, create_gateway
+from cocoon.client.openai_schema import ChatCompletionRequest
 from cocoon.config import ClientSettings
 from tests.unit.client.fakes import MODEL, FakeWorker, answer_with_text, dev_policy, recorded_proxy
 
@@ -182,3 +183,29 @@ async def test_a_negative_content_length_is_a_400(sidecar: httpx.AsyncClient) ->
     )
     request.headers["content-length"] = "-5"
     assert refusal(await sidecar.send(request))["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"frequency_penalty": 99}, "frequency_penalty"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 200}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+    ],
+    ids=["frequency", "presence", "bias-key", "bias-value", "bias-size"],
+)
+async def test_penalties_and_logit_bias_outside_openais_ranges_are_refused(
+    sidecar: httpx.AsyncClient, extra: dict[str, Any], param: str
+) -> None:
+    error = refusal(await post(sidecar, "/v1/chat/completions", CHAT | extra))
+    assert error["param"] == param
+
+
+async def test_penalties_and_logit_bias_are_sealed_to_the_worker(sidecar: httpx.AsyncClient) -> None:
+    body = CHAT | {"frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"42": -100, "7": 2.5}}
+    assert (await post(sidecar, "/v1/chat/completions", body)).status_code == 200
+    params = ChatCompletionRequest.model_validate(body).sealed_params(16)
+    assert (params.frequency_penalty, params.presence_penalty) == (0.5, -1.0)
+    assert params.logit_bias == [(42, -100.0), (7, 2.5)]

@@ -282,3 +282,27 @@ async def test_score_after_a_generation_leaves_the_context_usable_and_greedy_unc
     after, _ = await run(engine, completion(COUNTING, max_tokens=6))
 
     assert text_of(after) == text_of(before)
+
+
+async def test_logit_bias_bans_the_greedy_token_and_penalties_change_a_repetition(
+    engine: LlamaCppEngine, bundled_model_path: Path
+) -> None:
+    import llama_cpp
+
+    vocabulary = llama_cpp.Llama(model_path=str(bundled_model_path), vocab_only=True, verbose=False)
+    plain, _ = await run(engine, completion(COUNTING, max_tokens=2))
+    first = plain[0].text  # one token's text
+    (six,) = vocabulary.tokenize(first.encode(), add_bos=False, special=False)
+
+    banned = GenerationRequest(
+        SamplingParams(max_tokens=2, temperature=0.0, logit_bias=((six, -100.0), (10**9, 5.0))), prompt=COUNTING
+    )
+    deltas, _ = await run(engine, banned)
+    assert deltas[0].text != first  # the greedy token is banned; the unknown id 10**9 is ignored
+
+    repeated, _ = await run(engine, completion(HIEROGLYPHS, max_tokens=12))
+    penalized = GenerationRequest(
+        SamplingParams(max_tokens=12, temperature=0.0, frequency_penalty=2.0, presence_penalty=2.0), prompt=HIEROGLYPHS
+    )
+    varied, _ = await run(engine, penalized)
+    assert "".join(d.text for d in varied) != "".join(d.text for d in repeated)

@@ -104,6 +104,23 @@ async def test_chat_request_carries_openai_knobs_and_asks_for_usage() -> None:
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (4, 0.5, 0.9, 3)
     assert body["stop"] == ["\n"]
     assert "continue_final_message" not in body
+    assert "frequency_penalty" not in body and "logit_bias" not in body  # OpenAI's defaults are left out
+
+
+async def test_penalties_and_logit_bias_are_forwarded_as_openai_names_them() -> None:
+    seen: list[httpx.Request] = []
+
+    def generate(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+
+    engine = await started(generate, seen)
+    params = SamplingParams(
+        max_tokens=4, frequency_penalty=0.5, presence_penalty=-0.25, logit_bias=((42, -100.0), (7, 3.5))
+    )
+    [_ async for _ in engine.generate(GenerationRequest(params, messages=(ChatMessage("user", "hi"),)))]
+    body = json.loads(next(r for r in seen if r.url.path == "/v1/chat/completions").content)
+    assert (body["frequency_penalty"], body["presence_penalty"]) == (0.5, -0.25)
+    assert body["logit_bias"] == {"42": -100.0, "7": 3.5}
 
 
 async def test_chat_continuation_is_sent_as_an_open_assistant_message() -> None:
