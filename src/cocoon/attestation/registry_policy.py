@@ -9,10 +9,18 @@ re-reads them every ``refresh_s``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
 
 from cocoon.attestation.policy import AttestationPolicy
+from cocoon.chain.address import parse_address
+from cocoon.chain.liteserver import ChainSettings, chain_for
 from cocoon.chain.registry import Registry
+from cocoon.errors import ChainError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class RegistryPolicy:
@@ -24,6 +32,37 @@ class RegistryPolicy:
         self.refresh_s = refresh_s
         self.policy = base
         self.read_at = float("-inf")  # time.monotonic() of the last read
+
+    @classmethod
+    async def open(
+        cls, settings: ChainSettings, registry: str, base: AttestationPolicy, *, refresh_s: float
+    ) -> RegistryPolicy:
+        """The policy of ``registry`` on the chain ``settings`` name, read once; ConfigError when it cannot be
+        read (a role starting without its policy would judge by the wrong one)."""
+        source = cls(Registry(chain_for(settings), parse_address(registry)), base, refresh_s=refresh_s)
+        try:
+            await source.refresh()
+        except ChainError as exc:
+            await source.aclose()
+            raise ConfigError(f"cannot read the attestation policy from the registry {registry}: {exc}") from exc
+        return source
+
+    async def aclose(self) -> None:
+        await self.registry.client.aclose()
+
+    async def keep_fresh(self, on_change: Callable[[AttestationPolicy], object]) -> None:
+        """Re-read every ``refresh_s`` until cancelled and call ``on_change`` with a policy that changed; a
+        failed read keeps the last policy and is logged."""
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            before = self.policy
+            try:
+                policy = await self.refresh()
+                if policy != before:
+                    log.info("policy changed in the registry")
+                    on_change(policy)
+            except Exception:  # a dead refresher would keep a revoked image trusted forever
+                log.exception("reading the policy from the registry failed; keeping the last one")
 
     async def refresh(self) -> AttestationPolicy:
         """Read the allow-lists now; ChainError when the registry cannot be read (the last policy stays)."""

@@ -15,7 +15,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import TypeVar
@@ -29,10 +29,7 @@ from starlette.routing import Route
 
 from cocoon.attestation import AttestationVerifier
 from cocoon.attestation.registry_policy import RegistryPolicy
-from cocoon.chain.address import parse_address
-from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
-from cocoon.chain.registry import Registry
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.openai_schema import (
     AssistantMessage,
@@ -64,9 +61,7 @@ from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
-    ChainError,
     CocoonError,
-    ConfigError,
     Forbidden,
     ModelNotFound,
     NotFound,
@@ -74,12 +69,11 @@ from cocoon.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from cocoon.protocol.http import parse_json, read_body
+from cocoon.protocol.http import ClientGone, parse_json, read_body, unless_disconnected
 from cocoon.protocol.payload import SealedParams
 
 log = logging.getLogger("cocoon.client")
 R = TypeVar("R", bound=BaseModel)
-T = TypeVar("T")
 
 
 def create_gateway(settings: ClientSettings, client: CocoonClient | None = None) -> Starlette:
@@ -128,35 +122,16 @@ async def registry_policy(settings: ClientSettings, verifier: AttestationVerifie
     if not (settings.registry and settings.chain_url):
         yield
         return
-    source = RegistryPolicy(
-        Registry(chain_for(settings), parse_address(settings.registry)),
-        settings.policy,
-        refresh_s=settings.policy_refresh_s,
+    source = await RegistryPolicy.open(
+        settings, settings.registry, settings.policy, refresh_s=settings.policy_refresh_s
     )
-    try:
-        verifier.set_policy(await source.refresh())
-    except ChainError as exc:
-        await source.registry.client.aclose()
-        raise ConfigError(f"cannot read the attestation policy from the registry {settings.registry}: {exc}") from exc
-
-    async def keep_fresh() -> None:
-        while True:
-            await asyncio.sleep(source.refresh_s)
-            try:
-                policy = await source.refresh()
-            except Exception:  # a dead refresher would keep a revoked image trusted forever
-                log.exception("reading the policy from the registry failed; keeping the last one")
-                continue
-            if policy != verifier.policy:
-                log.info("policy changed in the registry")
-                verifier.set_policy(policy)
-
-    refresher = asyncio.create_task(keep_fresh())
+    verifier.set_policy(source.policy)
+    refresher = asyncio.create_task(source.keep_fresh(verifier.set_policy))
     try:
         yield
     finally:
         refresher.cancel()
-        await source.registry.client.aclose()
+        await source.aclose()
 
 
 # ---- endpoints -------------------------------------------------------------------------------------
@@ -320,11 +295,11 @@ async def _parse(request: Request, model: type[R]) -> R:
 async def _respond(request: Request, reply: _Reply, req: SamplingFields, events: AsyncIterator[Event]) -> Response:
     try:
         if not req.stream:
-            body = await _unless_hung_up(request, _whole(reply, events))
+            body = await unless_disconnected(request, _whole(reply, events))
             return JSONResponse(body.model_dump(mode="json"))
         # Pull the first event before answering, so routing and capacity errors get a real HTTP status.
-        first = await _unless_hung_up(request, anext(events))
-    except _HungUp:
+        first = await unless_disconnected(request, anext(events))
+    except ClientGone:
         log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
         return Response(status_code=499)  # nobody reads it
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -345,40 +320,6 @@ async def _whole(reply: _Reply, events: AsyncIterator[Event]) -> ChatCompletion 
             final = event
     assert final is not None
     return reply.whole("".join(text), final)
-
-
-class _HungUp(Exception):
-    """The app closed its connection before its answer was ready."""
-
-
-async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
-    """``work``'s result; ``_HungUp`` as soon as the app disconnects, ``work`` cancelled then.
-
-    Cancelling it closes the SDK's request to the proxy, which cancels the job on its worker: an answer nobody
-    waits for no longer runs to ``max_tokens`` (nor holds the worker's slot), and only its tokens so far are billed.
-    """
-    task = asyncio.current_task()
-    state = {"done": False, "hung_up": False}
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        if not state["done"] and task is not None:
-            state["hung_up"] = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        result = await work
-        state["done"] = True  # before any await: the watcher cancels nothing from here on
-        return result
-    except asyncio.CancelledError:
-        if not state["hung_up"] or task is None:
-            raise
-        task.uncancel()
-        raise _HungUp from None
-    finally:
-        watcher.cancel()
 
 
 class _Reply:

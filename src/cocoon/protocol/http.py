@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from cocoon.errors import BadRequest, InvalidJSON, PayloadTooLarge, RequestTimeout, first_problem
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # A body must arrive within this many seconds, plus a second for every MIN_BODY_RATE bytes it declares (or may
 # hold): a client dripping bytes cannot hold a connection, and so a slot of the server, forever.
@@ -26,6 +28,41 @@ MIN_BODY_RATE = 256 * 1024
 # A lone UTF-16 surrogate (``"\\ud800"``) is legal in a JSON escape but is no character: it cannot be encoded
 # as UTF-8, so it could never be sealed, stored or forwarded. json.loads joins valid pairs, so any left is lone.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the answer it asked for was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; ``ClientGone`` as soon as ``request``'s client disconnects, ``work`` cancelled then.
+
+    Both edges use it while nothing has been sent yet: the sidecar assembling a whole answer (cancelling it
+    closes the SDK's request to the proxy) and the proxy awaiting a job's first frame (cancelling it makes the
+    relay cancel the job on its worker), so an answer nobody waits for does not run on to ``max_tokens``.
+    """
+    task = asyncio.current_task()
+    state = {"done": False, "gone": False}
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if not state["done"] and task is not None:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        result = await work
+        state["done"] = True  # before any await: the watcher cancels nothing from here on
+        return result
+    except asyncio.CancelledError:
+        if not state["gone"] or task is None:
+            raise
+        task.uncancel()
+        raise ClientGone from None
+    finally:
+        watcher.cancel()
 
 
 async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:

@@ -56,7 +56,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     saver = asyncio.create_task(reputation_store.save_forever(state.store, state.routing.reputation))
     state.cashier = await open_cashier(state.settings, state.key, state.store)
     state.policy_source = await policy.open_policy(state)
-    refresher = asyncio.create_task(policy.keep_fresh(state, state.policy_source)) if state.policy_source else None
+    source = state.policy_source
+    refresher = asyncio.create_task(source.keep_fresh(lambda p: policy.apply_policy(state, p))) if source else None
     metrics.count_workers(state.directory)
     sweeper = asyncio.create_task(state.liveness.run_forever())
     canaries: CanarySender = app.state.canaries
@@ -70,8 +71,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         saver.cancel()
         if refresher is not None:
             refresher.cancel()
-        if state.policy_source is not None:
-            await state.policy_source.registry.client.aclose()
+        if source is not None:
+            await source.aclose()
         await reputation_store.save(state.store, state.routing.reputation)
         await state.cashier.close()
         await state.store.close()

@@ -4,7 +4,6 @@ directory clients seal to, ``GET /v1/directory`` and ``GET /v1/models``. Handler
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -12,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
 from cocoon.protocol import JobRequest, unpack_as
-from cocoon.protocol.http import read_body
+from cocoon.protocol.http import ClientGone, read_body, unless_disconnected
 from cocoon.proxy.attempt import Attempt, Frame
 from cocoon.proxy.canaries import CanarySender
 from cocoon.proxy.metrics import FAILOVERS, JOBS
@@ -71,50 +70,21 @@ async def jobs(request: Request) -> Response:
         evidence=state.evidence,
     )
     try:
-        answered = await _first_frame_unless_hung_up(request, relay)
+        # Waiting on in vain for a client gone would keep the job running to max_tokens; cancelling
+        # first_frame makes the relay cancel it on its workers and book their receipts (JobRelay.abandon).
+        attempt, first = await unless_disconnected(request, relay.first_frame())
+    except ClientGone:
+        JOBS.labels(job.model, "cancelled").inc()
+        return Response(status_code=499)
     except CocoonError as exc:
         JOBS.labels(job.model, exc.code).inc()
         raise
-    if answered is None:  # nobody reads an answer: the relay stopped the workers and booked their receipts
-        JOBS.labels(job.model, "cancelled").inc()
-        return Response(status_code=499)
-    attempt, first = answered
     state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
     sender: CanarySender = request.app.state.canaries
     sender.after_client_job(job.model)  # a share of traffic is followed by a canary, so canaries track load
     if len(relay.attempts) > 1:
         FAILOVERS.inc(len(relay.attempts) - 1)
     return FrameStreamResponse(_counted(relay, attempt, first), lambda: relay.finished, FRAMES)
-
-
-async def _first_frame_unless_hung_up(request: Request, relay: JobRelay) -> tuple[Attempt, Frame] | None:
-    """``relay.first_frame()``, or ``None`` once the client hangs up before it (an app gone, an SDK's timeout).
-
-    Waiting on in vain would keep the job running on its worker to ``max_tokens``; cancelling ``first_frame``
-    makes the relay cancel it there instead (``JobRelay.abandon``).
-    """
-    task = asyncio.current_task()
-    state = {"answered": False, "hung_up": False}
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        if not state["answered"] and task is not None:
-            state["hung_up"] = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        answered = await relay.first_frame()
-        state["answered"] = True  # before any await: the watcher cancels nothing from here on
-        return answered
-    except asyncio.CancelledError:
-        if not state["hung_up"] or task is None:
-            raise
-        task.uncancel()
-        return None
-    finally:
-        watcher.cancel()
 
 
 async def _counted(relay: JobRelay, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:

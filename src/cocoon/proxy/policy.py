@@ -6,17 +6,13 @@ registry allows it again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from pydantic import ValidationError
 
-from cocoon.attestation import AttestationBundle
+from cocoon.attestation import AttestationBundle, AttestationPolicy
 from cocoon.attestation.registry_policy import RegistryPolicy
-from cocoon.chain.address import parse_address
-from cocoon.chain.liteserver import chain_for
-from cocoon.chain.registry import Registry
-from cocoon.errors import AttestationFailed, ChainError, ConfigError
+from cocoon.errors import AttestationFailed, ChainError
 from cocoon.proxy.state import ProxyState
 
 log = logging.getLogger("cocoon.proxy")
@@ -30,15 +26,10 @@ async def open_policy(state: ProxyState) -> RegistryPolicy | None:
     settings = state.settings
     if not (settings.policy_from_chain and settings.registry and settings.chain_url):
         return None
-    chain = chain_for(settings)
-    source = RegistryPolicy(
-        Registry(chain, parse_address(settings.registry)), settings.policy, refresh_s=settings.policy_refresh_s
+    source = await RegistryPolicy.open(
+        settings, settings.registry, settings.policy, refresh_s=settings.policy_refresh_s
     )
-    try:
-        state.verifier.set_policy(await source.refresh())
-    except ChainError as exc:
-        await chain.aclose()
-        raise ConfigError(f"cannot read the attestation policy from the registry {settings.registry}: {exc}") from exc
+    state.verifier.set_policy(source.policy)
     log.info(
         "policy from the registry measurements=%d models=%d",
         len(source.policy.allowed_measurement_digests or []),
@@ -52,8 +43,11 @@ async def refresh_policy(state: ProxyState, source: RegistryPolicy) -> list[str]
     Returns the ids of the workers evicted."""
     before = state.verifier.policy
     policy = await source.refresh()
-    if policy == before:
-        return []
+    return [] if policy == before else apply_policy(state, policy)
+
+
+def apply_policy(state: ProxyState, policy: AttestationPolicy) -> list[str]:
+    """Judge by ``policy`` from now on and evict the workers it no longer admits; their ids."""
     state.verifier.set_policy(policy)
     log.info("policy changed in the registry; checking the %d connected workers", len(state.directory.workers))
     return evict_unadmitted(state)
@@ -72,16 +66,6 @@ def evict_unadmitted(state: ProxyState) -> list[str]:
             log.warning("worker evicted worker=%s reason=%s", entry.worker_id, reason)
             evicted.append(entry.worker_id)
     return evicted
-
-
-async def keep_fresh(state: ProxyState, source: RegistryPolicy) -> None:
-    """Refresh every ``refresh_s`` until cancelled; a failed read keeps the last policy and is logged."""
-    while True:
-        await asyncio.sleep(source.refresh_s)
-        try:
-            await refresh_policy(state, source)
-        except Exception:  # a dead refresher would keep a revoked image admitted forever
-            log.exception("reading the policy from the registry failed; keeping the last one")
 
 
 async def before_admission(state: ProxyState) -> None:
