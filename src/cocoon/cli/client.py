@@ -58,10 +58,9 @@ def client(
     serve(create_gateway(settings), settings.host, settings.port, settings.log_level)
 
 
-def _client_chain(settings: ClientSettings) -> str:
+def _require_chain_url(settings: ClientSettings) -> None:
     if not settings.chain_url:
         raise ConfigError("set chain_url in the client's config (or COCOON_CLIENT_CHAIN_URL) to the toncenter API")
-    return settings.chain_url
 
 
 async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> tuple[Wallet, ClientChannel]:
@@ -85,7 +84,7 @@ def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T]) -> T
     """Run ``act`` on the chain with the client's wallet and its channel with the proxy, under a spinner."""
 
     async def work() -> T:
-        _client_chain(settings)
+        _require_chain_url(settings)  # chain_for would say so too, less precisely
         async with chain_for(settings) as chain:
             wallet, channel = await _client_channel(settings, chain)
             return await act(chain, wallet, channel)
