@@ -3,6 +3,7 @@ wallet, deploy the registry, list a model, allow a measurement, and refuse a cha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -40,6 +41,12 @@ async def test_an_owner_brings_up_a_registry_from_the_command_line(tmp_path: Pat
         wallet = json.loads(empty.stdout)
         assert wallet["balance"] == 0 and wallet["address"].startswith("UQ")  # non-bounceable while undeployed
         await chain.devnet.fund(Address(wallet["address"]), 5 * TON)
+        # As docs/chain.md says: run `cocoon chain wallet` again until the balance shows (toncenter caches reads
+        # for a second, so the first look after funding may still see none).
+        for _ in range(20):
+            if json.loads(cocoon("wallet", "--json", chain_url=url, key=key).stdout)["balance"] > 0:
+                break
+            await asyncio.sleep(0.5)
 
         deployed = cocoon("registry", "deploy", "--proxy-fee", "300", "--close-delay", "600", chain_url=url, key=key)
         assert deployed.returncode == 0, deployed.stderr
