@@ -31,6 +31,7 @@ class AttestedWorker:
     price_coefficient: int
     region: str
     expected_latency_ms: float
+    vision: frozenset[str] = frozenset()  # models this worker takes images for
 
 
 class DirectoryCache:
@@ -103,6 +104,7 @@ class DirectoryCache:
             verified=verified,
             models=models,
             embeddings=frozenset(m["model"] for m in raw["models"] if m.get("supports_embeddings")),
+            vision=frozenset(m["model"] for m in raw["models"] if m.get("supports_vision")),
             context_length={m["model"]: int(m["context_length"]) for m in raw["models"]},
             price_coefficient=int(raw.get("price_coefficient", 1000)),
             region=str(raw.get("region", "")),

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
+import math
 import struct
-import time
-import uuid
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -30,33 +28,10 @@ from starlette.routing import Route
 from cocoon.attestation import AttestationVerifier
 from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
+from cocoon.client.answers import Choice, Reply, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
-from cocoon.client.openai_schema import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionUsageChunk,
-    ChatDelta,
-    CompletionRequest,
-    CompletionTokensDetails,
-    Embedding,
-    EmbeddingList,
-    EmbeddingRequest,
-    EmbeddingUsage,
-    ModelCard,
-    ModelList,
-    PromptTokensDetails,
-    SamplingFields,
-    TextChoice,
-    TextCompletion,
-    TextCompletionChunk,
-    Usage,
-)
 from cocoon.client.openapi import openapi_document
-from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event, Kind, TextEvent
+from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
 from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
@@ -70,6 +45,17 @@ from cocoon.errors import (
     UnsupportedMediaType,
 )
 from cocoon.protocol.http import ClientGone, parse_json, read_body, unless_disconnected
+from cocoon.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+)
 from cocoon.protocol.payload import SealedParams
 
 log = logging.getLogger("cocoon.client")
@@ -142,48 +128,77 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = req.max_completion_tokens or req.max_tokens or _settings(request).default_max_tokens
     messages = req.sealed_messages()
     _within_prompt_limit(request, sum(len(m.content) for m in messages), "messages")
-    events = _sdk(request).stream(
-        "chat",
-        req.model,
-        messages=messages,
-        params=req.sealed_params(max_tokens),
-        routing=req.routing(),
-        timeout=req.timeout,
-    )
-    return await _respond(request, _Reply("chat", req.model), req, events)
+    sdk = _sdk(request)
+    streams = [
+        sdk.stream(
+            "chat",
+            req.model,
+            messages=messages,
+            params=req.sealed_params(max_tokens).model_copy(update={"seed": seed}),
+            routing=req.routing(),
+            timeout=req.timeout,
+            openai=req.sealed_body(n=1, **({"seed": seed} if seed is not None else {})),
+        )
+        for seed in _choice_seeds(req.seed, req.n)
+    ]
+    reply = Reply("chat", req.model, logprobs=bool(req.logprobs))
+    return await _respond(request, reply, req, [Choice(i) for i in range(req.n)], streams)
 
 
 async def completions(request: Request) -> Response:
     req = await _parse(request, CompletionRequest)
-    prompt = req.prompt_text()
-    _within_prompt_limit(request, len(prompt), "prompt")
-    events = _sdk(request).stream(
-        "completion",
-        req.model,
-        prompt=prompt,
-        params=req.sealed_params(req.max_tokens or 16),  # OpenAI's default for legacy completions
-        routing=req.routing(),
-        timeout=req.timeout,
-    )
-    return await _respond(request, _Reply("completion", req.model), req, events)
+    prompts = req.prompts()
+    _within_prompt_limit(request, sum(len(p) for p in prompts), "prompt")
+    if req.echo and any(not isinstance(p, str) for p in prompts):
+        raise BadRequest("echo needs text prompts: token-id prompts cannot be written back as text", param="echo")
+    sdk = _sdk(request)
+    choices: list[Choice] = []
+    streams: list[AsyncIterator[Event]] = []
+    max_tokens = req.max_tokens or 16  # OpenAI's default for legacy completions
+    for prompt in prompts:
+        for seed in _choice_seeds(req.seed, req.n):
+            text, ids = (prompt, None) if isinstance(prompt, str) else ("", prompt)
+            one = {"seed": seed} if seed is not None else {}
+            choices.append(Choice(len(choices), echo=text if req.echo else ""))
+            streams.append(
+                sdk.stream(
+                    "completion",
+                    req.model,
+                    prompt=text,
+                    prompt_ids=ids,
+                    params=req.sealed_params(max_tokens).model_copy(update={"seed": seed}),
+                    routing=req.routing(),
+                    timeout=req.timeout,
+                    openai=req.sealed_body(n=1, prompt=prompt, best_of=None, **one),
+                )
+            )
+    reply = Reply("completion", req.model, logprobs=req.logprobs is not None)
+    return await _respond(request, reply, req, choices, streams)
 
 
 async def embeddings(request: Request) -> Response:
     req = await _parse(request, EmbeddingRequest)
     inputs = req.inputs()
     if not all(inputs):
-        raise BadRequest("input must not contain empty strings", param="input")
+        raise BadRequest("input must not contain empty strings or empty token lists", param="input")
     _within_prompt_limit(request, sum(map(len, inputs)), "input")
     vectors: list[list[float]] = []
     final: Completion | None = None
     async for event in _sdk(request).stream(
-        "embedding", req.model, inputs=inputs, params=SealedParams(max_tokens=0), timeout=req.timeout
+        "embedding",
+        req.model,
+        inputs=inputs,
+        params=SealedParams(max_tokens=0),
+        timeout=req.timeout,
+        openai=req.model_dump(mode="json", exclude_unset=True, exclude=set(req.routing_fields)),
     ):
         if isinstance(event, EmbeddingEvent):
             vectors.extend(event.vectors)
         elif isinstance(event, Completion):
             final = event
     assert final is not None
+    if req.dimensions is not None:
+        vectors = [_shortened(v, req.dimensions) for v in vectors]
     body = EmbeddingList(
         data=[Embedding(index=i, embedding=_encode_vector(v, req.encoding_format)) for i, v in enumerate(vectors)],
         model=req.model,
@@ -292,119 +307,63 @@ async def _parse(request: Request, model: type[R]) -> R:
     return parse_json(await read_body(request, settings.max_request_bytes), model)
 
 
-async def _respond(request: Request, reply: _Reply, req: SamplingFields, events: AsyncIterator[Event]) -> Response:
+async def _respond(
+    request: Request,
+    reply: Reply,
+    req: SamplingFields,
+    choices: list[Choice],
+    streams: list[AsyncIterator[Event]],
+) -> Response:
+    """The whole answer as JSON, or its server-sent events once every choice's first event is in (so routing
+    and capacity errors get a real HTTP status); an app that hangs up first gets its jobs cancelled."""
+    events = merged(streams)
     try:
         if not req.stream:
-            body = await unless_disconnected(request, _whole(reply, events))
+            await _close_all(events, [])
+            body = reply.whole(await unless_disconnected(request, whole(choices, streams)))
             return JSONResponse(body.model_dump(mode="json"))
-        # Pull the first event before answering, so routing and capacity errors get a real HTTP status.
         first = await unless_disconnected(request, anext(events))
     except ClientGone:
         log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
+        await _close_all(events, streams)
         return Response(status_code=499)  # nobody reads it
+    except BaseException:
+        await _close_all(events, streams)
+        raise
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return StreamingResponse(
-        _sse(reply, first, events, include_usage, request.state.request_id),
+        sse(reply, choices, first, events, include_usage, request.state.request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
 
 
-async def _whole(reply: _Reply, events: AsyncIterator[Event]) -> ChatCompletion | TextCompletion:
-    text: list[str] = []
-    final: Completion | None = None
-    async for event in events:
-        if isinstance(event, TextEvent):
-            text.append(event.text)
-        elif isinstance(event, Completion):
-            final = event
-    assert final is not None
-    return reply.whole("".join(text), final)
-
-
-class _Reply:
-    """The OpenAI objects of one chat or text completion, whole or as stream chunks (one id for them all)."""
-
-    def __init__(self, kind: Kind, model: str) -> None:
-        self.kind = kind
-        self.model = model
-        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-
-    def whole(self, text: str, final: Completion) -> ChatCompletion | TextCompletion:
-        usage = _usage(final)
-        if self.kind == "chat":
-            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=final.finish_reason)
-            return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage)
-        text_choice = TextChoice(text=text, finish_reason=final.finish_reason)
-        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=[text_choice], usage=usage)
-
-    def chunk(
-        self, text: str | None, finish_reason: str | None, first: bool = False
-    ) -> ChatCompletionChunk | TextCompletionChunk:
-        if self.kind == "chat":
-            delta = ChatDelta(role="assistant" if first else None, content=text)
-            choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason)
-            return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
-        text_choice = TextChoice(text=text or "", finish_reason=finish_reason)
-        return TextCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[text_choice])
-
-    def usage_chunk(self, final: Completion) -> ChatCompletionUsageChunk | TextCompletion:
-        if self.kind == "chat":
-            return ChatCompletionUsageChunk(id=self.id, created=self.created, model=self.model, usage=_usage(final))
-        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(final))
-
-
-def _usage(final: Completion) -> Usage:
-    u = final.usage
-    return Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens),
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
-        receipt_ids=[r.receipt_id for r in final.receipts],
-        workers=[r.worker_id for r in final.receipts],
-        **(final.cost.usage_fields() if final.cost is not None else {}),
-    )
-
-
-async def _sse(
-    reply: _Reply, first: Event, events: AsyncIterator[Event], include_usage: bool, request_id: str
-) -> AsyncIterator[bytes]:
-    def line(obj: BaseModel | dict[str, object]) -> bytes:
-        body = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
-        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-    def chunk(text: str | None, finish_reason: str | None, first: bool = False) -> bytes:
-        # OpenAI writes "usage": null on every chunk of a stream that will end with usage, and no key otherwise.
-        dumped = reply.chunk(text, finish_reason, first).model_dump(
-            mode="json", exclude=set() if include_usage else {"usage"}
-        )
-        return line(dumped)
-
-    if reply.kind == "chat":
-        yield chunk("", None, first=True)
-    try:
-        event: Event | None = first
-        while event is not None:
-            if isinstance(event, TextEvent):
-                yield chunk(event.text, None)
-            elif isinstance(event, Completion):
-                yield chunk(None if reply.kind == "chat" else "", event.finish_reason)
-                if include_usage:
-                    yield line(reply.usage_chunk(event))
-            event = await anext(events, None)
-    except CocoonError as exc:
-        log.warning("stream failed request_id=%s code=%s", request_id, exc.code)
-        yield line(exc.to_openai())
-    finally:
-        # An app that hangs up closes this generator: closing the SDK's too ends its request to the proxy now
-        # (not when the garbage collector gets to it), so the job is cancelled on its worker.
-        aclose = getattr(events, "aclose", None)
+async def _close_all(events: AsyncIterator[object], streams: list[AsyncIterator[Event]]) -> None:
+    for stream in (events, *streams):
+        aclose = getattr(stream, "aclose", None)
         if aclose is not None:
-            await aclose()
-    yield b"data: [DONE]\n\n"
+            with contextlib.suppress(RuntimeError):
+                await aclose()
+
+
+def _choice_seeds(seed: int | None, n: int) -> list[int | None]:
+    """Each choice's seed: the request's for the first, the next ones after it (so ``n`` choices differ and a
+    seeded request stays reproducible), wrapping within 64 bits; no seed, none."""
+    if seed is None:
+        return [None] * n
+    return [((seed + i + 2**63) % 2**64) - 2**63 for i in range(n)]
+
+
+def _shortened(vector: list[float], dimensions: int) -> list[float]:
+    """The first ``dimensions`` components, renormalised to unit length (OpenAI's ``dimensions``)."""
+    if dimensions > len(vector):
+        raise BadRequest(
+            f"dimensions={dimensions} is more than the model's {len(vector)}; ask for at most {len(vector)}",
+            param="dimensions",
+        )
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in head)) or 1.0
+    return [x / norm for x in head]
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

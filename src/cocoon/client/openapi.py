@@ -1,4 +1,4 @@
-"""The sidecar's OpenAPI 3.1 document, generated from the pydantic models of ``openai_schema``.
+"""The sidecar's OpenAPI 3.1 document, generated from the pydantic models of ``cocoon.protocol.openai``.
 
 Served at ``GET /openapi.json``: for API explorers and client generators, and for the schema-driven fuzz test
 that holds every endpoint to answering hostile input with a 4xx, never a 500.
@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from cocoon.client.openai_schema import (
+from cocoon.protocol.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     CompletionRequest,

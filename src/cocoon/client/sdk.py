@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import msgpack
@@ -24,6 +24,7 @@ from cocoon.client.prefix import prefix_hashes, prompt_text
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelPayer
 from cocoon.errors import (
+    BadRequest,
     CocoonError,
     ModelNotFound,
     NoCapacity,
@@ -119,8 +120,11 @@ class CocoonClient:
             return routing
         return routing.model_copy(update={"max_price": cap})
 
-    async def pick(self, kind: Kind, model: str, routing: RoutingPrefs) -> list[AttestedWorker]:
-        """The candidate workers to seal to, best first; ``ModelNotFound`` / ``NoCapacity`` if none."""
+    async def pick(
+        self, kind: Kind, model: str, routing: RoutingPrefs, *, vision: bool = False
+    ) -> list[AttestedWorker]:
+        """The candidate workers to seal to, best first; ``ModelNotFound`` / ``NoCapacity`` if none, and
+        ``BadRequest`` for images when no worker of ``model`` takes them (``vision``)."""
         workers = await self.directory.workers()
         serving = [w for w in workers if model in w.models]
         if not serving:
@@ -136,6 +140,14 @@ class CocoonClient:
             serving = [w for w in serving if model in w.embeddings]
             if not serving:
                 raise NoCapacity(f"no connected worker serves embeddings for {model!r}")
+        if vision:
+            serving = [w for w in serving if model in w.vision]
+            if not serving:
+                raise BadRequest(
+                    f"the model {model!r} takes no images on this network: no worker serving it declares vision; "
+                    "send text content only",
+                    param="messages",
+                )
         allowed = [w for w in serving if routing.admits(w.price_coefficient, w.region)]
         if not allowed:
             raise NoCapacity(
@@ -153,11 +165,17 @@ class CocoonClient:
         params: SealedParams,
         messages: list[SealedMessage] | None = None,
         prompt: str | None = None,
-        inputs: list[str] | None = None,
+        prompt_ids: list[int] | None = None,
+        inputs: list[str | list[int]] | None = None,
         routing: RoutingPrefs | None = None,
         timeout: float | None = None,
+        openai: dict[str, Any] | None = None,
     ) -> AsyncIterator[Event]:
         """Run one request through the network; see the class docstring for the events.
+
+        ``openai`` is the app's OpenAI request (one choice, without routing extras: ``SamplingFields.sealed_body``)
+        sealed beside the text view, so the worker honours every field of it; ``prompt_ids`` and token-id
+        ``inputs`` are token ids of the served model.
 
         A failure before the first event (every candidate gone since the directory was fetched) is retried
         once, sealed anew to freshly fetched workers: apps do not see a worker that left a moment ago.
@@ -165,7 +183,18 @@ class CocoonClient:
         for round_ in (1, 2):
             started = False
             try:
-                async for event in self._stream_once(kind, model, params, messages, prompt, inputs, routing, timeout):
+                payload = RequestPayload(
+                    kind=kind,
+                    model=model,
+                    salt=random_salt(),
+                    messages=messages,
+                    prompt=prompt,
+                    prompt_ids=prompt_ids,
+                    input=inputs,
+                    params=params,
+                    openai=openai,
+                )
+                async for event in self._stream_once(payload, routing, timeout):
                     started = True
                     yield event
                 return
@@ -180,23 +209,14 @@ class CocoonClient:
                     raise
 
     async def _stream_once(
-        self,
-        kind: Kind,
-        model: str,
-        params: SealedParams,
-        messages: list[SealedMessage] | None,
-        prompt: str | None,
-        inputs: list[str] | None,
-        routing: RoutingPrefs | None,
-        timeout: float | None,
+        self, payload: RequestPayload, routing: RoutingPrefs | None, timeout: float | None
     ) -> AsyncIterator[Event]:
+        model = payload.model
         routing = self._within_payers_cap(routing or RoutingPrefs())
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
-        workers = await self.pick(kind, model, routing)
-        payload = RequestPayload(
-            kind=kind, model=model, salt=random_salt(), messages=messages, prompt=prompt, input=inputs, params=params
-        )
+        kind: Kind = "embedding" if payload.kind == "embedding" else "chat"  # score jobs are the proxy's
+        workers = await self.pick(kind, model, routing, vision=_has_images(payload.openai))
         job, exchange = await self._seal(payload, workers, routing, timeout)
         request_id = job.request_id
         answer = ResponseStream(exchange)
@@ -294,5 +314,19 @@ class CocoonClient:
 def _estimate_tokens(payload: RequestPayload) -> int:
     """A rough count for routing (about 4 characters a token); the worker's receipt has the exact one."""
     chars = len(payload.prompt or "") + sum(len(m.content) for m in payload.messages or [])
-    chars += sum(len(text) for text in payload.input or [])
-    return chars // 4
+    ids = len(payload.prompt_ids or ())
+    for item in payload.input or []:
+        if isinstance(item, str):
+            chars += len(item)
+        else:
+            ids += len(item)
+    return chars // 4 + ids
+
+
+def _has_images(body: dict[str, Any] | None) -> bool:
+    """Whether an OpenAI chat request has image content parts (only workers that declare vision take it)."""
+    for message in (body or {}).get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            return True
+    return False

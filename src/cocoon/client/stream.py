@@ -35,11 +35,14 @@ from cocoon.protocol.usage import TokenUsage
 
 @dataclass(frozen=True, slots=True)
 class TextEvent:
-    """Generated text, as ``worker_id`` sealed it."""
+    """Generated text, as ``worker_id`` sealed it, with what the request asked for beside it: pieces of tool
+    calls and each token's log-probabilities, in OpenAI's shapes (``ChatDelta.tool_calls``, ``TokenLogprob``)."""
 
     text: str
     tokens: int
     worker_id: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +238,15 @@ class ResponseStream:
             self._finished = True
         if chunk.embeddings is not None:
             return EmbeddingEvent(chunk.embeddings)
-        if chunk.text:
+        if chunk.text or chunk.tool_calls or chunk.token_logprobs:
             self._text_bytes += len(chunk.text.encode())
-            return TextEvent(chunk.text, chunk.tokens, worker.worker_id)
+            return TextEvent(
+                chunk.text,
+                chunk.tokens,
+                worker.worker_id,
+                tool_calls=tuple(chunk.tool_calls or ()),
+                logprobs=tuple(chunk.token_logprobs or ()),
+            )
         return None
 
     def _end(self, end: JobEnd) -> ReceiptVerified | ReceiptRefused:
@@ -282,7 +291,18 @@ def _chunk_payload(opened: bytes) -> ChunkPayload:
             text=str(fields.get("text", "")),
             tokens=int(fields.get("tokens", 0)),
             embeddings=fields.get("embeddings"),
+            tool_calls=_dicts(fields.get("tool_calls")),
+            token_logprobs=_dicts(fields.get("token_logprobs")),
             finish_reason=fields.get("finish_reason"),
         )
     except (ValueError, TypeError, AttributeError, msgpack.ExtraData) as exc:
         raise UpstreamFailed(f"a response chunk is malformed: {exc}") from exc
+
+
+def _dicts(value: Any) -> list[dict[str, Any]] | None:
+    """A chunk's list of OpenAI-shaped objects; the sidecar validates their fields before an app sees them."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise TypeError("a chunk's tool_calls or token_logprobs is not a list of objects")
+    return value

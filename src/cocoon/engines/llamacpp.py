@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,7 +348,7 @@ class LlamaCppEngine:
             free.put_nowait(context)
         return TokenScores(tuple(logprobs), tuple(greedy), prompt_tokens=len(prompt), truncated=truncated)
 
-    async def embed(self, inputs: list[str]) -> Embeddings:
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         """One L2-normalized, mean-pooled vector per input, from a second context loaded on first use.
 
         Raises ``BadRequest`` when embeddings are disabled or ``inputs`` is empty, and
@@ -379,17 +379,37 @@ class LlamaCppEngine:
             verbose=False,
         )
 
-    def _embed_blocking(self, embedder: Llama, inputs: list[str]) -> Embeddings:
-        limit = embedder.n_batch
-        for index, text in enumerate(inputs):
-            n = len(embedder.tokenize(text.encode(), add_bos=True, special=False))
+    def _embed_blocking(self, embedder: Llama, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """Texts in llama-cpp-python's batches; token-id inputs one by one, evaluated as given (no BOS added)."""
+        limit, vocabulary = embedder.n_batch, embedder.n_vocab()
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                n = len(embedder.tokenize(item.encode(), add_bos=True, special=False))
+            else:
+                n = len(item)
+                if any(token >= vocabulary for token in item):
+                    raise BadRequest(
+                        f"input {index} holds token ids past this model's vocabulary of {vocabulary}", param="input"
+                    )
             if n > limit:
                 raise ContextLengthExceeded(
                     f"input {index} has {n} tokens, more than the {limit} an embedding can take; shorten it",
                     param="input",
                 )
-        vectors, count = embedder.embed(inputs, normalize=True, truncate=False, return_count=True)
-        return Embeddings([list(map(float, v)) for v in vectors], prompt_tokens=count)
+        texts = [item for item in inputs if isinstance(item, str)]
+        by_text: list[list[float]] = []
+        count = 0
+        if texts:
+            vectors, count = embedder.embed(texts, normalize=True, truncate=False, return_count=True)
+            by_text = [list(map(float, v)) for v in vectors]
+        out: list[list[float]] = []
+        for item in inputs:
+            if isinstance(item, str):
+                out.append(by_text.pop(0))
+            else:
+                out.append(_embed_ids(embedder, list(item)))
+                count += len(item)
+        return Embeddings(out, prompt_tokens=count)
 
     async def count_tokens(self, text: str) -> int:
         """Exact number of tokens of ``text`` alone (no BOS, special markers read as plain text)."""
@@ -449,6 +469,23 @@ def _score_blocking(context: _Context, prompt: list[int], completion: list[int])
         context.prompt_kv = 0
         log.exception("llama.cpp scoring failed")
         raise EngineError(f"llama.cpp failed while scoring: {exc}") from exc
+
+
+def _embed_ids(embedder: Llama, tokens: list[int]) -> list[float]:
+    """The mean-pooled, L2-normalised embedding of exactly ``tokens`` (llama-cpp-python's ``embed`` takes text
+    only); the same batch calls it makes for one sequence."""
+    import llama_cpp
+    import numpy as np
+
+    embedder._batch.reset()  # type: ignore[no-untyped-call]
+    embedder._ctx.kv_cache_clear()  # type: ignore[no-untyped-call]
+    embedder._batch.add_sequence(tokens, 0, True)
+    embedder._ctx.decode(embedder._batch)
+    embedder._batch.reset()  # type: ignore[no-untyped-call]
+    n_embd = embedder.n_embd()
+    vector = np.array(llama_cpp.llama_get_embeddings_seq(embedder._ctx.ctx, 0)[:n_embd], dtype=np.float64)
+    norm = float(np.linalg.norm(vector)) or 1.0
+    return [float(x) for x in vector / norm]
 
 
 def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,14 +204,15 @@ class OpenAIUpstreamEngine:
         body["messages"] = messages
         return "/chat/completions", body
 
-    async def embed(self, inputs: list[str]) -> Embeddings:
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         """Forward to ``POST /embeddings``; vectors come back in input order."""
         if not self._info.supports_embeddings:
             raise BadRequest(f"embeddings are disabled for model {self._info.model!r}; set embeddings = true")
         if not inputs:
             raise BadRequest("input is empty; send at least one string to embed", param="input")
         url = f"{self._base}/embeddings"
-        response = await self._request("POST", url, json={"model": self._model, "input": inputs})
+        body = {"model": self._model, "input": [x if isinstance(x, str) else list(x) for x in inputs]}
+        response = await self._request("POST", url, json=body)
         if response.status_code >= 400:
             raise _error_from_response(response.status_code, response.text, url)
         try:

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from cocoon.engines.base import (
     SCORE_MAX_TOKENS,
@@ -113,12 +113,14 @@ class SyntheticEngine:
         logprobs = tuple(EXPECTED_WORD_LOGPROB if hit else OTHER_WORD_LOGPROB for hit in greedy)
         return TokenScores(logprobs, greedy, len(prompt.split()), truncated=len(words) > SCORE_MAX_TOKENS)
 
-    async def embed(self, inputs: list[str]) -> Embeddings:
-        """One unit vector per input, derived from its sha256 (same text, same vector)."""
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """One unit vector per input, derived from its sha256 (same text, same vector); token ids stand for the
+        words of ``WORDS`` they index (modulo its length)."""
         if not self._info.supports_embeddings:
             raise BadRequest(f"embeddings are disabled for model {self._info.model!r}; set embeddings = true")
-        vectors = [_unit_vector(text) for text in inputs]
-        return Embeddings(vectors, prompt_tokens=sum(len(text.split()) for text in inputs))
+        texts = [item if isinstance(item, str) else " ".join(WORDS[i % len(WORDS)] for i in item) for item in inputs]
+        vectors = [_unit_vector(text) for text in texts]
+        return Embeddings(vectors, prompt_tokens=sum(len(text.split()) for text in texts))
 
     async def count_tokens(self, text: str) -> int:
         """Whitespace-separated words."""

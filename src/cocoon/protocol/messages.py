@@ -54,6 +54,7 @@ class ModelOffer(BaseModel):
     model_hash: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
     context_length: int = Field(ge=1, le=2**24)
     supports_embeddings: bool = False
+    supports_vision: bool = False  # takes image content parts
 
 
 class Challenge(Wire):

@@ -5,7 +5,7 @@ Only client and worker ever see these; the proxy relays them as ciphertext.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,12 @@ class RequestPayload(BaseModel):
 
     A ``score`` job carries the prompt (``messages`` or ``prompt``) and the ``completion`` to rate under the
     worker's model; it is answered with one chunk of ``logprobs`` (see ``cocoon.engines.base.ScoreRequest``).
+
+    ``openai`` is the app's OpenAI request itself, as the client validated it (``cocoon.protocol.openai``), for
+    one choice and without cocoon's routing extras: the worker validates it again, its engine honours or forwards
+    every field, and the receipt's request digest covers it. ``messages``/``prompt`` and ``params`` are the
+    text view of it the worker counts and bounds (``max_tokens`` must equal the clear job's). A text prompt may
+    be given as token ids of the served model instead (``prompt_ids``; embeddings' ``input`` likewise).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -53,9 +59,11 @@ class RequestPayload(BaseModel):
     salt: bytes
     messages: list[SealedMessage] | None = None
     prompt: str | None = None
-    input: list[str] | None = None
+    prompt_ids: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]] | None = None
+    input: list[str | list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]]] | None = None
     completion: str | None = None
     params: SealedParams
+    openai: dict[str, Any] | None = None
 
 
 class ChunkPayload(BaseModel):
@@ -68,6 +76,10 @@ class ChunkPayload(BaseModel):
     # A score job's answer: each completion token's log-probability, and whether greedy decoding chose it.
     logprobs: list[float] | None = None
     greedy: list[bool] | None = None
+    # OpenAI's shapes, as the worker's engine produced them: pieces of tool calls (a chat delta's ``tool_calls``)
+    # and each generated token's log-probability with its top alternatives (a chat choice's ``logprobs.content``).
+    tool_calls: list[dict[str, Any]] | None = None
+    token_logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     pad: bytes = b""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 from cocoon.crypto import SigningKey, sign_receipt
@@ -73,7 +73,7 @@ class ImpostorEngine:
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         return self._inner.generate(request)
 
-    async def embed(self, inputs: list[str]) -> Embeddings:
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         return await self._inner.embed(inputs)
 
     async def score(self, request: ScoreRequest) -> TokenScores:

@@ -127,6 +127,7 @@ class WorkerNode:
                 model_hash=engine.info.model_hash,
                 context_length=engine.info.context_length,
                 supports_embeddings=engine.info.supports_embeddings,
+                supports_vision=engine.info.supports_vision,
             )
             for name, engine in self.engines.items()
         ]

@@ -21,10 +21,11 @@ from cocoon.engines.base import (
     ChatMessage,
     Engine,
     Finished,
-    GenerationRequest,
     SamplingParams,
     ScoreRequest,
     TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
 )
 from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestReplayed
 from cocoon.protocol import (
@@ -46,6 +47,7 @@ from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
 from cocoon.worker.pacing import coalesced
+from cocoon.worker.requests import generation_request
 
 log = logging.getLogger("cocoon.worker")
 
@@ -238,11 +240,7 @@ class JobRunner:
             presence_penalty=payload.params.presence_penalty,
             logit_bias=tuple(sorted(payload.params.logit_bias)),
         )
-        if payload.kind == "chat":
-            messages = tuple(ChatMessage(m.role, m.content) for m in payload.messages or [])
-            request = GenerationRequest(params=params, messages=messages, continuation=continuation)
-        else:
-            request = GenerationRequest(params=params, prompt=payload.prompt or "", continuation=continuation)
+        request = generation_request(payload, params, continuation)
         stream = coalesced(engine.generate(request), self.coalesce_s)
         reported = pending = 0  # tokens the chunks carried so far; tokens of deltas without text, not yet carried
         try:
@@ -250,9 +248,15 @@ class JobRunner:
                 if isinstance(event, TextDelta):
                     self.meter.add(event.tokens)
                     pending += event.tokens
-                    if event.text:
-                        await emit(ChunkPayload(text=event.text, tokens=pending))
+                    if event.text or event.logprobs:
+                        logprobs = [_logprob(entry) for entry in event.logprobs] or None
+                        await emit(ChunkPayload(text=event.text, tokens=pending, token_logprobs=logprobs))
                         reported, pending = reported + pending, 0
+                elif isinstance(event, ToolCallDelta):
+                    self.meter.add(event.tokens)
+                    pending += event.tokens
+                    await emit(ChunkPayload(tool_calls=[_tool_call(event)], tokens=pending))
+                    reported, pending = reported + pending, 0
                 elif isinstance(event, Finished):
                     # The client pays no more completion tokens than its chunks carried: the last one carries
                     # the tokens no text showed (a stop string's, an upstream's uncounted deltas).
@@ -262,6 +266,23 @@ class JobRunner:
         finally:
             await stream.aclose()
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
+
+
+def _logprob(entry: TokenLogprob) -> dict[str, object]:
+    """A token's log-probability in OpenAI's shape (``ChoiceLogprobs.content`` entries)."""
+    top = [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes or ())} for t in entry.top]
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes or ()), "top_logprobs": top}
+
+
+def _tool_call(delta: ToolCallDelta) -> dict[str, object]:
+    """A tool-call piece in OpenAI's stream shape (``ChatDelta.tool_calls`` entries)."""
+    function: dict[str, str] = {"arguments": delta.arguments}
+    if delta.name is not None:
+        function["name"] = delta.name
+    piece: dict[str, object] = {"index": delta.index, "function": function}
+    if delta.id is not None:
+        piece |= {"id": delta.id, "type": "function"}
+    return piece
 
 
 def _score_request(payload: RequestPayload) -> ScoreRequest:
@@ -283,6 +304,8 @@ def _uncancel() -> None:
 
 async def _prompt_tokens(engine: Engine, payload: RequestPayload, continuation: str) -> int:
     """Prompt tokens of a job cut short before its engine reported usage (the chat template not counted)."""
+    if payload.prompt_ids is not None:
+        return len(payload.prompt_ids) + await engine.count_tokens(continuation)
     text = payload.prompt or "\n".join(m.content for m in payload.messages or [])
     return await engine.count_tokens(text + continuation)
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cocoon.client import CocoonClient, create_gateway
-from cocoon.client.openai_schema import ChatCompletionRequest
+from cocoon.protocol.openai import ChatCompletionRequest
 from cocoon.config import ClientSettings
 from tests.unit.client.fakes import MODEL, FakeWorker, answer_with_text, dev_policy, recorded_proxy
 
@@ -92,7 +92,7 @@ async def test_a_lone_surrogate_anywhere_is_a_400_naming_its_field(
         ("/v1/chat/completions", CHAT | {"seed": HUGE}, "seed"),
         ("/v1/chat/completions", CHAT | {"seed": -HUGE}, "seed"),
         ("/v1/chat/completions", CHAT | {"n": HUGE}, "n"),
-        ("/v1/chat/completions", CHAT | {"n": 2}, "n"),
+        ("/v1/chat/completions", CHAT | {"n": 9}, "n"),
         ("/v1/chat/completions", CHAT | {"max_coefficient": HUGE}, "max_coefficient"),
         ("/v1/chat/completions", CHAT | {"provider": {"max_price": HUGE}}, "provider.max_price"),
         ("/v1/chat/completions", CHAT | {"provider": {"max_price": 1e300}}, "provider.max_price"),
@@ -100,7 +100,7 @@ async def test_a_lone_surrogate_anywhere_is_a_400_naming_its_field(
         ("/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": HUGE}, "max_tokens"),
         ("/v1/completions", {"model": MODEL, "prompt": "a", "seed": HUGE}, "seed"),
     ],
-    ids=["max_tokens", "max_tokens-32bit", "max_completion_tokens", "seed", "negative-seed", "n", "n-2",
+    ids=["max_tokens", "max_tokens-32bit", "max_completion_tokens", "seed", "negative-seed", "n", "n-9",
          "max_coefficient", "max_price", "max_price-float", "logprobs", "completion-max_tokens", "completion-seed"],
 )  # fmt: skip
 async def test_a_number_past_its_bounds_is_a_400_naming_it(
