@@ -148,13 +148,13 @@ class CocoonClient:
                     "send text content only",
                     param="messages",
                 )
-        allowed = [w for w in serving if routing.admits(w.price_coefficient, w.region)]
+        allowed = [w for w in serving if routing.admits(w.price_coefficient, w.region) and routing.allows(w.worker_id)]
         if not allowed:
             raise NoCapacity(
-                f"{len(serving)} workers serve {model!r} but none within max_price={routing.max_price} "
-                f"and region={routing.region!r}"
+                f"{len(serving)} workers serve {model!r} but none within max_price={routing.max_price}, "
+                f"region={routing.region!r} and the provider's only/ignore/order"
             )
-        allowed.sort(key=lambda w: w.expected_latency_ms)
+        allowed.sort(key=lambda w: (routing.order_index(w.worker_id), w.expected_latency_ms))
         return allowed[: max(self.candidates, 2 if routing.hedge else 1)]
 
     async def stream(

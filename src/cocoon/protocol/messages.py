@@ -190,6 +190,29 @@ class RoutingPrefs(BaseModel):
     allow_fallbacks: bool = True
     region: str | None = None
     hedge: bool = Field(False, description="run on two workers; the slower is cancelled at the first token")
+    order: list[Annotated[str, Field(max_length=80)]] = Field(
+        default_factory=list, max_length=64, description="worker ids to try first, in this order"
+    )
+
+    only: list[Annotated[str, Field(max_length=80)]] | None = Field(
+        None, max_length=64, description="the only worker ids allowed (None: any)"
+    )
+    ignore: list[Annotated[str, Field(max_length=80)]] = Field(
+        default_factory=list, max_length=64, description="worker ids never to use"
+    )
+
+    def allows(self, worker_id: str) -> bool:
+        """Whether ``only`` and ``ignore`` let ``worker_id`` serve, and (without ``allow_fallbacks``) ``order``
+        names it, as OpenRouter reads its ``provider`` object with provider names."""
+        if self.only is not None and worker_id not in self.only:
+            return False
+        if not self.allow_fallbacks and self.order and worker_id not in self.order:
+            return False
+        return worker_id not in self.ignore
+
+    def order_index(self, worker_id: str) -> int:
+        """Where ``worker_id`` stands in ``order`` (the length of ``order`` when it is not in it)."""
+        return self.order.index(worker_id) if worker_id in self.order else len(self.order)
 
     def admits(self, price_coefficient: int, region: str | None) -> bool:
         """Whether a worker with this price coefficient and region is within the request's cap and region.

@@ -270,6 +270,9 @@ class SamplingFields(BaseModel):
             allow_fallbacks=provider.allow_fallbacks,
             region=provider.region,
             hedge=provider.hedge,
+            order=provider.order or [],
+            only=provider.only,
+            ignore=provider.ignore or [],
         )
 
     def sealed_body(self, **changes: Any) -> dict[str, Any]:

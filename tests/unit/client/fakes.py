@@ -233,3 +233,19 @@ def recorded_proxy(workers: Sequence[FakeWorker], answer: Answer | None = None) 
         return httpx.Response(404, json=NotFound(f"{request.url.path} is not recorded").to_openai())
 
     return httpx.MockTransport(handle)
+
+
+def answer_with(chunks_for: Callable[[RequestPayload], list[ChunkPayload]], *, seen: list[RequestPayload]) -> Answer:
+    """A proxy whose first candidate answers each job with ``chunks_for(payload)`` (the last one carries the
+    finish reason) and a true receipt; every payload it opened is appended to ``seen``."""
+
+    def answer(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
+        turn, payload = worker.take(job)
+        seen.append(payload)
+        chunks = chunks_for(payload)
+        finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "stop")
+        frames = [turn.start(), *(turn.chunk(c) for c in chunks), turn.end(finish_reason=finish)]
+        return frames_response(frames)
+
+    return answer

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cocoon.client import CocoonClient, create_gateway
-from cocoon.protocol.openai import ChatCompletionRequest
 from cocoon.config import ClientSettings
+from cocoon.protocol.openai import ChatCompletionRequest
 from tests.unit.client.fakes import MODEL, FakeWorker, answer_with_text, dev_policy, recorded_proxy
 
 WORKERS = [FakeWorker()]

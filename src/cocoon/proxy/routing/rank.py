@@ -120,15 +120,18 @@ def score(
 def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> list[WorkerEntry]:
     """Workers allowed by the request's price cap and region, best first.
 
-    ``provider.sort`` picks the key (latency by default, throughput, price). Workers whose breaker is open
-    come last, reached only when every other candidate failed. Ties keep the client's order.
+    ``provider.sort`` picks the key (latency by default, throughput, price), after ``provider.order``: the
+    workers it names come first, in its order. Workers whose breaker is open come last, reached only when every
+    other candidate failed. Ties keep the client's order.
     """
     prefs = request.routing
     # A worker caught by canaries serving another model (reputation zero) gets no job at all.
     allowed = [
         w
         for w in workers
-        if prefs.admits(w.register.price_coefficient, w.register.region) and book.reputation.factor(w.worker_id) > 0
+        if prefs.admits(w.register.price_coefficient, w.register.region)
+        and prefs.allows(w.worker_id)
+        and book.reputation.factor(w.worker_id) > 0
     ]
     # A worker whose first heartbeat with a prefill rate has not come yet is compared at its peers' rate: a
     # fixed default far from the measured rates would decide the ranking by who reported first, not by speed.
@@ -140,12 +143,13 @@ def rank(workers: list[WorkerEntry], request: JobRequest, book: RoutingBook) -> 
     for w in allowed:
         parts = score(w, request.prompt_tokens, request.prefix_hashes, book, unknown_rate)
         held_back = not book.breakers.admits(w.worker_id)
+        first = (held_back, prefs.order_index(w.worker_id))  # OpenRouter's provider.order, then the sort key
         if prefs.sort == "price":
-            key: tuple[float, ...] = (held_back, parts.price, parts.score_s)
+            key: tuple[float, ...] = (*first, parts.price, parts.score_s)
         elif prefs.sort == "throughput":
-            key = (held_back, -_decode_rate(w, measured_decode), parts.score_s)
+            key = (*first, -_decode_rate(w, measured_decode), parts.score_s)
         else:
-            key = (held_back, parts.score_s)
+            key = (*first, parts.score_s)
         keyed.append((key, w))
     keyed.sort(key=lambda pair: pair[0])
     return [w for _, w in keyed]

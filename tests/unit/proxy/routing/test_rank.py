@@ -145,3 +145,12 @@ def test_throughput_sort_never_puts_a_claimed_rate_ahead_of_a_measured_one() -> 
     slower = worker("slower", decode_tokens_per_s=30.0)
     ranked = names(rank([claims, slower, measured], request(sort="throughput"), book()))
     assert ranked == ["measured", "claims", "slower"]  # its 10M tokens/s count as the best measured, 90
+
+
+def test_provider_order_comes_first_and_only_ignore_filter() -> None:
+    fast, slow, slowest = worker("fast"), worker("slow", queue_depth=1), worker("slowest", queue_depth=2)
+    workers = [fast, slow, slowest]
+    assert names(rank(workers, request(order=["slowest", "slow"]), book())) == ["slowest", "slow", "fast"]
+    assert names(rank(workers, request(order=["slow"], allow_fallbacks=False), book())) == ["slow"]
+    assert names(rank(workers, request(only=["slow", "fast"]), book())) == ["fast", "slow"]
+    assert names(rank(workers, request(ignore=["fast"]), book())) == ["slow", "slowest"]
