@@ -116,6 +116,7 @@ class ResponseStream:
         self.finish_reason = "stop"
         self.streamed_tokens = 0
         self._verified: list[Receipt] = []
+        self._hedge_losers: set[str] = set()  # receipt ids of hedged-out twins: paid, but not what the app got
         self._frames = FrameReader()
         self._worker: AttestedWorker | None = None
         self._sealer: ResponseSealer | None = None
@@ -175,10 +176,12 @@ class ResponseStream:
             raise UpstreamFailed(f"the stream of {self.exchange.request_id} ended before the worker's receipt")
         # After a mid-stream resume, a later receipt's prompt includes the earlier text, and a worker that died
         # before its receipt is not paid: usage tells the app what it got, receipts what it pays for.
+        # A hedged twin's receipt covers the prefill it did before losing: the app's prompt is the winner's.
+        serving = [r for r in receipts if r.receipt_id not in self._hedge_losers] or receipts
         usage = TokenUsage(
-            prompt_tokens=min(r.prompt_tokens for r in receipts),
+            prompt_tokens=min(r.prompt_tokens for r in serving),
             completion_tokens=max(self.streamed_tokens, sum(r.completion_tokens for r in receipts)),
-            cached_tokens=receipts[0].cached_tokens,
+            cached_tokens=serving[0].cached_tokens,
             reasoning_tokens=sum(r.reasoning_tokens for r in receipts),
         )
         return StreamResult(self.finish_reason, usage, tuple(receipts))
@@ -266,6 +269,7 @@ class ResponseStream:
         if self._hedged_out:  # the slower twin of a hedged job: it may claim its prefill only
             if not hedge_receipt_ok(end, worker, ex.model, ex.request_id, ex.plaintext, digest, bounds):
                 return ReceiptRefused(end.receipt, "hedged receipt did not verify", ends_request=False)
+            self._hedge_losers.add(end.receipt.receipt_id)
         else:
             self._serving_ended = True
             try:

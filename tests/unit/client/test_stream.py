@@ -153,11 +153,14 @@ def test_a_hedge_loser_claiming_completion_tokens_is_refused(net: Network) -> No
 def test_a_hedge_loser_claiming_its_prefill_only_is_accepted(net: Network) -> None:
     winner, loser = net.turn(net.first), net.turn(net.second)
     net.read([winner.start(), winner.text("Red"), winner.end()])
-    events = net.read([loser.start(hedged_out=True), loser.end(completion_tokens=0)])
+    # The loser was cancelled part-way through its prefill: it bills what it computed, but the app's prompt is
+    # the winner's whole prompt.
+    events = net.read([loser.start(hedged_out=True), loser.end(completion_tokens=0, prompt_tokens=2)])
     assert isinstance(events[-1], ReceiptVerified)
     result = net.stream.finish()
     assert [r.worker_id for r in result.receipts] == [net.first.worker_id, net.second.worker_id]
     assert result.usage.completion_tokens == 1
+    assert result.usage.prompt_tokens == 5
 
 
 def test_an_error_frame_becomes_the_cocoon_error_it_carries(net: Network) -> None:
