@@ -58,6 +58,7 @@ class FakeWorker:
     keys: NodeKeys = field(default_factory=NodeKeys.generate)
     price_coefficient: int = 1000
     region: str = ""
+    vision: bool = False  # declares that its model takes images
 
     @property
     def worker_id(self) -> str:
@@ -87,7 +88,15 @@ class FakeWorker:
         return {
             "worker_id": self.worker_id,
             "software": "cocoon-test",
-            "models": [{"model": MODEL, "model_hash": MODEL_HASH, "context_length": 4096, "supports_embeddings": True}],
+            "models": [
+                {
+                    "model": MODEL,
+                    "model_hash": MODEL_HASH,
+                    "context_length": 4096,
+                    "supports_embeddings": True,
+                    "supports_vision": self.vision,
+                }
+            ],
             "x25519_pub": b64(sealing).decode(),
             "ed25519_pub": b64(signing).decode(),
             "attestation": {

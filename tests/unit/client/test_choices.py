@@ -34,9 +34,11 @@ WEATHER_TOOL = {
 
 
 class Network:
-    def __init__(self, chunks_for: Callable[[RequestPayload], list[ChunkPayload]]) -> None:
+    def __init__(
+        self, chunks_for: Callable[[RequestPayload], list[ChunkPayload]], workers: list[FakeWorker] = WORKERS
+    ) -> None:
         self.seen: list[RequestPayload] = []
-        transport = recorded_proxy(WORKERS, answer_with(chunks_for, seen=self.seen))
+        transport = recorded_proxy(workers, answer_with(chunks_for, seen=self.seen))
         proxy = httpx.AsyncClient(transport=transport, base_url="http://proxy.test")
         sdk = CocoonClient("http://proxy.test", dev_policy(), http=proxy)
         app = create_gateway(ClientSettings(), client=sdk)
@@ -247,3 +249,28 @@ async def test_fields_cocoon_cannot_honour_are_refused_by_name(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert echo.seen == []
+
+
+async def test_an_image_for_a_network_without_vision_workers_is_a_400(echo: Network) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    response = await echo.http.post("/chat/completions", json={"model": DEFAULT_MODEL, "messages": messages})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages" and "images" in response.json()["error"]["message"]
+    assert echo.seen == []
+
+
+async def test_an_image_goes_only_to_a_worker_that_declares_vision() -> None:
+    seeing = FakeWorker(vision=True)
+    net = Network(
+        lambda _: [ChunkPayload(text="a cat", tokens=2), ChunkPayload(finish_reason="stop")], [*WORKERS, seeing]
+    )
+    image = {"type": "image_url", "image_url": {"url": "https://example.test/cat.png", "detail": "low"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    try:
+        reply = await net.oai.chat.completions.create(model=DEFAULT_MODEL, messages=messages)  # type: ignore[arg-type]
+    finally:
+        await net.aclose()
+    assert (reply.usage.model_extra or {})["workers"] == [seeing.worker_id]  # type: ignore[union-attr]
+    (payload,) = net.seen
+    assert payload.openai is not None and payload.openai["messages"][0]["content"][1] == image
