@@ -2,11 +2,15 @@
 
 Writes role configs under a state folder, starts the proxy, the workers and the client sidecar (and, with
 money, a devnet chain first), waits until the network answers (with progress), sends one demo chat request,
-and stops every child cleanly on Ctrl-C or SIGTERM (or when one of them dies, saying which and where its log is).
+and stops every child cleanly on Ctrl-C or SIGTERM. While it runs (``run``), a child that dies is restarted
+with backoff (``supervisor.py``); the devnet's death ends the network, saying where its log is. Each port base
+has its own state folder, locked while a network runs in it, so two networks on one machine never share keys,
+stores or chain state.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -28,13 +32,14 @@ from cocoon.engines.bundled import SMOLLM2_MODEL, SMOLLM2_SHA256, smollm2_model_
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.engines.model_cache import bundled_model_path, sha256_file
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
-from cocoon.errors import ChildDied, UpstreamFailed, map_http_errors
+from cocoon.errors import ChildDied, ConfigError, UpstreamFailed, map_http_errors
 from cocoon.local.authority import DevAuthority
 from cocoon.local.chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
-from cocoon.local.processes import Child, spawn, stop_all
+from cocoon.local.processes import Child, port_in_use, spawn, stop_all
+from cocoon.local.supervisor import Supervisor
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # long paths and URLs stay on one line, copyable
+out = Console(soft_wrap=True)
 QUOTE_MAX_AGE_S = 300.0
 
 
@@ -62,7 +67,7 @@ class LocalNetwork:
         self.client_port = port_base
         self.proxy_port = proxy_port or port_base + 620
         self.workers = workers
-        self.home = home or cocoon_home() / "up"
+        self.home = home or default_home(port_base)
         self.model_path = model_path
         self.engine = engine or {}
         self.proxy_options = proxy_options or {}
@@ -84,6 +89,7 @@ class LocalNetwork:
         self.authority = DevAuthority()
         self.authority_url = ""
         self._stop = threading.Event()
+        self._lock: int | None = None  # the state folder's lock file, held while the network runs
 
     @property
     def base_url(self) -> str:
@@ -117,8 +123,9 @@ class LocalNetwork:
             if exit_after_demo:
                 return 0
             out.print("  logs in " + str(self.home / "logs") + "; Ctrl-C stops everything")
+            supervisor = Supervisor(self.children, say=lambda line: console.print(line, markup=False))
             while not self._stop.wait(0.5):
-                self.check_children()
+                supervisor.check()
             return 0
         finally:
             self.stop()
@@ -126,6 +133,8 @@ class LocalNetwork:
     def start(self) -> None:
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        self._hold_home()
+        self._check_ports()
         model = self.model_path or bundled_model_path(progress=True)
         model_hash = sha256_file(model)
         self.authority_url = self.authority_url or self.authority.start()
@@ -275,6 +284,39 @@ class LocalNetwork:
         self.children.clear()
         self.authority.stop()
         self.authority_url = ""
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the lock
+            self._lock = None
+
+    def _hold_home(self) -> None:
+        """Lock the state folder for this network; ``ConfigError`` naming the holder when another one runs in it."""
+        if self._lock is not None:
+            return
+        lock = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(lock, 32).decode(errors="replace").strip() or "?"
+            os.close(lock)
+            raise ConfigError(
+                f"another cocoon network (pid {holder}) is running in {self.home}; stop it, or start this one "
+                "with another --port-base (each port base has its own state folder) or --home"
+            ) from None
+        os.ftruncate(lock, 0)
+        os.write(lock, str(os.getpid()).encode())
+        self._lock = lock
+
+    def _check_ports(self) -> None:
+        """``ConfigError`` in one line when a port this network needs is taken, before anything starts."""
+        ports = {self.client_port: "client sidecar", self.proxy_port: "proxy"}
+        if self.money:
+            ports[self.devnet_port] = "devnet chain"
+        for port, role in ports.items():
+            if port_in_use(port):
+                raise ConfigError(
+                    f"port {port} (the {role}'s) is already in use on 127.0.0.1; stop what holds it or pass "
+                    "another --port-base (the proxy listens at +620, the devnet at +710)"
+                )
 
     def _write(self, name: str, settings: dict[str, Any]) -> None:
         (self.home / name).write_text(tomli_w.dumps(settings))
@@ -290,6 +332,12 @@ class LocalNetwork:
         child = spawn(name, command, self.home / "logs" / f"{name}.log")
         self.children.append(child)
         return child
+
+
+def default_home(port_base: int) -> Path:
+    """The state folder of a network on ``port_base``: ``~/.cocoon/up`` for the default 8080, ``up-<port>``
+    for any other, so two networks on one machine never share keys, stores or chain state."""
+    return cocoon_home() / ("up" if port_base == 8080 else f"up-{port_base}")
 
 
 def _get(url: str) -> Any:

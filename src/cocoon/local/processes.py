@@ -1,45 +1,89 @@
-"""The child processes of a local network: each started in its own session with its own log file.
+"""The child processes of a local network: each started in its own session with its own log file, and on a
+leash: a child whose parent dies (even by SIGKILL) is sent SIGTERM by the kernel, so none is left holding its port.
 
 ``LocalNetwork`` starts the devnet, the proxy, the workers and the client sidecar through ``spawn`` and ends them
-with ``stop_all``; ``free_port`` picks loopback ports for tests and benchmarks.
+with ``stop_all``; ``free_port`` picks loopback ports for tests and benchmarks, ``port_in_use`` checks one.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import signal
 import socket
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass
 class Child:
-    """One process of a local network and the file its output goes to."""
+    """One process of a local network, the command that started it and the file its output goes to."""
 
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    command: list[str] = field(default_factory=list)
+    started: float = field(default_factory=lambda: now())
 
     def log_tail(self, lines: int) -> list[str]:
         """The last ``lines`` lines the process wrote (fewer if it wrote fewer)."""
         return self.log.read_text(errors="replace").splitlines()[-lines:]
 
 
+# Run before the command, in the child: ask Linux to SIGTERM it when its parent dies (PR_SET_PDEATHSIG, kept
+# across exec), and give up if the parent is already gone. Python's ``preexec_fn`` could do the same, but it is
+# unsafe in a process with threads (the dev attestation authority serves from one), so a tiny interpreter does
+# it and then becomes the command. Elsewhere than Linux the command runs as is.
+_LEASH = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def now() -> float:
+    """The clock children's ages are measured on (monotonic seconds)."""
+    return time.monotonic()
+
+
+def on_leash(command: list[str]) -> list[str]:
+    """``command`` wrapped so that the kernel ends it when this process dies (Linux; unchanged elsewhere).
+
+    Linux signals the child when the *thread* that started it ends: spawn from a thread that lives as long as
+    the network (the main one), never from a short-lived worker thread."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _LEASH, str(os.getpid()), *command]
+
+
 def spawn(name: str, command: list[str], log: Path) -> Child:
-    """Start ``command`` with stdout and stderr appended to ``log`` and no stdin."""
+    """Start ``command`` on a leash with stdout and stderr appended to ``log`` and no stdin."""
     handle = log.open("ab")
     process = subprocess.Popen(
-        command,
+        on_leash(command),
         stdout=handle,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
     )
     handle.close()
-    return Child(name, process, log)
+    return Child(name, process, log, command)
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on (or holds) ``port`` on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    return False
 
 
 def stop_all(children: list[Child], grace: float = 8) -> None:
