@@ -21,6 +21,7 @@ _SET_HERE = frozenset({"model", "stream", "stream_options", "max_tokens", "max_c
 # Fields another part answers for: the client writes an echoed prompt back itself (the worker returns only what
 # it generated), ``suffix`` is refused unless empty, and cocoon's routing extras are the proxy's and client's.
 _NOT_UPSTREAMS = frozenset({"echo", "suffix"}) | SamplingFields.routing_fields
+_LEFT_OUT = _SET_HERE | _NOT_UPSTREAMS
 
 
 def upstream_request(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
@@ -34,7 +35,7 @@ def upstream_request(request: GenerationRequest, model: str) -> tuple[str, dict[
     """
     params = request.params
     app = dict(request.openai) if request.openai is not None else _written_out(request)
-    body = {key: value for key, value in app.items() if key not in _SET_HERE | _NOT_UPSTREAMS}
+    body = {key: value for key, value in app.items() if key not in _LEFT_OUT}
     body |= {
         "model": model,
         "stream": True,
@@ -47,8 +48,7 @@ def upstream_request(request: GenerationRequest, model: str) -> tuple[str, dict[
         if body.get(knob) is None:
             body[knob] = value
     if request.prompt is not None:
-        body.pop("messages", None)
-        body["prompt"] = _prompt(request)
+        body["prompt"] = _prompt(request)  # the one prompt of this choice, as the worker read it
         return "/completions", body
     assert request.messages is not None
     messages = list(app["messages"]) if request.openai is not None else [_message(m) for m in request.messages]
