@@ -1,10 +1,19 @@
 """The upstream engine against a real OpenAI-compatible server: llama-cpp-python's, serving the bundled
-Gemma 3 270M on a free loopback port (started once for the module, stopped in teardown)."""
+Gemma 3 270M on a free loopback port (started once for the module, stopped in teardown), and for what needs an
+instruct model (JSON output, tool calls) SmolLM2-135M-Instruct under its ``chatml-function-calling`` format.
+
+What that server does with the app's OpenAI fields, as these tests show: ``logprobs`` (chat, with
+``top_logprobs``; completions) and ``response_format`` ``json_object`` (grammar-enforced) come back;
+``tools`` with a named ``tool_choice`` stream grammar-enforced calls; ``json_schema`` formats and token-id prompts
+are refused (it knows neither), and so is ``tool_choice`` "auto" when streaming. vLLM and SGLang do all of these.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,9 +29,11 @@ from cocoon.engines import (
     SamplingParams,
     TextDelta,
 )
+from cocoon.engines.base import ToolCallDelta
+from cocoon.engines.bundled import SMOLLM2_INSTALL, smollm2_installed, smollm2_model_path
 from cocoon.errors import ConfigError, UpstreamFailed
 from cocoon.local import free_port
-from tests.helpers.upstream import llama_server
+from tests.helpers.upstream import app_request, llama_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -46,6 +57,19 @@ async def engine(upstream_url: str) -> AsyncIterator[OpenAIUpstreamEngine]:
     await engine.start()
     yield engine
     await engine.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def smollm() -> AsyncIterator[OpenAIUpstreamEngine]:
+    """The engine on a llama-cpp-python server of SmolLM2-135M-Instruct that calls tools."""
+    if not smollm2_installed():
+        pytest.skip(f"needs SmolLM2: {SMOLLM2_INSTALL}")
+    with llama_server(smollm2_model_path(), n_ctx=N_CTX, chat_format="chatml-function-calling") as (url, _):
+        settings = EngineSettings(kind="openai_upstream", upstream_url=url, model_hash=FAKE_HASH, embeddings=False)
+        engine = OpenAIUpstreamEngine(settings)
+        await engine.start()
+        yield engine
+        await engine.close()
 
 
 async def run(engine: OpenAIUpstreamEngine, request: GenerationRequest) -> tuple[str, Finished]:
@@ -145,3 +169,102 @@ async def test_start_fails_with_upstream_failed_naming_the_url_when_nothing_list
 async def test_a_missing_model_hash_is_a_config_error_that_says_what_to_set() -> None:
     with pytest.raises(ConfigError, match="model_hash"):
         OpenAIUpstreamEngine(EngineSettings(kind="openai_upstream", upstream_url="http://127.0.0.1:1/v1"))
+
+
+# ---- the app's OpenAI fields, forwarded -------------------------------------------------------------
+
+
+async def pieces(engine: OpenAIUpstreamEngine, request: GenerationRequest) -> list[GenerationEvent]:
+    events = [event async for event in engine.generate(request)]
+    assert isinstance(events[-1], Finished)
+    return events
+
+
+def chat_body(content: str, **fields: Any) -> dict[str, Any]:
+    return {"model": "gemma-3-270m", "messages": [{"role": "user", "content": content}], "temperature": 0} | fields
+
+
+async def test_chat_logprobs_come_back_one_per_token_with_the_alternatives_asked_for(
+    engine: OpenAIUpstreamEngine,
+) -> None:
+    request = app_request(chat_body("Count with me: 1, 2, 3", max_tokens=5, logprobs=True, top_logprobs=2))
+    events = await pieces(engine, request)
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    entries = [entry for delta in deltas for entry in delta.logprobs]
+
+    assert all(delta.logprobs for delta in deltas)
+    assert "".join(entry.token for entry in entries) == "".join(delta.text for delta in deltas)
+    for entry in entries:
+        assert 1 <= len(entry.top) <= 3  # two alternatives, and the sampled token where it is not among them
+        assert entry.top[0].logprob == pytest.approx(entry.logprob)  # greedy: the sampled token is the best
+        assert [t.logprob for t in entry.top] == sorted((t.logprob for t in entry.top), reverse=True)
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.usage.completion_tokens == len(entries)
+
+
+async def test_completion_logprobs_come_back_as_token_logprobs(engine: OpenAIUpstreamEngine) -> None:
+    request = app_request(
+        {"model": "gemma-3-270m", "prompt": COUNTING, "max_tokens": 8, "temperature": 0, "logprobs": 2}
+    )
+    events = await pieces(engine, request)
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+
+    assert "".join(d.text for d in deltas) == " 6, 7, 8"
+    assert [entry.token for d in deltas for entry in d.logprobs] == [" ", "6", ",", " ", "7", ",", " ", "8"]
+    assert all(-20 < entry.logprob <= 0 and entry.top for d in deltas for entry in d.logprobs)
+
+
+async def test_a_json_schema_response_format_is_refused_by_this_server_with_its_own_words(
+    engine: OpenAIUpstreamEngine,
+) -> None:
+    # llama-cpp-python's server knows response_format "json_object" only (OpenAI's json_schema is vLLM's and
+    # SGLang's): the job fails with the upstream's message rather than answering unconstrained text.
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    with pytest.raises(UpstreamFailed, match="json_object"):
+        await pieces(engine, app_request(chat_body("A person, please.", max_tokens=8, response_format=fmt)))
+
+
+async def test_a_token_id_prompt_is_refused_by_this_server_with_its_own_words(engine: OpenAIUpstreamEngine) -> None:
+    # Forwarded as vLLM reads a token array; llama-cpp-python's server takes text prompts only.
+    with pytest.raises(UpstreamFailed, match="prompt"):
+        await pieces(engine, app_request({"model": "gemma-3-270m", "prompt": [2, 235274, 235269], "max_tokens": 2}))
+
+
+async def test_a_json_object_response_format_comes_back_as_json(smollm: OpenAIUpstreamEngine) -> None:
+    body = chat_body(
+        "Describe a cat as a JSON object with a name.", max_tokens=60, response_format={"type": "json_object"}
+    )
+    text, finished = await run(smollm, app_request(body))
+
+    assert isinstance(json.loads(text), dict)  # the server's grammar admits JSON only
+    assert finished.finish_reason == "stop"
+
+
+async def test_a_named_tool_choice_streams_one_call_named_once_with_its_arguments(
+    smollm: OpenAIUpstreamEngine,
+) -> None:
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    body = chat_body(
+        "What is the weather in Paris?",
+        max_tokens=40,
+        tools=[weather],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    events = await pieces(smollm, app_request(body))
+    calls = [event for event in events if isinstance(event, ToolCallDelta)]
+
+    assert calls and all(call.index == 0 for call in calls)
+    assert calls[0].name == "get_weather" and calls[0].id
+    assert all(call.id is None and call.name is None for call in calls[1:])  # the server repeats them; sent once
+    assert "city" in json.loads("".join(call.arguments for call in calls))
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.finish_reason == "tool_calls"
+    assert finished.usage.completion_tokens == len(calls)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -35,4 +35,17 @@ class EngineSettings(BaseModel):
         None,
         description="sha256 of the weights (hex); computed from the GGUF for llamacpp, required for upstream",
     )
+    vision: bool = Field(
+        False,
+        description="openai_upstream only: the upstream model takes image content parts (advertised to clients, "
+        "which send image requests only to such workers); without it image parts are refused",
+    )
     synthetic_tokens_per_s: float = Field(0.0, ge=0, description="synthetic engine pace; 0 means no delay")
+
+    @model_validator(mode="after")
+    def _vision_is_upstreams(self) -> EngineSettings:
+        # Only an upstream server can take images; a llamacpp or synthetic engine declaring vision would route
+        # image requests to a worker that cannot read them.
+        if self.vision and self.kind != "openai_upstream":
+            raise ValueError(f"vision = true needs kind = 'openai_upstream' (engine {self.model!r} is {self.kind})")
+        return self

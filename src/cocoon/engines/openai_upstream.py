@@ -1,15 +1,15 @@
 """An engine that forwards to an OpenAI-compatible server: vLLM, SGLang, Ollama, llama.cpp's server.
 
-The worker runs next to the upstream (same TEE), so the request leaves the enclave only sealed; this
-module turns a ``GenerationRequest`` into ``/chat/completions`` or ``/completions`` and parses the SSE
-stream back into engine events.
+The worker runs next to the upstream (same TEE), so the request leaves the enclave only sealed. The app's
+OpenAI request goes on as it came (``upstream_request.py``), the SSE stream comes back checked
+(``upstream_stream.py``); this module holds the HTTP client, the engine contract, embeddings, scoring and
+token counting.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,32 +23,17 @@ from cocoon.engines.base import (
     GenerationEvent,
     GenerationRequest,
     ScoreRequest,
-    TextDelta,
     TokenScores,
 )
 from cocoon.engines.config import EngineSettings
-from cocoon.errors import (
-    BadRequest,
-    CocoonError,
-    ConfigError,
-    ContextLengthExceeded,
-    EngineError,
-    UpstreamFailed,
-    map_http_errors,
-)
+from cocoon.engines.upstream_request import upstream_request
+from cocoon.engines.upstream_stream import StreamReader, sse_events, upstream_error
+from cocoon.errors import BadRequest, ConfigError, EngineError, UpstreamFailed, map_http_errors
 from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
-_CONTEXT_HINTS = (
-    "context length",
-    "context_length",
-    "maximum context",
-    "context window",
-    "n_ctx",
-    "too long",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +59,7 @@ class OpenAIUpstreamEngine:
 
     ``settings.model_hash`` is required (the upstream cannot prove what it loaded; the operator states
     the sha256 of the weights, and the attestation commits to it). Raises ``ConfigError`` without it.
+    ``settings.vision`` says the upstream model takes image content parts; without it they are refused.
     """
 
     def __init__(self, settings: EngineSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -97,6 +83,7 @@ class OpenAIUpstreamEngine:
             model_hash=settings.model_hash.lower(),
             context_length=settings.context_length,
             supports_embeddings=settings.embeddings,
+            supports_vision=settings.vision,
             extra={"backend": "openai_upstream", "upstream_model": self._model},
         )
         self._transport = transport
@@ -122,7 +109,7 @@ class OpenAIUpstreamEngine:
             )
         response = await self._request("GET", f"{self._base}/models")
         if response.status_code >= 400:
-            raise _error_from_response(response.status_code, response.text, f"{self._base}/models")
+            raise upstream_error(response.status_code, response.text, f"{self._base}/models")
 
     async def close(self) -> None:
         """Close the HTTP client; running streams end with it."""
@@ -133,76 +120,45 @@ class OpenAIUpstreamEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream from the upstream; closing the iterator closes the HTTP stream (the upstream aborts).
 
-        Raises ``ContextLengthExceeded`` when the upstream rejects the prompt as too long,
-        ``UpstreamTimeout``/``UpstreamFailed`` for anything else that goes wrong on the way.
+        The app's OpenAI request is forwarded as ``upstream_request`` writes it; text, tool-call pieces and
+        log-probabilities come back as the upstream streams them. Raises ``BadRequest`` (``param`` messages) for
+        image parts when ``vision`` is off, ``ContextLengthExceeded`` when the upstream rejects the prompt as too
+        long, ``UpstreamTimeout``/``UpstreamFailed`` for anything else that goes wrong on the way, a malformed
+        stream included.
         """
+        if not self._info.supports_vision and any(m.images for m in request.messages or ()):
+            raise BadRequest(
+                f"model {self._info.model!r} on this worker takes no images; send text only, or ask a worker whose "
+                "upstream engine declares vision = true",
+                param="messages",
+            )
         client = self._require_client()
-        path, body = self._request_body(request)
+        path, body = upstream_request(request, self._model)
         url = f"{self._base}{path}"
-        usage: TokenUsage | None = None
-        finish: str | None = None
-        deltas = 0
+        reader = StreamReader(url, request)
         with map_http_errors(f"upstream {url}", hint="is the server running? see its log"):
             async with client.stream("POST", url, json=body) as response:
                 if response.status_code >= 400:
                     raw = await response.aread()
-                    raise _error_from_response(response.status_code, raw.decode(errors="replace"), url)
-                async for chunk in _sse_events(response):
-                    if "error" in chunk:
-                        raise _error_from_response(400, json.dumps(chunk), url)
-                    for choice in chunk.get("choices") or ():
-                        text = _choice_text(choice)
-                        if text:
-                            deltas += 1
-                            yield TextDelta(text)
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-        if finish is None:
+                    raise upstream_error(response.status_code, raw.decode(errors="replace"), url)
+                async for chunk in sse_events(response):
+                    for event in reader.read(chunk):
+                        yield event
+        if reader.finish_reason is None:
             # Some servers (llama-cpp-python's) hit errors after answering 200 and just end the stream.
             raise UpstreamFailed(f"upstream {url} ended the stream without a finish_reason; see its log")
+        usage = reader.usage
         if usage is None:
-            # The server ignored stream_options.include_usage (llama-cpp-python's does): count one token per
-            # streamed delta (servers send one per token, save for held-back stop prefixes) and re-tokenize
-            # the prompt text (without the chat template's markers). Approximate; logged so it is visible.
+            # The server ignored stream_options.include_usage (llama-cpp-python's does): count the tokens the
+            # streamed pieces stand for (one each, save for held-back stop prefixes; exact with logprobs) and
+            # re-tokenize the prompt text (without the chat template's markers). Approximate; logged so it shows.
             log.info("upstream sent no usage; counting deltas url=%s", url)
-            usage = TokenUsage(await self._count_prompt_tokens(_prompt_text(request)), deltas)
-        yield Finished("length" if finish == "length" else "stop", usage)
-
-    def _request_body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
-        params = request.params
-        body: dict[str, Any] = {
-            "model": self._model,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.frequency_penalty:
-            body["frequency_penalty"] = params.frequency_penalty
-        if params.presence_penalty:
-            body["presence_penalty"] = params.presence_penalty
-        if params.logit_bias:
-            body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
-        if request.prompt is not None:
-            body["prompt"] = request.prompt + request.continuation
-            return "/completions", body
-        assert request.messages is not None
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if request.continuation:
-            # Resume a partial answer: vLLM (and SGLang) render the last assistant message without closing
-            # its turn when asked with these two extra parameters; servers without them start a new turn.
-            messages.append({"role": "assistant", "content": request.continuation})
-            body["continue_final_message"] = True
-            body["add_generation_prompt"] = False
-        body["messages"] = messages
-        return "/chat/completions", body
+            if request.prompt_ids is not None:
+                prompt_tokens = len(request.prompt_ids)
+            else:
+                prompt_tokens = await self._count_prompt_tokens(_prompt_text(request))
+            usage = TokenUsage(prompt_tokens, reader.tokens)
+        yield Finished(reader.finish_reason, usage)
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         """Forward to ``POST /embeddings``; vectors come back in input order."""
@@ -214,7 +170,7 @@ class OpenAIUpstreamEngine:
         body = {"model": self._model, "input": [x if isinstance(x, str) else list(x) for x in inputs]}
         response = await self._request("POST", url, json=body)
         if response.status_code >= 400:
-            raise _error_from_response(response.status_code, response.text, url)
+            raise upstream_error(response.status_code, response.text, url)
         try:
             payload = response.json()
             rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
@@ -249,7 +205,7 @@ class OpenAIUpstreamEngine:
         url = f"{self._base}{path}"
         response = await self._request("POST", url, json=body)
         if response.status_code >= 400:
-            raise _error_from_response(response.status_code, response.text, url)
+            raise upstream_error(response.status_code, response.text, url)
         try:
             payload = response.json()
             entries = payload.get("prompt_logprobs") or payload["choices"][0].get("prompt_logprobs")
@@ -326,44 +282,6 @@ class OpenAIUpstreamEngine:
         return self._client
 
 
-async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI server-sent-event stream, until ``data: [DONE]``."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-            continue
-        if line or not data:
-            continue  # comments (": ping"), event names, or blank keep-alives
-        payload, data = "\n".join(data), []
-        if payload == "[DONE]":
-            return
-        try:
-            event = json.loads(payload)
-        except ValueError as exc:
-            raise UpstreamFailed(f"upstream {response.url} sent a malformed event: {payload[:200]!r}") from exc
-        if isinstance(event, dict):
-            yield event
-
-
-def _choice_text(choice: dict[str, Any]) -> str:
-    delta = choice.get("delta")
-    if isinstance(delta, dict):
-        return str(delta.get("content") or "")
-    return str(choice.get("text") or "")
-
-
-def _usage(raw: dict[str, Any]) -> TokenUsage:
-    details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
-    return TokenUsage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-    )
-
-
 def _rated_token(entry: Any) -> tuple[float, int]:
     """One entry of vLLM's ``prompt_logprobs`` asked with 0 alternatives: ``{token_id: {"logprob", "rank", ...}}``,
     the prompt's own token only. Returns its log-probability and rank."""
@@ -380,27 +298,3 @@ def _prompt_text(request: GenerationRequest) -> str:
     if request.messages is not None:
         return "\n".join(m.content for m in request.messages) + request.continuation
     return (request.prompt or "") + request.continuation
-
-
-def _error_from_response(status: int, text: str, url: str) -> CocoonError:
-    """Map an upstream error answer onto cocoon's tree, keeping the upstream's own message."""
-    message = _error_message(text).strip()[:500] or f"HTTP {status}"
-    if status in (400, 413, 422) and any(hint in message.lower() for hint in _CONTEXT_HINTS):
-        return ContextLengthExceeded(f"upstream rejected the prompt as too long: {message}")
-    return UpstreamFailed(f"upstream {url} answered HTTP {status}: {message}")
-
-
-def _error_message(text: str) -> str:
-    """The human part of an error body: OpenAI's ``error.message``, FastAPI's ``detail``, or the raw text."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text
-    if not isinstance(body, dict):
-        return text
-    err = body.get("error")
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    if isinstance(err, str):
-        return err
-    return str(body.get("detail") or body.get("message") or text)
