@@ -378,3 +378,34 @@ async def test_a_whole_stream_is_plain_server_sent_events_with_event_names() -> 
         name, data = block.split("\n")
         assert name.removeprefix("event: ") == json.loads(data.removeprefix("data: "))["type"]
     assert "[DONE]" not in response.text
+
+
+async def test_logprobs_asked_by_include_come_back_on_the_output_text() -> None:
+    def with_logprobs(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
+        turn, _ = worker.take(job)
+        top = {"token": "Blue", "logprob": -1.5, "bytes": None}
+        entry = {"token": "Red", "logprob": -0.25, "bytes": [82, 101, 100], "top_logprobs": [top]}
+        frames = [turn.start(), turn.chunk(ChunkPayload(text="Red", tokens=1, token_logprobs=[entry]))]
+        frames += [turn.chunk(ChunkPayload(finish_reason="stop")), turn.end()]
+        return frames_response(frames)
+
+    sealed: list[RequestPayload] = []
+    sidecar = Sidecar(recorded_proxy(WORKERS, recording(sealed, with_logprobs)))
+    asked: dict[str, Any] = {"input": "A colour?", "include": ["message.output_text.logprobs"], "top_logprobs": 1}
+    try:
+        response = await sidecar.oai.responses.create(model=DEFAULT_MODEL, **asked)
+        events = await events_of(sidecar, **asked)
+    finally:
+        await sidecar.aclose()
+    assert sealed[0].openai is not None
+    assert (sealed[0].openai["logprobs"], sealed[0].openai["top_logprobs"]) == (True, 1)
+    logprobs = response.output[0].content[0].logprobs
+    assert logprobs is not None and (logprobs[0].token, logprobs[0].logprob, logprobs[0].bytes) == (
+        "Red",
+        -0.25,
+        [82, 101, 100],
+    )
+    assert logprobs[0].top_logprobs[0].token == "Blue" and logprobs[0].top_logprobs[0].bytes == [66, 108, 117, 101]
+    delta = next(e for e in events if e.type == "response.output_text.delta")
+    assert delta.logprobs[0].token == "Red" and response.top_logprobs == 1

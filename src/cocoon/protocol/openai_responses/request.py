@@ -1,27 +1,5 @@
-"""OpenAI's Responses API (``POST /v1/responses``) as cocoon speaks it: the request with its input items, tools
-and text format, and the response object and stream events, as pydantic models beside ``protocol.openai``'s.
-
-cocoon serves a response as one chat completion: ``ResponsesRequest.chat_request()`` translates the request onto
-the chat path, which seals, routes and pays for it; the sidecar writes the answer back as these objects. cocoon
-keeps nothing, so every field that needs a stored response or conversation is refused. Every field:
-
-- honoured: ``model``; ``input`` (a string, or messages, ``function_call`` and ``function_call_output`` items);
-  ``instructions`` (a leading system message); ``tools`` (functions); ``tool_choice``; ``parallel_tool_calls``;
-  ``text`` (``format``, ``verbosity``) and the top-level ``verbosity`` the SDK's ``parse`` sends;
-  ``max_output_tokens``; ``temperature``; ``top_p``; ``top_logprobs`` and ``include``
-  ``message.output_text.logprobs``; ``metadata`` (echoed in the response, never sealed to a worker); ``user``,
-  ``safety_identifier``, ``prompt_cache_key`` and ``reasoning.effort`` (sealed as on chat); ``stream``;
-  COCOON's ``max_coefficient``/``timeout`` and OpenRouter's ``provider``, as on chat.
-- accepted, with nothing to do: ``store`` false or omitted (OpenAI's default is true, but the SDK sends nothing;
-  nothing is stored either way), ``background`` false, ``truncation`` "disabled", ``service_tier``
-  auto/default, ``reasoning.summary`` auto, ``prompt_cache_retention`` in_memory, ``max_tool_calls`` (it bounds
-  built-in tools; there are none), ``include`` ``reasoning.encrypted_content`` (no reasoning items are made),
-  ``stream_options.include_obfuscation`` (the seal pads chunks already).
-- refused with a 400 naming the field: ``store`` true, ``previous_response_id``, ``conversation``, ``prompt``,
-  ``background`` true, ``truncation`` auto, other service tiers, reasoning summaries, 24h cache retention, tools
-  and tool choices other than functions, other ``include`` values, ``item_reference``, reasoning and built-in
-  tool items, input files and audio, image file ids; and any field OpenAI does not define.
-"""
+"""A ``POST /v1/responses`` body: its tools, text format and options beside the input, what of it is refused,
+and ``ResponsesRequest.chat_request()``, the one chat completion that serves it."""
 
 from __future__ import annotations
 
@@ -30,10 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    Discriminator,
     Field,
     ModelWrapValidatorHandler,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -41,7 +17,6 @@ from pydantic import (
 
 from cocoon.errors import BadRequest, first_problem
 from cocoon.protocol.openai import (
-    COST_FIELDS,
     INT64_MAX,
     MAX_PRICE_CAP,
     MAX_SCHEMA_BYTES,
@@ -50,168 +25,13 @@ from cocoon.protocol.openai import (
     MAX_TOP_LOGPROBS,
     ChatCompletionRequest,
     ProviderPrefs,
-    ResponseObject,
     Strict,
 )
 from cocoon.protocol.openai import Name as FunctionName
+from cocoon.protocol.openai_responses.items import FunctionCallItem, InputItem, MessageItem
 
-# ---- requests: input items -------------------------------------------------------------------------
-
-CallId = Annotated[str, Field(min_length=1, max_length=128)]
-ItemStatus = Literal["in_progress", "completed", "incomplete"]
 LOGPROBS = "message.output_text.logprobs"
 INCLUDABLE = frozenset({LOGPROBS, "reasoning.encrypted_content"})
-
-
-class InputText(BaseModel):
-    model_config = Strict
-    type: Literal["input_text"]
-    text: str
-
-
-class OutputTextIn(BaseModel):
-    """An earlier answer's text as an app sends it back; its annotations and logprobs do not change the answer."""
-
-    model_config = Strict
-    type: Literal["output_text"]
-    text: str
-    annotations: list[dict[str, Any]] = Field(default_factory=list)
-    logprobs: list[dict[str, Any]] | None = None
-
-
-class RefusalIn(BaseModel):
-    model_config = Strict
-    type: Literal["refusal"]
-    refusal: str
-
-
-class InputImage(BaseModel):
-    """An image by URL (or ``data:`` URL), for workers that declare vision."""
-
-    model_config = Strict
-    type: Literal["input_image"]
-    image_url: str | None = Field(None, min_length=1)
-    file_id: str | None = None
-    detail: Literal["auto", "low", "high"] = "auto"
-
-    @model_validator(mode="after")
-    def _by_url(self) -> InputImage:
-        if self.file_id is not None or self.image_url is None:
-            raise ValueError("an input_image needs its image_url: file_id names a file in OpenAI's store, not here")
-        return self
-
-
-def _tag(value: Any) -> Any:
-    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-
-
-Part = Annotated[
-    Annotated[InputText, Tag("input_text")]
-    | Annotated[OutputTextIn, Tag("output_text")]
-    | Annotated[RefusalIn, Tag("refusal")]
-    | Annotated[InputImage, Tag("input_image")],
-    Discriminator(
-        _tag,
-        custom_error_type="unsupported_part",
-        custom_error_message="a content part is input_text, output_text, refusal or input_image; "
-        "input files and audio are not supported",
-    ),
-]
-
-
-def _part_text(part: Part) -> str:
-    if isinstance(part, RefusalIn):
-        return part.refusal
-    return "" if isinstance(part, InputImage) else part.text
-
-
-class MessageItem(BaseModel):
-    """A message of the conversation; an earlier answer sent back keeps its ``id``, ``status`` and ``phase``."""
-
-    model_config = Strict
-    type: Literal["message"] = "message"
-    role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[Part]
-    id: str | None = Field(None, max_length=128)
-    status: ItemStatus | None = None
-    phase: Literal["commentary", "final_answer"] | None = None
-
-    @model_validator(mode="after")
-    def _text_from_the_assistant(self) -> MessageItem:
-        if self.role == "assistant" and any(isinstance(p, InputImage) for p in self.content):
-            raise ValueError("an assistant message carries text only; send images in user messages")
-        return self
-
-    def chat_message(self) -> dict[str, Any]:
-        """This message as chat's: its text, or its parts when it holds images."""
-        if isinstance(self.content, str):
-            return {"role": self.role, "content": self.content}
-        if any(isinstance(p, InputImage) for p in self.content):
-            return {"role": self.role, "content": [_chat_part(p) for p in self.content]}
-        return {"role": self.role, "content": "".join(map(_part_text, self.content))}
-
-
-def _chat_part(part: Part) -> dict[str, Any]:
-    if isinstance(part, InputImage):
-        return {"type": "image_url", "image_url": {"url": part.image_url, "detail": part.detail}}
-    return {"type": "text", "text": _part_text(part)}
-
-
-class FunctionCallItem(BaseModel):
-    """A function call the model made in an earlier turn (an assistant message's tool call on chat)."""
-
-    model_config = Strict
-    type: Literal["function_call"]
-    call_id: CallId
-    name: FunctionName
-    arguments: str
-    id: str | None = Field(None, max_length=128)
-    status: ItemStatus | None = None
-
-    def chat_tool_call(self) -> dict[str, Any]:
-        return {"id": self.call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-class FunctionCallOutputItem(BaseModel):
-    """What the app's function returned for ``call_id`` (a tool message on chat): text."""
-
-    model_config = Strict
-    type: Literal["function_call_output"]
-    call_id: CallId
-    output: str | list[Part]
-    id: str | None = Field(None, max_length=128)
-    status: ItemStatus | None = None
-
-    @field_validator("output")
-    @classmethod
-    def _text_only(cls, value: str | list[Part]) -> str | list[Part]:
-        if not isinstance(value, str) and any(isinstance(p, InputImage) for p in value):
-            raise ValueError("a function_call_output carries text here; images in function outputs are not supported")
-        return value
-
-    def chat_message(self) -> dict[str, Any]:
-        text = self.output if isinstance(self.output, str) else "".join(map(_part_text, self.output))
-        return {"role": "tool", "tool_call_id": self.call_id, "content": text}
-
-
-def _item_tag(value: Any) -> Any:
-    return (value.get("type") or "message") if isinstance(value, dict) else getattr(value, "type", None)
-
-
-InputItem = Annotated[
-    Annotated[MessageItem, Tag("message")]
-    | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
-    Discriminator(
-        _item_tag,
-        custom_error_type="unsupported_item",
-        custom_error_message="an input item is a message, a function_call or a function_call_output: cocoon keeps "
-        "no items to reference (item_reference) and its models make no reasoning or built-in tool items",
-    ),
-]
-
-
-# ---- requests: tools, text format, options ---------------------------------------------------------
 
 
 def _bounded(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -296,7 +116,7 @@ class ResponsesStreamOptions(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    """A ``POST /v1/responses`` body; see the module docstring for what happens to each field."""
+    """A ``POST /v1/responses`` body; the package docstring says what happens to each field."""
 
     model_config = Strict
 
@@ -503,180 +323,3 @@ def _response_format(fmt: PlainText | JsonObject | JsonSchema) -> dict[str, Any]
             "json_schema": fmt.model_dump(by_alias=True, exclude={"type"}, exclude_unset=True),
         }
     return {"type": fmt.type}
-
-
-# ---- responses -------------------------------------------------------------------------------------
-
-
-class OutputTopLogprob(BaseModel):
-    token: str
-    bytes: list[int]
-    logprob: float
-
-
-class OutputLogprob(OutputTopLogprob):
-    top_logprobs: list[OutputTopLogprob]
-
-
-class OutputText(BaseModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[dict[str, Any]] = Field(default_factory=list)
-    logprobs: list[OutputLogprob] = Field(default_factory=list)
-
-
-class OutputMessage(BaseModel):
-    id: str
-    type: Literal["message"] = "message"
-    role: Literal["assistant"] = "assistant"
-    status: ItemStatus
-    content: list[OutputText]
-
-
-class FunctionToolCall(BaseModel):
-    id: str
-    type: Literal["function_call"] = "function_call"
-    status: ItemStatus
-    call_id: str
-    name: str
-    arguments: str
-
-
-OutputItem = OutputMessage | FunctionToolCall
-
-
-class InputTokensDetails(BaseModel):
-    cached_tokens: int
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int
-
-
-class ResponseUsage(ResponseObject):
-    """Token counts, the receipts and (COCOON, in nanoton) the costs, as chat's ``Usage`` has them."""
-
-    absent_when_none = COST_FIELDS
-    input_tokens: int
-    input_tokens_details: InputTokensDetails
-    output_tokens: int
-    output_tokens_details: OutputTokensDetails
-    total_tokens: int
-    receipt_ids: list[str]
-    workers: list[str]
-    prompt_cost: int | None = None
-    cached_cost: int | None = None
-    completion_cost: int | None = None
-    total_cost: int | None = None
-
-
-class IncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens", "content_filter"]
-
-
-class ResponseError(BaseModel):
-    """Why a streamed response failed: cocoon's error ``code`` and ``type`` (as a 4xx/5xx body has them)."""
-
-    code: str
-    message: str
-    type: str
-    param: str | None = None
-
-
-class Response(BaseModel):
-    """A model response: its output items and usage, and the request's settings echoed as OpenAI echoes them."""
-
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
-    completed_at: int | None = None
-    error: ResponseError | None = None
-    incomplete_details: IncompleteDetails | None = None
-    instructions: str | None
-    max_output_tokens: int | None
-    max_tool_calls: int | None
-    model: str
-    output: list[OutputItem]
-    parallel_tool_calls: bool
-    previous_response_id: None = None
-    reasoning: ReasoningConfig
-    service_tier: str
-    store: bool = False
-    background: bool = False
-    temperature: float
-    text: TextConfig
-    tool_choice: Literal["none", "auto", "required"] | FunctionChoice
-    tools: list[FunctionTool]
-    top_logprobs: int
-    top_p: float
-    truncation: Literal["disabled"] = "disabled"
-    usage: ResponseUsage | None = None
-    user: str | None
-    safety_identifier: str | None
-    prompt_cache_key: str | None
-    metadata: dict[str, str]
-
-
-# ---- stream events ---------------------------------------------------------------------------------
-
-
-class StreamEvent(BaseModel):
-    """One server-sent event of a streamed response, sent as ``event: {type}``; numbered from 0."""
-
-    type: str
-    sequence_number: int
-
-
-class LifecycleEvent(StreamEvent):
-    type: Literal[
-        "response.created", "response.in_progress", "response.completed", "response.incomplete", "response.failed"
-    ]
-    response: Response
-
-
-class OutputItemEvent(StreamEvent):
-    type: Literal["response.output_item.added", "response.output_item.done"]
-    output_index: int
-    item: OutputItem
-
-
-class ContentPartEvent(StreamEvent):
-    type: Literal["response.content_part.added", "response.content_part.done"]
-    item_id: str
-    output_index: int
-    content_index: int
-    part: OutputText
-
-
-class TextDeltaEvent(StreamEvent):
-    type: Literal["response.output_text.delta"]
-    item_id: str
-    output_index: int
-    content_index: int
-    delta: str
-    logprobs: list[OutputLogprob]
-
-
-class TextDoneEvent(StreamEvent):
-    type: Literal["response.output_text.done"]
-    item_id: str
-    output_index: int
-    content_index: int
-    text: str
-    logprobs: list[OutputLogprob]
-
-
-class ArgumentsDeltaEvent(StreamEvent):
-    type: Literal["response.function_call_arguments.delta"]
-    item_id: str
-    output_index: int
-    delta: str
-
-
-class ArgumentsDoneEvent(StreamEvent):
-    type: Literal["response.function_call_arguments.done"]
-    item_id: str
-    output_index: int
-    name: str
-    arguments: str
