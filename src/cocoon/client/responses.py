@@ -7,12 +7,13 @@ Responses API's named server-sent events from ``response.created`` to ``response
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from starlette.responses import Response as HttpResponse
 from cocoon.client import gateway  # gateway routes here; its request helpers are looked up at call time
 from cocoon.client.answers import Choice, merged, summed_usage, whole
 from cocoon.client.sdk import Completion, Event, TextEvent
-from cocoon.errors import CocoonError
+from cocoon.errors import BadRequest, CocoonError
 from cocoon.protocol.http import ClientGone, unless_disconnected
 from cocoon.protocol.openai import TokenLogprob, ToolCallDelta
 from cocoon.protocol.openai_responses import (
@@ -79,7 +80,8 @@ async def responses(request: Request) -> HttpResponse:
     choice = Choice(0)
     if not req.stream:
         try:
-            await unless_disconnected(request, whole([choice], [stream]))
+            with _input_named():
+                await unless_disconnected(request, whole([choice], [stream]))
         except ClientGone:
             log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
             return HttpResponse(status_code=499)  # nobody reads it
@@ -87,7 +89,8 @@ async def responses(request: Request) -> HttpResponse:
     # As on chat: the first event is in before the stream starts, so routing and capacity errors get a status.
     events = merged([stream])
     try:
-        first = await unless_disconnected(request, anext(events))
+        with _input_named():
+            first = await unless_disconnected(request, anext(events))
     except ClientGone:
         log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
         await gateway._close_all(events, [stream])
@@ -100,6 +103,17 @@ async def responses(request: Request) -> HttpResponse:
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
+
+
+@contextlib.contextmanager
+def _input_named() -> Iterator[None]:
+    """The chat path's refusals of ``messages`` (images that no worker takes) name this API's ``input``."""
+    try:
+        yield
+    except BadRequest as exc:
+        if exc.param != "messages":
+            raise
+        raise type(exc)(exc.message, param="input") from exc
 
 
 def _new_id(prefix: str) -> str:

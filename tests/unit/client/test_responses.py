@@ -8,18 +8,16 @@ the fake worker opens each sealed job, so the tests read the chat request a Resp
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from pydantic import BaseModel
 
 from cocoon.engines.config import DEFAULT_MODEL
-from cocoon.protocol import JobRequest
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
-from tests.unit.client.fakes import Answer, FakeWorker, answer_with_text, frames_response, recorded_proxy
+from tests.unit.client.fakes import FakeWorker, answer_with, answer_with_text, recorded_proxy
 from tests.unit.client.test_gateway import BASE_URL, WORKERS, Sidecar, openai_error
 
 TEXT_EVENTS = [
@@ -44,38 +42,20 @@ WEATHER_TOOL = {
 }
 
 
-def recording(sealed: list[RequestPayload], answer: Answer) -> Answer:
-    """``answer``, after opening each job as its worker does and keeping what was sealed in ``sealed``."""
-
-    def record(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
-        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
-        sealed.append(worker.take(job)[1])
-        return answer(job, workers)
-
-    return record
+def text(*pieces: str, finish_reason: str = "stop") -> Callable[[RequestPayload], list[ChunkPayload]]:
+    """A worker's answer of ``pieces``, one token each."""
+    return lambda _: [*(ChunkPayload(text=p, tokens=1) for p in pieces), ChunkPayload(finish_reason=finish_reason)]
 
 
-def answer_with_calls(*calls: tuple[str, str, list[str]], text: str = "") -> Answer:
-    """A worker whose answer is ``text`` and then each call ``(call_id, name, argument pieces)``, streamed as chat
-    tool-call deltas (the first piece names the call, the rest add to its arguments)."""
-
-    def answer(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
-        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
-        turn, _ = worker.take(job)
-        frames = [turn.start()]
-        if text:
-            frames.append(turn.text(text))
-        for index, (call_id, name, pieces) in enumerate(calls):
-            head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
-            frames.append(turn.chunk(ChunkPayload(tool_calls=[head], tokens=1)))
-            for piece in pieces:
-                delta = {"index": index, "function": {"arguments": piece}}
-                frames.append(turn.chunk(ChunkPayload(tool_calls=[delta], tokens=1)))
-        frames.append(turn.chunk(ChunkPayload(finish_reason="tool_calls")))
-        frames.append(turn.end(finish_reason="tool_calls"))
-        return frames_response(frames)
-
-    return answer
+def calls(*made: tuple[str, str, list[str]], said: str = "") -> Callable[[RequestPayload], list[ChunkPayload]]:
+    """A worker's answer of ``said`` and then each call ``(call_id, name, argument pieces)``, streamed as chat
+    tool-call deltas: the first piece names the call, the rest add to its arguments."""
+    chunks = [ChunkPayload(text=said, tokens=1)] if said else []
+    for index, (call_id, name, pieces) in enumerate(made):
+        head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        chunks.append(ChunkPayload(tool_calls=[head], tokens=1))
+        chunks += [ChunkPayload(tool_calls=[{"index": index, "function": {"arguments": p}}], tokens=1) for p in pieces]
+    return lambda _: [*chunks, ChunkPayload(finish_reason="tool_calls")]
 
 
 async def events_of(sidecar: Sidecar, **request: Any) -> list[Any]:
@@ -125,8 +105,8 @@ async def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
 
 
 async def test_function_calls_are_output_items_with_their_call_ids() -> None:
-    answer = answer_with_calls(("call_1", "get_weather", ['{"city":', ' "Paris"}']), text="Let me look.")
-    sidecar = Sidecar(recorded_proxy(WORKERS, answer))
+    answer = calls(("call_1", "get_weather", ['{"city":', ' "Paris"}']), said="Let me look.")
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(answer, seen=[])))
     try:
         response = await sidecar.oai.responses.create(
             model=DEFAULT_MODEL, input="Weather in Paris?", tools=[WEATHER_TOOL], tool_choice="required"
@@ -149,7 +129,7 @@ async def test_parse_reads_the_json_answer_into_the_apps_model() -> None:
         hex: str
 
     sealed: list[RequestPayload] = []
-    answer = recording(sealed, answer_with_text('{"name": "red", ', '"hex": "#ff0000"}'))
+    answer = answer_with(text('{"name": "red", ', '"hex": "#ff0000"}'), seen=sealed)
     sidecar = Sidecar(recorded_proxy(WORKERS, answer))
     try:
         parsed = await sidecar.oai.responses.parse(model=DEFAULT_MODEL, input="A colour as JSON.", text_format=Colour)
@@ -168,7 +148,7 @@ async def test_parse_reads_the_json_answer_into_the_apps_model() -> None:
 
 async def test_input_items_are_sealed_as_the_chat_conversation_they_are() -> None:
     sealed: list[RequestPayload] = []
-    sidecar = Sidecar(recorded_proxy(WORKERS, recording(sealed, answer_with_text("Sunny."))))
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(text("Sunny."), seen=sealed)))
     history: list[Any] = [
         {"role": "developer", "content": "Answer in one word."},
         {"role": "user", "content": [{"type": "input_text", "text": "Weather in "},
@@ -219,7 +199,7 @@ async def test_input_items_are_sealed_as_the_chat_conversation_they_are() -> Non
 
 async def test_a_function_call_without_text_before_it_starts_an_assistant_message() -> None:
     sealed: list[RequestPayload] = []
-    sidecar = Sidecar(recorded_proxy(WORKERS, recording(sealed, answer_with_text("Done."))))
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(text("Done."), seen=sealed)))
     calls = [
         {"type": "function_call", "call_id": f"call_{i}", "name": "get_weather", "arguments": "{}"} for i in (1, 2)
     ]
@@ -259,8 +239,8 @@ async def test_a_stream_names_its_events_in_order_and_ends_with_the_whole_respon
 
 
 async def test_a_streamed_function_call_sends_its_arguments_in_pieces() -> None:
-    answer = answer_with_calls(("call_7", "get_weather", ['{"city":', ' "Oslo"}']))
-    sidecar = Sidecar(recorded_proxy(WORKERS, answer))
+    answer = calls(("call_7", "get_weather", ['{"city":', ' "Oslo"}']))
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(answer, seen=[])))
     try:
         events = await events_of(sidecar, input="Weather in Oslo?", tools=[WEATHER_TOOL], tool_choice="required")
     finally:
@@ -293,13 +273,8 @@ async def test_a_failure_before_the_stream_starts_has_its_status() -> None:
 
 
 async def test_a_worker_failing_mid_stream_ends_it_with_response_failed() -> None:
-    def malformed(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
-        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
-        turn, _ = worker.take(job)
-        broken = ChunkPayload(tool_calls=[{"index": "first", "function": {}}], tokens=1)
-        frames = [turn.start(), turn.text("Hel"), turn.chunk(broken), turn.end()]
-        return frames_response(frames)
-
+    broken = ChunkPayload(tool_calls=[{"index": "first", "function": {}}], tokens=1)
+    malformed = answer_with(lambda _: [ChunkPayload(text="Hel", tokens=1), broken], seen=[])
     sidecar = Sidecar(recorded_proxy(WORKERS, malformed))
     try:
         events = await events_of(sidecar, input="Hi.")
@@ -381,17 +356,11 @@ async def test_a_whole_stream_is_plain_server_sent_events_with_event_names() -> 
 
 
 async def test_logprobs_asked_by_include_come_back_on_the_output_text() -> None:
-    def with_logprobs(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
-        worker = next(w for w in workers if w.worker_id == job.keys[0].worker_id)
-        turn, _ = worker.take(job)
-        top = {"token": "Blue", "logprob": -1.5, "bytes": None}
-        entry = {"token": "Red", "logprob": -0.25, "bytes": [82, 101, 100], "top_logprobs": [top]}
-        frames = [turn.start(), turn.chunk(ChunkPayload(text="Red", tokens=1, token_logprobs=[entry]))]
-        frames += [turn.chunk(ChunkPayload(finish_reason="stop")), turn.end()]
-        return frames_response(frames)
-
+    top = {"token": "Blue", "logprob": -1.5, "bytes": None}
+    entry = {"token": "Red", "logprob": -0.25, "bytes": [82, 101, 100], "top_logprobs": [top]}
+    chunks = [ChunkPayload(text="Red", tokens=1, token_logprobs=[entry]), ChunkPayload(finish_reason="stop")]
     sealed: list[RequestPayload] = []
-    sidecar = Sidecar(recorded_proxy(WORKERS, recording(sealed, with_logprobs)))
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(lambda _: chunks, seen=sealed)))
     asked: dict[str, Any] = {"input": "A colour?", "include": ["message.output_text.logprobs"], "top_logprobs": 1}
     try:
         response = await sidecar.oai.responses.create(model=DEFAULT_MODEL, **asked)
@@ -409,3 +378,24 @@ async def test_logprobs_asked_by_include_come_back_on_the_output_text() -> None:
     assert logprobs[0].top_logprobs[0].token == "Blue" and logprobs[0].top_logprobs[0].bytes == [66, 108, 117, 101]
     delta = next(e for e in events if e.type == "response.output_text.delta")
     assert delta.logprobs[0].token == "Red" and response.top_logprobs == 1
+
+
+async def test_an_image_goes_to_a_vision_worker_and_elsewhere_is_a_400_naming_input() -> None:
+    parts = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": "data:image/png;,"}]
+    image = {"role": "user", "content": parts}
+    sealed: list[RequestPayload] = []
+    seeing = Sidecar(recorded_proxy([FakeWorker(vision=True)], answer_with(text("A dot."), seen=sealed)))
+    blind = Sidecar(recorded_proxy(WORKERS, answer_with(text("never sent"), seen=[])))
+    try:
+        answer = await seeing.oai.responses.create(model=DEFAULT_MODEL, input=[image])
+        refused = await blind.http.post(f"{BASE_URL}/responses", json=BASIC | {"input": [image]})
+    finally:
+        await seeing.aclose()
+        await blind.aclose()
+    assert answer.output_text == "A dot."
+    assert sealed[0].openai is not None
+    assert sealed[0].openai["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;,", "detail": "auto"}},
+    ]
+    assert refused.status_code == 400 and openai_error(refused)["param"] == "input"
