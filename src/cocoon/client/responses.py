@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response as HttpResponse
 
-from cocoon.client import gateway  # gateway routes here; its request helpers are looked up at call time
 from cocoon.client.answers import Choice, merged, summed_usage, whole
+from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.sdk import Completion, Event, TextEvent
 from cocoon.errors import BadRequest, CocoonError
 from cocoon.protocol.http import ClientGone, unless_disconnected
@@ -62,12 +62,12 @@ CUT_SHORT: dict[str, Literal["max_output_tokens", "content_filter"]] = {
 
 
 async def responses(request: Request) -> HttpResponse:
-    req = await gateway._parse(request, ResponsesRequest)
+    req = await parsed_body(request, ResponsesRequest)
     chat = req.chat_request()
     messages = chat.sealed_messages()
-    gateway._within_prompt_limit(request, sum(len(m.content) for m in messages), "input")
-    max_tokens = chat.max_completion_tokens or gateway._settings(request).default_max_tokens
-    stream = gateway._sdk(request).stream(
+    within_prompt_limit(request, sum(len(m.content) for m in messages), "input")
+    max_tokens = chat.max_completion_tokens or settings_of(request).default_max_tokens
+    stream = sdk_of(request).stream(
         "chat",
         chat.model,
         messages=messages,
@@ -93,10 +93,10 @@ async def responses(request: Request) -> HttpResponse:
             first = await unless_disconnected(request, anext(events))
     except ClientGone:
         log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
-        await gateway._close_all(events, [stream])
+        await _closed(events, stream)
         return HttpResponse(status_code=499)
     except BaseException:
-        await gateway._close_all(events, [stream])
+        await _closed(events, stream)
         raise
     return StreamingResponse(
         writer.sse(choice, first, events, request.state.request_id),
@@ -114,6 +114,15 @@ def _input_named() -> Iterator[None]:
         if exc.param != "messages":
             raise
         raise type(exc)(exc.message, param="input") from exc
+
+
+async def _closed(*streams: AsyncIterator[object]) -> None:
+    """Close each stream now (ending the SDK's requests to the proxy, so the jobs are cancelled on their workers)."""
+    for stream in streams:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):  # already running: it closes itself
+                await aclose()
 
 
 def _new_id(prefix: str) -> str:
@@ -263,7 +272,7 @@ class ResponseWriter:
             yield self._event(LifecycleEvent, type="response.failed", response=self.response("failed", error=error))
         finally:
             # An app that hangs up closes this generator: closing the SDK's stream too cancels the job now.
-            await gateway._close_all(events, [])
+            await _closed(events)
 
     def _event(self, kind: type[StreamEvent], **fields: Any) -> bytes:
         event = kind(sequence_number=next(self._numbers), **fields)

@@ -399,3 +399,18 @@ async def test_an_image_goes_to_a_vision_worker_and_elsewhere_is_a_400_naming_in
         {"type": "image_url", "image_url": {"url": "data:image/png;,", "detail": "auto"}},
     ]
     assert refused.status_code == 400 and openai_error(refused)["param"] == "input"
+
+
+async def test_the_sidecars_door_rules_hold_for_responses_too() -> None:
+    """The same refusals as chat's: a wrong API key, a foreign web page, a body that is not JSON, a huge prompt."""
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(text("never sent"), seen=[])), api_key="sk-right")
+    url, key = f"{BASE_URL}/responses", {"authorization": "Bearer sk-right"}
+    try:
+        unauthorized = await sidecar.http.post(url, json=BASIC)
+        foreign = await sidecar.http.post(url, json=BASIC, headers=key | {"origin": "https://evil.example"})
+        plain = await sidecar.http.post(url, content=json.dumps(BASIC), headers=key | {"content-type": "text/plain"})
+        huge = await sidecar.http.post(url, json=BASIC | {"instructions": "w" * 2**21}, headers=key)
+    finally:
+        await sidecar.aclose()
+    assert [r.status_code for r in (unauthorized, foreign, plain, huge)] == [401, 403, 415, 413]
+    assert openai_error(huge)["param"] == "input"
