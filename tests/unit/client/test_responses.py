@@ -414,3 +414,35 @@ async def test_the_sidecars_door_rules_hold_for_responses_too() -> None:
         await sidecar.aclose()
     assert [r.status_code for r in (unauthorized, foreign, plain, huge)] == [401, 403, 415, 413]
     assert openai_error(huge)["param"] == "input"
+
+
+async def test_an_agents_sdk_agent_calls_its_tool_and_answers_whole_and_streamed() -> None:
+    """The OpenAI Agents SDK (``openai-agents``, not a dependency: skipped without it) on the Responses API."""
+    agents = pytest.importorskip("agents", reason="needs the openai-agents package")
+    agents.set_tracing_disabled(True)
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    def weather_then_answer(payload: RequestPayload) -> list[ChunkPayload]:
+        assert payload.openai is not None
+        if payload.openai["messages"][-1]["role"] == "tool":
+            return text("It is ", "sunny.")(payload)
+        return calls(("call_9", "get_weather", ['{"city": ', '"Paris"}']))(payload)
+
+    sealed: list[RequestPayload] = []
+    sidecar = Sidecar(recorded_proxy(WORKERS, answer_with(weather_then_answer, seen=sealed)))
+    model = agents.OpenAIResponsesModel(model=DEFAULT_MODEL, openai_client=sidecar.oai)
+    agent = agents.Agent(name="weather", instructions="Be brief.", model=model, tools=[get_weather])
+    try:
+        result = await agents.Runner.run(agent, "Weather in Paris?")
+        streamed = agents.Runner.run_streamed(agent, "Weather in Paris?")
+        kinds = [event.type async for event in streamed.stream_events()]
+    finally:
+        await sidecar.aclose()
+    assert result.final_output == streamed.final_output == "It is sunny."
+    assert sealed[1].openai is not None
+    assert sealed[1].openai["messages"][-1] == {"role": "tool", "tool_call_id": "call_9", "content": "sunny in Paris"}
+    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
