@@ -302,6 +302,8 @@ BASIC = {"model": DEFAULT_MODEL, "input": "Hi."}
         ({"prompt": {"id": "pmpt_1"}}, "prompt", "instructions"),
         ({"truncation": "auto"}, "truncation", "disabled"),
         ({"temprature": 0.5}, "temprature", "Extra inputs are not permitted"),
+        ({"Temperature": 0.5}, "Temperature", "Extra inputs are not permitted"),
+        ({"input": [{"role": "user", "content": "Hi.", "Name": "x"}]}, "input.0.Name", "Extra inputs"),
         ({"tools": [{"type": "web_search"}]}, "tools.0.type", "only function tools"),
         ({"tool_choice": {"type": "file_search"}}, "tool_choice", "not supported"),
         ({"include": ["file_search_call.results"]}, "include", "message.output_text.logprobs"),
@@ -316,6 +318,7 @@ BASIC = {"model": DEFAULT_MODEL, "input": "Hi."}
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema", "Field required"),
     ],
     ids=["previous-response", "conversation", "store", "background", "prompt", "truncation", "unknown-field",
+         "unknown-capitalised", "unknown-in-an-item",
          "built-in-tool", "built-in-tool-choice", "include", "item-reference", "input-file", "empty-call-id",
          "empty-input", "reasoning-summary", "tool-choice-without-tools", "schema-missing"],
 )  # fmt: skip

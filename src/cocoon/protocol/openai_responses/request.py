@@ -160,7 +160,7 @@ class ResponsesRequest(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _problem_named(cls, data: Any, handler: ModelWrapValidatorHandler[ResponsesRequest]) -> ResponsesRequest:
-        """The first problem as a ``BadRequest`` naming its field by the path an app wrote."""
+        """A problem as a ``BadRequest`` naming its field by the path an app wrote (see ``_named``)."""
         try:
             return handler(data)
         except ValidationError as exc:
@@ -292,10 +292,12 @@ def _named(exc: ValidationError) -> BadRequest:
     loc = problem["loc"]
     if "[key]" in loc:  # a mapping's key was wrong: name the mapping, not the key (which may be anything)
         loc = loc[: loc.index("[key]") - 1]
+    unknown = problem["type"] == "extra_forbidden"  # its last part is the unknown field's name, whatever it is
     path = [
         str(part)
         for i, part in enumerate(loc)
-        if not (
+        if (unknown and i == len(loc) - 1)
+        or not (
             isinstance(part, str)
             and (
                 "[" in part
