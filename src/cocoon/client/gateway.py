@@ -31,6 +31,7 @@ from cocoon.chain.network import check_network
 from cocoon.client.answers import Choice, Reply, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.openapi import openapi_document
+from cocoon.client.responses import responses
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
 from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
@@ -88,6 +89,7 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model_detail),
             Route("/healthz", healthz),

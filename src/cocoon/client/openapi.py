@@ -1,4 +1,5 @@
-"""The sidecar's OpenAPI 3.1 document, generated from the pydantic models of ``cocoon.protocol.openai``.
+"""The sidecar's OpenAPI 3.1 document, generated from the pydantic models of ``cocoon.protocol.openai`` and
+``cocoon.protocol.openai_responses``.
 
 Served at ``GET /openapi.json``: for API explorers and client generators, and for the schema-driven fuzz test
 that holds every endpoint to answering hostile input with a 4xx, never a 500.
@@ -22,6 +23,7 @@ from cocoon.protocol.openai import (
     ModelList,
     TextCompletion,
 )
+from cocoon.protocol.openai_responses import Response, ResponsesRequest
 
 # What each status means on this API; every error body is an ``ErrorResponse``.
 ERRORS = {
@@ -47,21 +49,27 @@ def openapi_document(version: str) -> dict[str, Any]:
         (ChatCompletionRequest, "validation"),
         (CompletionRequest, "validation"),
         (EmbeddingRequest, "validation"),
+        (ResponsesRequest, "validation"),
         (ChatCompletion, "serialization"),
         (TextCompletion, "serialization"),
         (EmbeddingList, "serialization"),
+        (Response, "serialization"),
         (ModelList, "serialization"),
         (ModelCard, "serialization"),
         (ErrorResponse, "serialization"),
     ]
     refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     ref = {model: schema for (model, _mode), schema in refs.items()}
-    streamed = "server-sent events (`data: {chunk}` … `data: [DONE]`) when the request sets `stream: true`"
+    chunks = "server-sent events (`data: {chunk}` … `data: [DONE]`) when the request sets `stream: true`"
+    events = (
+        "server-sent events (`event: response.created` … `event: response.completed`, each with its `data` and "
+        "`sequence_number`) when the request sets `stream: true`"
+    )
 
-    def post(summary: str, request: type[BaseModel], answer: type[BaseModel], stream: bool) -> dict[str, Any]:
+    def post(summary: str, request: type[BaseModel], answer: type[BaseModel], stream: str | None) -> dict[str, Any]:
         content: dict[str, Any] = {"application/json": {"schema": ref[answer]}}
         if stream:
-            content["text/event-stream"] = {"schema": {"type": "string", "description": streamed}}
+            content["text/event-stream"] = {"schema": {"type": "string", "description": stream}}
         return {
             "post": {
                 "summary": summary,
@@ -88,10 +96,16 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "paths": {
             "/v1/chat/completions": post(
-                "Create a chat completion", ChatCompletionRequest, ChatCompletion, stream=True
+                "Create a chat completion", ChatCompletionRequest, ChatCompletion, stream=chunks
             ),
-            "/v1/completions": post("Create a text completion", CompletionRequest, TextCompletion, stream=True),
-            "/v1/embeddings": post("Create embeddings", EmbeddingRequest, EmbeddingList, stream=False),
+            "/v1/completions": post("Create a text completion", CompletionRequest, TextCompletion, stream=chunks),
+            "/v1/embeddings": post("Create embeddings", EmbeddingRequest, EmbeddingList, stream=None),
+            "/v1/responses": post(
+                "Create a model response (stateless: send the whole conversation as input)",
+                ResponsesRequest,
+                Response,
+                stream=events,
+            ),
             "/v1/models": get("List the models attested workers serve", ref[ModelList]),
             "/v1/models/{model}": get("Retrieve a model", ref[ModelCard], parameters=[model_param]),
             "/healthz": get(

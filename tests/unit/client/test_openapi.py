@@ -50,7 +50,8 @@ async def test_the_document_covers_every_endpoint_with_its_request_and_errors() 
         document = (await http.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/healthz"
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/models",
+        "/v1/models/{model}", "/healthz",
     }  # fmt: skip
     chat = document["paths"]["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"] == {
