@@ -30,6 +30,7 @@ from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
 from cocoon.client.answers import Choice, Reply, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
+from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.openapi import openapi_document
 from cocoon.client.responses import responses
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
@@ -38,14 +39,10 @@ from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
     CocoonError,
-    Forbidden,
     ModelNotFound,
     NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-    UnsupportedMediaType,
 )
-from cocoon.protocol.http import ClientGone, parse_json, read_body, unless_disconnected
+from cocoon.protocol.http import ClientGone, unless_disconnected
 from cocoon.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -126,11 +123,11 @@ async def registry_policy(settings: ClientSettings, verifier: AttestationVerifie
 
 
 async def chat_completions(request: Request) -> Response:
-    req = await _parse(request, ChatCompletionRequest)
-    max_tokens = req.max_completion_tokens or req.max_tokens or _settings(request).default_max_tokens
+    req = await parsed_body(request, ChatCompletionRequest)
+    max_tokens = req.max_completion_tokens or req.max_tokens or settings_of(request).default_max_tokens
     messages = req.sealed_messages()
-    _within_prompt_limit(request, sum(len(m.content) for m in messages), "messages")
-    sdk = _sdk(request)
+    within_prompt_limit(request, sum(len(m.content) for m in messages), "messages")
+    sdk = sdk_of(request)
     streams = [
         sdk.stream(
             "chat",
@@ -148,12 +145,12 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def completions(request: Request) -> Response:
-    req = await _parse(request, CompletionRequest)
+    req = await parsed_body(request, CompletionRequest)
     prompts = req.prompts()
-    _within_prompt_limit(request, sum(len(p) for p in prompts), "prompt")
+    within_prompt_limit(request, sum(len(p) for p in prompts), "prompt")
     if req.echo and any(not isinstance(p, str) for p in prompts):
         raise BadRequest("echo needs text prompts: token-id prompts cannot be written back as text", param="echo")
-    sdk = _sdk(request)
+    sdk = sdk_of(request)
     choices: list[Choice] = []
     streams: list[AsyncIterator[Event]] = []
     max_tokens = req.max_tokens or 16  # OpenAI's default for legacy completions
@@ -179,14 +176,14 @@ async def completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    req = await _parse(request, EmbeddingRequest)
+    req = await parsed_body(request, EmbeddingRequest)
     inputs = req.inputs()
     if not all(inputs):
         raise BadRequest("input must not contain empty strings or empty token lists", param="input")
-    _within_prompt_limit(request, sum(map(len, inputs)), "input")
+    within_prompt_limit(request, sum(map(len, inputs)), "input")
     vectors: list[list[float]] = []
     final: Completion | None = None
-    async for event in _sdk(request).stream(
+    async for event in sdk_of(request).stream(
         "embedding",
         req.model,
         inputs=inputs,
@@ -214,7 +211,7 @@ async def embeddings(request: Request) -> Response:
 
 
 async def models(request: Request) -> JSONResponse:
-    served = await _sdk(request).models()
+    served = await sdk_of(request).models()
     cards = [
         ModelCard(id=name, workers=len(workers), model_hash=workers[0].models[name])
         for name, workers in sorted(served.items())
@@ -224,7 +221,7 @@ async def models(request: Request) -> JSONResponse:
 
 async def model_detail(request: Request) -> JSONResponse:
     name = request.path_params["model"]
-    if name not in await _sdk(request).models():
+    if name not in await sdk_of(request).models():
         raise ModelNotFound(f"the model {name!r} does not exist on this network", param="model")
     return JSONResponse(ModelCard(id=name).model_dump(mode="json"))
 
@@ -261,52 +258,10 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _settings(request: Request) -> ClientSettings:
-    settings: ClientSettings = request.app.state.settings
-    return settings
-
-
-def _sdk(request: Request) -> CocoonClient:
-    sdk: CocoonClient = request.app.state.sdk
-    return sdk
-
-
 def _version() -> str:
     with contextlib.suppress(PackageNotFoundError):
         return package_version("cocoon")
     return "0"
-
-
-def _within_prompt_limit(request: Request, chars: int, param: str) -> None:
-    """``PayloadTooLarge`` for a prompt over ``max_prompt_chars``, before anything is looked up or sealed."""
-    limit = _settings(request).max_prompt_chars
-    if chars > limit:
-        raise PayloadTooLarge(
-            f"the prompt has {chars} characters, over this sidecar's limit of {limit} (max_prompt_chars)", param=param
-        )
-
-
-async def _parse(request: Request, model: type[R]) -> R:
-    """The JSON body as ``model``, from a caller holding the API key (when one is set) and not a foreign web page.
-
-    A browser sends a page's cross-site ``text/plain`` or form post without asking first (no CORS preflight), with
-    its ``Origin``: refusing other content types and origins not in ``allowed_origins`` keeps any web page the user
-    opens from spending the deposit through the sidecar (403, 415). Apps and SDKs send no ``Origin``.
-    """
-    settings = _settings(request)
-    origin = request.headers.get("origin")
-    if origin is not None and origin not in settings.allowed_origins:
-        raise Forbidden(
-            f"requests from the web origin {origin!r} are refused; add it to the sidecar's allowed_origins to allow it"
-        )
-    if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaType(
-            f"the body must be JSON sent as 'content-type: application/json', not {media_type or 'no content type'!r}"
-        )
-    return parse_json(await read_body(request, settings.max_request_bytes), model)
 
 
 async def _respond(

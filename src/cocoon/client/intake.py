@@ -1,7 +1,7 @@
 """What a sidecar endpoint does with a request before it reads the body: refuses callers that are not the app
 (a foreign web page, a missing API key, a body that is not JSON), then reads the body within its limits and
-parses it; and the prompt-size bound, checked before anything is sealed. The same rules as ``gateway._parse``
-and ``gateway._within_prompt_limit``, for endpoints outside the gateway module.
+parses it; and the prompt-size bound, checked before anything is sealed. Every sidecar endpoint (``gateway``,
+``responses``) reads its request through here.
 """
 
 from __future__ import annotations
