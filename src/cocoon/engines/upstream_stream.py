@@ -25,7 +25,7 @@ from cocoon.engines.base import (
     ToolCallDelta,
     TopLogprob,
 )
-from cocoon.errors import CocoonError, ContextLengthExceeded, UpstreamFailed
+from cocoon.errors import BadRequest, CocoonError, ContextLengthExceeded, UpstreamFailed
 from cocoon.protocol.openai import MAX_TOKENS, MAX_TOP_LOGPROBS
 from cocoon.protocol.usage import TokenUsage
 
@@ -308,6 +308,10 @@ def upstream_error(status: int, text: str, url: str) -> CocoonError:
     message = _error_message(text).strip()[:500] or f"HTTP {status}"
     if status in (400, 413, 422) and any(hint in message.lower() for hint in _CONTEXT_HINTS):
         return ContextLengthExceeded(f"upstream rejected the prompt as too long: {message}")
+    if status in (400, 422):
+        # The server judged the app's own request (a schema it cannot compile, a field it does not take): the app
+        # must change it, and another worker on the same server would say the same, so it is no 502 to retry.
+        return BadRequest(f"the model server refused the request: {message}")
     return UpstreamFailed(f"upstream {url} answered HTTP {status}: {message}")
 
 

@@ -157,6 +157,16 @@ async def test_a_400_about_context_length_becomes_context_length_exceeded() -> N
         [_ async for _ in engine.generate(chat())]
 
 
+async def test_an_upstream_refusing_the_apps_request_is_a_400_not_a_502() -> None:
+    def generate(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": "response_format: unsupported schema keyword 'patternProperties'"})
+
+    engine = await started(generate, [])
+    with pytest.raises(BadRequest, match="patternProperties") as info:
+        [_ async for _ in engine.generate(chat())]
+    assert info.value.status == 400 and "127.0.0.1" not in info.value.message
+
+
 async def test_other_upstream_errors_become_upstream_failed_with_the_upstream_message() -> None:
     def generate(_: httpx.Request) -> httpx.Response:
         return httpx.Response(500, json={"error": {"message": "CUDA out of memory"}})
