@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -76,6 +76,24 @@ class RoleSettings(BaseSettings):
             raise ConfigError(f"invalid {cls.__name__} option {where!r}{source}: {message}") from exc
         finally:
             _CONFIG_FILE.reset(token)
+
+
+class TlsServing(BaseSettings):
+    """HTTPS (and WSS) on a role's own listening port, for a proxy or sidecar reached over a network."""
+
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain to serve HTTPS/WSS with (with tls_keyfile); empty: plain HTTP"
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsServing:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set tls_certfile and tls_keyfile together, or neither")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a file")
+        return self
 
 
 class ChainAccess(BaseSettings):
@@ -168,7 +186,7 @@ class WorkerSettings(RoleSettings, ChainAccess):
     )
 
 
-class ProxySettings(RoleSettings, ChainAccess):
+class ProxySettings(RoleSettings, ChainAccess, TlsServing):
     """The router and cashier: directory of workers, routing, relaying sealed bytes."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_PROXY_")
@@ -236,7 +254,7 @@ class ProxySettings(RoleSettings, ChainAccess):
     )
 
 
-class ClientSettings(RoleSettings, ChainAccess):
+class ClientSettings(RoleSettings, ChainAccess, TlsServing):
     """The app developer's side: the OpenAI-compatible sidecar and SDK defaults."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_CLIENT_")

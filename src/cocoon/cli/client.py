@@ -55,7 +55,7 @@ def client(
 
     settings = load_settings(ClientSettings, config, proxy_url=proxy_url, host=host, port=port)
     configure_logging(settings.log_level, "client")
-    serve(create_gateway(settings), settings.host, settings.port, settings.log_level)
+    serve(create_gateway(settings), settings.host, settings.port, settings.log_level, settings)
 
 
 def _require_chain_url(settings: ClientSettings) -> None:

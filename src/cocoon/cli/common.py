@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.chain import TON
-from cocoon.config import RoleSettings
+from cocoon.config import RoleSettings, TlsServing
 from cocoon.errors import CocoonError, ConfigError, map_http_errors
 
 console = Console(stderr=True)
@@ -107,10 +107,15 @@ def run_with_spinner(what: str, work: Callable[[], Coroutine[Any, Any, T]], *, p
         return asyncio.run(work())
 
 
-def serve(asgi: Any, host: str, port: int, log_level: str) -> None:
-    """Serve ``asgi`` with uvicorn until SIGINT/SIGTERM."""
+def serve(asgi: Any, host: str, port: int, log_level: str, tls: TlsServing | None = None) -> None:
+    """Serve ``asgi`` with uvicorn until SIGINT/SIGTERM; over TLS when ``tls`` names a certificate and key."""
+    certfile = keyfile = None
+    if tls is not None and tls.tls_certfile is not None:
+        certfile, keyfile = str(tls.tls_certfile), str(tls.tls_keyfile)
     config = uvicorn.Config(
         asgi,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
         host=host,
         port=port,
         log_level=log_level,

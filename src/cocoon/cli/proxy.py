@@ -49,7 +49,7 @@ def proxy(
     settings = load_settings(ProxySettings, config, host=host, port=port)
     configure_logging(settings.log_level, "proxy")
     asgi = wrap_capture(create_app(settings), str(capture_wire) if capture_wire else None)
-    serve(asgi, settings.host, settings.port, settings.log_level)
+    serve(asgi, settings.host, settings.port, settings.log_level, settings)
 
 
 @proxy_app.command()

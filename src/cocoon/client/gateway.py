@@ -90,6 +90,7 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model_detail),
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/openapi.json", openapi),
         ],
         exception_handlers={CocoonError: cocoon_error, 404: not_found, 405: not_found, Exception: internal_error},
@@ -228,6 +229,18 @@ async def model_detail(request: Request) -> JSONResponse:
 
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the proxy's directory lists at least one worker whose attestation verifies here, else 503 with
+    the reason (the proxy is unreachable, or no worker passes this sidecar's policy)."""
+    try:
+        workers = await sdk_of(request).directory.workers(refresh=True)
+    except CocoonError as exc:
+        return JSONResponse({"ready": False, "reason": exc.message}, status_code=503)
+    if not workers:
+        return JSONResponse({"ready": False, "reason": "no attested worker passes this sidecar's policy"}, 503)
+    return JSONResponse({"ready": True, "workers": len(workers)})
 
 
 async def openapi(request: Request) -> JSONResponse:

@@ -34,6 +34,7 @@ ROUTES = [
     Route("/v1/jobs", jobs.jobs, methods=["POST"]),
     Route("/metrics", metrics.metrics),
     Route("/healthz", metrics.healthz),
+    Route("/readyz", metrics.readyz),
     *MONEY_ROUTES,
     WebSocketRoute("/v1/worker/connect", worker_connect),
 ]

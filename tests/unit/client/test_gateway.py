@@ -304,3 +304,16 @@ async def test_a_chat_completion_comes_back_with_usage_and_the_verified_receipt(
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Red, green and blue."
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_readyz_says_whether_any_attested_worker_can_serve() -> None:
+    ready = Sidecar(recorded_proxy(WORKERS))
+    unreachable = Sidecar(recorded_proxy([]))
+    try:
+        yes = await ready.http.get("http://sidecar.test/readyz")
+        no = await unreachable.http.get("http://sidecar.test/readyz")
+    finally:
+        await ready.aclose()
+        await unreachable.aclose()
+    assert yes.status_code == 200 and yes.json() == {"ready": True, "workers": 2}
+    assert no.status_code == 503 and "no attested worker" in no.json()["reason"]

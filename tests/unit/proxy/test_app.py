@@ -170,6 +170,18 @@ async def test_healthz_says_who_the_proxy_is_and_how_many_workers_it_has(
     assert response.json() == {"ok": True, "proxy_id": proxy_of(app).proxy_id, "version": __version__, "workers": 1}
 
 
+async def test_readyz_is_503_until_a_worker_connects(app: Starlette, http: httpx.AsyncClient) -> None:
+    waiting = await http.get("/readyz")
+    assert waiting.status_code == 503 and waiting.json()["reason"] == "no attested worker is connected yet"
+    connect(app, "w")
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {
+        "ready": True,
+        "proxy_id": proxy_of(app).proxy_id,
+        "workers": 1,
+    }
+
+
 async def test_a_replayed_request_id_is_a_409_and_reaches_no_worker(app: Starlette, http: httpx.AsyncClient) -> None:
     job = pack(request(FakeWorker("gone"), request_id="req-once"))
     first = await http.post("/v1/jobs", content=job)
