@@ -51,7 +51,8 @@ def network(tmp_path_factory: pytest.TempPathFactory, bundled_model_path: Path) 
 
 @pytest.fixture(params=["sync", "async"])
 async def sdk(request: pytest.FixtureRequest, network: LocalNetwork) -> AsyncIterator[Any]:
-    """The official client in both flavours; a test awaits what it returns through ``settled``."""
+    """The official client in both flavours; a test awaits what it returns through ``settled``. The sync one
+    blocks the test's event loop while it waits, which runs nothing else."""
     options: dict[str, Any] = {"base_url": network.base_url, "api_key": "unused", "max_retries": 0, "timeout": 120}
     if request.param == "sync":
         with openai.OpenAI(**options) as client:
