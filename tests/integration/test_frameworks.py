@@ -17,10 +17,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import openai
 import pytest
 import tiktoken
 import tiktoken.load
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.skipif(not smollm2_installed(), reason=f"needs SmolLM2:
 
 QUESTION = [{"role": "user", "content": "What is the capital city of Japan?"}]
 SHORT = {"max_tokens": 24, "temperature": 0}
+APIS = ["chat/completions", "responses"]
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
@@ -169,8 +172,8 @@ async def test_parse_returns_the_pydantic_model_the_schema_asked_for(sdk: Any, n
 # ---- LangChain ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def chat(network: LocalNetwork) -> ChatOpenAI:
+def langchain_chat(network: LocalNetwork, api: str, **options: Any) -> ChatOpenAI:
+    """LangChain's chat model on either API it speaks: ``chat/completions`` or ``responses``."""
     return ChatOpenAI(
         base_url=network.base_url,
         api_key="unused",
@@ -179,7 +182,30 @@ def chat(network: LocalNetwork) -> ChatOpenAI:
         temperature=0,
         max_retries=0,
         timeout=120,
+        stream_usage=True,
+        use_responses_api=api == "responses",
+        **options,
     )
+
+
+@pytest.fixture(params=APIS)
+def chat(request: pytest.FixtureRequest, network: LocalNetwork) -> ChatOpenAI:
+    return langchain_chat(network, request.param)
+
+
+def langchain_receipts(network: LocalNetwork, chat: ChatOpenAI, message: BaseMessage) -> None:
+    """The receipts of ``message``, where LangChain keeps them: it keeps a chat completion's whole usage
+    (``token_usage``), but only the token counts of a Response's."""
+    if not chat.use_responses_api:
+        receipts(network, message.response_metadata["token_usage"])
+
+
+def complete(chat: ChatOpenAI, message: BaseMessage) -> bool:
+    """Whether ``message`` ended on its own, not cut at max_tokens: an app would take a cut tool call as broken
+    (the openai SDK's parse() raises on one)."""
+    if chat.use_responses_api:
+        return bool(message.response_metadata["status"] == "completed")
+    return message.response_metadata["finish_reason"] in ("tool_calls", "stop")
 
 
 @tool
@@ -190,32 +216,37 @@ def get_weather(city: str) -> str:
 
 def test_langchain_invoke_answers_with_a_verified_receipt(chat: ChatOpenAI, network: LocalNetwork) -> None:
     message = chat.invoke("What is the capital city of Japan?")
-    assert "Tokyo" in message.content
+    assert "Tokyo" in message.text
     assert message.usage_metadata is not None and message.usage_metadata["output_tokens"] > 0
-    receipts(network, message.response_metadata["token_usage"])
+    langchain_receipts(network, chat, message)
 
 
 def test_langchain_stream_delivers_the_answer_in_pieces_then_usage(chat: ChatOpenAI) -> None:
-    chunks = list(chat.stream("What is the capital city of Japan?", stream_usage=True))
+    chunks = list(chat.stream("What is the capital city of Japan?"))
     assert len(chunks) > 2
-    assert "Tokyo" in "".join(str(c.content) for c in chunks)
+    assert "Tokyo" in "".join(c.text for c in chunks)
     usage = [c.usage_metadata for c in chunks if c.usage_metadata]
     assert usage and usage[-1]["output_tokens"] > 0
 
 
-async def test_langchain_ainvoke_answers_too(chat: ChatOpenAI, network: LocalNetwork) -> None:
-    message = await chat.ainvoke("What is the capital city of Japan?")
-    assert "Tokyo" in message.content
-    receipts(network, message.response_metadata["token_usage"])
+@pytest.mark.parametrize("api", APIS)
+async def test_langchain_ainvoke_answers_too(api: str, network: LocalNetwork) -> None:
+    # An HTTP client of this test's event loop: LangChain's default one is shared process-wide and stays bound
+    # to the loop of the first test that used it.
+    async with httpx.AsyncClient(timeout=120) as http:
+        chat = langchain_chat(network, api, http_async_client=http)
+        message = await chat.ainvoke("What is the capital city of Japan?")
+    assert "Tokyo" in message.text
+    langchain_receipts(network, chat, message)
 
 
 def test_langchain_bound_tools_come_back_as_tool_calls(chat: ChatOpenAI, network: LocalNetwork) -> None:
     message = chat.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    assert isinstance(message, AIMessage)
     assert [call["name"] for call in message.tool_calls] == ["get_weather"]
     assert isinstance(message.tool_calls[0]["args"].get("city"), str)
-    # "length" would tell the app the call was cut off (the openai SDK's parse() raises on it).
-    assert message.response_metadata["finish_reason"] in ("tool_calls", "stop")
-    receipts(network, message.response_metadata["token_usage"])
+    assert complete(chat, message)
+    langchain_receipts(network, chat, message)
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
@@ -226,7 +257,7 @@ def test_langchain_structured_output_is_the_model_asked_for(
     result = structured.invoke("Name the capital of Japan and its country.")
     assert result["parsing_error"] is None
     assert isinstance(result["parsed"], City)
-    receipts(network, result["raw"].response_metadata["token_usage"])
+    langchain_receipts(network, chat, result["raw"])
 
 
 def test_langchain_embeddings_of_text_are_unit_vectors(network: LocalNetwork) -> None:
