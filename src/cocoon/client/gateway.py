@@ -205,6 +205,8 @@ async def embeddings(request: Request) -> Response:
         usage=EmbeddingUsage(
             prompt_tokens=final.usage.prompt_tokens,
             total_tokens=final.usage.prompt_tokens,
+            receipt_ids=[r.receipt_id for r in final.receipts],
+            workers=[r.worker_id for r in final.receipts],
             **(final.cost.usage_fields() if final.cost is not None else {}),
         ),
     )

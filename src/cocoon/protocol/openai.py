@@ -94,6 +94,16 @@ class ChatMessageIn(BaseModel):
     tool_call_id: str | None = Field(None, max_length=128)
     refusal: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _known_parts(cls, value: Any) -> Any:
+        # Checked before the union is tried: its error would otherwise say "should be a valid string".
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("input_audio", "file"):
+                raise ValueError(f"content parts of type {kind!r} are not supported; send text or image_url")
+        return value
+
     @model_validator(mode="after")
     def _well_formed(self) -> ChatMessageIn:
         if self.role == "tool" and not self.tool_call_id:
@@ -607,11 +617,13 @@ class Embedding(BaseModel):
 
 
 class EmbeddingUsage(ResponseObject):
-    """Embeddings' usage: prompt tokens only, and the costs as in ``Usage``."""
+    """Embeddings' usage: prompt tokens only, the receipts and workers, and the costs as in ``Usage``."""
 
     absent_when_none = COST_FIELDS
     prompt_tokens: int
     total_tokens: int
+    receipt_ids: list[str]
+    workers: list[str]
     prompt_cost: int | None = None
     cached_cost: int | None = None
     completion_cost: int | None = None

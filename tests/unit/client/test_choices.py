@@ -274,3 +274,22 @@ async def test_an_image_goes_only_to_a_worker_that_declares_vision() -> None:
     assert (reply.usage.model_extra or {})["workers"] == [seeing.worker_id]  # type: ignore[union-attr]
     (payload,) = net.seen
     assert payload.openai is not None and payload.openai["messages"][0]["content"][1] == image
+
+
+async def test_an_audio_part_is_refused_in_words_that_say_why(echo: Network) -> None:
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    messages = [{"role": "user", "content": [audio]}]
+    response = await echo.http.post("/chat/completions", json={"model": DEFAULT_MODEL, "messages": messages})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages.0.content" and "'input_audio' are not supported" in error["message"]
+
+
+async def test_embedding_usage_carries_its_receipts() -> None:
+    net = Network(lambda p: [ChunkPayload(embeddings=[[1.0, 0.0] for _ in p.input or []])])
+    try:
+        reply = await net.http.post("/embeddings", json={"model": DEFAULT_MODEL, "input": ["a", "b"]})
+    finally:
+        await net.aclose()
+    usage = reply.json()["usage"]
+    assert len(usage["receipt_ids"]) == 1 and usage["workers"] == [WORKERS[0].worker_id]
