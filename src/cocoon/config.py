@@ -244,6 +244,16 @@ class ClientSettings(RoleSettings, ChainAccess):
     host: str = Field("127.0.0.1", description="sidecar listen address")
     port: int = Field(8080, ge=0, le=65535, description="sidecar port (OpenAI base URL: http://host:port/v1)")
     proxy_url: str = Field("http://127.0.0.1:8700", description="proxy base URL")
+    proxy_urls: list[str] = Field(
+        default_factory=list,
+        description="several proxy base URLs (used instead of proxy_url when set): each request goes to the "
+        "healthiest, and moves to another when one fails before its first byte",
+    )
+    proxies_from_registry: bool = Field(
+        False,
+        description="with registry and chain_url set, use the proxies the registry lists (their endpoints), "
+        "read at start, instead of proxy_url / proxy_urls",
+    )
     policy: AttestationPolicy = Field(
         default_factory=AttestationPolicy, description="attestation policy workers must satisfy"
     )
