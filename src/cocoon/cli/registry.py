@@ -76,9 +76,7 @@ def default_owner_key() -> Path:
     return cocoon_home() / "chain" / "owner-key.json"
 
 
-registry_app = role_group(
-    "The network registry: deploy it, set its parameters, models, measurements and proxies."
-)
+registry_app = role_group("The network registry: deploy it, set its parameters, models, measurements and proxies.")
 
 
 class ChainTarget:

@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from cocoon.attestation import AttestationVerifier
+from cocoon.chain.address import parse_address
+from cocoon.chain.liteserver import chain_for
+from cocoon.chain.registry import Registry
 from cocoon.client.directory import DirectoryCache
 from cocoon.client.wallet import ChannelPayer
-from cocoon.errors import ConfigError
+from cocoon.config import ClientSettings
+from cocoon.errors import ChainError, ConfigError
 
 EWMA_WEIGHT = 0.2  # the newest latency's share of the average
 ERROR_HALF_LIFE_S = 30.0  # an error counts half as much this long after it happened
@@ -136,3 +140,26 @@ class ProxyPool:
     async def aclose(self) -> None:
         for proxy in self.proxies:
             await proxy.http.aclose()
+
+
+def configured_proxy_urls(settings: ClientSettings) -> list[str]:
+    """The proxies the settings name: ``proxy_urls`` when set, else ``proxy_url``."""
+    return list(settings.proxy_urls or [settings.proxy_url])
+
+
+async def registry_proxy_urls(settings: ClientSettings) -> list[str]:
+    """The base URLs of the proxies the settings' registry lists; ``ConfigError`` when it lists none or cannot
+    be read (a sidecar starting without a proxy would answer nothing)."""
+    if not (settings.registry and settings.chain_url):
+        raise ConfigError("proxies_from_registry needs registry and chain_url set")
+    try:
+        async with chain_for(settings) as chain:
+            listed = await Registry(chain, parse_address(settings.registry)).get_proxies()
+    except ChainError as exc:
+        raise ConfigError(f"cannot read the proxies from the registry {settings.registry}: {exc}") from exc
+    if not listed:
+        raise ConfigError(
+            f"the registry {settings.registry} lists no proxies: list one (`cocoon chain registry add-proxy`) or "
+            "set proxy_url"
+        )
+    return [p.http_url for p in listed]

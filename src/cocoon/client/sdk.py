@@ -21,7 +21,7 @@ from cocoon.attestation import AttestationPolicy, AttestationVerifier
 from cocoon.chain.pricing import Cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.prefix import prefix_hashes, prompt_text
-from cocoon.client.proxies import ProxyConnection, ProxyPool
+from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
@@ -106,7 +106,7 @@ class CocoonClient:
     def for_settings(cls, settings: ClientSettings, proxy_urls: Sequence[str] | None = None) -> CocoonClient:
         """The sidecar's SDK: ``proxy_urls`` (default: the settings' ``proxy_urls``, else ``proxy_url``), and with
         ``chain_url`` set a payer per proxy, each paying through the client's own channel with that proxy."""
-        urls = list(proxy_urls or settings.proxy_urls or [settings.proxy_url])
+        urls = list(proxy_urls or configured_proxy_urls(settings))
         client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout)
         if settings.chain_url:
             for proxy in client.proxies.proxies:
