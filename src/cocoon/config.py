@@ -126,8 +126,19 @@ class WorkerSettings(RoleSettings, ChainAccess):
 
     proxies: list[str] = Field(
         default_factory=lambda: ["ws://127.0.0.1:8700/v1/worker/connect"],
-        description="proxy WebSocket URLs to dial (the worker needs no public IP)",
+        description="proxy WebSocket URLs to dial (the worker needs no public IP); with registry set, the "
+        "registry's proxies are dialled instead",
     )
+    registry: str | None = Field(
+        None,
+        description="the network's registry contract: with chain_url set, dial proxy_count of the proxies it lists "
+        "(re-read every proxy_refresh_s) instead of proxies",
+    )
+    proxy_count: int = Field(2, ge=1, le=64, description="proxies from the registry this worker serves at once")
+    proxy_repick_s: float = Field(
+        60.0, gt=0, description="a registry proxy unreachable this many seconds is swapped for another listed one"
+    )
+    proxy_refresh_s: float = Field(30.0, gt=0, description="seconds between reads of the registry's proxies")
     engines: list[EngineSettings] = Field(
         default_factory=lambda: [EngineSettings()], description="models this worker serves"
     )
@@ -262,6 +273,16 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing):
     host: str = Field("127.0.0.1", description="sidecar listen address")
     port: int = Field(8080, ge=0, le=65535, description="sidecar port (OpenAI base URL: http://host:port/v1)")
     proxy_url: str = Field("http://127.0.0.1:8700", description="proxy base URL")
+    proxy_urls: list[str] = Field(
+        default_factory=list,
+        description="several proxy base URLs (used instead of proxy_url when set): each request goes to the "
+        "healthiest, and moves to another when one fails before its first byte",
+    )
+    proxies_from_registry: bool = Field(
+        False,
+        description="with registry and chain_url set, use the proxies the registry lists (their endpoints), "
+        "read at start, instead of proxy_url / proxy_urls",
+    )
     policy: AttestationPolicy = Field(
         default_factory=AttestationPolicy, description="attestation policy workers must satisfy"
     )

@@ -99,7 +99,26 @@ class ProxyEntry:
     id: int
     address: Address
     public_key: bytes
-    endpoint: str
+    endpoint: str  # the proxy's public base URL, http(s)://host:port, as clients and workers reach it
+
+    @property
+    def http_url(self) -> str:
+        """The base URL clients send jobs to (a ws(s):// endpoint is read as its http(s):// twin)."""
+        url = self.endpoint.strip().rstrip("/")
+        for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+            if url.startswith(ws):
+                url = http + url[len(ws) :]
+        return url.removesuffix(WORKER_SOCKET_PATH)
+
+    @property
+    def worker_url(self) -> str:
+        """The WebSocket workers dial: the endpoint's ws(s):// form at ``/v1/worker/connect``."""
+        url = self.http_url
+        scheme = "wss://" if url.startswith("https://") else "ws://"
+        return scheme + url.split("://", 1)[-1] + WORKER_SOCKET_PATH
+
+
+WORKER_SOCKET_PATH = "/v1/worker/connect"
 
 
 def model_name_hash(name: str) -> bytes:

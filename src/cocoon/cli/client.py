@@ -1,8 +1,9 @@
-"""``cocoon client``: run the client sidecar, and manage the client's payment channel with its proxy
-(``deposit``, ``balance``, ``close``, ``withdraw``)."""
+"""``cocoon client``: run the client sidecar, and manage the client's payment channels, one with each proxy it
+uses (``deposit``, ``balance``, ``close``, ``withdraw``; ``--proxy URL|all`` picks which)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -51,11 +52,23 @@ def client(
     """Run the client sidecar: an OpenAI-compatible API on localhost (or: deposit, balance, close, withdraw)."""
     if ctx.invoked_subcommand is not None:
         return
-    from cocoon.client import create_gateway
+    from cocoon.client import CocoonClient, create_gateway
 
     settings = load_settings(ClientSettings, config, proxy_url=proxy_url, host=host, port=port)
     configure_logging(settings.log_level, "client")
-    serve(create_gateway(settings), settings.host, settings.port, settings.log_level, settings)
+    with clear_errors():
+        urls = _proxy_urls(settings)
+    sdk = CocoonClient.for_settings(settings, urls)
+    serve(create_gateway(settings, client=sdk), settings.host, settings.port, settings.log_level, settings)
+
+
+def _proxy_urls(settings: ClientSettings) -> list[str]:
+    """The proxies the client uses: the registry's (``proxies_from_registry``), else the configured ones."""
+    from cocoon.client.proxies import configured_proxy_urls, registry_proxy_urls
+
+    if settings.proxies_from_registry:
+        return asyncio.run(registry_proxy_urls(settings))
+    return configured_proxy_urls(settings)
 
 
 def _require_chain_url(settings: ClientSettings) -> None:
@@ -63,13 +76,15 @@ def _require_chain_url(settings: ClientSettings) -> None:
         raise ConfigError("set chain_url in the client's config (or COCOON_CLIENT_CHAIN_URL) to the toncenter API")
 
 
-async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> tuple[Wallet, ClientChannel]:
+async def _client_channel(
+    settings: ClientSettings, chain: ToncenterClient, proxy_url: str
+) -> tuple[Wallet, ClientChannel]:
     from cocoon.client.wallet import check_same_chain, client_channel, payment_terms
 
-    async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=proxy_url, timeout=10) as http:
         terms = await payment_terms(http)
     if terms is None:
-        raise ConfigError(f"the proxy at {settings.proxy_url} is free: it takes no deposit")
+        raise ConfigError(f"the proxy at {proxy_url} is free: it takes no deposit")
     await check_same_chain(
         chain, terms, settings.network
     )  # a deposit on another chain than the proxy's would never be served
@@ -80,28 +95,51 @@ async def _client_channel(settings: ClientSettings, chain: ToncenterClient) -> t
 ChannelAction = Callable[[ToncenterClient, Wallet, ClientChannel], Coroutine[Any, Any, T]]
 
 
-def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T]) -> T:
-    """Run ``act`` on the chain with the client's wallet and its channel with the proxy, under a spinner."""
+def _on_channel(what: str, settings: ClientSettings, act: ChannelAction[T], proxy_url: str | None = None) -> T:
+    """Run ``act`` on the chain with the client's wallet and its channel with the proxy at ``proxy_url``
+    (default: the first configured proxy), under a spinner. A client has one channel per proxy it uses."""
+    url = proxy_url or _proxy_urls(settings)[0]
 
     async def work() -> T:
         _require_chain_url(settings)  # chain_for would say so too, less precisely
         async with chain_for(settings) as chain:
-            wallet, channel = await _client_channel(settings, chain)
+            wallet, channel = await _client_channel(settings, chain, url)
             return await act(chain, wallet, channel)
 
     # The chain's own errors name the chain; a raw HTTP failure can only be the proxy's.
-    return run_with_spinner(what, work, peer=f"the proxy at {settings.proxy_url}")
+    return run_with_spinner(what, work, peer=f"the proxy at {url}")
+
+
+ProxyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        help="the proxy whose channel to act on (base URL), or `all` for every proxy the client uses "
+        "[default: the first configured proxy]",
+    ),
+]
+
+
+def _targets(settings: ClientSettings, proxy: str | None) -> list[str]:
+    """The proxies ``--proxy`` names: one URL, or ``all`` the client uses (configured or from the registry)."""
+    if proxy is None:
+        return _proxy_urls(settings)[:1]
+    if proxy == "all":
+        return _proxy_urls(settings)
+    return [proxy.rstrip("/")]
 
 
 @client_app.command()
 def deposit(
-    amount: Annotated[str, typer.Option(help="TON to add to the channel, e.g. 5 or 0.25")] = "1",
+    amount: Annotated[str, typer.Option(help="TON to add to the channel (to each, with --proxy all), e.g. 5")] = "1",
+    proxy: ProxyOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Open the client's channel with the proxy (first time) or top it up."""
+    """Open the client's channel with a proxy (first time) or top it up; --proxy all funds one with each."""
     settings = load_settings(ClientSettings, config)
     with clear_errors():
         nanoton = parse_ton(amount)
+        targets = _targets(settings, proxy)
 
     async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
         if (await chain.get_address_information(channel.address)).active:
@@ -111,13 +149,18 @@ def deposit(
         state = await channel.get_channel()
         return f"channel {address_text(channel.address)} now holds {ton(state.deposit)} ({state.deposit} nanoton)"
 
-    console.print("[green]✓[/] " + _on_channel(f"depositing {ton(nanoton)}", settings, act))
+    for url in targets:
+        console.print(f"[green]✓[/] {url}: " + _on_channel(f"depositing {ton(nanoton)} with {url}", settings, act, url))
 
 
 @client_app.command()
-def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def balance(proxy: ProxyOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """The client's channel: deposit and claims on chain, vouchered and free at the proxy, wallet balance."""
     settings = load_settings(ClientSettings, config)
+    with clear_errors():
+        url = _targets(settings, proxy)[0] if proxy != "all" else None
+    if url is None:
+        raise typer.BadParameter("balance reads one channel: give one proxy URL", param_hint="--proxy")
 
     async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> dict[str, Any]:
         raw = raw_address(channel.address)
@@ -128,7 +171,7 @@ def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         if (await chain.get_address_information(channel.address)).active:
             state = await channel.get_channel()
             out |= {"deposit": state.deposit, "claimed": state.claimed, "close_at": state.close_at}
-        async with httpx.AsyncClient(base_url=settings.proxy_url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             key = SigningKey(wallet.seed)  # the channel's payer key: the proxy shows a channel only to its owner
             books = await http.get(f"/v1/channels/{raw}", headers=channel_auth_header(key.public, key.sign, raw))
         if books.status_code == 200:
@@ -136,7 +179,7 @@ def balance(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             out |= {k: body[k] for k in ("vouchered", "charged", "reserved", "free")}
         return out
 
-    print_report(_on_channel("reading the channel", settings, act), as_json, "client channel")
+    print_report(_on_channel("reading the channel", settings, act, url), as_json, "client channel")
 
 
 @client_app.command()

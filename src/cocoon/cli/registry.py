@@ -9,6 +9,7 @@ again after a crash or a timeout resumes the message it sent instead of sending 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pytoniq_core.boc.address import Address
 
-from cocoon.chain import TESTNET_GLOBAL_ID, ModelEntry, Outbox, Registry, RegistryParams, ToncenterClient, Wallet
+from cocoon.chain import (
+    TESTNET_GLOBAL_ID,
+    ModelEntry,
+    Outbox,
+    ProxyEntry,
+    Registry,
+    RegistryParams,
+    ToncenterClient,
+    Wallet,
+)
 from cocoon.chain.address import address_text, parse_address, payable_text
 from cocoon.chain.liteserver import open_chain
 from cocoon.chain.network import Network, check_network
@@ -66,7 +76,7 @@ def default_owner_key() -> Path:
     return cocoon_home() / "chain" / "owner-key.json"
 
 
-registry_app = role_group("The network's registry: deploy it, and set its parameters, models and measurements.")
+registry_app = role_group("The network registry: deploy it, set its parameters, models, measurements and proxies.")
 
 
 class ChainTarget:
@@ -181,6 +191,7 @@ def show(
                 for m in await contract.get_models()
             ],
             "measurements": [key.hex() for key in await contract.get_measurements()],
+            "proxies": [{"id": f"{p.id:064x}", "endpoint": p.endpoint} for p in await contract.get_proxies()],
         }
 
     report = ChainTarget(chain_url, network, api_key, liteserver_config).run("reading the registry", act)
@@ -303,6 +314,67 @@ def remove_model(
 
     message = ChainTarget(chain_url, network, api_key, liteserver_config).run(f"delisting {name}", act)
     console.print(f"[green]✓[/] {message}")
+
+
+@registry_app.command("add-proxy")
+def add_proxy(
+    endpoint: Annotated[str, typer.Argument(help="the proxy's public base URL, e.g. https://proxy.example:8700")],
+    address: Annotated[str, typer.Option(help="the proxy's wallet address (where client channels pay)")],
+    public_key: Annotated[str, typer.Option(help="the proxy's Ed25519 public key, hex (64 digits)")] = "00" * 32,
+    registry: RegistryOpt = "",
+    owner_key: OwnerKeyOpt = None,
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
+) -> None:
+    """List a proxy (or change its address and key): workers and clients reading the registry find it there.
+    Its id is the sha256 of the endpoint, so listing the same endpoint again updates it."""
+    entry = ProxyEntry(
+        proxy_id(endpoint), parse_address(address), parse_hash(public_key, "--public-key"), endpoint.rstrip("/")
+    )
+    owner = owner_wallet(owner_key)
+
+    async def act(chain: ToncenterClient) -> str:
+        contract = Registry(chain, parse_registry(registry))
+        if await contract.get_proxy(entry.id) == entry:
+            return f"{entry.endpoint} is listed already"
+        await contract.upsert_proxy(owner, entry)
+        return f"{entry.endpoint} listed (id {entry.id:064x})"
+
+    message = ChainTarget(chain_url, network, api_key, liteserver_config).run(f"listing {endpoint}", act)
+    console.print(f"[green]✓[/] {message}")
+
+
+@registry_app.command("remove-proxy")
+def remove_proxy(
+    endpoint: Annotated[str, typer.Argument(help="the endpoint the proxy is listed with")],
+    registry: RegistryOpt = "",
+    owner_key: OwnerKeyOpt = None,
+    chain_url: ChainUrlOpt = DEFAULT_CHAIN_URL,
+    network: NetworkOpt = "devnet",
+    api_key: ApiKeyOpt = None,
+    liteserver_config: LiteserverOpt = None,
+) -> None:
+    """Delist a proxy: workers reading the registry leave it at their next read."""
+    owner = owner_wallet(owner_key)
+
+    async def act(chain: ToncenterClient) -> str:
+        contract = Registry(chain, parse_registry(registry))
+        listed = [p for p in await contract.get_proxies() if p.endpoint.rstrip("/") == endpoint.rstrip("/")]
+        if not listed:
+            return f"{endpoint} is not listed"
+        for entry in listed:
+            await contract.remove_proxy(owner, entry.id)
+        return f"{endpoint} delisted"
+
+    message = ChainTarget(chain_url, network, api_key, liteserver_config).run(f"delisting {endpoint}", act)
+    console.print(f"[green]✓[/] {message}")
+
+
+def proxy_id(endpoint: str) -> int:
+    """A proxy's registry id: the sha256 of its endpoint (without a trailing slash), as a 256-bit number."""
+    return int.from_bytes(hashlib.sha256(endpoint.rstrip("/").encode()).digest(), "big")
 
 
 def policy(

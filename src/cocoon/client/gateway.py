@@ -34,7 +34,7 @@ from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt
 from cocoon.client.openapi import openapi_document
 from cocoon.client.responses import responses
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
-from cocoon.client.wallet import NETWORK_ENV, ChannelPayer, sidecar_payer
+from cocoon.client.wallet import NETWORK_ENV, ChannelPayer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
@@ -61,12 +61,9 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def create_gateway(settings: ClientSettings, client: CocoonClient | None = None) -> Starlette:
-    """The sidecar app for ``settings``, on ``client`` (default: a new SDK, paying when ``chain_url`` is set)."""
-    sdk = client or CocoonClient(
-        settings.proxy_url, settings.policy, candidates=settings.candidates, timeout=settings.timeout
-    )
-    if client is None and settings.chain_url:
-        sdk.payer = sidecar_payer(settings)
+    """The sidecar app for ``settings``, on ``client`` (default: an SDK of the configured proxies, paying each
+    through its own channel when ``chain_url`` is set)."""
+    sdk = client or CocoonClient.for_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -1,4 +1,4 @@
-"""The async Python SDK: pick attested workers, seal each request to the best few, post it, retry once.
+"""The async Python SDK: pick a proxy and attested workers, seal each request to the best few, post it, fail over.
 
 ``stream.py`` reads the answer and checks every frame and receipt; the payer pays only receipts that verified.
 """
@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +21,10 @@ from cocoon.attestation import AttestationPolicy, AttestationVerifier
 from cocoon.chain.pricing import Cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.prefix import prefix_hashes, prompt_text
+from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
-from cocoon.client.wallet import ChannelPayer
+from cocoon.client.wallet import ChannelPayer, sidecar_payer
+from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
     CocoonError,
@@ -61,39 +63,69 @@ Event = TextEvent | EmbeddingEvent | Completion
 
 
 class CocoonClient:
-    """A client of one proxy, safe to share between concurrent requests.
+    """A client of one or more proxies, safe to share between concurrent requests.
 
-        async with CocoonClient("http://127.0.0.1:8700", policy) as client:
+        async with CocoonClient(["http://proxy-a:8700", "http://proxy-b:8700"], policy) as client:
             async for event in client.stream("chat", "gemma-3-270m", messages=[...], params=...):
                 ...
 
     Events are ``TextEvent`` / ``EmbeddingEvent`` as they arrive, then exactly one ``Completion`` once every
     receipt has verified. A receipt that does not verify raises ``ReceiptInvalid``: the client pays nothing
     for it.
+
+    Each request goes to the healthiest proxy (``proxies.py``). A failure before the first event (the proxy
+    unreachable or broken off, a 5xx, no capacity there) moves the request to the next proxy, sealed anew to
+    that proxy's directory workers; with one proxy it is retried once there on a fresh directory. A stream
+    whose proxy dies after its first event fails with ``UpstreamFailed`` naming the proxy and the request:
+    the app has text already, and a second proxy cannot continue a job it never relayed (the proxy's own
+    resume works between workers behind one proxy). Verified receipts of that request are still paid.
     """
 
     def __init__(
         self,
-        proxy_url: str,
+        proxy_url: str | Sequence[str],
         policy: AttestationPolicy,
         *,
         candidates: int = 3,
         timeout: float = 120.0,
-        http: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | Mapping[str, httpx.AsyncClient] | None = None,
         prefix_salt: bytes | None = None,
         payer: ChannelPayer | None = None,
     ) -> None:
-        self.payer = payer
+        urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)
+        given = {urls[0]: http} if isinstance(http, httpx.AsyncClient) else http
+        self.proxies = ProxyPool(urls, AttestationVerifier(policy), timeout=timeout, http=given)
+        if payer is not None:
+            self.payer = payer
         self.candidates = candidates
         # Keys the prefix hashes sent for cache affinity; it never leaves this client (see client/prefix.py).
         self.prefix_salt = prefix_salt or os.urandom(32)
         self.timeout = timeout
-        self._http = http or httpx.AsyncClient(
-            base_url=proxy_url,
-            timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )
-        self.directory = DirectoryCache(self._http, AttestationVerifier(policy))
+
+    @classmethod
+    def for_settings(cls, settings: ClientSettings, proxy_urls: Sequence[str] | None = None) -> CocoonClient:
+        """The sidecar's SDK: ``proxy_urls`` (default: the settings' ``proxy_urls``, else ``proxy_url``), and with
+        ``chain_url`` set a payer per proxy, each paying through the client's own channel with that proxy."""
+        urls = list(proxy_urls or configured_proxy_urls(settings))
+        client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout)
+        if settings.chain_url:
+            for proxy in client.proxies.proxies:
+                proxy.payer = sidecar_payer(settings, proxy.url)
+        return client
+
+    @property
+    def payer(self) -> ChannelPayer | None:
+        """The first proxy's payer (each proxy has its own channel: ``proxies.proxies[i].payer``)."""
+        return self.proxies.proxies[0].payer
+
+    @payer.setter
+    def payer(self, payer: ChannelPayer | None) -> None:
+        self.proxies.proxies[0].payer = payer
+
+    @property
+    def directory(self) -> DirectoryCache:
+        """The healthiest proxy's worker directory (every proxy's shares one verifier)."""
+        return self.proxies.ranked()[0].directory
 
     async def __aenter__(self) -> CocoonClient:
         return self
@@ -102,33 +134,56 @@ class CocoonClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.proxies.aclose()
 
     async def models(self) -> dict[str, list[AttestedWorker]]:
-        """Model name -> attested workers serving it."""
+        """Model name -> attested workers serving it, over every proxy that answers (each worker once);
+        the error of the healthiest proxy when none answers."""
         out: dict[str, list[AttestedWorker]] = {}
-        for worker in await self.directory.workers():
-            for model in worker.models:
-                out.setdefault(model, []).append(worker)
+        seen: set[str] = set()
+        failure: CocoonError | None = None
+        for proxy in self.proxies.ranked():
+            try:
+                workers = await proxy.directory.workers()
+            except UpstreamFailed as exc:
+                self._proxy_failed(proxy, exc)
+                failure = failure or exc
+                continue
+            for worker in workers:
+                if worker.worker_id in seen:
+                    continue
+                seen.add(worker.worker_id)
+                for model in worker.models:
+                    out.setdefault(model, []).append(worker)
+        if not seen and failure is not None:
+            raise failure
         return out
 
-    def _within_payers_cap(self, routing: RoutingPrefs) -> RoutingPrefs:
+    def _within_payers_cap(self, routing: RoutingPrefs, payer: ChannelPayer | None) -> RoutingPrefs:
         """``routing`` capped at the payer's ``max_coefficient``: sealing to a worker the payer would refuse to
         pay gets it to work for nothing and spends the client's credit limit on the rejection."""
-        cap = self.payer.max_coefficient if self.payer is not None else None
+        cap = payer.max_coefficient if payer is not None else None
         if cap is None or (routing.max_price is not None and routing.max_price <= cap):
             return routing
         return routing.model_copy(update={"max_price": cap})
 
     async def pick(
-        self, kind: Kind, model: str, routing: RoutingPrefs, *, vision: bool = False
+        self,
+        kind: Kind,
+        model: str,
+        routing: RoutingPrefs,
+        *,
+        vision: bool = False,
+        proxy: ProxyConnection | None = None,
     ) -> list[AttestedWorker]:
-        """The candidate workers to seal to, best first; ``ModelNotFound`` / ``NoCapacity`` if none, and
-        ``BadRequest`` for images when no worker of ``model`` takes them (``vision``)."""
-        workers = await self.directory.workers()
+        """The candidate workers of ``proxy``'s directory (default: the healthiest proxy's) to seal to, best
+        first; ``ModelNotFound`` / ``NoCapacity`` if none, and ``BadRequest`` for images when no worker of
+        ``model`` takes them (``vision``)."""
+        directory = (proxy or self.proxies.ranked()[0]).directory
+        workers = await directory.workers()
         serving = [w for w in workers if model in w.models]
         if not serving:
-            workers = await self.directory.workers(refresh=True)
+            workers = await directory.workers(refresh=True)
             serving = [w for w in workers if model in w.models]
         if not serving:
             known = sorted({m for w in workers for m in w.models})
@@ -177,12 +232,21 @@ class CocoonClient:
         sealed beside the text view, so the worker honours every field of it; ``prompt_ids`` and token-id
         ``inputs`` are token ids of the served model.
 
-        A failure before the first event (every candidate gone since the directory was fetched) is retried
-        once, sealed anew to freshly fetched workers: apps do not see a worker that left a moment ago.
+        A failure before the first event is retried, sealed anew: on the next healthiest proxy while one is
+        left untried, else once more on a fresh directory (apps do not see a worker that left a moment ago, nor
+        a proxy that died). A timeout is not retried; a failure after the first event is raised as it is.
         """
-        for round_ in (1, 2):
+        tried: list[ProxyConnection] = []
+        tries = max(2, len(self.proxies.proxies))
+        for round_ in range(1, tries + 1):
+            proxy = self.proxies.next_for(tried)
+            again = any(p is proxy for p in tried)  # every proxy tried: this one once more, on a fresh directory
+            tried.append(proxy)
+            last = round_ == tries
             started = False
             try:
+                if again:
+                    await proxy.directory.workers(refresh=True)
                 payload = RequestPayload(
                     kind=kind,
                     model=model,
@@ -194,63 +258,81 @@ class CocoonClient:
                     params=params,
                     openai=openai,
                 )
-                async for event in self._stream_once(payload, routing, timeout):
+                async for event in self._stream_once(proxy, payload, routing, timeout):
                     started = True
                     yield event
                 return
-            except (NoCapacity, UpstreamFailed) as exc:
-                if started or round_ == 2 or isinstance(exc, UpstreamTimeout):
+            except (NoCapacity, UpstreamFailed, ModelNotFound) as exc:
+                single = len(self.proxies.proxies) == 1
+                if started or last or isinstance(exc, UpstreamTimeout) or (single and isinstance(exc, ModelNotFound)):
                     raise
-                log.info("retrying on fresh workers model=%s reason=%s", model, exc.code)
-                await self.directory.workers(refresh=True)
+                log.info("retrying before the first byte model=%s proxy=%s reason=%s", model, proxy.url, exc.code)
             except PaymentRequired:
-                # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them.
-                if started or round_ == 2 or self.payer is None or not await self.payer.resync():
+                # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them;
+                # another proxy bills another channel.
+                untried = any(all(p is not t for t in tried) for p in self.proxies.proxies)
+                if started or last or (proxy.payer is None and not untried):
+                    raise
+                if proxy.payer is not None and not await proxy.payer.resync() and not untried:
                     raise
 
     async def _stream_once(
-        self, payload: RequestPayload, routing: RoutingPrefs | None, timeout: float | None
+        self, proxy: ProxyConnection, payload: RequestPayload, routing: RoutingPrefs | None, timeout: float | None
     ) -> AsyncIterator[Event]:
         model = payload.model
-        routing = self._within_payers_cap(routing or RoutingPrefs())
+        payer = proxy.payer
+        routing = self._within_payers_cap(routing or RoutingPrefs(), payer)
         timeout = timeout or self.timeout
         deadline = time.monotonic() + timeout
         kind: Kind = "embedding" if payload.kind == "embedding" else "chat"  # score jobs are the proxy's
-        workers = await self.pick(kind, model, routing, vision=_has_images(payload.openai))
-        job, exchange = await self._seal(payload, workers, routing, timeout)
+        try:
+            workers = await self.pick(kind, model, routing, vision=_has_images(payload.openai), proxy=proxy)
+        except UpstreamFailed as exc:  # its directory could not be fetched
+            self._proxy_failed(proxy, exc)
+            raise
+        job, exchange = await self._seal(payload, workers, routing, timeout, payer)
         request_id = job.request_id
         answer = ResponseStream(exchange)
         coefficients = {w.worker_id: w.price_coefficient for w in workers}
-        peer = f"the proxy at {self._http.base_url} (request {request_id}, timeout {timeout:g}s)"
-        with map_http_errors(peer), self._ends_unpaid(request_id):
-            async with self._http.stream(
-                "POST",
-                "/v1/jobs",
-                content=pack(job),
-                headers={"content-type": "application/msgpack"},
-                timeout=httpx.Timeout(timeout, connect=5.0),
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise CocoonError.from_openai(response.status_code, _json(response))
-                try:
-                    async for data in response.aiter_raw():
-                        for event in answer.feed(data):
-                            if isinstance(event, TextEvent | EmbeddingEvent):
-                                yield event
-                            elif isinstance(event, ReceiptRefused):
-                                await self._refuse(event.receipt, event.reason)
-                                if event.ends_request:
-                                    raise ReceiptInvalid(event.reason)
-                        if time.monotonic() > deadline:
-                            raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
-                except CocoonError:
-                    if answer.verified and self.payer is not None:  # the verified work of earlier workers
-                        await self.payer.pay(answer.verified, coefficients)
-                    raise
+        peer = f"the proxy at {proxy.url} (request {request_id}, timeout {timeout:g}s)"
+        sent = time.monotonic()
+        with map_http_errors(peer), _ends_unpaid(payer, request_id):
+            try:
+                async with proxy.http.stream(
+                    "POST",
+                    "/v1/jobs",
+                    content=pack(job),
+                    headers={"content-type": "application/msgpack"},
+                    timeout=httpx.Timeout(timeout, connect=5.0),
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        error = CocoonError.from_openai(response.status_code, _json(response))
+                        if response.status_code >= 500:
+                            proxy.health.failed(time.monotonic(), unreachable=False)
+                        raise error
+                    proxy.health.succeeded(time.monotonic() - sent)
+                    try:
+                        async for data in response.aiter_raw():
+                            for event in answer.feed(data):
+                                if isinstance(event, TextEvent | EmbeddingEvent):
+                                    yield event
+                                elif isinstance(event, ReceiptRefused):
+                                    await _refuse(payer, event.receipt, event.reason)
+                                    if event.ends_request:
+                                        raise ReceiptInvalid(event.reason)
+                            if time.monotonic() > deadline:
+                                raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
+                    except CocoonError:
+                        if answer.verified and payer is not None:  # the verified work of earlier workers
+                            await payer.pay(answer.verified, coefficients)
+                        raise
+            except httpx.TransportError as exc:
+                proxy.health.failed(time.monotonic(), unreachable=_unreachable(exc))
+                raise
         result = answer.finish()
         # Only now, with every receipt verified, does the client sign a voucher for them.
-        cost = await self.payer.pay(result.receipts, coefficients) if self.payer is not None else None
+        cost = await payer.pay(result.receipts, coefficients) if payer is not None else None
         yield Completion(
             request_id=request_id,
             model=model,
@@ -260,14 +342,24 @@ class CocoonClient:
             cost=cost,
         )
 
+    def _proxy_failed(self, proxy: ProxyConnection, exc: UpstreamFailed) -> None:
+        """A proxy whose directory could not be read: resting unless it only timed out."""
+        proxy.health.failed(time.monotonic(), unreachable=not isinstance(exc, UpstreamTimeout))
+        log.warning("proxy failed url=%s error=%s", proxy.url, exc.message)
+
     async def _seal(
-        self, payload: RequestPayload, workers: list[AttestedWorker], routing: RoutingPrefs, timeout: float
+        self,
+        payload: RequestPayload,
+        workers: list[AttestedWorker],
+        routing: RoutingPrefs,
+        timeout: float,
+        payer: ChannelPayer | None,
     ) -> tuple[JobRequest, Exchange]:
         """The job to post, sealed to ``workers``, and the exchange its answer will be checked against."""
         plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
         request_id = "req-" + uuid.uuid4().hex
         sealed, content_key = seal_request(request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers})
-        payer = await self.payer.auth(request_id) if self.payer is not None else None
+        auth = await payer.auth(request_id) if payer is not None else None
         text = prompt_text(payload)
         affinity = [] if payload.kind == "embedding" else prefix_hashes(self.prefix_salt, payload.model, text)
         job = JobRequest(
@@ -281,7 +373,7 @@ class CocoonClient:
             routing=routing,
             prefix_hashes=affinity,
             timeout=timeout,
-            payer=payer,
+            payer=auth,
         )
         by_id = {w.worker_id: w for w in workers}
         exchange = Exchange(
@@ -296,19 +388,26 @@ class CocoonClient:
         )
         return job, exchange
 
-    @contextlib.contextmanager
-    def _ends_unpaid(self, request_id: str) -> Iterator[None]:
-        """A request that fails has no receipt on its way: the payer may reject what the proxy holds for it."""
-        try:
-            yield
-        except BaseException:
-            if self.payer is not None:
-                self.payer.finished(request_id)
-            raise
 
-    async def _refuse(self, receipt: Receipt, reason: str) -> None:
-        if self.payer is not None:
-            await self.payer.reject(receipt.receipt_id, reason)
+@contextlib.contextmanager
+def _ends_unpaid(payer: ChannelPayer | None, request_id: str) -> Iterator[None]:
+    """A request that fails has no receipt on its way: the payer may reject what the proxy holds for it."""
+    try:
+        yield
+    except BaseException:
+        if payer is not None:
+            payer.finished(request_id)
+        raise
+
+
+async def _refuse(payer: ChannelPayer | None, receipt: Receipt, reason: str) -> None:
+    if payer is not None:
+        await payer.reject(receipt.receipt_id, reason)
+
+
+def _unreachable(exc: httpx.TransportError) -> bool:
+    """Whether a transport error means the proxy is gone (refused, reset, closed mid-answer), not just slow."""
+    return isinstance(exc, httpx.NetworkError | httpx.ConnectTimeout | httpx.RemoteProtocolError)
 
 
 def _estimate_tokens(payload: RequestPayload) -> int:

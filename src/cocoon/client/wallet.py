@@ -1,4 +1,4 @@
-"""The client's money: its wallet key, its ClientChannel with the proxy, and the vouchers it signs.
+"""The client's money: its wallet key, its ClientChannel with each proxy it uses, and the vouchers it signs.
 
 ``ChannelPayer`` pays only receipts ``stream.py`` verified; a receipt that did not verify is rejected, never paid.
 """
@@ -98,7 +98,8 @@ def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTer
 
 
 class ChannelPayer:
-    """Pays one proxy through the client's channel; safe to share between concurrent requests.
+    """Pays one proxy through the client's channel with it; safe to share between concurrent requests. A client
+    of several proxies has one payer per proxy (``ProxyConnection.payer``), all signing with the same key.
 
     The SDK calls ``auth`` to name the paying channel in each request, ``pay`` with the receipts a request's
     ``ResponseStream`` verified (``StreamResult.receipts``, or ``ResponseStream.verified`` when it failed
@@ -264,10 +265,11 @@ class ChannelPayer:
             raise CocoonError.from_openai(response.status_code, _json(response))
 
 
-def sidecar_payer(settings: ClientSettings) -> ChannelPayer:
-    """The sidecar's payer: its wallet key from ``wallet_file``, prices from ``chain_url``."""
+def sidecar_payer(settings: ClientSettings, proxy_url: str | None = None) -> ChannelPayer:
+    """The sidecar's payer of the proxy at ``proxy_url`` (default: ``proxy_url`` of the settings): its wallet key
+    from ``wallet_file``, prices from ``chain_url``. A client pays each proxy through its own channel with it."""
     assert settings.chain_url is not None
-    http = httpx.AsyncClient(base_url=settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
+    http = httpx.AsyncClient(base_url=proxy_url or settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
     toncenter = chain_for(settings)
     key = load_or_create_signing_key(settings.wallet_file)
     outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too

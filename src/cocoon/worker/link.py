@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import websockets
@@ -65,7 +66,14 @@ class ProxyLink:
         self.heartbeat_interval = heartbeat_interval
         self.max_backoff = max_backoff
         self.connected = asyncio.Event()
+        self._down_since: float | None = time.monotonic()  # None while registered with the proxy
         self._jobs: dict[str, asyncio.Task[None]] = {}
+
+    def down_for(self, now: float | None = None) -> float | None:
+        """Seconds since this link was last registered (or was made); ``None`` while it is."""
+        if self._down_since is None:
+            return None
+        return (time.monotonic() if now is None else now) - self._down_since
 
     async def run_forever(self) -> None:
         """Stay connected until cancelled; back off exponentially (with jitter) between attempts."""
@@ -90,6 +98,8 @@ class ProxyLink:
                 backoff = self.max_backoff
             finally:
                 self.connected.clear()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 await self._cancel_all()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
@@ -109,6 +119,7 @@ class ProxyLink:
         if not isinstance(first, Registered):
             raise RegistrationRefused(f"expected 'registered', proxy sent {first.t!r}")
         self.connected.set()
+        self._down_since = None
         log.info("registered url=%s proxy=%s worker=%s", self.url, first.proxy_id, register.worker_id)
         heartbeat = asyncio.create_task(self._heartbeat(ws))
         try:

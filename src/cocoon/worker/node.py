@@ -1,4 +1,5 @@
-"""The worker node: load engines, prove what runs (attestation bundle), and serve every configured proxy."""
+"""The worker node: load engines, prove what runs (attestation bundle), and serve its proxies (configured, or
+chosen from the registry by ``discovery.py``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cocoon.engines import Engine, EngineSettings, build_engine
 from cocoon.errors import AttestationFailed, ConfigError, map_http_errors
 from cocoon.protocol import ModelOffer, Register
 from cocoon.worker.chaos import ImpostorEngine
+from cocoon.worker.discovery import ProxySet, registry_worker_urls
 from cocoon.worker.earnings import payout_address
 from cocoon.worker.link import ProxyLink
 from cocoon.worker.runner import JobRunner
@@ -105,7 +107,9 @@ class WorkerNode:
         self.settings = settings
         self.keys = load_or_create_node_keys(settings.keys_file)
         self.engines: dict[str, Engine] = {e.model: _engine(e, settings) for e in settings.engines}
-        self.links: list[ProxyLink] = []
+        self.links: list[ProxyLink] = []  # the static proxies' links (registry proxies: ``discovery.links``)
+        self.discovery: ProxySet | None = None
+        self.runner: JobRunner | None = None
 
     @property
     def worker_id(self) -> str:
@@ -152,8 +156,9 @@ class WorkerNode:
         runner.chaos_bad_receipts = self.settings.chaos_bad_receipts
         runner.pad_bytes, runner.coalesce_s = self.settings.chunk_pad_bytes, self.settings.chunk_coalesce_ms / 1000
         settings = self.settings
-        self.links = [
-            ProxyLink(
+
+        def link(url: str) -> ProxyLink:
+            return ProxyLink(
                 url,
                 registration,
                 self.keys.signing,
@@ -161,15 +166,34 @@ class WorkerNode:
                 settings.heartbeat_interval,
                 settings.reconnect_max_backoff,
             )
-            for url in settings.proxies
-        ]
+
+        self.runner = runner
+        if settings.registry and settings.chain_url:
+            registry = settings.registry
+            log.info("proxies from the registry %s (%d at once)", registry, settings.proxy_count)
+
+            async def listing() -> list[str]:
+                return await registry_worker_urls(settings, registry)
+
+            self.discovery = ProxySet(
+                listing,
+                link,
+                count=settings.proxy_count,
+                repick_s=settings.proxy_repick_s,
+                refresh_s=settings.proxy_refresh_s,
+            )
+        else:
+            self.links = [link(url) for url in settings.proxies]
 
     async def serve(self) -> None:
-        """Run until cancelled: keep a link to every proxy."""
-        if not self.links:
+        """Run until cancelled: keep a link to every configured proxy, or to those the registry lists."""
+        if self.runner is None:
             await self.start()
         log.info("worker up worker_id=%s models=%s", self.worker_id, list(self.engines))
         try:
-            await asyncio.gather(*(link.run_forever() for link in self.links))
+            if self.discovery is not None:
+                await self.discovery.run_forever()
+            else:
+                await asyncio.gather(*(link.run_forever() for link in self.links))
         finally:
             await asyncio.gather(*(engine.close() for engine in self.engines.values()))

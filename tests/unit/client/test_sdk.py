@@ -124,3 +124,24 @@ async def test_the_client_seals_only_to_workers_its_payer_would_pay() -> None:
     async with client(recorded_proxy([dear], reply), Payer()) as sdk:
         with pytest.raises(NoCapacity, match="max_price=4000"):
             await ask(sdk)
+
+
+async def test_a_request_moves_to_the_next_proxy_when_the_healthiest_cannot_be_reached() -> None:
+    """Before the first byte, a dead proxy costs the app nothing: the request is sealed anew to the other
+    proxy's directory workers, and the dead one is rested (skipped by the next request)."""
+    posted: list[str] = []
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        posted.append("dead")
+        raise httpx.ConnectError("refused", request=request)
+
+    alive = recorded_proxy([WORKER], answer())
+    http = {
+        "http://dead.test": httpx.AsyncClient(transport=httpx.MockTransport(dead), base_url="http://dead.test"),
+        "http://alive.test": httpx.AsyncClient(transport=alive, base_url="http://alive.test"),
+    }
+    async with CocoonClient(["http://dead.test", "http://alive.test"], dev_policy(), http=http) as sdk:
+        assert isinstance((await ask(sdk))[-1], Completion)
+        assert sdk.proxies.ranked()[0].url == "http://alive.test"
+        assert isinstance((await ask(sdk))[-1], Completion)
+    assert posted == ["dead"]  # tried once (its directory), then rested

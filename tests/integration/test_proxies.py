@@ -1,0 +1,135 @@
+"""A network of several proxies: workers serve both, the client sidecar holds both, and a proxy SIGKILLed under
+load costs no request that had not started streaming; workers told the registry find proxies listed there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.local import LocalNetwork, free_port
+from cocoon.local.chain import wallet_of
+from tests.helpers.chain import TEST_API_KEY
+from tests.helpers.money import start_paid_network
+from tests.helpers.network import NO_CANARIES, wait_for
+from tests.helpers.proxies import directory_size, start_proxy, start_sidecar, wait_for_workers, worker_socket
+
+THREADS, PER_THREAD = 4, 12
+
+
+@pytest.fixture
+def two_proxies(tmp_path: Path, bundled_model_path: Path) -> Iterator[tuple[LocalNetwork, str, str]]:
+    """Two proxies, two synthetic workers linked to both, and a sidecar holding both; yields the network, the
+    second proxy's URL and the sidecar's OpenAI base URL."""
+    first, second = free_port(), free_port()
+    net = LocalNetwork(
+        port_base=free_port(),
+        proxy_port=first,
+        home=tmp_path,
+        workers=2,
+        model_path=bundled_model_path,
+        engine={"kind": "synthetic", "synthetic_tokens_per_s": 100},
+        proxy_options=NO_CANARIES,
+        worker_options={"proxies": [worker_socket(first), worker_socket(second)], "reconnect_max_backoff": 1},
+    )
+    try:
+        net.start()
+        start_proxy(net, "proxy-2", second)
+        net.wait_ready(timeout=120)
+        other = f"http://127.0.0.1:{second}"
+        wait_for_workers(other, 2)
+        _, base_url = start_sidecar(net, "client-2", [net.proxy_url, other])
+        wait_for(lambda: _models(base_url), 30, "the two-proxy sidecar")
+        yield net, other, base_url
+    finally:
+        net.stop()
+
+
+def _models(base_url: str) -> bool:
+    try:
+        return bool(openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=2).models.list().data)
+    except openai.APIError:
+        return False
+
+
+def test_no_request_that_had_not_started_streaming_fails_when_a_proxy_is_sigkilled_under_load(
+    two_proxies: tuple[LocalNetwork, str, str],
+) -> None:
+    net, other, base_url = two_proxies
+    outcomes: list[tuple[bool, bool, float, str]] = []  # (succeeded, had text before failing, finished at, error)
+    lock = threading.Lock()
+
+    def load() -> None:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+        for i in range(PER_THREAD):
+            started, error = False, ""
+            try:
+                stream = client.chat.completions.create(
+                    model=DEFAULT_MODEL,
+                    messages=[{"role": "user", "content": f"Tell story number {i}."}],
+                    max_tokens=16,
+                    stream=True,
+                )
+                for chunk in stream:
+                    started = started or bool(chunk.choices and chunk.choices[0].delta.content)
+            except Exception as exc:  # every failure is an outcome this test counts, whatever its kind
+                error = repr(exc)
+            with lock:
+                outcomes.append((not error, started, time.monotonic(), error))
+
+    threads = [threading.Thread(target=load) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(outcomes) >= THREADS * 2, 60, "requests to flow through both proxies")
+    killed_at = time.monotonic()
+    os.kill(net.child("proxy").process.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=180)
+
+    assert len(outcomes) == THREADS * PER_THREAD
+    unstarted = [o for o in outcomes if not o[0] and not o[1]]
+    assert unstarted == [], f"requests failed before their first byte: {unstarted}"
+    after = [o for o in outcomes if o[2] > killed_at + 1]
+    assert after and all(o[0] for o in after)  # the survivor serves everything once the dead proxy is noticed
+    assert directory_size(other) == 2
+
+
+@pytest.fixture
+def paid(tmp_path: Path) -> Iterator[LocalNetwork]:
+    network = start_paid_network(tmp_path, workers=1, reconnect_max_backoff=1)
+    yield network
+    network.stop()
+
+
+def registry_cli(net: LocalNetwork, *args: str) -> None:
+    """The network owner runs `cocoon chain registry ...` on the devnet."""
+    assert net.chain is not None
+    command = [sys.executable, "-m", "cocoon", "chain", "registry", *args, "--registry", net.chain.registry]
+    command += ["--owner-key", str(net.home / "chain-owner.json"), "--chain-url", net.chain.url]
+    command += ["--api-key", TEST_API_KEY]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def test_a_worker_told_the_registry_serves_the_proxies_it_lists_and_leaves_one_delisted(paid: LocalNetwork) -> None:
+    assert paid.chain is not None
+    wait_for(lambda: directory_size(paid.proxy_url) == 1, 30, "the statically configured worker")
+    proxy_wallet = wallet_of(paid.home / "proxy" / "proxy-key.json").address.to_str()
+    registry_cli(paid, "add-proxy", paid.proxy_url, "--address", proxy_wallet)
+
+    paid.worker_overrides[2] = {"registry": paid.chain.registry, "proxies": [], "proxy_refresh_s": 1}
+    paid.add_worker(2)
+    wait_for(lambda: directory_size(paid.proxy_url) == 2, 60, "the worker to find the proxy in the registry")
+    log = (paid.home / "logs" / "worker-2.log").read_text()
+    assert "serving proxy from the registry" in log and f"ws://127.0.0.1:{paid.proxy_port}" in log
+
+    registry_cli(paid, "remove-proxy", paid.proxy_url)
+    wait_for(lambda: directory_size(paid.proxy_url) == 1, 60, "the worker to leave the delisted proxy")
