@@ -96,6 +96,14 @@ class TlsServing(BaseSettings):
         return self
 
 
+class TlsTrust(BaseSettings):
+    """Whom a role trusts when it dials a proxy over HTTPS/WSS: the system's roots and this CA file."""
+
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA certificates to trust for proxies' HTTPS/WSS, besides the system's (private CA)"
+    )
+
+
 class ChainAccess(BaseSettings):
     """How a role reaches the chain, beside its ``chain_url``: the same fields for the worker, proxy and client."""
 
@@ -119,7 +127,7 @@ class ChainAccess(BaseSettings):
     )
 
 
-class WorkerSettings(RoleSettings, ChainAccess):
+class WorkerSettings(RoleSettings, ChainAccess, TlsTrust):
     """A GPU (or CPU) operator's node: engines it serves and the proxies it dials."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_WORKER_")
@@ -265,7 +273,7 @@ class ProxySettings(RoleSettings, ChainAccess, TlsServing):
     )
 
 
-class ClientSettings(RoleSettings, ChainAccess, TlsServing):
+class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
     """The app developer's side: the OpenAI-compatible sidecar and SDK defaults."""
 
     model_config = SettingsConfigDict(env_prefix="COCOON_CLIENT_")

@@ -35,6 +35,7 @@ from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import ConfigError
 from cocoon.logs import configure_logging
 from cocoon.protocol.money import channel_auth_header
+from cocoon.protocol.tls import trust_context
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ async def _client_channel(
 ) -> tuple[Wallet, ClientChannel]:
     from cocoon.client.wallet import check_same_chain, client_channel, payment_terms
 
-    async with httpx.AsyncClient(base_url=proxy_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=proxy_url, timeout=10, verify=trust_context(settings.tls_ca_file)) as http:
         terms = await payment_terms(http)
     if terms is None:
         raise ConfigError(f"the proxy at {proxy_url} is free: it takes no deposit")
@@ -171,7 +172,7 @@ def balance(proxy: ProxyOpt = None, config: ConfigOpt = None, as_json: JsonOpt =
         if (await chain.get_address_information(channel.address)).active:
             state = await channel.get_channel()
             out |= {"deposit": state.deposit, "claimed": state.claimed, "close_at": state.close_at}
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=10, verify=trust_context(settings.tls_ca_file)) as http:
             key = SigningKey(wallet.seed)  # the channel's payer key: the proxy shows a channel only to its owner
             books = await http.get(f"/v1/channels/{raw}", headers=channel_auth_header(key.public, key.sign, raw))
         if books.status_code == 200:

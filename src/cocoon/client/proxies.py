@@ -12,6 +12,7 @@ the next, sealing anew to that proxy's own directory workers.
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ class ProxyPool:
         *,
         timeout: float,
         http: Mapping[str, httpx.AsyncClient] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls  # whom https:// proxies' certificates must chain to (None: httpx's default roots)
         urls = list(dict.fromkeys(u.rstrip("/") for u in urls))  # the same proxy twice is one proxy
         if not urls:
             raise ConfigError("a client needs at least one proxy: set proxy_url or proxy_urls")
@@ -103,6 +106,7 @@ class ProxyPool:
             base_url=url,
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            verify=self.tls if self.tls is not None else True,
         )
         return ProxyConnection(url, http, DirectoryCache(http, self.verifier))
 

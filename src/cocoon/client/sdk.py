@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from cocoon.errors import (
 )
 from cocoon.protocol import JobRequest, Receipt, RoutingPrefs, WrappedKeyWire, pack, random_salt, seal_request
 from cocoon.protocol.payload import RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol.tls import trust_context
 from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger("cocoon.client")
@@ -91,10 +93,11 @@ class CocoonClient:
         http: httpx.AsyncClient | Mapping[str, httpx.AsyncClient] | None = None,
         prefix_salt: bytes | None = None,
         payer: ChannelPayer | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         urls = [proxy_url] if isinstance(proxy_url, str) else list(proxy_url)
         given = {urls[0]: http} if isinstance(http, httpx.AsyncClient) else http
-        self.proxies = ProxyPool(urls, AttestationVerifier(policy), timeout=timeout, http=given)
+        self.proxies = ProxyPool(urls, AttestationVerifier(policy), timeout=timeout, http=given, tls=tls)
         if payer is not None:
             self.payer = payer
         self.candidates = candidates
@@ -107,7 +110,8 @@ class CocoonClient:
         """The sidecar's SDK: ``proxy_urls`` (default: the settings' ``proxy_urls``, else ``proxy_url``), and with
         ``chain_url`` set a payer per proxy, each paying through the client's own channel with that proxy."""
         urls = list(proxy_urls or configured_proxy_urls(settings))
-        client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout)
+        tls = trust_context(settings.tls_ca_file)
+        client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout, tls=tls)
         if settings.chain_url:
             for proxy in client.proxies.proxies:
                 proxy.payer = sidecar_payer(settings, proxy.url)

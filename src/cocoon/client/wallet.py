@@ -24,6 +24,7 @@ from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError, UpstreamFailed
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
+from cocoon.protocol.tls import trust_context
 
 DEFAULT_MAX_COEFFICIENT = 4000  # COCOON's default: a client pays at most 4x the registry price
 OPEN_REQUEST_S = 600.0  # a request signed this long ago is no longer in flight, whatever became of it
@@ -269,7 +270,11 @@ def sidecar_payer(settings: ClientSettings, proxy_url: str | None = None) -> Cha
     """The sidecar's payer of the proxy at ``proxy_url`` (default: ``proxy_url`` of the settings): its wallet key
     from ``wallet_file``, prices from ``chain_url``. A client pays each proxy through its own channel with it."""
     assert settings.chain_url is not None
-    http = httpx.AsyncClient(base_url=proxy_url or settings.proxy_url, timeout=httpx.Timeout(30.0, connect=5.0))
+    http = httpx.AsyncClient(
+        base_url=proxy_url or settings.proxy_url,
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        verify=trust_context(settings.tls_ca_file),
+    )
     toncenter = chain_for(settings)
     key = load_or_create_signing_key(settings.wallet_file)
     outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too

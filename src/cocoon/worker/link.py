@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -58,8 +59,10 @@ class ProxyLink:
         runner: JobRunner,
         heartbeat_interval: float,
         max_backoff: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.tls = tls if url.startswith("wss://") else None  # whom a wss:// proxy's certificate must chain to
         self.registration = registration
         self.signing_key = signing_key
         self.runner = runner
@@ -80,7 +83,7 @@ class ProxyLink:
         backoff = 0.2
         while True:
             try:
-                async with connect(self.url, max_size=2**26, ping_interval=None, compression=None) as ws:
+                async with connect(self.url, max_size=2**26, ping_interval=None, compression=None, ssl=self.tls) as ws:
                     backoff = 0.2
                     await self._session(ws)
             except RegistrationRefused as exc:

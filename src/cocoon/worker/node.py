@@ -18,6 +18,7 @@ from cocoon.crypto import NodeKeys, load_or_create_node_keys
 from cocoon.engines import Engine, EngineSettings, build_engine
 from cocoon.errors import AttestationFailed, ConfigError, map_http_errors
 from cocoon.protocol import ModelOffer, Register
+from cocoon.protocol.tls import trust_context
 from cocoon.worker.chaos import ImpostorEngine
 from cocoon.worker.discovery import ProxySet, registry_worker_urls
 from cocoon.worker.earnings import payout_address
@@ -157,6 +158,8 @@ class WorkerNode:
         runner.pad_bytes, runner.coalesce_s = self.settings.chunk_pad_bytes, self.settings.chunk_coalesce_ms / 1000
         settings = self.settings
 
+        tls = trust_context(settings.tls_ca_file)
+
         def link(url: str) -> ProxyLink:
             return ProxyLink(
                 url,
@@ -165,6 +168,7 @@ class WorkerNode:
                 runner,
                 settings.heartbeat_interval,
                 settings.reconnect_max_backoff,
+                tls,
             )
 
         self.runner = runner
