@@ -52,6 +52,11 @@ def _sqlite_pragmas(dbapi_connection: object, _record: ConnectionPoolEntry) -> N
     cursor.close()
 
 
+def _lock_key(name: str) -> int:
+    """The 64-bit advisory lock key PostgreSQL holds for the lock ``name``."""
+    return int.from_bytes(hashlib.sha256(f"cocoon.proxy.{name}".encode()).digest()[:8], "big", signed=True)
+
+
 class Store:
     """One database per proxy (or one shared PostgreSQL for several replicas).
 
@@ -86,7 +91,7 @@ class Store:
             async with self._named.setdefault(name, asyncio.Lock()):
                 yield
             return
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        key = _lock_key(name)
         async with self._named.setdefault(name, asyncio.Lock()), self.engine.connect() as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             await conn.commit()  # hold the lock, not a transaction, while the caller works
@@ -104,8 +109,11 @@ class Store:
         return insert(table).on_conflict_do_nothing()
 
     async def start(self) -> None:
-        """Create every table declared on ``Base`` that does not exist yet."""
+        """Create every table declared on ``Base`` that does not exist yet; replicas starting together on one
+        PostgreSQL take turns (an advisory lock for the transaction), so neither trips over the other's tables."""
         async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("schema")})
             await conn.run_sync(Base.metadata.create_all)
 
     async def close(self) -> None:
