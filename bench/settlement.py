@@ -58,7 +58,7 @@ async def open_client(net: LocalNetwork, chain: ToncenterClient, devnet: DevnetC
     http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30)
     terms = await payment_terms(http)
     assert terms is not None
-    await check_same_chain(chain, terms)
+    await check_same_chain(chain, terms, "devnet")
     await client_channel(chain, wallet, terms).deploy(wallet, TON)
     payer = ChannelPayer(http, chain, key)
     return CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy), payer=payer)
@@ -171,7 +171,7 @@ async def voucher_path_rate(net: LocalNetwork, samples: int, channels: int) -> f
             registry = Registry(chain, Address(net.chain.registry))
             global_id = await chain.global_id()
             link = ChainHandle(chain, wallet, registry, await registry.get_params(), store, global_id)
-            billing = Billing(store, link, unpaid_grace_s=10)
+            billing = Billing(store, link, unpaid_grace_s=10, credit_limit=10**18)
             keys = [SigningKey.generate() for _ in range(channels)]
             names = [f"0:{i:064x}" for i in range(channels)]
             worker = link.worker_channel(address_text(Wallet.generate().address))

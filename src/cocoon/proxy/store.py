@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -50,6 +52,11 @@ def _sqlite_pragmas(dbapi_connection: object, _record: ConnectionPoolEntry) -> N
     cursor.close()
 
 
+def _lock_key(name: str) -> int:
+    """The 64-bit advisory lock key PostgreSQL holds for the lock ``name``."""
+    return int.from_bytes(hashlib.sha256(f"cocoon.proxy.{name}".encode()).digest()[:8], "big", signed=True)
+
+
 class Store:
     """One database per proxy (or one shared PostgreSQL for several replicas).
 
@@ -66,12 +73,33 @@ class Store:
             event.listen(sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
+        self._named: dict[str, asyncio.Lock] = {}
 
     def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """Hold around a write transaction. SQLite has one writer; waiting here is cheaper than its busy
         handler, which sleeps. PostgreSQL runs writers concurrently: they lock the rows they change instead
         (``session.get(..., with_for_update=True)``, ignored by SQLite)."""
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock ``name`` against every process sharing this store, waiting for it (without blocking
+        the event loop). On PostgreSQL a session advisory lock on a connection of its own: a replica killed
+        while holding it drops its connection, and the server lets the lock go. SQLite serves one process, so
+        a lock in this process is enough there."""
+        if self.engine.dialect.name != "postgresql":
+            async with self._named.setdefault(name, asyncio.Lock()):
+                yield
+            return
+        key = _lock_key(name)
+        async with self._named.setdefault(name, asyncio.Lock()), self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await conn.commit()  # hold the lock, not a transaction, while the caller works
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await conn.commit()
 
     def insert_if_absent(self, table: type[Base]) -> sqlite.Insert | postgresql.Insert:
         """``INSERT ... ON CONFLICT DO NOTHING`` in this store's dialect: two transactions that both find a row
@@ -81,8 +109,11 @@ class Store:
         return insert(table).on_conflict_do_nothing()
 
     async def start(self) -> None:
-        """Create every table declared on ``Base`` that does not exist yet."""
+        """Create every table declared on ``Base`` that does not exist yet; replicas starting together on one
+        PostgreSQL take turns (an advisory lock for the transaction), so neither trips over the other's tables."""
         async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("schema")})
             await conn.run_sync(Base.metadata.create_all)
 
     async def close(self) -> None:

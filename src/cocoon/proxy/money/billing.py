@@ -15,9 +15,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Histogram
 from pytoniq_core.boc.address import Address
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocoon.chain import ClientChannel, sign_voucher, verify_voucher
+from cocoon.chain import ClientChannel
 from cocoon.chain.address import raw_address
 from cocoon.chain.pricing import Prices, cost_of, max_cost, split
 from cocoon.crypto import verify_signature
@@ -26,6 +25,7 @@ from cocoon.protocol import JobEnd, JobRequest, Register, pack
 from cocoon.protocol.money import ReceiptRejection, VoucherSubmission, payer_message, rejection_message
 from cocoon.proxy.money.cashier import Reservation
 from cocoon.proxy.money.chain_handle import ChainHandle
+from cocoon.proxy.money.journal import ChargeEntry, Journal, VoucherEntry
 from cocoon.proxy.money.ledger import (
     INVALID,
     OWED,
@@ -33,8 +33,6 @@ from cocoon.proxy.money.ledger import (
     REJECTED,
     Charge,
     ClientAccount,
-    VoucherRecord,
-    WorkerAccount,
     WorkerHold,
     as_utc,
 )
@@ -66,6 +64,7 @@ class Billing:
         self.channel_recheck_s = channel_recheck_s
         self._reservations: dict[str, set[Reservation]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.journal = Journal(store, chain)
 
     def lock(self, channel: str) -> asyncio.Lock:
         """This proxy's lock on ``channel``: one admission or money movement on it at a time."""
@@ -171,74 +170,19 @@ class Billing:
             reason=reason,
             receipt=pack(end),
         )
-        async with self.lock(reservation.channel), self.store.writing(), self.store.session() as session:
-            session.add(charge)
-            if valid:
-                account = await session.get(ClientAccount, reservation.channel, with_for_update=True)
-                assert account is not None
-                account.charged += cost.total
-            await session.commit()
+        await self.journal.write(ChargeEntry(charge))
         reservation.receipts.append(r.receipt_id)
         if valid:
             reservation.charged += cost.total
 
     async def accept_voucher(self, sub: VoucherSubmission) -> dict[str, object]:
-        """Take the client's next cumulative voucher; it must pay exactly the listed owed receipts."""
+        """Take the client's next cumulative voucher; it must pay exactly the listed owed receipts. In the same
+        transaction (a group commit, see ``journal``) the receipts become paid and each worker is vouchered its
+        share; the answer comes only after that commit."""
         with VOUCHER_SECONDS.time():
-            return await self._accept_voucher(sub)
-
-    async def _accept_voucher(self, sub: VoucherSubmission) -> dict[str, object]:
-        channel = raw_address(sub.channel)
-        signature = _hex(sub.signature, "signature")
-        async with self.lock(channel), self.store.writing(), self.store.session() as session:
-            # Row locks: this proxy's channel lock does not reach the other replicas sharing a PostgreSQL.
-            account = await session.get(ClientAccount, channel, with_for_update=True)
-            if account is None:
-                raise NotFound(f"channel {channel} has never been used with this proxy")
-            if not verify_voucher(
-                account.payer_key, channel, sub.cumulative, signature, global_id=self.chain.global_id
-            ):
-                raise Unauthorized(
-                    f"the voucher is not signed by the payer key of channel {channel} for this chain "
-                    f"(global id {self.chain.global_id}); sign it over the voucher cell with that global id"
-                )
-            rows = (
-                await session.scalars(
-                    select(Charge).where(Charge.receipt_id.in_(sub.receipt_ids), Charge.client_channel == channel)
-                )
-            ).all()
-            owed = [c for c in rows if c.status == OWED]
-            if sub.cumulative == account.vouchered and not owed and len(rows) == len(sub.receipt_ids):
-                return self._account_json(account)  # a retry of a voucher already taken
-            unknown = sorted(set(sub.receipt_ids) - {c.receipt_id for c in owed})
-            if unknown:
-                raise BadRequest(f"receipts {unknown} are not owed on channel {channel}; pay only owed receipts")
-            delta, due = sub.cumulative - account.vouchered, sum(c.cost for c in owed)
-            if delta != due:
-                raise BadRequest(
-                    f"the voucher adds {delta} nanoton to {account.vouchered} but the receipts cost {due}; "
-                    "sign cumulative = previous voucher + their cost (prices from the registry)"
-                )
-            now = datetime.now(UTC)
-            for charge in owed:
-                charge.status, charge.voucher_cumulative = PAID, sub.cumulative
-            account.vouchered, account.voucher_signature = sub.cumulative, signature
-            account.vouchered_at = account.vouchered_at or now
-            session.add(VoucherRecord(kind="client", channel=channel, cumulative=sub.cumulative, signature=signature))
-            holds = {h.worker_id: h for h in (await session.scalars(select(WorkerHold))).all()}
-            shares: dict[tuple[str, str], int] = {}
-            for charge in owed:
-                hold = holds.get(charge.worker_id)
-                if hold is not None and as_utc(charge.created_at) >= as_utc(hold.since):
-                    hold.withheld += charge.worker_share  # the client pays; the caught worker is not paid
-                    charge.reason = f"worker share withheld: {hold.reason}"[:2000]
-                    continue
-                key = (charge.worker_channel, charge.worker_payout)
-                shares[key] = shares.get(key, 0) + charge.worker_share
-            for (worker_channel, payout), share in sorted(shares.items()):  # one lock order: no deadlocks
-                await self._credit_worker(session, worker_channel, payout, share, now)
-            await session.commit()
-            return self._account_json(account)
+            signature = _hex(sub.signature, "signature")
+            entry = VoucherEntry(raw_address(sub.channel), sub.cumulative, signature, sub.receipt_ids)
+            return self._account_json(await self.journal.write(entry))
 
     async def reject(self, rejection: ReceiptRejection) -> dict[str, object]:
         """The client refused a receipt that did not verify: the charge is dropped, nobody is paid."""
@@ -371,31 +315,6 @@ class Billing:
                 f"channel {channel} has {unpaid} receipts unpaid for over {self.unpaid_grace_s:g}s; the client "
                 "must pay them with a voucher (POST /v1/vouchers) or reject them before new requests"
             )
-
-    async def _credit_worker(
-        self, session: AsyncSession, worker_channel: str, payout: str, share: int, now: datetime
-    ) -> None:
-        # Vouchers from different clients credit the same worker at once: create its row once, then lock it.
-        await session.execute(
-            self.store.insert_if_absent(WorkerAccount).values(
-                channel=worker_channel, payout=payout, funded=0, vouchered=0, voucher_signature=b"", claimed=0
-            )
-        )
-        account = await session.get(WorkerAccount, worker_channel, with_for_update=True)
-        assert account is not None
-        account.vouchered += share
-        account.voucher_signature = sign_voucher(
-            self.chain.wallet.seed, worker_channel, account.vouchered, global_id=self.chain.global_id
-        )
-        account.vouchered_at = account.vouchered_at or now
-        session.add(
-            VoucherRecord(
-                kind="worker",
-                channel=worker_channel,
-                cumulative=account.vouchered,
-                signature=account.voucher_signature,
-            )
-        )
 
 
 def _hex(text: str, what: str) -> bytes:

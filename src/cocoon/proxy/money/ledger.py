@@ -122,3 +122,13 @@ class ChainOperation(Base):
     ok: Mapped[int] = mapped_column(Integer, default=1)
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FundingInFlight(Base):
+    """A top-up of a worker channel sent but not yet seen on chain: until ``until`` (its message's expiry) no
+    settlement, of this replica or another, funds that channel again unless the chain shows ``target``."""
+
+    __tablename__ = "fundings_in_flight"
+    channel: Mapped[str] = mapped_column(String(80), primary_key=True)
+    target: Mapped[int] = mapped_column(BigInteger)  # the channel's deposit once this top-up lands
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,135 @@
+"""Two proxy replicas behind one registry entry, sharing one PostgreSQL: one is SIGKILLed under load, both then
+settle at once, and the books still conserve to the nanoton, no worker channel is funded twice, and every
+voucher either replica took is claimed on chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cocoon.attestation import AttestationPolicy
+from cocoon.chain import TON, ClientChannel, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain.devnet import DevnetClient
+from cocoon.client import CocoonClient
+from cocoon.client.sdk import Completion
+from cocoon.client.wallet import ChannelPayer, check_same_chain, client_channel, payment_terms
+from cocoon.crypto import SigningKey
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.errors import CocoonError
+from cocoon.local import LocalNetwork
+from cocoon.protocol.payload import SealedMessage, SealedParams
+from tests.helpers.chain import TEST_API_KEY
+from tests.helpers.money import OPERATOR, on_chain
+from tests.helpers.replicas import start_replica, start_replicated_network
+
+CLIENTS, REQUESTS = 10, 12
+
+
+async def _client(url: str, net: LocalNetwork, chain: ToncenterClient, devnet: DevnetClient) -> CocoonClient:
+    key = SigningKey.generate()
+    wallet = Wallet(key.seed)
+    await devnet.fund(wallet.address, 3 * TON)
+    http = httpx.AsyncClient(base_url=url, timeout=30)
+    terms = await payment_terms(http)
+    assert terms is not None
+    await check_same_chain(chain, terms, "devnet")
+    await client_channel(chain, wallet, terms).deploy(wallet, TON)
+    return CocoonClient(url, AttestationPolicy.model_validate(net.policy), payer=ChannelPayer(http, chain, key))
+
+
+async def _load(client: CocoonClient, done: list[int]) -> None:
+    """``REQUESTS`` paid requests; one that fails while its replica is down is tried again."""
+    finished, tries = 0, 0
+    while finished < REQUESTS and tries < 20 * REQUESTS:
+        tries += 1
+        try:
+            async for event in client.stream(
+                "chat",
+                DEFAULT_MODEL,
+                messages=[SealedMessage(role="user", content=f"request {finished}")],
+                params=SealedParams(max_tokens=3 + finished % 4),
+            ):
+                if isinstance(event, Completion):
+                    finished += 1
+                    done.append(1)
+        except (CocoonError, httpx.HTTPError):
+            await asyncio.sleep(0.3)  # the replica this client talks to was killed; it comes back
+
+
+def _books(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/v1/books", headers=OPERATOR, timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _settle(url: str) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/settle", headers=OPERATOR, timeout=300)
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
+
+
+def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_killed(
+    tmp_path: Path, postgres_cluster: Any
+) -> None:
+    store_url = postgres_cluster.create_database("replicas")
+    net, second = start_replicated_network(tmp_path, store_url)
+    second_port = int(second.rsplit(":", 1)[1])
+    try:
+        assert net.chain is not None
+
+        async def run() -> None:
+            async with ToncenterClient(net.chain.url, TEST_API_KEY) as chain, DevnetClient(net.chain.url) as devnet:  # type: ignore[union-attr]
+                urls = [net.proxy_url if i % 2 else second for i in range(CLIENTS)]
+                clients = [await _client(url, net, chain, devnet) for url in urls]
+                done: list[int] = []
+                load = asyncio.gather(*(_load(c, done) for c in clients))
+                while len(done) < CLIENTS * REQUESTS // 3:  # mid-load  # noqa: ASYNC110 - polling a count
+                    await asyncio.sleep(0.05)
+                replica = next(c for c in net.children if c.name == "proxy-2")
+                os.kill(replica.process.pid, signal.SIGKILL)
+                replica.process.wait(10)
+                net.children.remove(replica)
+                start_replica(net, second_port, wait=False)  # from this thread: it lives as long as the test
+                await load
+                for client in clients:
+                    await client.aclose()
+                assert len(done) == CLIENTS * REQUESTS
+
+        asyncio.run(run())
+        held, other = _books(net.proxy_url), _books(second)
+        totals = ("client_debits", "worker_credits", "proxy_fees", "receipts")
+        assert {k: held[k] for k in totals} == {k: other[k] for k in totals}  # one set of books, either replica
+        assert len(held["clients"]) == CLIENTS
+        assert held["client_debits"] == held["worker_credits"] + held["proxy_fees"] > 0
+
+        with ThreadPoolExecutor(2) as pool:  # both replicas settle at once
+            reports = list(pool.map(_settle, [net.proxy_url, second]))
+        assert all(r["failed"] == {} for r in reports), reports
+        settled = _books(net.proxy_url)
+        for client in settled["clients"]:
+            assert on_chain(net, client["channel"], ClientChannel)[1] == client["vouchered"] == client["claimed"]
+        funded = sum(r["funded_total"] for r in reports)
+        assert funded == settled["worker_credits"]  # every share funded once, by one replica or the other
+        for worker in settled["workers"]:  # nothing funded twice: the chain holds exactly the vouchered amount
+            assert on_chain(net, worker["channel"], WorkerChannel)[0] == worker["vouchered"] == worker["funded"]
+        total_claimed = sum(c["claimed"] for c in settled["clients"])
+        assert total_claimed == settled["client_debits"] == funded + settled["proxy_fees"]
+
+        for i in range(1, net.workers + 1):  # every voucher the workers hold is claimable on chain
+            config = str(net.home / f"worker-{i}.toml")
+            subprocess.run([sys.executable, "-m", "cocoon", "worker", "claim", "-c", config], check=True, timeout=120)
+        for worker in settled["workers"]:
+            assert on_chain(net, worker["channel"], WorkerChannel)[1] == worker["vouchered"]
+    finally:
+        net.stop()
