@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from cocoon.local.authority import DevAuthority
 from cocoon.local.chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
 from cocoon.local.processes import Child, port_in_use, spawn, stop_all
 from cocoon.local.supervisor import Supervisor
+from cocoon.protocol.tls import trust_context
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and URLs stay on one line, copyable
 out = Console(soft_wrap=True)
@@ -63,6 +65,7 @@ class LocalNetwork:
         devnet_port: int | None = None,
         devnet_options: DevnetOptions | None = None,
         smollm2: bool = False,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.client_port = port_base
         self.proxy_port = proxy_port or port_base + 620
@@ -79,6 +82,8 @@ class LocalNetwork:
         self.devnet_options = devnet_options  # the devnet answering as toncenter on a real network does
         # Every worker also serves SmolLM2-135M-Instruct (the smollm extra), a model that can chat.
         self.smollm2 = smollm2
+        # (certificate, key): the proxy serves HTTPS/WSS with them and workers and sidecar trust that certificate.
+        self.tls = tls
         self.chain: LocalChain | None = None
         self.children: list[Child] = []
         self.policy: dict[str, Any] = {}
@@ -97,7 +102,7 @@ class LocalNetwork:
 
     @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.proxy_port}"
 
     @property
     def synthetic(self) -> bool:
@@ -171,12 +176,14 @@ class LocalNetwork:
                 options=self.devnet_options,
             )
         proxy = {"port": self.proxy_port, "policy": policy, "data_dir": str(self.home / "proxy")}
+        if self.tls:
+            proxy |= {"tls_certfile": str(self.tls[0]), "tls_keyfile": str(self.tls[1])}
         self._write("proxy.toml", proxy | money_options(self.chain, self.home, "proxy") | self.proxy_options)
         extra = ["--capture-wire", str(self.capture_wire)] if self.capture_wire else []
         self._spawn("proxy", "proxy.toml", extra)
         for i in range(1, self.workers + 1):
             self.add_worker(i)
-        client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy}
+        client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy} | self._trust()
         self._write("client.toml", client | money_options(self.chain, self.home, "client"))
         self._spawn("client", "client.toml")
 
@@ -195,8 +202,9 @@ class LocalNetwork:
         }
         keys_file = self.home / f"worker-{i}" / "keys.json"
         self.authority.enroll(load_or_create_node_keys(keys_file), authority)
-        worker = {
-            "proxies": [f"ws://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
+        scheme = "wss" if self.tls else "ws"
+        worker = self._trust() | {
+            "proxies": [f"{scheme}://127.0.0.1:{self.proxy_port}/v1/worker/connect"],
             "slots": 2,
             "keys_file": str(keys_file),
             "dev_attestation_url": self.authority_url,
@@ -212,10 +220,13 @@ class LocalNetwork:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         steps: list[tuple[str, Callable[[], bool]]] = [
-            ("proxy", lambda: _get(f"{self.proxy_url}/healthz") is not None),
+            ("proxy", lambda: _get(f"{self.proxy_url}/healthz", self._verify()) is not None),
             (
                 f"{self.workers} workers attested and connected",
-                lambda: len((_get(f"{self.proxy_url}/v1/directory") or {}).get("workers", [])) >= self.workers,
+                lambda: (
+                    len((_get(f"{self.proxy_url}/v1/directory", self._verify()) or {}).get("workers", []))
+                    >= self.workers
+                ),
             ),
             ("client sidecar", lambda: bool((_get(f"{self.base_url}/models") or {}).get("data"))),
         ]
@@ -318,6 +329,13 @@ class LocalNetwork:
                     "another --port-base (the proxy listens at +620, the devnet at +710)"
                 )
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        return trust_context(self.tls[0]) if self.tls else True
+
+    def _trust(self) -> dict[str, str]:
+        """What a worker or the sidecar needs to trust this network's proxy certificate."""
+        return {"tls_ca_file": str(self.tls[0])} if self.tls else {}
+
     def _write(self, name: str, settings: dict[str, Any]) -> None:
         (self.home / name).write_text(tomli_w.dumps(settings))
 
@@ -340,11 +358,11 @@ def default_home(port_base: int) -> Path:
     return cocoon_home() / ("up" if port_base == 8080 else f"up-{port_base}")
 
 
-def _get(url: str) -> Any:
+def _get(url: str, verify: ssl.SSLContext | bool = True) -> Any:
     """The JSON body of ``GET url`` when it answers 200 in time, else None (the network is still starting)."""
     try:
         with map_http_errors(url):
-            response = httpx.get(url, timeout=2)
+            response = httpx.get(url, timeout=2, verify=verify)
     except UpstreamFailed:
         return None
     return response.json() if response.status_code == 200 else None

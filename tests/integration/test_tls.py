@@ -1,0 +1,74 @@
+"""A proxy reached over the network is reached over TLS: it serves HTTPS and WSS with its certificate, workers
+and the sidecar verify it against the operator's CA (``tls_ca_file``), and readiness says when each role can
+serve. Real processes; the certificate is made here, self-signed for 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.local import LocalNetwork
+from cocoon.protocol.tls import trust_context
+from tests.helpers.network import start_network
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cocoon test proxy")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "proxy.pem", folder / "proxy.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory, bundled_model_path: Path) -> Iterator[LocalNetwork]:
+    home = tmp_path_factory.mktemp("tls")
+    engine = {"kind": "synthetic", "synthetic_tokens_per_s": 400}
+    net = start_network(home, workers=1, model_path=bundled_model_path, engine=engine, tls=self_signed(home))
+    yield net
+    net.stop()
+
+
+def test_workers_and_the_sidecar_reach_the_proxy_over_tls(network: LocalNetwork) -> None:
+    assert network.proxy_url.startswith("https://")
+    oai = openai.OpenAI(base_url=network.base_url, api_key="unused", max_retries=0, timeout=30)
+    reply = oai.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert reply.choices[0].message.content
+    assert network.tls is not None
+    ready = httpx.get(f"{network.proxy_url}/readyz", verify=trust_context(network.tls[0]), timeout=5)
+    assert ready.status_code == 200 and ready.json()["workers"] == 1
+    assert httpx.get(f"http://127.0.0.1:{network.client_port}/readyz", timeout=10).json()["ready"] is True
+
+
+def test_the_proxy_speaks_no_plain_http_and_an_unknown_certificate_is_refused(network: LocalNetwork) -> None:
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{network.proxy_port}/healthz", timeout=5)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{network.proxy_url}/healthz", timeout=5)  # the system's roots alone do not know it
