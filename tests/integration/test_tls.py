@@ -1,6 +1,7 @@
 """A proxy reached over the network is reached over TLS: it serves HTTPS and WSS with its certificate, workers
 and the sidecar verify it against the operator's CA (``tls_ca_file``), and readiness says when each role can
-serve. Real processes; the certificate is made here, self-signed for 127.0.0.1."""
+serve (the worker's on its ``status_port``). Real processes; the certificate is made here, self-signed for
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork
 from cocoon.protocol.tls import trust_context
-from tests.helpers.network import start_network
+from tests.helpers.network import free_port, start_network
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -51,7 +52,10 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 def network(tmp_path_factory: pytest.TempPathFactory, bundled_model_path: Path) -> Iterator[LocalNetwork]:
     home = tmp_path_factory.mktemp("tls")
     engine = {"kind": "synthetic", "synthetic_tokens_per_s": 400}
-    net = start_network(home, workers=1, model_path=bundled_model_path, engine=engine, tls=self_signed(home))
+    status = {"status_port": free_port()}
+    net = start_network(
+        home, workers=1, model_path=bundled_model_path, engine=engine, tls=self_signed(home), worker_options=status
+    )
     yield net
     net.stop()
 
@@ -72,3 +76,11 @@ def test_the_proxy_speaks_no_plain_http_and_an_unknown_certificate_is_refused(ne
         httpx.get(f"http://127.0.0.1:{network.proxy_port}/healthz", timeout=5)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{network.proxy_url}/healthz", timeout=5)  # the system's roots alone do not know it
+
+
+def test_a_worker_says_it_is_ready_once_a_proxy_accepted_it(network: LocalNetwork) -> None:
+    port = network.worker_options["status_port"]
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["ok"] is True
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert ready.status_code == 200
+    assert ready.json()["proxies"] == [f"wss://127.0.0.1:{network.proxy_port}/v1/worker/connect"]

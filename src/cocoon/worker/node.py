@@ -24,6 +24,7 @@ from cocoon.worker.discovery import ProxySet, registry_worker_urls
 from cocoon.worker.earnings import payout_address
 from cocoon.worker.link import ProxyLink
 from cocoon.worker.runner import JobRunner
+from cocoon.worker.status import serve_status, status_app
 
 log = logging.getLogger("cocoon.worker")
 
@@ -194,10 +195,20 @@ class WorkerNode:
         if self.runner is None:
             await self.start()
         log.info("worker up worker_id=%s models=%s", self.worker_id, list(self.engines))
+        status: asyncio.Task[None] | None = None
+        if self.settings.status_port:
+            app = status_app(self.worker_id, self.current_links, list(self.engines))
+            status = asyncio.create_task(serve_status(app, self.settings.status_host, self.settings.status_port))
         try:
             if self.discovery is not None:
                 await self.discovery.run_forever()
             else:
                 await asyncio.gather(*(link.run_forever() for link in self.links))
         finally:
+            if status is not None:
+                status.cancel()
             await asyncio.gather(*(engine.close() for engine in self.engines.values()))
+
+    def current_links(self) -> list[ProxyLink]:
+        """The links this worker keeps now: to its static proxies, or to those the registry gave it."""
+        return self.discovery.links if self.discovery is not None else self.links
