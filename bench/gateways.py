@@ -36,6 +36,7 @@ from cocoon.local import LocalNetwork, free_port
 
 UPSTREAM_MODEL = "instant-upstream"
 LITELLM_VENV = Path.home() / ".cache" / "cocoon" / "bench-litellm"
+LITELLM_KEY = "sk-cocoon-bench-" + os.urandom(12).hex()  # LiteLLM's proxy refuses to start without a master key
 console = Console(width=150)
 
 
@@ -144,7 +145,11 @@ def start_litellm(cli: Path, upstream: str, home: Path) -> tuple[subprocess.Pope
         "  telemetry: false\n"
     )
     port = free_port()
-    env = os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    env = os.environ | {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+    }
     command = [str(cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     log = (home / "litellm.log").open("wb")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
@@ -180,7 +185,7 @@ async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, object])
             raise RuntimeError(f"{url} ended its stream without [DONE]")
 
 
-async def load(url: str, streams: int, seconds: float, chunks: int) -> tuple[list[float], float]:
+async def load(url: str, streams: int, seconds: float, chunks: int, key: str = "") -> tuple[list[float], float]:
     body: dict[str, object] = {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": "benchmark the gateway"}],
@@ -189,7 +194,8 @@ async def load(url: str, streams: int, seconds: float, chunks: int) -> tuple[lis
     }
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
 
         async def lane(until: float, out: list[float]) -> None:
             while time.monotonic() < until:
@@ -208,7 +214,8 @@ async def measure(paths: dict[str, str], args: argparse.Namespace) -> AsyncItera
     for streams in args.levels:
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every path alike
             for path, url in paths.items():
-                latencies, seconds = await load(f"{url}/chat/completions", streams, args.seconds, args.chunks)
+                key = LITELLM_KEY if path == "LiteLLM proxy" else ""
+                latencies, seconds = await load(f"{url}/chat/completions", streams, args.seconds, args.chunks, key)
                 yield Row(path, streams, latencies, seconds)
 
 
