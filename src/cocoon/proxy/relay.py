@@ -76,6 +76,9 @@ log = logging.getLogger("cocoon.proxy")
 
 # How long a cancelled attempt's receipt is waited for: a worker stops at its next token, so this is a round trip.
 CANCELLED_RECEIPT_S = 2.0
+# After a write to the client, frames arriving within this long join the next write: a burst of chunks costs a few
+# socket writes, not one each. The first piece and the receipt are never held; a chunk waits at most this long.
+FLUSH_S = 0.004
 
 
 class JobRelay:
@@ -96,6 +99,7 @@ class JobRelay:
         chunk_timeout: float,
         dispatch_timeout: float = 5.0,
         evidence: EvidenceLog | None = None,
+        flush_s: float = FLUSH_S,
     ) -> None:
         self.request = request
         self.cashier = cashier
@@ -104,6 +108,7 @@ class JobRelay:
         self.first_byte_timeout = min(first_byte_timeout, request.timeout)
         self.chunk_timeout = chunk_timeout
         self.dispatch_timeout = dispatch_timeout
+        self.flush_s = flush_s
         self.evidence = evidence
         self.caps = job_caps(request.kind, request.max_tokens)
         self.keys = {k.worker_id: k for k in request.keys}
@@ -159,20 +164,28 @@ class JobRelay:
     async def stream(self, attempt: Attempt, first: Frame) -> AsyncGenerator[bytes, None]:
         """The response stream: start frame, chunks, receipt; resumes on another worker if one dies.
 
-        Frames that are already waiting go out in one write: a socket write per chunk is most of a relay's cost.
+        Frames that are already waiting go out in one write, and after a write the frames of the next ``flush_s``
+        join the following one (the first piece and the receipt are never held): a socket write per chunk is most
+        of a relay's cost.
         """
         out = [frame(pack(JobStart(worker_id=attempt.worker.worker_id, job_id=attempt.job_id)))]
+        flushed_at = 0.0  # the first piece goes out at once: time to first token is never held
         try:
             current: Frame | None = first
             while True:
                 if current is None:
-                    if out and attempt.queue.empty():
-                        await asyncio.sleep(0)  # one loop turn: frames already read from the socket join this write
-                    if out and attempt.queue.empty():
-                        yield b"".join(out)
-                        out.clear()
                     try:
-                        current = await self._next(attempt, self.chunk_timeout)
+                        if out and attempt.queue.empty():
+                            await asyncio.sleep(0)  # one loop turn: frames already read from the socket join this write
+                        if out and attempt.queue.empty():
+                            hold = flushed_at + self.flush_s - time.monotonic()
+                            current = await self._poll(attempt, hold) if hold > 0 else None
+                            if current is None:
+                                yield b"".join(out)
+                                out.clear()
+                                flushed_at = time.monotonic()
+                        if current is None:
+                            current = await self._next(attempt, self.chunk_timeout)
                     except CocoonError as exc:
                         resumed = await self._resume(attempt, exc)
                         if resumed is None:
@@ -192,7 +205,7 @@ class JobRelay:
                         attempt.key_nonce = current.get("key_nonce") or b""
                     attempt.chunks.append(current["data"])
                     current["worker_id"] = attempt.worker.worker_id
-                    current["job_id"] = ""
+                    del current["job_id"]  # the start frame named the job; the client reads none from a chunk
                     out.append(frame(msgpack.packb(current, use_bin_type=True)))
                 elif kind == "end":
                     end = JobEnd.model_validate(current)
@@ -335,14 +348,21 @@ class JobRelay:
         self._finish(loser, None)
 
     async def _next(self, attempt: Attempt, timeout: float) -> Frame:
-        """The worker's next frame; worker errors and losses become ``CocoonError``s."""
+        """The worker's next frame; worker errors and losses become ``CocoonError``s, silence ``UpstreamTimeout``."""
+        item = await self._poll(attempt, timeout)
+        if item is None:
+            raise UpstreamTimeout(f"worker {attempt.worker.worker_id} sent nothing for {timeout:g}s")
+        return item
+
+    async def _poll(self, attempt: Attempt, timeout: float) -> Frame | None:
+        """As ``_next``, but ``None`` when nothing came within ``timeout``."""
         queue = attempt.queue
         if queue.empty():
             try:
                 async with asyncio.timeout(timeout):
                     item = await queue.get()
             except TimeoutError:
-                raise UpstreamTimeout(f"worker {attempt.worker.worker_id} sent nothing for {timeout:g}s") from None
+                return None
         else:
             item = queue.get_nowait()
         if isinstance(item, WorkerLost) and queue.overflowed:

@@ -287,3 +287,42 @@ async def test_a_worker_streaming_past_its_jobs_caps_is_cut_off_and_the_stream_r
     frames = await reading
     assert kinds(frames) == ["start:a", *["chunk:a"] * 4, "start:b", "chunk:b", "end:b"]
     assert proxy.evidence("a")["bad_receipt"] == 1
+
+
+async def test_a_burst_of_chunks_joins_one_write_but_the_first_piece_and_the_receipt_are_never_held() -> None:
+    proxy = Proxy("a")
+    a = proxy.workers["a"]
+    relay, _ = await proxy.relay(request(a))
+    relay.flush_s = 0.5  # long enough that only the hold, not the machine's speed, can join the chunks
+
+    opening = asyncio.create_task(relay.first_frame())
+    job = await a.next_sent("job")
+    a.feed(job["job_id"], a.chunk(0, b"sealed-0"))
+    attempt, first = await opening
+    pieces = relay.stream(attempt, first)
+    started = asyncio.get_running_loop().time()
+    assert kinds(await client_frames(_first_of(pieces))) == ["start:a", "chunk:a"]  # at once, not after the hold
+
+    async def burst() -> None:
+        for seq in (1, 2, 3):
+            a.feed(job["job_id"], a.chunk(seq, f"sealed-{seq}".encode()))
+            await asyncio.sleep(0.01)
+        a.feed(job["job_id"], a.end(job))
+
+    feeding = asyncio.create_task(burst())
+    rest = [piece async for piece in pieces]
+    await feeding
+
+    assert len(rest) == 1  # three chunks and the receipt: one write
+    assert kinds(await client_frames(_iterate(rest))) == ["chunk:a", "chunk:a", "chunk:a", "end:a"]
+    assert asyncio.get_running_loop().time() - started < 0.4  # the receipt ended the hold early
+    assert [r.worker_id for r in proxy.cashier.receipts] == ["a"]
+
+
+async def _first_of(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield await anext(pieces)
+
+
+async def _iterate(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
