@@ -44,6 +44,8 @@ from cocoon.protocol.usage import TokenUsage
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
+    from cocoon.engines.sampling import TokenBytes
+
 log = logging.getLogger(__name__)
 
 _EMBED_BATCH_CAP = 4096  # tokens per embedding input; also the embedding context size
@@ -119,6 +121,8 @@ class LlamaCppEngine:
         self._template: ChatTemplate = GemmaTurns(-1)
         self._embedder: Llama | None = None
         self._embed_lock = asyncio.Lock()
+        self._vocabulary: TokenBytes | None = None  # read on the first constrained job: most never need it
+        self._vocabulary_lock = threading.Lock()
 
     @property
     def info(self) -> EngineInfo:
@@ -296,7 +300,9 @@ class LlamaCppEngine:
         answer = AnswerStream(job.emit, params.stop, ToolCallReader() if job.tools else None)
         completion = 0
         reason: FinishReason = "length"
-        with contextlib.closing(TokenSampler(llama, params, job.grammar, job.top_logprobs)) as sampler:
+        vocabulary = self._token_bytes(llama) if job.grammar is not None else None
+        sampler = TokenSampler(llama, params, job.top_logprobs, job.grammar, vocabulary)
+        with contextlib.closing(sampler):
             llama.eval(job.tokens[cached:])  # from a chunk boundary, in whole chunks: see PREFILL_CHUNK
             context.prompt_kv = len(job.tokens)
             while True:
@@ -318,6 +324,14 @@ class LlamaCppEngine:
                 llama.eval([token])
         usage = TokenUsage(len(job.tokens), completion, cached_tokens=cached)
         answer.finish(utf8.decode(b"", final=True), reason, usage)
+
+    def _token_bytes(self, llama: Llama) -> TokenBytes:
+        from cocoon.engines.sampling import TokenBytes
+
+        with self._vocabulary_lock:
+            if self._vocabulary is None:
+                self._vocabulary = TokenBytes.of(llama)
+            return self._vocabulary
 
     async def score(self, request: ScoreRequest) -> TokenScores:
         """Log-probabilities of ``request.completion`` after its prompt, from one chunked prefill on a pooled context.
