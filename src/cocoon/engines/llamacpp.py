@@ -34,10 +34,10 @@ from cocoon.engines.base import (
 from cocoon.engines.bundled import bundled_gguf
 from cocoon.engines.chat_template import ChatTemplate, chat_template_for
 from cocoon.engines.config import EngineSettings
+from cocoon.engines.constraints import answer_grammar, refuse_unsupported
 from cocoon.engines.gemma_template import GemmaTurns
-from cocoon.engines.grammar import Grammar, schema_rule
 from cocoon.engines.model_cache import sha256_file
-from cocoon.engines.tool_calls import ToolCallReader, calls_rule, text_or_calls
+from cocoon.engines.tool_calls import ToolCallReader
 from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
 from cocoon.protocol.usage import TokenUsage
 
@@ -105,8 +105,8 @@ class LlamaCppEngine:
     Chat requests use the model's template (``chat_template.py``: Gemma's turns, or the GGUF's own); completions
     use the raw prompt, in which special tokens such as ``<start_of_turn>`` are recognised (as llama.cpp's and
     vLLM's servers do), or the token ids given. Message contents are tokenized as plain text, so a user cannot
-    forge turn markers. ``response_format`` and tools are held to by a grammar (``_answer_grammar``); images,
-    reasoning and ``verbosity`` are refused.
+    forge turn markers. ``response_format`` and tools are held to by a grammar, images, reasoning and
+    ``verbosity`` refused (``constraints.py``).
     """
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -225,8 +225,8 @@ class LlamaCppEngine:
         assert free is not None and executor is not None
         if request.params.max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
-        _refuse_unsupported(request, info.model)
-        grammar = _answer_grammar(request)
+        refuse_unsupported(request, info.model)
+        grammar = answer_grammar(request)
         # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
         tokens = self._template.prompt_tokens(self._contexts[0].llama, request)
         needed = len(tokens) + request.params.max_tokens
@@ -523,43 +523,3 @@ def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
         return prefix
     llama.n_tokens = 0
     return 0
-
-
-def _refuse_unsupported(request: GenerationRequest, model: str) -> None:
-    """``BadRequest`` naming the first field of ``request`` this engine cannot honour."""
-    if request.messages is not None and any(m.images for m in request.messages):
-        raise BadRequest(f"model {model!r} takes no images; send the messages as text only", param="messages")
-    openai = request.openai or {}
-    effort = openai.get("reasoning_effort")
-    if effort not in (None, "none"):
-        raise BadRequest(
-            f"model {model!r} does not reason before answering; leave reasoning_effort out or send 'none'",
-            param="reasoning_effort",
-        )
-    if openai.get("verbosity") is not None:
-        raise BadRequest(f"model {model!r} cannot be told a verbosity; leave verbosity out", param="verbosity")
-
-
-def _answer_grammar(request: GenerationRequest) -> str | None:
-    """The GBNF the answer is held to, None for free text.
-
-    Tools offered with ``tool_choice`` "required" or a named function: calls only. "auto": text that may turn
-    into calls at ``<tool_call>`` (``text_or_calls``), or, with a JSON ``response_format``, either calls or
-    that JSON (it cannot start like a call). Without tools: the ``response_format``'s JSON. Raises
-    ``BadRequest`` (param "tools" or "response_format") for a schema the grammar cannot enforce.
-    """
-    grammar = Grammar()
-    if request.wants_tools and request.tool_choice in ("required", "function"):
-        return grammar.text(calls_rule(grammar, request))
-    form = request.response_format
-    content: str | None = None
-    if form.type == "json_object":
-        content = grammar.primitive("object")
-    elif form.type == "json_schema":
-        where = "response_format.json_schema.schema"
-        content = schema_rule(grammar, form.schema or {}, strict=form.strict, param="response_format", where=where)
-    if not request.wants_tools:
-        return grammar.text(content) if content is not None else None
-    if content is not None:
-        return grammar.text(f"{calls_rule(grammar, request)} | {content}")
-    return grammar.text(text_or_calls(grammar, request))
