@@ -3,8 +3,10 @@
 The tools are shown in a system message as JSON between ``<tools>`` and ``</tools>``; a call is written as
 ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``. Earlier calls and their results (``tool``
 messages, as ``<tool_response>`` in a user turn) are rendered the same way, all of it as message text, so the
-chat templates need no tool role and a user still cannot forge a turn. ``calls_grammar`` constrains the output
-to such calls (or to text that may end in them, for ``tool_choice`` "auto"); ``ToolCallReader`` reads them back.
+chat templates need no tool role and a user still cannot forge a turn. ``calls_rule`` holds the output to such
+calls; for ``tool_choice`` "auto", ``text_or_calls`` lets the model write text and turn to calls at any point by
+writing ``<tool_call>``, from which the calls' grammar holds (one decode, no second pass); ``ToolCallReader``
+reads the output back into text and calls.
 """
 
 from __future__ import annotations
@@ -64,10 +66,10 @@ def chat_messages(request: GenerationRequest) -> tuple[ChatMessage, ...]:
     messages as one user turn of ``<tool_response>`` blocks."""
     assert request.messages is not None
     out: list[ChatMessage] = []
-    for m in request.messages:
+    for i, m in enumerate(request.messages):
         if m.role == "tool":
             response = f"<tool_response>\n{m.content}\n</tool_response>"
-            if out and out[-1].role == "user" and out[-1].content.startswith("<tool_response>"):
+            if i > 0 and request.messages[i - 1].role == "tool":  # results of one turn's calls: one user turn
                 out[-1] = ChatMessage("user", f"{out[-1].content}\n{response}")
             else:
                 out.append(ChatMessage("user", response))
