@@ -143,7 +143,7 @@ async def main() -> None:
         f"temperature {args.temperature}, {args.model} on llama.cpp ({args.threads or os.cpu_count()} threads)"
     )
     columns = ("answer", "prompt tok", "tokens p50", "TTFT p50 ms", "TTFT p99 ms", "ΔTTFT p50 ms", "tok/s p50")
-    for col in (*columns, "tok/s p1", "× free tok/s"):
+    for col in (*columns, "tok/s p1 (slowest)", "× free tok/s"):
         table.add_column(col, justify="right")
     for name, row in samples.items():
         ttft = [s.ttft_s * 1000 for s in row]
