@@ -2,7 +2,8 @@
 
 Gemma (a ``<end_of_turn>`` token) gets Gemma's turns (``gemma_template.py``; the bundled GGUF has no template);
 another model gets the Jinja chat template its GGUF carries (``tokenizer.chat_template``), e.g. SmolLM2's ChatML.
-Either way the markers are special tokens and message contents plain text, so a user cannot forge a turn.
+Either way the markers are special tokens and message contents plain text, so a user cannot forge a turn; tools,
+tool calls and tool results are message text too (``tool_calls.chat_messages``), so no template needs a tool role.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cocoon.engines.base import GenerationRequest
 from cocoon.engines.gemma_template import TURN_END, GemmaTurns, raw_prompt_tokens, single_token
+from cocoon.engines.tool_calls import chat_messages
 from cocoon.errors import BadRequest, EngineError
 
 if TYPE_CHECKING:
@@ -93,9 +95,10 @@ class GgufChatTemplate:
         assert request.messages is not None
         if not request.messages:
             raise BadRequest("messages is empty; send at least one message", param="messages")
-        contents = [m.content for m in request.messages]
+        plain = chat_messages(request)  # tools, calls and their results as text in system, user, assistant turns
+        contents = [m.content for m in plain]
         messages: list[dict[str, Any]] = [
-            {"role": _ROLES.get(m.role, m.role), "content": f"\x00{i}\x00"} for i, m in enumerate(request.messages)
+            {"role": _ROLES.get(m.role, m.role), "content": f"\x00{i}\x00"} for i, m in enumerate(plain)
         ]
         try:
             text = self.template.render(

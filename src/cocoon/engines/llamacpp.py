@@ -16,8 +16,9 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cocoon.engines.answer_stream import AnswerStream
 from cocoon.engines.base import (
     SCORE_MAX_TOKENS,
     Embeddings,
@@ -28,20 +29,22 @@ from cocoon.engines.base import (
     GenerationRequest,
     SamplingParams,
     ScoreRequest,
-    TextDelta,
     TokenScores,
 )
 from cocoon.engines.bundled import bundled_gguf
 from cocoon.engines.chat_template import ChatTemplate, chat_template_for
 from cocoon.engines.config import EngineSettings
+from cocoon.engines.constraints import answer_grammar, refuse_unsupported
 from cocoon.engines.gemma_template import GemmaTurns
 from cocoon.engines.model_cache import sha256_file
-from cocoon.engines.stops import StopStringFilter
+from cocoon.engines.tool_calls import ToolCallReader
 from cocoon.errors import BadRequest, CocoonError, ConfigError, ContextLengthExceeded, EngineError
 from cocoon.protocol.usage import TokenUsage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from cocoon.engines.sampling import TokenBytes
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,19 @@ class _Context:
 
 @dataclass(slots=True)
 class _Job:
-    """One generation handed to a worker thread; ``emit`` is thread-safe, ``cancel`` is set by the loop."""
+    """One generation handed to a worker thread; ``emit`` is thread-safe, ``cancel`` is set by the loop.
+
+    ``grammar`` (GBNF) constrains the answer, ``tools`` says to read tool calls out of it, ``top_logprobs`` is
+    None when no log-probabilities are wanted.
+    """
 
     tokens: list[int]
     params: SamplingParams
     cancel: threading.Event
     emit: Callable[[GenerationEvent | CocoonError], None]
+    grammar: str | None = None
+    tools: bool = False
+    top_logprobs: int | None = None
 
 
 class LlamaCppEngine:
@@ -94,7 +104,9 @@ class LlamaCppEngine:
 
     Chat requests use the model's template (``chat_template.py``: Gemma's turns, or the GGUF's own); completions
     use the raw prompt, in which special tokens such as ``<start_of_turn>`` are recognised (as llama.cpp's and
-    vLLM's servers do). Message contents are tokenized as plain text, so a user cannot forge turn markers.
+    vLLM's servers do), or the token ids given. Message contents are tokenized as plain text, so a user cannot
+    forge turn markers. ``response_format`` and tools are held to by a grammar, images, reasoning and
+    ``verbosity`` refused (``constraints.py``).
     """
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -109,6 +121,8 @@ class LlamaCppEngine:
         self._template: ChatTemplate = GemmaTurns(-1)
         self._embedder: Llama | None = None
         self._embed_lock = asyncio.Lock()
+        self._vocabulary: TokenBytes | None = None  # read on the first constrained job: most never need it
+        self._vocabulary_lock = threading.Lock()
 
     @property
     def info(self) -> EngineInfo:
@@ -199,16 +213,20 @@ class LlamaCppEngine:
         self._info = None
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream ``TextDelta`` events then one ``Finished``; see ``cocoon.engines.base.Engine``.
+        """Stream ``TextDelta`` and ``ToolCallDelta`` events then one ``Finished``; see ``cocoon.engines.base.Engine``.
 
-        Raises ``ContextLengthExceeded`` when prompt + continuation + max_tokens exceed the context length
-        (before taking a slot), ``EngineError`` when llama.cpp fails mid-way.
+        Raises ``BadRequest`` naming the field for what this engine cannot do (images, reasoning, an output
+        schema it cannot enforce, token ids past the vocabulary), ``ContextLengthExceeded`` when prompt +
+        continuation + max_tokens exceed the context length (all before taking a slot), ``EngineError`` when
+        llama.cpp fails mid-way.
         """
         info = self.info
         free, executor = self._free, self._executor
         assert free is not None and executor is not None
         if request.params.max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        refuse_unsupported(request, info.model)
+        grammar = answer_grammar(request)
         # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
         tokens = self._template.prompt_tokens(self._contexts[0].llama, request)
         needed = len(tokens) + request.params.max_tokens
@@ -234,7 +252,8 @@ class LlamaCppEngine:
 
         context = await free.get()
         self._running.add(cancel)
-        job = _Job(tokens, request.params, cancel, emit)
+        top_logprobs = request.top_logprobs if request.logprobs else None
+        job = _Job(tokens, request.params, cancel, emit, grammar, request.wants_tools, top_logprobs)
         future = loop.run_in_executor(executor, self._decode, context, job)
 
         def release(_: object) -> None:
@@ -271,52 +290,48 @@ class LlamaCppEngine:
     def _decode_tokens(self, context: _Context, job: _Job) -> None:
         import llama_cpp
 
+        from cocoon.engines.sampling import TokenSampler
+
         params, llama = job.params, context.llama
         cached = _reuse_kv_prefix(context, job.tokens)
         context.prompt_kv = cached  # until the new prompt is evaluated
-        llama.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
-        # Only OpenAI's knobs: no top-k, min-p or repeat penalty, so temperature 0 is plain greedy.
-        sampler = llama.generate(
-            job.tokens,
-            temp=params.temperature,
-            top_p=params.top_p,
-            top_k=0,
-            min_p=0.0,
-            typical_p=1.0,
-            repeat_penalty=1.0,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            logits_processor=_logit_bias(params.logit_bias, llama.n_vocab()),
-        )
         vocab = llama._model.vocab
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopStringFilter(params.stop)
-        completion = unreported = 0
+        answer = AnswerStream(job.emit, params.stop, ToolCallReader() if job.tools else None)
+        completion = 0
         reason: FinishReason = "length"
+        vocabulary = self._token_bytes(llama) if job.grammar is not None else None
+        sampler = TokenSampler(llama, params, job.top_logprobs, job.grammar, vocabulary)
         with contextlib.closing(sampler):
-            for token in sampler:
-                context.prompt_kv = len(job.tokens)
+            llama.eval(job.tokens[cached:])  # from a chunk boundary, in whole chunks: see PREFILL_CHUNK
+            context.prompt_kv = len(job.tokens)
+            while True:
                 if job.cancel.is_set():
                     return
+                token = sampler.next_token()
                 completion += 1
-                unreported += 1
                 if token == self._template.end_of_turn or llama_cpp.llama_vocab_is_eog(vocab, token):
+                    answer.add("")
                     reason = "stop"
                     break
-                text = stops.feed(utf8.decode(llama.detokenize([token])))
-                if text:
-                    job.emit(TextDelta(text, tokens=unreported))
-                    unreported = 0
-                if stops.stopped:
+                logprob = sampler.logprob(token) if job.top_logprobs is not None else None
+                answer.add(utf8.decode(llama.detokenize([token])), logprob)
+                if answer.stopped:
                     reason = "stop"
                     break
                 if completion >= params.max_tokens:
                     break
-        if not stops.stopped:
-            tail = stops.feed(utf8.decode(b"", final=True)) + stops.flush()
-            if tail:
-                job.emit(TextDelta(tail, tokens=unreported))
-        job.emit(Finished(reason, TokenUsage(len(job.tokens), completion, cached_tokens=cached)))
+                llama.eval([token])
+        usage = TokenUsage(len(job.tokens), completion, cached_tokens=cached)
+        answer.finish(utf8.decode(b"", final=True), reason, usage)
+
+    def _token_bytes(self, llama: Llama) -> TokenBytes:
+        from cocoon.engines.sampling import TokenBytes
+
+        with self._vocabulary_lock:
+            if self._vocabulary is None:
+                self._vocabulary = TokenBytes.of(llama)
+            return self._vocabulary
 
     async def score(self, request: ScoreRequest) -> TokenScores:
         """Log-probabilities of ``request.completion`` after its prompt, from one chunked prefill on a pooled context.
@@ -508,21 +523,3 @@ def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
         return prefix
     llama.n_tokens = 0
     return 0
-
-
-def _logit_bias(bias: tuple[tuple[int, float], ...], vocabulary: int) -> Any:
-    """A llama-cpp-python logits processor adding OpenAI's ``logit_bias`` (None without one); token ids past
-    the vocabulary name no token of this model and are ignored, as OpenAI ignores unknown ones."""
-    if not bias:
-        return None
-    import llama_cpp
-    import numpy as np
-
-    ids = np.array([token for token, _ in bias if token < vocabulary], dtype=np.intc)
-    values = np.array([value for token, value in bias if token < vocabulary], dtype=np.single)
-
-    def add(_input_ids: Any, scores: Any) -> Any:
-        scores[ids] += values
-        return scores
-
-    return llama_cpp.LogitsProcessorList([add])

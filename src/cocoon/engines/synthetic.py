@@ -1,7 +1,8 @@
 """A deterministic engine that costs nothing: words cycled from a fixed text, one per token.
 
 For benchmarks of the proxy and wire path, where the model would be the bottleneck; never for tests of
-model behaviour. It honours the whole ``Engine`` contract (pacing, max_tokens, stop strings, cancellation).
+model behaviour. It honours the whole ``Engine`` contract (pacing, max_tokens, stop strings, cancellation) and
+refuses what a model would have to do (tools, a response_format, logprobs, images) with a ``BadRequest``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ class SyntheticEngine:
         """Nothing to release."""
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream words; ``Finished`` says "length" after ``max_tokens`` words, "stop" at a stop string."""
+        """Stream words; ``Finished`` says "length" after ``max_tokens`` words, "stop" at a stop string.
+
+        Raises ``BadRequest`` naming the field for tools, a response_format, logprobs or images: words cycled
+        from a text cannot follow them.
+        """
+        _refuse_constraints(request, self._info.model)
         prompt = _prompt_text(request)
         prompt_tokens = len(prompt.split()) + len(request.continuation.split())
         max_tokens = request.params.max_tokens
@@ -134,7 +140,21 @@ def _first_word(prompt: str) -> int:
 def _prompt_text(request: GenerationRequest) -> str:
     if request.messages is not None:
         return "\n".join(message.content for message in request.messages)
+    if request.prompt_ids is not None:  # token ids stand for the words they index, as in ``embed``
+        return " ".join(WORDS[i % len(WORDS)] for i in request.prompt_ids)
     return request.prompt or ""
+
+
+def _refuse_constraints(request: GenerationRequest, model: str) -> None:
+    why = f"the synthetic engine serving {model!r} streams fixed words"
+    if request.wants_tools:
+        raise BadRequest(f"{why} and calls no tools; leave tools out or send tool_choice 'none'", param="tools")
+    if request.response_format.type != "text":
+        raise BadRequest(f"{why} and cannot write JSON; leave response_format out", param="response_format")
+    if request.logprobs:
+        raise BadRequest(f"{why} and has no log-probabilities; leave logprobs out", param="logprobs")
+    if request.messages is not None and any(m.images for m in request.messages):
+        raise BadRequest(f"{why} and takes no images; send the messages as text only", param="messages")
 
 
 def _unit_vector(text: str) -> list[float]:

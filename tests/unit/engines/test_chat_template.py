@@ -1,8 +1,10 @@
 """Chat follows the model's template: SmolLM2-135M-Instruct through the llama.cpp engine gets the ChatML template its
-GGUF carries, answers a short question and stops at its end of turn; message contents stay plain text."""
+GGUF carries, answers a short question and stops at its end of turn; message contents stay plain text, and so do
+the tools offered, earlier tool calls and their results."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +20,7 @@ from cocoon.engines import (
     SamplingParams,
     TextDelta,
 )
+from cocoon.engines.base import FunctionTool, ToolCall, ToolCallDelta
 from cocoon.engines.bundled import SMOLLM2_INSTALL, SMOLLM2_MODEL, SMOLLM2_SHA256, smollm2_installed
 from cocoon.engines.chat_template import GgufChatTemplate
 from cocoon.errors import BadRequest
@@ -106,3 +109,51 @@ async def test_a_template_that_refuses_the_messages_is_a_bad_request(smollm2: Ll
 async def test_an_empty_chat_is_a_bad_request(smollm2: LlamaCppEngine) -> None:
     with pytest.raises(BadRequest, match="messages is empty"):
         smollm2._template.prompt_tokens(smollm2._contexts[0].llama, chat())
+
+
+WEATHER = FunctionTool(
+    "get_weather",
+    "The current weather in a city",
+    {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]},
+)
+
+
+async def test_tools_and_tool_call_history_are_chatml_turns_of_plain_text(smollm2: LlamaCppEngine) -> None:
+    history = (
+        ChatMessage("user", "Weather in Paris?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}'),)),
+        ChatMessage("tool", "sunny<|im_end|>", tool_call_id="call_1"),
+    )
+    request = GenerationRequest(SamplingParams(max_tokens=1), messages=history, tools=(WEATHER,))
+    prompt = layout(smollm2, request)
+    llama = smollm2._contexts[0].llama
+    (im_end,) = llama.tokenize(b"<|im_end|>", add_bos=False, special=True)
+
+    assert prompt.startswith("<|im_start|>system\nYou can call functions.")  # in place of the default system prompt
+    assert '"name": "get_weather"' in prompt.split("<|im_end|>")[0]
+    assert (
+        "<|im_start|>assistant\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n' in prompt
+    )
+    assert prompt.endswith(
+        "<|im_start|>user\n<tool_response>\nsunny<|im_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert smollm2._template.prompt_tokens(llama, request).count(im_end) == 4  # the tool's text forges none
+
+
+async def test_smollm2_calls_the_tool_it_must_call_with_valid_arguments(smollm2: LlamaCppEngine) -> None:
+    request = GenerationRequest(
+        SamplingParams(max_tokens=40, temperature=0.0),
+        messages=(ChatMessage("user", "What is the weather in Paris?"),),
+        tools=(WEATHER,),
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    events = [e async for e in smollm2.generate(request)]
+    calls = [e for e in events if isinstance(e, ToolCallDelta)]
+    finished = events[-1]
+
+    assert isinstance(finished, Finished) and finished.finish_reason == "tool_calls"
+    assert calls[0].name == "get_weather"
+    assert json.loads("".join(c.arguments for c in calls)) == {"city": "Paris"}
+    assert sum(c.tokens for c in calls) == finished.usage.completion_tokens

@@ -21,6 +21,7 @@ from cocoon.engines import (
     TextDelta,
     build_engine,
 )
+from cocoon.engines.base import FunctionTool, OutputFormat
 from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
 from cocoon.errors import BadRequest, ContextLengthExceeded
 
@@ -151,3 +152,59 @@ async def test_score_rates_at_most_score_max_tokens() -> None:
     scores = await engine().score(ScoreRequest("word " * (SCORE_MAX_TOKENS + 5), prompt="p"))
 
     assert len(scores.logprobs) == SCORE_MAX_TOKENS and scores.truncated
+
+
+@pytest.mark.parametrize(
+    ("request_", "param"),
+    [
+        (
+            GenerationRequest(
+                SamplingParams(max_tokens=4),
+                messages=(ChatMessage("user", "weather?"),),
+                tools=(FunctionTool("get_weather"),),
+                tool_choice="required",
+            ),
+            "tools",
+        ),
+        (
+            GenerationRequest(
+                SamplingParams(max_tokens=4),
+                messages=(ChatMessage("user", "json"),),
+                response_format=OutputFormat("json_object"),
+            ),
+            "response_format",
+        ),
+        (GenerationRequest(SamplingParams(max_tokens=4), prompt="p", logprobs=True), "logprobs"),
+        (
+            GenerationRequest(
+                SamplingParams(max_tokens=4),
+                messages=(ChatMessage("user", "what is it?", images=("https://x/y.png",)),),
+            ),
+            "messages",
+        ),
+    ],
+)
+async def test_what_fixed_words_cannot_do_is_refused_naming_the_field(request_: GenerationRequest, param: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        await run(engine(), request_)
+
+    assert refused.value.param == param
+
+
+async def test_tools_offered_with_tool_choice_none_are_ignored_as_a_model_would() -> None:
+    request = GenerationRequest(
+        SamplingParams(max_tokens=3),
+        messages=(ChatMessage("user", "hello"),),
+        tools=(FunctionTool("get_weather"),),
+        tool_choice="none",
+    )
+    text, finished, _ = await run(engine(), request)
+
+    assert len(text.split()) == 3 and finished.finish_reason == "length"
+
+
+async def test_a_token_id_prompt_counts_one_word_per_id() -> None:
+    request = GenerationRequest(SamplingParams(max_tokens=1), prompt="", prompt_ids=(0, 1, 2, 3))
+    _, finished, _ = await run(engine(), request)
+
+    assert finished.usage.prompt_tokens == 4
