@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct on a llama.cpp worker, sealed end to end. Needs the smollm extra; skipped without it.
 
 The shapes and refusals that need no model are specified in-process, in ``tests/unit/client/test_responses.py``.
-Structured output and function calling need the embedded engine's grammar support (``needs_grammar``).
+Structured output and function calling are held to their schemas by the embedded engine's grammars.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ pytestmark = pytest.mark.skipif(not smollm2_installed(), reason=f"needs SmolLM2:
 
 # Strict: once the llama.cpp engine constrains tools and response_format with grammars, these pass, the XPASS
 # fails the run, and this marker is to be taken off them.
-needs_grammar = pytest.mark.xfail(
-    reason="needs the llama.cpp engine's grammar support for tools and text.format (issue 10)", strict=True
-)
 QUESTION = "What is the capital city of Japan?"
 GREEDY: dict[str, Any] = {"model": SMOLLM2_MODEL, "temperature": 0}
 WEATHER_TOOL: Any = {
@@ -115,7 +112,6 @@ def test_a_conversation_goes_on_when_the_app_sends_it_back_whole(oai: openai.Ope
     assert isinstance(info.value.body, dict) and info.value.body["param"] == "previous_response_id"
 
 
-@needs_grammar
 def test_parse_fills_the_apps_model_from_a_json_schema_answer(oai: openai.OpenAI) -> None:
     class City(BaseModel):
         name: str
@@ -128,7 +124,6 @@ def test_parse_fills_the_apps_model_from_a_json_schema_answer(oai: openai.OpenAI
     assert parsed.output_parsed.name and parsed.output_parsed.country
 
 
-@needs_grammar
 def test_a_required_function_tool_is_called_with_arguments_matching_its_schema(oai: openai.OpenAI) -> None:
     response = oai.responses.create(
         **GREEDY,

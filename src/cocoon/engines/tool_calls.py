@@ -88,8 +88,8 @@ def chat_messages(request: GenerationRequest) -> tuple[ChatMessage, ...]:
 
 
 def calls_rule(grammar: Grammar, request: GenerationRequest, *, opened: bool = False) -> str:
-    """The rule of the calls ``request`` allows (the named function only for ``tool_choice`` "function", one
-    call unless ``parallel_tool_calls``), each call's arguments held to its parameters' schema. With ``opened``,
+    """The rule of the calls ``request`` allows (the named function only, once, for ``tool_choice`` "function";
+    one call unless ``parallel_tool_calls``), each call's arguments held to its parameters' schema. With ``opened``,
     the rule starts right after the first call's ``<tool_call>`` (the free text of "auto" wrote it).
 
     Raises ``BadRequest(param="tools")`` for a parameters schema the grammar cannot take (see ``grammar.py``).
@@ -108,7 +108,10 @@ def calls_rule(grammar: Grammar, request: GenerationRequest, *, opened: bool = F
     opening, closing = literal('\n{"name": '), literal("}\n" + CALL_CLOSE)
     tail = grammar.add("call-tail", f"{opening} ({' | '.join(alternatives)}) {closing}")
     call = grammar.add("call", f"{literal(CALL_OPEN)} {tail}")
-    more = f' ("\\n" {call})*' if request.parallel_tool_calls else ""
+    # A named function is called once (as vLLM reads a named tool_choice): a second call of the same function
+    # is what a small model writes next, and cut off at max_tokens it makes the answer look truncated.
+    parallel = request.parallel_tool_calls and request.tool_choice != "function"
+    more = f' ("\\n" {call})*' if parallel else ""
     return grammar.add("calls", f"{tail if opened else call}{more}")
 
 
