@@ -150,6 +150,13 @@ class ProviderPrefs(BaseModel):
     ignore: list[str] | None = Field(None, max_length=64)
 
 
+def bounded_schema(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """``value`` when its JSON fits ``MAX_SCHEMA_BYTES`` (a grammar is built from it on the worker)."""
+    if value is not None and len(json.dumps(value)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"{what} is limited to {MAX_SCHEMA_BYTES} bytes of JSON")
+    return value
+
+
 class FunctionDefinition(BaseModel):
     model_config = Strict
     name: Name
@@ -160,9 +167,7 @@ class FunctionDefinition(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_SCHEMA_BYTES:
-            raise ValueError(f"a function's parameters schema is limited to {MAX_SCHEMA_BYTES} bytes of JSON")
-        return value
+        return bounded_schema(value, "a function's parameters schema")
 
 
 class Tool(BaseModel):
@@ -192,9 +197,7 @@ class JsonSchemaFormat(BaseModel):
     @field_validator("schema_")
     @classmethod
     def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_SCHEMA_BYTES:
-            raise ValueError(f"a response_format schema is limited to {MAX_SCHEMA_BYTES} bytes of JSON")
-        return value
+        return bounded_schema(value, "a response_format schema")
 
 
 class ResponseFormat(BaseModel):
@@ -456,22 +459,36 @@ class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int
 
 
-class Usage(ResponseObject):
-    """Token counts summed over the workers that served the request, their receipts, and (COCOON, in nanoton)
-    what the client's voucher paid for them; the costs are absent on a free proxy."""
+class ReceiptsAndCosts(ResponseObject):
+    """What every cocoon ``usage`` adds to OpenAI's counts: the verified receipts, their workers and (in nanoton)
+    what the client's vouchers paid for them; the costs are absent on a free proxy."""
 
     absent_when_none = COST_FIELDS
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
-    completion_tokens_details: CompletionTokensDetails
     receipt_ids: list[str]
     workers: list[str]
     prompt_cost: int | None = None
     cached_cost: int | None = None
     completion_cost: int | None = None
     total_cost: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI's counts first, as OpenAI writes them; cocoon's additions after them.
+        data: dict[str, Any] = handler(self)
+        ours = set(ReceiptsAndCosts.model_fields)
+        kept = {k: v for k, v in data.items() if v is not None or k not in self.absent_when_none}
+        return {k: v for k, v in kept.items() if k not in ours} | {k: v for k, v in kept.items() if k in ours}
+
+
+class Usage(ReceiptsAndCosts):
+    """Token counts summed over the workers that served the request, their receipts, and (COCOON, in nanoton)
+    what the client's voucher paid for them; the costs are absent on a free proxy."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
 
 class TopLogprob(BaseModel):
@@ -616,18 +633,11 @@ class Embedding(BaseModel):
     embedding: list[float] | str  # floats, or little-endian float32 in base64
 
 
-class EmbeddingUsage(ResponseObject):
-    """Embeddings' usage: prompt tokens only, the receipts and workers, and the costs as in ``Usage``."""
+class EmbeddingUsage(ReceiptsAndCosts):
+    """Embeddings' usage: prompt tokens only, with the receipts and costs."""
 
-    absent_when_none = COST_FIELDS
     prompt_tokens: int
     total_tokens: int
-    receipt_ids: list[str]
-    workers: list[str]
-    prompt_cost: int | None = None
-    cached_cost: int | None = None
-    completion_cost: int | None = None
-    total_cost: int | None = None
 
 
 class EmbeddingList(BaseModel):

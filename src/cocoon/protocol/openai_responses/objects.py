@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from cocoon.protocol.openai import COST_FIELDS, ResponseObject
+from cocoon.protocol.openai import ReceiptsAndCosts
 from cocoon.protocol.openai_responses.items import ItemStatus
 from cocoon.protocol.openai_responses.request import FunctionChoice, FunctionTool, ReasoningConfig, TextConfig
 
@@ -57,21 +57,14 @@ class OutputTokensDetails(BaseModel):
     reasoning_tokens: int
 
 
-class ResponseUsage(ResponseObject):
-    """Token counts, the receipts and (COCOON, in nanoton) the costs, as chat's ``Usage`` has them."""
+class ResponseUsage(ReceiptsAndCosts):
+    """Token counts under the Responses API's names, with the receipts and costs as chat's ``Usage`` has them."""
 
-    absent_when_none = COST_FIELDS
     input_tokens: int
     input_tokens_details: InputTokensDetails
     output_tokens: int
     output_tokens_details: OutputTokensDetails
     total_tokens: int
-    receipt_ids: list[str]
-    workers: list[str]
-    prompt_cost: int | None = None
-    cached_cost: int | None = None
-    completion_cost: int | None = None
-    total_cost: int | None = None
 
 
 class IncompleteDetails(BaseModel):

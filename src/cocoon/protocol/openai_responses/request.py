@@ -3,7 +3,6 @@ and ``ResponsesRequest.chat_request()``, the one chat completion that serves it.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,13 +18,13 @@ from cocoon.errors import BadRequest, first_problem
 from cocoon.protocol.openai import (
     INT64_MAX,
     MAX_PRICE_CAP,
-    MAX_SCHEMA_BYTES,
     MAX_TOKENS,
     MAX_TOOLS,
     MAX_TOP_LOGPROBS,
     ChatCompletionRequest,
     ProviderPrefs,
     Strict,
+    bounded_schema,
 )
 from cocoon.protocol.openai import Name as FunctionName
 from cocoon.protocol.openai_responses.items import FunctionCallItem, InputItem, MessageItem
@@ -35,9 +34,7 @@ INCLUDABLE = frozenset({LOGPROBS, "reasoning.encrypted_content"})
 
 
 def _bounded(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value)) > MAX_SCHEMA_BYTES:
-        raise ValueError(f"a JSON schema is limited to {MAX_SCHEMA_BYTES} bytes of JSON")
-    return value
+    return bounded_schema(value, "a JSON schema")
 
 
 class FunctionTool(BaseModel):
