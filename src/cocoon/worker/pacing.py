@@ -1,7 +1,9 @@
 """Coalescing an engine's text by time, so the sealed stream's chunk count and timing do not spell out its tokens.
 
 The first text goes out at once (time to first token is what users feel); after it, every delta that arrives
-within ``window_s`` of the first one held joins it in one chunk. Padding (``ChunkPayload.encode``) hides sizes.
+within ``window_s`` of the first one held joins it in one chunk, log-probabilities concatenated. Tool-call pieces
+pass through as they come (each is one whole piece of OpenAI's stream). Padding (``ChunkPayload.encode``) hides
+sizes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator
 
-from cocoon.engines.base import Finished, GenerationEvent, TextDelta
+from cocoon.engines.base import Finished, GenerationEvent, TextDelta, ToolCallDelta
 
 _END = object()
 
@@ -47,7 +49,7 @@ async def coalesced(
         while True:
             item, held = (held, None) if held is not None else (await queue.get(), None)
             if isinstance(item, TextDelta) and not first:
-                texts, tokens = [item.text], item.tokens
+                texts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs)
                 deadline = time.monotonic() + window_s
                 while (left := deadline - time.monotonic()) > 0:
                     try:
@@ -60,12 +62,13 @@ async def coalesced(
                         break
                     texts.append(nxt.text)
                     tokens += nxt.tokens
-                item = TextDelta("".join(texts), tokens)
+                    logprobs += nxt.logprobs
+                item = TextDelta("".join(texts), tokens, tuple(logprobs))
             if item is _END:
                 return
             if isinstance(item, Exception):
                 raise item
-            assert isinstance(item, TextDelta | Finished)
+            assert isinstance(item, TextDelta | ToolCallDelta | Finished)
             first = first and not (isinstance(item, TextDelta) and item.text)
             yield item
     finally:

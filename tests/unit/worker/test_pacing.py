@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from cocoon.engines.base import Finished, GenerationEvent, TextDelta
+from cocoon.engines.base import Finished, GenerationEvent, TextDelta, TokenLogprob, ToolCallDelta
 from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.pacing import coalesced
 
@@ -43,3 +43,19 @@ async def test_an_engine_error_surfaces_to_the_reader() -> None:
         assert "engine died" in str(exc)
     else:
         raise AssertionError("the engine's error was swallowed")
+
+
+async def test_merged_text_keeps_every_logprob_and_tool_call_pieces_pass_through() -> None:
+    async def answer() -> AsyncGenerator[GenerationEvent, None]:
+        for i in range(6):
+            yield TextDelta(f"t{i}", logprobs=(TokenLogprob(f"t{i}", -0.5 * i),))
+        yield ToolCallDelta(0, id="call_1", name="add", tokens=2)
+        yield ToolCallDelta(0, arguments='{"a": 1}', tokens=5)
+        yield Finished("tool_calls", TokenUsage(prompt_tokens=1, completion_tokens=13))
+
+    events = [e async for e in coalesced(answer(), window_s=0.05)]
+    texts = [e for e in events if isinstance(e, TextDelta)]
+    assert [lp.token for d in texts for lp in d.logprobs] == [f"t{i}" for i in range(6)]
+    assert len(texts) < 6  # merged after the first
+    calls = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert [c.arguments for c in calls] == ["", '{"a": 1}'] and isinstance(events[-1], Finished)
