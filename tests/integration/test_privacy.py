@@ -30,7 +30,13 @@ def test_proxy_never_sees_the_prompt_or_the_completion(oai: openai.OpenAI, netwo
     streamed = "".join(
         c.choices[0].delta.content or ""
         for c in oai.chat.completions.create(
-            model=DEFAULT_MODEL, messages=[{"role": "user", "content": secret}], max_tokens=24, stream=True
+            # Greedy, and asked to repeat: a sampled answer to the bare secret was once six letters, too short
+            # to look for in the capture.
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": f"Repeat after me: {secret}"}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
         )
         if c.choices
     )
