@@ -260,6 +260,10 @@ class Billing:
     async def _within_credit(self, channel: str, amount: int) -> None:
         """PaymentRequired when ``amount`` more would put the channel past its credit limit (reservations,
         owed receipts, and everything its client ever rejected)."""
+        # Reservations are read before the owed charges: a request ends by committing its charge and only then
+        # giving back its reservation, so a request finishing during the read below is counted at least once.
+        # Read the other way round, it could end in between and be counted nowhere (the limit overshot).
+        reserved = self.reserved(channel)
         async with self.store.session() as session:
             owed = await session.scalar(
                 select(func.coalesce(func.sum(Charge.cost), 0)).where(
@@ -268,11 +272,11 @@ class Billing:
             )
             account = await session.get(ClientAccount, channel)
         rejected = account.rejected if account is not None else 0
-        at_risk = self.reserved(channel) + int(owed or 0) + rejected
+        at_risk = reserved + int(owed or 0) + rejected
         if at_risk + amount > self.credit_limit:
             raise PaymentRequired(
                 f"channel {channel} would have {at_risk + amount} nanoton at risk with this request "
-                f"({self.reserved(channel)} reserved, {int(owed or 0)} owed, {rejected} in receipts it rejected) "
+                f"({reserved} reserved, {int(owed or 0)} owed, {rejected} in receipts it rejected) "
                 f"but this proxy's credit limit is {self.credit_limit}; pay owed receipts, wait for requests in "
                 "flight, lower max_tokens, or open a new channel with `cocoon client deposit`"
             )
