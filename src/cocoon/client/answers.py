@@ -215,7 +215,7 @@ async def whole(choices: Sequence[Choice], streams: Sequence[AsyncIterator[Event
                 elif isinstance(event, Completion):
                     choice.final = event
         finally:
-            await _close(events)
+            await close_all(events)
 
     tasks = [asyncio.create_task(run(c, e)) for c, e in zip(choices, streams, strict=True)]
     try:
@@ -260,7 +260,7 @@ async def merged(streams: Sequence[AsyncIterator[Event]]) -> AsyncIterator[tuple
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for events in streams:
-            await _close(events)
+            await close_all(events)
 
 
 async def sse(
@@ -311,12 +311,14 @@ async def sse(
     finally:
         # An app that hangs up closes this generator: closing the SDK's too ends its requests to the proxy now
         # (not when the garbage collector gets to them), so the jobs are cancelled on their workers.
-        await _close(events)
+        await close_all(events)
     yield b"data: [DONE]\n\n"
 
 
-async def _close(events: object) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(RuntimeError):  # already running: it closes itself
-            await aclose()
+async def close_all(*streams: object) -> None:
+    """``aclose()`` each of ``streams`` that has one (None and plain iterators are skipped)."""
+    for stream in streams:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):  # already running: it closes itself
+                await aclose()

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from cocoon.attestation import AttestationVerifier
 from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
-from cocoon.client.answers import Choice, Reply, merged, sse, whole
+from cocoon.client.answers import Choice, Reply, close_all, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.openapi import openapi_document
@@ -285,19 +285,18 @@ async def _respond(
 ) -> Response:
     """The whole answer as JSON, or its server-sent events once every choice's first event is in (so routing
     and capacity errors get a real HTTP status); an app that hangs up first gets its jobs cancelled."""
-    events = merged(streams)
+    events = merged(streams) if req.stream else None
     try:
-        if not req.stream:
-            await _close_all(events, [])
+        if events is None:
             body = reply.whole(await unless_disconnected(request, whole(choices, streams)))
             return JSONResponse(body.model_dump(mode="json"))
         first = await unless_disconnected(request, anext(events))
     except ClientGone:
         log.info("the app hung up request_id=%s; its job is cancelled", request.state.request_id)
-        await _close_all(events, streams)
+        await close_all(events, *streams)
         return Response(status_code=499)  # nobody reads it
     except BaseException:
-        await _close_all(events, streams)
+        await close_all(events, *streams)
         raise
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return StreamingResponse(
@@ -305,14 +304,6 @@ async def _respond(
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
-
-
-async def _close_all(events: AsyncIterator[object], streams: list[AsyncIterator[Event]]) -> None:
-    for stream in (events, *streams):
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(RuntimeError):
-                await aclose()
 
 
 def _choice_seeds(seed: int | None, n: int) -> list[int | None]:
