@@ -3,8 +3,10 @@
 Runs the same greedy completion on the bundled model (a) straight on an in-process llama.cpp engine,
 (b) through the Python SDK -> proxy -> worker, (c) through the OpenAI sidecar -> proxy -> worker, at
 1 and 8 concurrent requests, and prints one table with medians, p99s and ratios. Same engine settings
-everywhere (one llama.cpp context, ``--threads`` threads), so the difference is cocoon's own overhead:
-sealing, two extra hops, receipts. Usage: ``python bench/overhead.py [--requests 50] [--max-tokens 16]``.
+everywhere (one llama.cpp context decoding up to the highest concurrency's sequences together, ``--threads``
+threads), so the difference is cocoon's own overhead: sealing, two extra hops, receipts. The last two columns
+are batching's gain: each row's aggregate tokens/s and TTFT p50 against the same path at the lowest
+concurrency. Usage: ``python bench/overhead.py [--requests 50] [--max-tokens 16]``.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ async def main() -> None:
         os.sched_setaffinity(0, {0})
 
     model = bundled_model_path()
-    settings = EngineSettings(model_path=model, threads=args.threads, embeddings=False)
+    parallel = max(args.concurrency)  # as a worker with that many slots runs it
+    settings = EngineSettings(model_path=model, threads=args.threads, embeddings=False, parallel=parallel)
     results: dict[tuple[str, int], tuple[list[Sample], float]] = {}
 
     engine = LlamaCppEngine(settings)
@@ -191,7 +194,7 @@ async def main() -> None:
 
     table = Table(
         title=f"cocoon overhead: {args.requests} greedy completions of {args.max_tokens} tokens per row, "
-        f"llama.cpp {args.threads} thread(s), Gemma 3 270M Q4_K_M"
+        f"llama.cpp {args.threads} thread(s), {parallel} sequences per batch, Gemma 3 270M Q4_K_M"
     )
     for col in (
         "path",
@@ -202,6 +205,8 @@ async def main() -> None:
         "decode tok/s p50",
         "aggregate tok/s",
         "× direct",
+        "agg. × conc. 1",
+        "TTFT × conc. 1",
     ):
         table.add_column(col, justify="right")
     for (path, c), (samples, wall) in results.items():
@@ -211,6 +216,9 @@ async def main() -> None:
         base_samples, base_wall = results[("engine direct", c)]
         base_ttft = statistics.median(s.ttft_s * 1000 for s in base_samples)
         base_aggregate = sum(s.tokens for s in base_samples) / base_wall
+        single_samples, single_wall = results[(path, min(args.concurrency))]
+        single_aggregate = sum(s.tokens for s in single_samples) / single_wall
+        single_ttft = statistics.median(s.ttft_s * 1000 for s in single_samples)
         table.add_row(
             path,
             str(c),
@@ -220,6 +228,8 @@ async def main() -> None:
             f"{statistics.median(decode):.1f}",
             f"{aggregate:.1f}",
             f"{aggregate / base_aggregate:.3f}",
+            f"{aggregate / single_aggregate:.2f}",
+            f"{statistics.median(ttft) / single_ttft:.2f}",
         )
     console.print(table)
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 DEFAULT_MODEL = "gemma-3-270m"
+MAX_PARALLEL = 64  # sequences one llama.cpp context decodes together
 
 
 class EngineSettings(BaseModel):
@@ -25,8 +26,14 @@ class EngineSettings(BaseModel):
         "smollm2-135m-instruct (the smollm extra), else Gemma 3 270M (assembled once)",
     )
     context_length: int = Field(4096, ge=128, description="context window in tokens (llamacpp n_ctx)")
-    threads: int | None = Field(None, ge=1, description="CPU threads per llama.cpp context; empty: all cores")
-    parallel: int = Field(1, ge=1, le=64, description="llama.cpp contexts kept loaded (jobs computed at once)")
+    threads: int | None = Field(None, ge=1, description="CPU threads llama.cpp computes with; empty: all cores")
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_PARALLEL,
+        description="llamacpp: sequences decoded together in one context, each with its own KV cache of "
+        "context_length tokens (generations computed at once); empty: the worker's slots",
+    )
     embeddings: bool = Field(True, description="also serve /v1/embeddings from this model")
     upstream_url: str | None = Field(None, description="base URL of the upstream server, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key: str | None = Field(None, description="bearer token for the upstream server")

@@ -1,20 +1,19 @@
 """The embedded engine: llama.cpp (through llama-cpp-python) on the worker's CPU, the default backend.
 
-A pool of ``parallel`` llama.cpp contexts; each job borrows one, decodes in a worker thread and hands
-events back to the event loop through an asyncio queue. ``llama_cpp`` is imported only in ``start()``.
+One llama.cpp context decodes the sequences of up to ``parallel`` jobs together (``batching.BatchLoop``, on its
+own thread); each job hands its events back to the event loop through an asyncio queue. ``llama_cpp`` is
+imported only in ``start()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import logging
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from cocoon.engines.base import (
     ScoreRequest,
     TokenScores,
 )
+from cocoon.engines.batching import PREFILL_CHUNK, BatchLoop
 from cocoon.engines.bundled import bundled_gguf
 from cocoon.engines.chat_template import ChatTemplate, chat_template_for
 from cocoon.engines.config import EngineSettings
@@ -44,58 +44,136 @@ from cocoon.protocol.usage import TokenUsage
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-    from cocoon.engines.sampling import TokenBytes
+    from cocoon.engines.sampling import TokenBytes, TokenSampler
 
 log = logging.getLogger(__name__)
 
 _EMBED_BATCH_CAP = 4096  # tokens per embedding input; also the embedding context size
-# Prompts are evaluated in chunks of this many tokens, always aligned to multiples of it from position 0.
-# llama.cpp's CPU kernels round differently for different batch sizes, so a KV prefix is reused only in
-# whole chunks computed as chunks: a cached prompt then gives bit-identical logits to a fresh one, and
-# greedy decoding stays reproducible across workers and cache states (canaries compare it exactly).
-PREFILL_CHUNK = 128
 
 
-@dataclass(slots=True)
-class _Context:
-    """A llama.cpp context in the pool.
-
-    ``prompt_kv`` counts the leading KV entries computed by chunked prompt evaluation (reusable exactly),
-    as opposed to one token at a time while decoding. ``cancel`` is the running job's flag, polled by
-    llama.cpp's abort callback so that a cancelled job stops even in the middle of a long prefill.
-    """
-
-    llama: Llama
-    prompt_kv: int = 0
-    cancel: threading.Event = field(default_factory=threading.Event)
-    abort_callback: object = None  # the ctypes callback, kept alive as long as the context
-
-    def watch_cancellation(self) -> None:
-        import llama_cpp
-
-        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
-        def should_abort(_: object) -> bool:
-            return self.cancel.is_set()
-
-        llama_cpp.llama_set_abort_callback(self.llama.ctx, should_abort, None)
-        self.abort_callback = should_abort
-
-
-@dataclass(slots=True)
-class _Job:
-    """One generation handed to a worker thread; ``emit`` is thread-safe, ``cancel`` is set by the loop.
+class _Generation:
+    """One generation as a ``batching.Task``: samples each next token from its row of the batch, turns tokens
+    into events (``AnswerStream``) and ends with ``Finished`` or an error, sent through ``emit`` (thread-safe).
 
     ``grammar`` (GBNF) constrains the answer, ``tools`` says to read tool calls out of it, ``top_logprobs`` is
-    None when no log-probabilities are wanted.
+    None when no log-probabilities are wanted; ``vocabulary`` gives the ``TokenBytes`` a grammar needs.
     """
 
-    tokens: list[int]
-    params: SamplingParams
-    cancel: threading.Event
-    emit: Callable[[GenerationEvent | CocoonError], None]
-    grammar: str | None = None
-    tools: bool = False
-    top_logprobs: int | None = None
+    def __init__(
+        self,
+        llama: Llama,
+        tokens: list[int],
+        request: GenerationRequest,
+        grammar: str | None,
+        end_of_turn: int,
+        emit: Callable[[GenerationEvent | CocoonError], None],
+        cancel: threading.Event,
+        vocabulary: Callable[[], TokenBytes],
+    ) -> None:
+        self.tokens = tokens
+        self.cancel = cancel
+        self._llama = llama
+        self._params = request.params
+        self._top_logprobs = request.top_logprobs if request.logprobs else None
+        self._grammar = grammar
+        self._tools = request.wants_tools
+        self._end_of_turn = end_of_turn
+        self._emit = emit
+        self._vocabulary = vocabulary
+        self._sampler: TokenSampler | None = None
+        self._answer: AnswerStream | None = None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._cached = 0
+        self._completion = 0
+
+    def begin(self, context: object, cached: int) -> None:
+        from cocoon.engines.sampling import TokenSampler
+
+        vocabulary = self._vocabulary() if self._grammar is not None else None
+        self._sampler = TokenSampler(
+            self._llama, self._params, self._top_logprobs, self._grammar, vocabulary, context=context
+        )
+        self._answer = AnswerStream(self._emit, self._params.stop, ToolCallReader() if self._tools else None)
+        self._cached = cached
+
+    def wants(self, position: int) -> bool:
+        return position == len(self.tokens) - 1
+
+    def read(self, position: int, index: int) -> int | None:
+        import llama_cpp
+
+        sampler, answer = self._sampler, self._answer
+        assert sampler is not None and answer is not None
+        sampler.at(index)
+        token = sampler.next_token()
+        self._completion += 1
+        if token == self._end_of_turn or llama_cpp.llama_vocab_is_eog(self._llama._model.vocab, token):
+            answer.add("")
+            self._finish("stop")
+            return None
+        logprob = sampler.logprob(token) if self._top_logprobs is not None else None
+        answer.add(self._utf8.decode(self._llama.detokenize([token])), logprob)
+        if answer.stopped:
+            self._finish("stop")
+            return None
+        if self._completion >= self._params.max_tokens:
+            self._finish("length")
+            return None
+        return token
+
+    def _finish(self, reason: FinishReason) -> None:
+        assert self._answer is not None
+        usage = TokenUsage(len(self.tokens), self._completion, cached_tokens=self._cached)
+        self._answer.finish(self._utf8.decode(b"", final=True), reason, usage)
+
+    def end(self, error: CocoonError | None) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+        if error is not None:
+            self._emit(error)  # dropped once cancelled: nobody listens
+
+
+class _Scoring:
+    """A score job as a ``batching.Task``: the prompt and completion evaluated with logits at the positions that
+    predict a completion token; each row log-softmaxed as it comes. ``result`` gets (log-probabilities, greedy)."""
+
+    def __init__(self, prompt: list[int], completion: list[int], n_vocab: int) -> None:
+        self.tokens = prompt + completion
+        self.cancel = threading.Event()
+        self.result: Future[tuple[list[float], list[bool]]] = Future()
+        self._first = len(prompt) - 1  # the logits at position p rate the token at p + 1
+        self._n_vocab = n_vocab
+        self._context: object = None
+        self._logprobs: list[float] = []
+        self._greedy: list[bool] = []
+
+    def begin(self, context: object, cached: int) -> None:
+        self._context = context
+
+    def wants(self, position: int) -> bool:
+        return self._first <= position < len(self.tokens) - 1
+
+    def read(self, position: int, index: int) -> int | None:
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(self._context, index)
+        row = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        top = float(row.max())
+        log_total = top + float(np.log(np.exp(row - top).sum()))
+        following = self.tokens[position + 1]
+        self._logprobs.append(float(row[following]) - log_total)
+        self._greedy.append(int(row.argmax()) == following)
+        return None
+
+    def end(self, error: CocoonError | None) -> None:
+        if self.result.done():
+            return
+        if error is None and len(self._logprobs) == len(self.tokens) - 1 - self._first:
+            self.result.set_result((self._logprobs, self._greedy))
+        else:
+            self.result.set_exception(error or EngineError("the score job was cancelled"))
 
 
 class LlamaCppEngine:
@@ -113,10 +191,10 @@ class LlamaCppEngine:
         self._settings = settings
         self._info: EngineInfo | None = None
         self._path: Path | None = None
-        self._threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.parallel)
-        self._contexts: list[_Context] = []
-        self._free: asyncio.Queue[_Context] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads = settings.threads or os.cpu_count() or 1
+        self._parallel = settings.parallel or 1
+        self._llama: Llama | None = None  # the model, and a small context of its own for tokenizing
+        self._loop: BatchLoop | None = None
         self._running: set[threading.Event] = set()
         self._template: ChatTemplate = GemmaTurns(-1)
         self._embedder: Llama | None = None
@@ -150,14 +228,9 @@ class LlamaCppEngine:
                 f"{path} has sha256 {model_hash} but the configuration says model_hash = "
                 f"{settings.model_hash}; fix model_hash or the file"
             )
-        self._contexts = await asyncio.to_thread(self._load_contexts, path)
-        for context in self._contexts:
-            context.watch_cancellation()
-        self._template = chat_template_for(self._contexts[0].llama, path)
-        self._free = asyncio.Queue()
-        for context in self._contexts:
-            self._free.put_nowait(context)
-        self._executor = ThreadPoolExecutor(settings.parallel, thread_name_prefix="llamacpp")
+        llama, self._loop = await asyncio.to_thread(self._load, path)
+        self._llama = llama
+        self._template = chat_template_for(llama, path)
         self._path = path
         import llama_cpp
 
@@ -170,43 +243,42 @@ class LlamaCppEngine:
                 "backend": "llama.cpp",
                 "chat_template": self._template.name,
                 "llama_cpp_python": llama_cpp.__version__,
-                "parallel": str(settings.parallel),
+                "parallel": str(self._parallel),
                 "threads": str(self._threads),
             },
         )
-        log.info("llama.cpp engine ready model=%s path=%s parallel=%d", settings.model, path, len(self._contexts))
+        log.info("llama.cpp engine ready model=%s path=%s parallel=%d", settings.model, path, self._parallel)
 
-    def _load_contexts(self, path: Path) -> list[_Context]:
+    def _load(self, path: Path) -> tuple[Llama, BatchLoop]:
         from llama_cpp import Llama
 
         try:
-            return [
-                _Context(
-                    Llama(
-                        str(path),
-                        n_ctx=self._settings.context_length,
-                        n_batch=PREFILL_CHUNK,
-                        n_ubatch=PREFILL_CHUNK,
-                        n_threads=self._threads,
-                        n_threads_batch=self._threads,
-                        verbose=False,
-                    )
-                )
-                for _ in range(self._settings.parallel)
-            ]
+            llama = Llama(
+                str(path),
+                n_ctx=PREFILL_CHUNK,
+                n_batch=PREFILL_CHUNK,
+                n_threads=1,
+                verbose=False,
+            )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}; is it a valid GGUF file?") from exc
+        try:
+            context_length, parallel = self._settings.context_length, self._parallel
+            return llama, BatchLoop(llama, parallel=parallel, context_length=context_length, threads=self._threads)
+        except BaseException:
+            llama.close()
+            raise
 
     async def close(self) -> None:
         """Cancel running jobs, wait for their threads and free every context. Idempotent."""
         for cancel in list(self._running):
             cancel.set()
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, True)
-            self._executor = None
-        for context in self._contexts:
-            context.llama.close()
-        self._contexts = []
+        if self._loop is not None:
+            await asyncio.to_thread(self._loop.close)
+            self._loop = None
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None
@@ -221,14 +293,13 @@ class LlamaCppEngine:
         llama.cpp fails mid-way.
         """
         info = self.info
-        free, executor = self._free, self._executor
-        assert free is not None and executor is not None
+        llama, batch = self._llama, self._loop
+        assert llama is not None and batch is not None
         if request.params.max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
         refuse_unsupported(request, info.model)
         grammar = answer_grammar(request)
-        # Tokenizing only reads the model's vocabulary: any context will do, even a busy one.
-        tokens = self._template.prompt_tokens(self._contexts[0].llama, request)
+        tokens = self._template.prompt_tokens(llama, request)
         needed = len(tokens) + request.params.max_tokens
         if needed > info.context_length:
             raise ContextLengthExceeded(
@@ -250,18 +321,13 @@ class LlamaCppEngine:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
 
-        context = await free.get()
+        def vocabulary() -> TokenBytes:
+            return self._token_bytes(llama)
+
+        end_of_turn = self._template.end_of_turn
         self._running.add(cancel)
-        top_logprobs = request.top_logprobs if request.logprobs else None
-        job = _Job(tokens, request.params, cancel, emit, grammar, request.wants_tools, top_logprobs)
-        future = loop.run_in_executor(executor, self._decode, context, job)
-
-        def release(_: object) -> None:
-            self._running.discard(cancel)
-            free.put_nowait(context)
-
-        future.add_done_callback(release)
         try:
+            batch.submit(_Generation(llama, tokens, request, grammar, end_of_turn, emit, cancel, vocabulary))
             while True:
                 item = await events.get()
                 if isinstance(item, CocoonError):
@@ -270,60 +336,9 @@ class LlamaCppEngine:
                 if isinstance(item, Finished):
                     return
         finally:
-            # Consumer closed or cancelled us (or we finished): the thread stops at the next token and
-            # ``release`` puts the context back in the pool.
+            # Consumer closed or cancelled us (or we finished): the batch drops the sequence at its next step.
             cancel.set()
-
-    def _decode(self, context: _Context, job: _Job) -> None:
-        """Worker-thread body: run one job to its end, reporting errors through ``job.emit``."""
-        context.cancel = job.cancel
-        try:
-            self._decode_tokens(context, job)
-        except Exception as exc:  # crossing the thread boundary: the consumer raises it
-            context.llama.n_tokens = 0  # forget the KV cache: the next job evaluates from scratch
-            context.prompt_kv = 0
-            if job.cancel.is_set():
-                return  # llama_decode aborted on our request; nobody waits for an answer
-            log.exception("llama.cpp generation failed")
-            job.emit(EngineError(f"llama.cpp failed while generating: {exc}"))
-
-    def _decode_tokens(self, context: _Context, job: _Job) -> None:
-        import llama_cpp
-
-        from cocoon.engines.sampling import TokenSampler
-
-        params, llama = job.params, context.llama
-        cached = _reuse_kv_prefix(context, job.tokens)
-        context.prompt_kv = cached  # until the new prompt is evaluated
-        vocab = llama._model.vocab
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        answer = AnswerStream(job.emit, params.stop, ToolCallReader() if job.tools else None)
-        completion = 0
-        reason: FinishReason = "length"
-        vocabulary = self._token_bytes(llama) if job.grammar is not None else None
-        sampler = TokenSampler(llama, params, job.top_logprobs, job.grammar, vocabulary)
-        with contextlib.closing(sampler):
-            llama.eval(job.tokens[cached:])  # from a chunk boundary, in whole chunks: see PREFILL_CHUNK
-            context.prompt_kv = len(job.tokens)
-            while True:
-                if job.cancel.is_set():
-                    return
-                token = sampler.next_token()
-                completion += 1
-                if token == self._template.end_of_turn or llama_cpp.llama_vocab_is_eog(vocab, token):
-                    answer.add("")
-                    reason = "stop"
-                    break
-                logprob = sampler.logprob(token) if job.top_logprobs is not None else None
-                answer.add(utf8.decode(llama.detokenize([token])), logprob)
-                if answer.stopped:
-                    reason = "stop"
-                    break
-                if completion >= params.max_tokens:
-                    break
-                llama.eval([token])
-        usage = TokenUsage(len(job.tokens), completion, cached_tokens=cached)
-        answer.finish(utf8.decode(b"", final=True), reason, usage)
+            self._running.discard(cancel)
 
     def _token_bytes(self, llama: Llama) -> TokenBytes:
         from cocoon.engines.sampling import TokenBytes
@@ -340,9 +355,8 @@ class LlamaCppEngine:
         ``SCORE_MAX_TOKENS``. Raises ``ContextLengthExceeded`` when prompt and completion do not fit the context.
         """
         info = self.info
-        free, executor = self._free, self._executor
-        assert free is not None and executor is not None
-        llama = self._contexts[0].llama
+        llama, batch = self._llama, self._loop
+        assert llama is not None and batch is not None
         params = SamplingParams(max_tokens=1)
         layout = GenerationRequest(params=params, messages=request.messages, prompt=request.prompt)
         prompt = self._template.prompt_tokens(llama, layout)
@@ -354,13 +368,14 @@ class LlamaCppEngine:
                 f"the prompt has {len(prompt)} tokens and the completion to score {len(completion)}: more than the "
                 f"context length of {info.context_length} tokens; score a shorter one"
             )
-        context = await free.get()
+        if not completion:
+            return TokenScores((), (), prompt_tokens=len(prompt), truncated=truncated)
+        task = _Scoring(prompt, completion, llama.n_vocab())
         try:
-            logprobs, greedy = await asyncio.get_running_loop().run_in_executor(
-                executor, _score_blocking, context, prompt, completion
-            )
+            batch.submit(task)
+            logprobs, greedy = await asyncio.wrap_future(task.result)
         finally:
-            free.put_nowait(context)
+            task.cancel.set()
         return TokenScores(tuple(logprobs), tuple(greedy), prompt_tokens=len(prompt), truncated=truncated)
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
@@ -428,62 +443,10 @@ class LlamaCppEngine:
 
     async def count_tokens(self, text: str) -> int:
         """Exact number of tokens of ``text`` alone (no BOS, special markers read as plain text)."""
-        if not self._contexts:
+        if self._llama is None:
             raise EngineError("the llama.cpp engine is not started; call start() first")
-        llama = self._contexts[0].llama
+        llama = self._llama
         return len(llama.tokenize(text.encode(), add_bos=False, special=False))
-
-
-def _score_blocking(context: _Context, prompt: list[int], completion: list[int]) -> tuple[list[float], list[bool]]:
-    """Worker-thread body of ``score``: evaluate prompt + completion in aligned chunks, reading logits only at
-    the positions that predict a completion token, and log-softmax each of those rows.
-
-    The KV cache keeps what it can reuse (whole chunks of the prompt) and afterwards holds this sequence, all of
-    it computed in chunks, so a later ``generate`` of the same prompt reuses it exactly.
-    """
-    import llama_cpp
-    import numpy as np
-
-    llama = context.llama
-    tokens = prompt + completion
-    if not completion:
-        return [], []
-    context.cancel = threading.Event()
-    try:
-        cached = _reuse_kv_prefix(context, prompt)  # a whole number of chunks, short of the last prompt token
-        context.prompt_kv = cached
-        llama._ctx.kv_cache_seq_rm(-1, cached, -1)  # what generation decoded after the reused chunks
-        first_output = len(prompt) - 1  # the logits at position p rate the token at p + 1
-        n_vocab = llama.n_vocab()
-        logprobs: list[float] = []
-        greedy: list[bool] = []
-        for start in range(cached, len(tokens), PREFILL_CHUNK):
-            chunk = tokens[start : start + PREFILL_CHUNK]
-            llama._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
-            wanted = [i for i in range(len(chunk)) if first_output <= start + i < len(tokens) - 1]
-            llama._batch.batch.logits[len(chunk) - 1] = False
-            for i in wanted:
-                llama._batch.batch.logits[i] = True
-            if not wanted:  # llama.cpp wants one output per batch; the last one costs nothing to read
-                llama._batch.batch.logits[len(chunk) - 1] = True
-            llama._ctx.decode(llama._batch)
-            llama.input_ids[start : start + len(chunk)] = chunk
-            llama.n_tokens = start + len(chunk)
-            for i in wanted:
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
-                row = row.astype(np.float64)
-                top = float(row.max())
-                log_total = top + float(np.log(np.exp(row - top).sum()))
-                following = tokens[start + i + 1]
-                logprobs.append(float(row[following]) - log_total)
-                greedy.append(int(row.argmax()) == following)
-        context.prompt_kv = len(tokens)
-        return logprobs, greedy
-    except Exception as exc:  # crossing the thread boundary: the caller raises it
-        llama.n_tokens = 0
-        context.prompt_kv = 0
-        log.exception("llama.cpp scoring failed")
-        raise EngineError(f"llama.cpp failed while scoring: {exc}") from exc
 
 
 def _embed_ids(embedder: Llama, tokens: list[int]) -> list[float]:
@@ -501,25 +464,3 @@ def _embed_ids(embedder: Llama, tokens: list[int]) -> list[float]:
     vector = np.array(llama_cpp.llama_get_embeddings_seq(embedder._ctx.ctx, 0)[:n_embd], dtype=np.float64)
     norm = float(np.linalg.norm(vector)) or 1.0
     return [float(x) for x in vector / norm]
-
-
-def _reuse_kv_prefix(context: _Context, tokens: list[int]) -> int:
-    """Keep the longest reusable prefix of ``tokens`` in the context's KV cache; return its length.
-
-    Reusable: equal tokens, computed by prompt evaluation, a whole number of ``PREFILL_CHUNK``s, and
-    short of the last prompt token (sampling needs fresh logits). ``Llama.generate`` then finds the same
-    prefix and evaluates only the rest. This uses llama-cpp-python's private ``_ctx`` (0.3.x): its
-    public API neither lets us bound the reuse nor reports what it reused.
-    """
-    llama = context.llama
-    limit = min(context.prompt_kv, llama.n_tokens, len(tokens) - 1)
-    held = llama.input_ids[:limit].tolist()
-    prefix = 0
-    while prefix < limit and held[prefix] == tokens[prefix]:
-        prefix += 1
-    prefix -= prefix % PREFILL_CHUNK
-    if prefix > 0 and llama._ctx.kv_cache_seq_rm(-1, prefix, -1):
-        llama.n_tokens = prefix
-        return prefix
-    llama.n_tokens = 0
-    return 0

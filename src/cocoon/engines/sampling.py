@@ -75,11 +75,14 @@ class TokenBytes:
 
 
 class TokenSampler:
-    """Picks the tokens of one generation from the logits of ``llama``'s last evaluated position.
+    """Picks the tokens of one generation from the logits of one output of a llama.cpp context.
 
-    ``grammar`` (GBNF, start rule ``root``) limits what may be written, ``vocabulary`` is then the model's
-    ``TokenBytes``; ``top_logprobs`` (None: no log-probabilities wanted) is how many alternatives ``logprob``
-    lists. Call ``close`` when done. Raises ``EngineError`` when llama.cpp cannot parse the grammar.
+    ``llama`` gives the vocabulary; ``context`` is the ``llama_context`` the logits are read from (None: the
+    Llama's own), at the batch position ``at`` last set (-1, the default: the last one evaluated), so several
+    samplers can each read their own sequence's row out of one batched decode. ``grammar`` (GBNF, start rule
+    ``root``) limits what may be written, ``vocabulary`` is then the model's ``TokenBytes``; ``top_logprobs``
+    (None: no log-probabilities wanted) is how many alternatives ``logprob`` lists. Call ``close`` when done.
+    Raises ``EngineError`` when llama.cpp cannot parse the grammar.
     """
 
     def __init__(
@@ -89,8 +92,11 @@ class TokenSampler:
         top_logprobs: int | None,
         grammar: str | None = None,
         vocabulary: TokenBytes | None = None,
+        context: Any = None,
     ) -> None:
         self._llama = llama
+        self._ctx = llama.ctx if context is None else context
+        self._index = -1
         self._n_vocab = llama.n_vocab()
         self._vocab = llama._model.vocab
         self._greedy = params.temperature <= 0
@@ -133,12 +139,18 @@ class TokenSampler:
                 llama_cpp.llama_sampler_free(self._shape)
                 self._shape = None
 
+    def at(self, index: int) -> None:
+        """Read the logits of batch position ``index`` from now on (-1: the last one evaluated)."""
+        self._index = index
+
     def next_token(self) -> int:
         """The next token, taken into the penalties' history and the grammar's state."""
         if self._grammar is None:
-            return int(llama_cpp.llama_sampler_sample(self._chain, self._llama.ctx, -1))
+            if self._raw_greedy:  # what the chain would pick (its greedy stage takes the first of equal logits)
+                return int(np.argmax(self._logits()))  # without filling 262k cells for it first
+            return int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, self._index))
         if self._history_free:  # taken into the chain at once: without penalties, to no effect
-            token = int(llama_cpp.llama_sampler_sample(self._chain, self._llama.ctx, -1))
+            token = int(llama_cpp.llama_sampler_sample(self._chain, self._ctx, self._index))
             if not self._allowed(token):
                 token = self._likeliest_allowed(None) if self._greedy else self._drawn_allowed(None)
             return self._accepted(token)
@@ -183,7 +195,7 @@ class TokenSampler:
         return piece.decode("utf-8", errors="replace"), tuple(piece)
 
     def _logits(self) -> Any:
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llama.ctx, -1), shape=(self._n_vocab,))
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, self._index), shape=(self._n_vocab,))
 
     def _fill(self) -> llama_cpp.llama_token_data_array:
         """The whole vocabulary in id order with its raw logits, as llama.cpp's samplers take it."""

@@ -16,6 +16,7 @@ from cocoon.attestation.collect import collect, resolve_provider
 from cocoon.config import WorkerSettings
 from cocoon.crypto import NodeKeys, load_or_create_node_keys
 from cocoon.engines import Engine, EngineSettings, build_engine
+from cocoon.engines.config import MAX_PARALLEL
 from cocoon.errors import AttestationFailed, ConfigError, map_http_errors
 from cocoon.protocol import ModelOffer, Register
 from cocoon.protocol.tls import trust_context
@@ -92,6 +93,8 @@ async def attest(settings: WorkerSettings, keys: NodeKeys, model_hashes: list[st
 
 
 def _engine(engine: EngineSettings, settings: WorkerSettings) -> Engine:
+    if engine.parallel is None:  # generations decoded together: as many as the jobs this worker runs at once
+        engine = engine.model_copy(update={"parallel": min(settings.slots, MAX_PARALLEL)})
     impostor = settings.chaos_serve_model_path
     if impostor is not None and engine.kind == "llamacpp":  # test/chaos knob only, see worker/chaos.py
         log.warning("CHAOS: serving %s while attesting %s's weights", impostor, engine.model)

