@@ -20,9 +20,11 @@ gives the logits a fresh one gives. With other sequences in the batch the rows r
 kernels' blocking depends on the batch): greedy text is then reproducible only as far as those last bits allow;
 canaries re-score answers with a tolerance for this (``cocoon.proxy.routing.canary``).
 
-Cancellation is seen at the next step (one step is at most ``STEP_TOKENS`` tokens); a step in which every
-sequence is cancelled is aborted inside llama.cpp through its abort callback. A failure of one sequence (its
-grammar, say) ends that job only; a failure of ``llama_decode`` ends the jobs of that step and forgets their KV.
+Cancellation is seen at the next step: one step is at most ``STEP_TOKENS`` tokens, so a long prompt's prefill
+stops within one step of it. There is no abort callback into llama.cpp: ggml calls it before every node of the
+graph (some 400 times a step), each call takes the GIL, and with the worker's event loop busy a step took 7x
+longer waiting for it. A failure of one sequence (its grammar, say) ends that job only; a failure of
+``llama_decode`` ends the jobs of that step and forgets their KV.
 
 Uses llama-cpp-python's private ``_internals`` (0.3.x) for the context and batch wrappers: its public ``Llama``
 makes single-sequence contexts only.
@@ -142,15 +144,8 @@ class BatchLoop:
         self._waiting: collections.deque[Task] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._in_step: list[Task] = []
         self._admitted = 0
 
-        @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
-        def should_abort(_: object) -> bool:
-            return self._closing or (bool(self._in_step) and all(t.cancel.is_set() for t in self._in_step))
-
-        llama_cpp.llama_set_abort_callback(self.ctx, should_abort, None)
-        self._abort_callback = should_abort  # kept alive as long as the context
         self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -298,17 +293,11 @@ class BatchLoop:
             batch.logits[i] = entry.read
         if not any(entry.read for entry in entries):  # llama.cpp wants an output in every batch
             batch.logits[len(entries) - 1] = True
-        self._in_step = [entry.slot.task for entry in entries if entry.slot.task is not None]
-        try:
-            result = self._llama_cpp.llama_decode(self.ctx, batch)
-        finally:
-            self._in_step = []
+        result = self._llama_cpp.llama_decode(self.ctx, batch)
         if result == 0:
             return
-        # 2: aborted, everyone in the step was cancelled or the engine is closing; else llama.cpp failed.
-        error = None if result == 2 and not self._closing else EngineError(f"llama_decode returned {result}")
-        if result != 2:
-            log.error("llama_decode failed result=%d tokens=%d", result, len(entries))
+        log.error("llama_decode failed result=%d tokens=%d", result, len(entries))
+        error = EngineError(f"llama_decode returned {result}")
         for slot in {id(entry.slot): entry.slot for entry in entries}.values():
             self._forget(slot)
             if slot.task is not None:

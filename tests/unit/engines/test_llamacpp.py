@@ -195,7 +195,7 @@ async def test_cancelling_the_consuming_task_frees_the_only_slot(engine: LlamaCp
     assert finished.finish_reason == "length"
 
 
-async def test_cancelling_during_a_long_prefill_aborts_it_and_frees_the_slot(engine: LlamaCppEngine) -> None:
+async def test_cancelling_a_long_prefill_stops_it_within_a_step_and_frees_the_slot(engine: LlamaCppEngine) -> None:
     long_prompt = "Once upon a time there was a small village by the sea. " * 75  # ~900 tokens, ~1 s of prefill
     task = asyncio.create_task(anext(engine.generate(completion(long_prompt, max_tokens=2))))
     for _ in range(3):
