@@ -149,16 +149,19 @@ def _decode(init_data: str) -> dict[str, str]:
             init_data, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=MAX_FIELDS
         )
     except ValueError as exc:  # UnicodeDecodeError included: a percent-escape that is not UTF-8
-        raise _invalid("malformed", f"it is not a URL-encoded query string ({exc})") from None
+        raise _invalid("malformed", f"it is not a URL-encoded query string ({str(exc)[:120]})") from None
     fields: dict[str, str] = {}
     for key, value in pairs:
+        shown = repr(key[:40])  # a hostile key could be long; the message only needs to name it
         if key in fields:
-            raise _invalid("duplicate_field", f"field {key!r} appears more than once", key)
-        # A line feed inside a field would let one field pass for several in the data-check-string (and the
-        # reverse): a signed ``start_param=x\nuser=...`` pair could be re-cut into a different user.
+            raise _invalid("duplicate_field", f"field {shown} appears more than once", key[:40])
+        # A line feed inside a field would let one field pass for several in the data-check-string: signed
+        # ``start_param=x`` and ``user=U`` re-sent as one ``start_param`` of ``x\nuser=U`` hash alike, user gone.
         if not _well_formed(key, value):
             raise _invalid(
-                "malformed", f"field {key!r} holds a line feed (or its key an '='), which Telegram never sends", key
+                "malformed",
+                f"field {shown} holds a line feed (or its key an '='), which Telegram never sends",
+                key[:40],
             )
         fields[key] = value
     return fields
