@@ -15,6 +15,7 @@ and ``CocoonError.from_openai`` rebuilds the same class on the far side of a pro
     │   ├── PayloadTooLarge (413 request_too_large)
     │   └── UnsupportedMediaType (415 unsupported_media_type)
     ├── Unauthorized (401 invalid_api_key)
+    │   └── InitDataInvalid (401 init_data_invalid)
     ├── Forbidden (403 forbidden)
     ├── PaymentRequired (402 insufficient_funds)
     ├── ModelNotFound (404 model_not_found)
@@ -159,6 +160,19 @@ class Unauthorized(CocoonError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class InitDataInvalid(Unauthorized):
+    """A Telegram Mini App's ``initData`` failed a check; ``check`` names which (``"hash_mismatch"``, ...).
+
+    The message starts with the same name, so it survives a trip over the wire, where ``check`` does not.
+    """
+
+    code = "init_data_invalid"
+
+    def __init__(self, message: str, *, check: str = "unknown", param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.check = check
 
 
 class PaymentRequired(CocoonError):

@@ -1,9 +1,10 @@
 """The dependency rules of ``src/cocoon``, read from the source's AST (nothing is imported).
 
 Dependencies flow one way: ``cli → local → roles (worker, proxy, client) → shared layers (protocol, crypto,
-attestation, engines, chain) → errors, config``. A role never imports another role; the client never imports an
-engine; inside the proxy, ``routing/`` and ``money/`` never import each other; no module reaches itself through
-its imports, lazy (function-level) imports included.
+attestation, engines, chain, telegram) → errors, config``. A role never imports another role; a shared layer never
+imports a role, ``local`` or ``cli``; the client never imports an engine; inside the proxy, ``routing/`` and
+``money/`` never import each other; no module reaches itself through its imports, lazy (function-level) imports
+included.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ROLES = ("worker", "proxy", "client")
+SHARED = ("protocol", "crypto", "attestation", "engines", "chain", "telegram")
 
 
 def module_name(path: Path) -> str:
@@ -70,6 +72,9 @@ def violations(rule: str) -> list[str]:
             mine, theirs = role_of(name), role_of(target)
             if rule == "roles" and mine and theirs and mine != theirs:
                 found.append(where)
+            above = theirs or within(target, "cocoon.local") or within(target, "cocoon.cli")
+            if rule == "shared-layers" and any(within(name, f"cocoon.{s}") for s in SHARED) and above:
+                found.append(where)
             if rule == "client-engines" and mine == "client" and within(target, "cocoon.engines"):
                 found.append(where)
             if rule == "routing-money":
@@ -79,7 +84,7 @@ def violations(rule: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("rule", ["roles", "client-engines", "routing-money"])
+@pytest.mark.parametrize("rule", ["roles", "shared-layers", "client-engines", "routing-money"])
 def test_layers_import_only_downwards(rule: str) -> None:
     assert violations(rule) == []
 
