@@ -269,8 +269,8 @@ class TransactionFailed(ChainError):
 
     code = "transaction_failed"
 
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, exit_code: int | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
         self.exit_code = exit_code
 
 
