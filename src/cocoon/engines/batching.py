@@ -8,9 +8,10 @@ contexts and each still reads every weight for one token.
 The context holds ``parallel`` sequences, each in its own KV stream of ``context_length`` cells (llama.cpp's
 non-unified cache: a sequence attends only over its own cells). One thread runs ``BatchLoop``; each step is one
 ``llama_decode`` of one batch: first the next token of every sequence that is generating, then prompt tokens of
-sequences being prefilled, oldest first, up to ``STEP_TOKENS`` in all. So a new request's prefill rides along with
-the others' decoding instead of waiting for them, and the prompts of requests that arrive together are evaluated
-together; a long prompt is cut into several steps, so nobody's next token waits behind more than one step.
+sequences being prefilled, oldest first: up to ``STEP_TOKENS`` in all when nothing is decoding, one
+``PREFILL_CHUNK`` of them beside decoding sequences. So a new request's prefill rides along with the others'
+decoding instead of waiting for them, the prompts of requests that arrive together are evaluated together, and a
+long prompt is cut into steps, so nobody's next token waits behind more than one chunk of someone's prompt.
 
 Prefix reuse: a sequence's slot keeps its KV cache after the job ends, and a new job takes the free slot whose
 cached tokens begin like its prompt (the longest such prefix, in whole ``PREFILL_CHUNK``s, computed as prompt,
@@ -235,8 +236,11 @@ class BatchLoop:
         prefilling = sorted(
             (slot for slot in self._slots if slot.task is not None and slot.prefilling), key=lambda s: s.admitted
         )
+        # While others decode, a step carries one chunk of prompt: their next tokens wait for it (a chunk is
+        # about a third of a second on one core), where a whole step of prompt would hold them for seconds.
+        budget = PREFILL_CHUNK + len(entries) if entries else STEP_TOKENS
         for slot in prefilling:
-            room = STEP_TOKENS - len(entries)
+            room = budget - len(entries)
             if room <= 0:
                 break
             task = slot.task
