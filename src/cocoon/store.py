@@ -72,13 +72,14 @@ class SqlStore:
     different roles on one server never share a lock, replicas of one role always do.
     """
 
-    def __init__(self, url: str, metadata: MetaData, *, lock_namespace: str) -> None:
+    def __init__(self, url: str, metadata: MetaData, *, lock_namespace: str, make_folder: bool = True) -> None:
+        """``make_folder``: make a SQLite file's folder now (else on ``start()``, for a store that may never be
+        written: nothing is on disk before then)."""
         self.url = async_url(url)
         self.metadata = metadata
         self.lock_namespace = lock_namespace
-        file = sqlite_file(self.url)
-        if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+        if make_folder:
+            self._make_folder()
         self.engine: AsyncEngine = create_async_engine(self.url)
         if self.url.startswith("sqlite"):
             sync_engine: Engine = self.engine.sync_engine
@@ -86,6 +87,11 @@ class SqlStore:
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
         self._named: dict[str, asyncio.Lock] = {}
+
+    def _make_folder(self) -> None:
+        file = sqlite_file(self.url)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
 
     @property
     def on_postgresql(self) -> bool:
@@ -132,6 +138,7 @@ class SqlStore:
     async def start(self) -> None:
         """Create every table of ``metadata`` that does not exist yet; replicas starting together on one
         PostgreSQL take turns (an advisory lock for the transaction), so neither trips over the other's tables."""
+        self._make_folder()
         async with self.engine.begin() as conn:
             if self.on_postgresql:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.lock_key("schema")})
