@@ -184,6 +184,7 @@ class LocalNetwork:
         for i in range(1, self.workers + 1):
             self.add_worker(i)
         client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy} | self._trust()
+        client["data_dir"] = str(self.home / "client")  # its API keys are this network's, not the user's
         self._write("client.toml", client | money_options(self.chain, self.home, "client"))
         self._spawn("client", "client.toml")
 
