@@ -59,6 +59,7 @@ class LocalNetwork:
         engine: dict[str, Any] | None = None,
         proxy_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
         worker_overrides: dict[int, dict[str, Any]] | None = None,
         capture_wire: Path | None = None,
         money: bool = False,
@@ -75,6 +76,7 @@ class LocalNetwork:
         self.engine = engine or {}
         self.proxy_options = proxy_options or {}
         self.worker_options = worker_options or {}
+        self.client_options = client_options or {}  # the sidecar's settings over the network's own
         self.worker_overrides = worker_overrides or {}  # worker number (from 1) -> options for that worker only
         self.capture_wire = capture_wire
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
@@ -185,7 +187,7 @@ class LocalNetwork:
             self.add_worker(i)
         client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy} | self._trust()
         client["data_dir"] = str(self.home / "client")  # its API keys are this network's, not the user's
-        self._write("client.toml", client | money_options(self.chain, self.home, "client"))
+        self._write("client.toml", client | money_options(self.chain, self.home, "client") | self.client_options)
         self._spawn("client", "client.toml")
 
     def add_worker(self, i: int, *, authority: SigningKey | None = None, **engine: Any) -> Child:
