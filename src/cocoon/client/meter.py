@@ -15,7 +15,8 @@ from typing import Protocol
 class Hold(Protocol):
     """One job's reservation. ``paid(cost)`` is awaited after each voucher for the job's receipts is accepted
     (nanoton; the hold's amount bounds their sum, as the proxy bounds its charges); ``release()`` once when the
-    job ends, however it ends: what the payments did not use goes back. Neither raises for a job that was held."""
+    job ends, however it ends (a second call does nothing): what the payments did not use goes back. Both finish
+    their write even when the awaiting request is cancelled; they raise only when the store itself fails."""
 
     async def paid(self, cost: int) -> None: ...
 
@@ -32,6 +33,8 @@ class Meter(Protocol):
 
 
 class _Nothing:
+    """The hold of a job nothing limits."""
+
     async def paid(self, cost: int) -> None:
         return None
 

@@ -231,7 +231,8 @@ class LocalNetwork:
                     >= self.workers
                 ),
             ),
-            ("client sidecar", lambda: bool((_get(f"{self.base_url}/models") or {}).get("data"))),
+            # /readyz, not /v1/models: it answers without an API key, which a sidecar with keys needs.
+            ("client sidecar", lambda: bool((_get(f"http://127.0.0.1:{self.client_port}/readyz") or {}).get("ready"))),
         ]
         with console.status("starting cocoon…") as spinner:
             for label, ready in steps:
@@ -266,6 +267,10 @@ class LocalNetwork:
         started = time.monotonic()
         response = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
         answer = response.json()
+        if response.status_code == 401:  # the sidecar has API keys: the demo holds none
+            hint = f"cocoon client keys list --config {self.home / 'client.toml'}"
+            out.print(f"  demo skipped: the sidecar needs one of its API keys (`{hint}`)")
+            return
         if response.status_code != 200:
             raise ChildDied(f"demo request failed: {answer}")
         usage = answer["usage"]
