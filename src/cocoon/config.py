@@ -308,7 +308,25 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
         "a longer one is a 413 before anything is sealed",
     )
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request leaves it out")
-    api_key: str | None = Field(None, description="if set, apps must send it as a bearer token")
+    api_key: str | None = Field(
+        None,
+        description="one shared secret apps must send as a bearer token, with no budget; API keys "
+        "(`cocoon client keys create`, require_keys) replace it and refuse to start beside it",
+    )
+    require_keys: bool = Field(
+        False,
+        description="every OpenAI endpoint needs one of the sidecar's API keys (`cocoon client keys`) even while "
+        "none exists; once one exists, or on a host other than loopback, they are needed anyway",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: cocoon_home() / "client",
+        description="the sidecar's store: API keys (hashed), their budgets, reservations and usage",
+    )
+    store_url: str | None = Field(
+        None,
+        description="database of the API keys: sqlite:///path or postgresql://... (sidecars sharing keys); "
+        "empty: SQLite keys.sqlite3 in data_dir",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="web origins (e.g. http://localhost:3000) whose pages may call the sidecar; requests with any "
@@ -330,3 +348,9 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
     max_coefficient: int = Field(
         4000, ge=1, description="never pay a worker whose price coefficient is above this (1000 = 1x; COCOON's 4x)"
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> ClientSettings:
+        if self.api_key and self.require_keys:
+            raise ValueError("set api_key or require_keys, not both: API keys replace the shared api_key")
+        return self

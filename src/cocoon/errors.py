@@ -18,6 +18,8 @@ and ``CocoonError.from_openai`` rebuilds the same class on the far side of a pro
     │   └── InitDataInvalid (401 init_data_invalid)
     ├── Forbidden (403 forbidden)
     ├── PaymentRequired (402 insufficient_funds)
+    │   └── BudgetExhausted (402 budget_exhausted)
+    ├── RateLimited (429 rate_limit_exceeded)
     ├── ModelNotFound (404 model_not_found)
     ├── NotFound (404 not_found)
     ├── NoCapacity (503 no_capacity)
@@ -64,6 +66,10 @@ class CocoonError(Exception):
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries besides its body (``Retry-After`` of a 429)."""
+        return {}
 
     @classmethod
     def from_openai(cls, status: int, body: dict[str, Any]) -> CocoonError:
@@ -181,6 +187,28 @@ class PaymentRequired(CocoonError):
     status = 402
     type = "insufficient_quota"
     code = "insufficient_funds"
+
+
+class BudgetExhausted(PaymentRequired):
+    """The sidecar's API key has too little of its budget left for this request's maximum cost."""
+
+    code = "budget_exhausted"
+
+
+class RateLimited(CocoonError):
+    """The caller sent more requests a minute than it may (an API key's ``rpm``); ``Retry-After`` says when
+    the next one is let through."""
+
+    status = 429
+    type = "requests"  # OpenAI's type for a requests-per-minute limit
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
 
 
 class ModelNotFound(CocoonError):

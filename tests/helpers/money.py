@@ -30,10 +30,11 @@ def start_paid_network(
     workers: int = 2,
     proxy_options: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
+    client_options: dict[str, Any] | None = None,
     **worker_options: Any,
 ) -> LocalNetwork:
-    """A network that bills in TON on its own devnet (synthetic workers, ``engine`` adding to their engine table);
-    it settles only when a test calls ``settle``."""
+    """A network that bills in TON on its own devnet (synthetic workers, ``engine`` adding to their engine table,
+    ``client_options`` to the sidecar's settings); it settles only when a test calls ``settle``."""
     return start_network(
         home,
         devnet_port=free_port(),
@@ -49,6 +50,7 @@ def start_paid_network(
             **(proxy_options or {}),
         },
         worker_options={"price_coefficient": COEFFICIENT, **worker_options},
+        client_options=client_options or {},
     )
 
 

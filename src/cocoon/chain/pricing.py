@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from cocoon.chain.address import address_text
+from cocoon.chain.contracts import TON
 from cocoon.chain.registry import ModelEntry, Registry
 from cocoon.errors import ModelNotFound
 
@@ -87,6 +89,11 @@ class Cost:
             "completion_cost": self.completion,
             "total_cost": self.total,
         }
+
+
+def ton_text(nanoton: int) -> str:
+    """``1500000000`` → ``1.5 TON`` (display only: amounts stay integers)."""
+    return f"{Decimal(nanoton) / TON:f} TON"
 
 
 def _class_cost(tokens: int, price: int, coefficient: int) -> int:

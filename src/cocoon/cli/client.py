@@ -1,5 +1,6 @@
-"""``cocoon client``: run the client sidecar, and manage the client's payment channels, one with each proxy it
-uses (``deposit``, ``balance``, ``close``, ``withdraw``; ``--proxy URL|all`` picks which)."""
+"""``cocoon client``: run the client sidecar, manage the client's payment channels, one with each proxy it
+uses (``deposit``, ``balance``, ``close``, ``withdraw``; ``--proxy URL|all`` picks which), and the sidecar's
+API keys (``keys``, in ``client_keys.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, Outbox, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, payable_text, raw_address
 from cocoon.chain.liteserver import chain_for
+from cocoon.cli.client_keys import keys_app
 from cocoon.cli.common import (
     ConfigOpt,
     HostOpt,
@@ -39,7 +41,10 @@ from cocoon.protocol.tls import trust_context
 
 T = TypeVar("T")
 
-client_app = role_group("Run the client sidecar, or manage the client's channel (deposit, balance, close, withdraw).")
+client_app = role_group(
+    "Run the client sidecar, manage the client's channel (deposit, balance, close, withdraw), or its API keys (keys)."
+)
+client_app.add_typer(keys_app, name="keys")
 
 
 @role_runner(client_app, ClientSettings)
@@ -59,8 +64,20 @@ def client(
     configure_logging(settings.log_level, "client")
     with clear_errors():
         urls = _proxy_urls(settings)
+        asyncio.run(_check_keys(settings))
     sdk = CocoonClient.for_settings(settings, urls)
     serve(create_gateway(settings, client=sdk), settings.host, settings.port, settings.log_level, settings)
+
+
+async def _check_keys(settings: ClientSettings) -> None:
+    """Refuse, in one line, to serve beyond loopback without an API key (the app's lifespan checks it again)."""
+    from cocoon.client.keys import KeyStore, check_exposure
+
+    store = KeyStore.for_settings(settings)
+    try:
+        await check_exposure(settings, store)
+    finally:
+        await store.close()
 
 
 def _proxy_urls(settings: ClientSettings) -> list[str]:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocoon.chain import TON
+from cocoon.chain.pricing import ton_text
 from cocoon.config import RoleSettings, TlsServing
 from cocoon.errors import CocoonError, ConfigError, map_http_errors
 
@@ -131,7 +132,7 @@ def serve(asgi: Any, host: str, port: int, log_level: str, tls: TlsServing | Non
 
 def ton(nanoton: int) -> str:
     """``1500000000`` → ``1.5 TON`` (display only: amounts stay integers)."""
-    return f"{Decimal(nanoton) / TON:f} TON"
+    return ton_text(nanoton)
 
 
 def parse_ton(text: str) -> int:

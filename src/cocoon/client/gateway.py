@@ -1,8 +1,9 @@
 """The sidecar: an OpenAI-compatible ASGI app on localhost that speaks to the network through the SDK.
 
 Chat and text completions (whole or as server-sent events), embeddings, models and the OpenAPI document; the
-endpoints read the SDK and settings from ``app.state``, every error is OpenAI-shaped with the right status, and
-every response carries an ``x-request-id`` (and CORS headers for allowed web origins, see ``edge``).
+endpoints read the SDK, settings and API keys from ``app.state``, every error is OpenAI-shaped with the right
+status, and every response carries an ``x-request-id`` (and CORS headers for allowed web origins, see ``edge``).
+With API keys (``client/keys``) every OpenAI endpoint needs one, and each job is held to its key's budget.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
 from cocoon.client.answers import Choice, Reply, close_all, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
-from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt_limit
+from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
+from cocoon.client.keys import KeyGate, KeyStore
 from cocoon.client.openapi import openapi_document
 from cocoon.client.responses import responses
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
@@ -60,18 +62,27 @@ log = logging.getLogger("cocoon.client")
 R = TypeVar("R", bound=BaseModel)
 
 
-def create_gateway(settings: ClientSettings, client: CocoonClient | None = None) -> Starlette:
+def create_gateway(
+    settings: ClientSettings, client: CocoonClient | None = None, keys: KeyStore | None = None
+) -> Starlette:
     """The sidecar app for ``settings``, on ``client`` (default: an SDK of the configured proxies, paying each
-    through its own channel when ``chain_url`` is set)."""
+    through its own channel when ``chain_url`` is set), with the API keys of ``keys`` (default: the store the
+    settings name)."""
     sdk = client or CocoonClient.for_settings(settings)
+    gate = KeyGate(settings, keys or KeyStore.for_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        # A sidecar pointed at another network than its own refuses to start, before it signs anything.
-        if isinstance(sdk.payer, ChannelPayer):
-            await check_network(sdk.payer.toncenter, settings.network, env=NETWORK_ENV)
-        async with registry_policy(settings, sdk.directory.verifier):
-            yield
+        # An exposed sidecar without keys refuses to start, as does one pointed at another network than its own,
+        # before it signs anything.
+        await gate.start()
+        try:
+            if isinstance(sdk.payer, ChannelPayer):
+                await check_network(sdk.payer.toncenter, settings.network, env=NETWORK_ENV)
+            async with registry_policy(settings, sdk.directory.verifier):
+                yield
+        finally:
+            await gate.close()
 
     middleware = [Middleware(RequestIds)]
     if settings.allowed_origins:
@@ -94,6 +105,7 @@ def create_gateway(settings: ClientSettings, client: CocoonClient | None = None)
     )
     app.state.settings = settings
     app.state.sdk = sdk
+    app.state.keys = gate
     return app
 
 
@@ -125,6 +137,7 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = req.max_completion_tokens or req.max_tokens or settings_of(request).default_max_tokens
     messages = req.sealed_messages()
     within_prompt_limit(request, sum(len(m.content) for m in messages), "messages")
+    meter = await admitted(request, req.model, req.timeout)
     sdk = sdk_of(request)
     streams = [
         sdk.stream(
@@ -135,6 +148,7 @@ async def chat_completions(request: Request) -> Response:
             routing=req.routing(),
             timeout=req.timeout,
             openai=req.sealed_body(n=1, **({"seed": seed} if seed is not None else {})),
+            meter=meter,
         )
         for seed in _choice_seeds(req.seed, req.n)
     ]
@@ -148,6 +162,7 @@ async def completions(request: Request) -> Response:
     within_prompt_limit(request, sum(len(p) for p in prompts), "prompt")
     if req.echo and any(not isinstance(p, str) for p in prompts):
         raise BadRequest("echo needs text prompts: token-id prompts cannot be written back as text", param="echo")
+    meter = await admitted(request, req.model, req.timeout)
     sdk = sdk_of(request)
     choices: list[Choice] = []
     streams: list[AsyncIterator[Event]] = []
@@ -167,6 +182,7 @@ async def completions(request: Request) -> Response:
                     routing=req.routing(),
                     timeout=req.timeout,
                     openai=req.sealed_body(n=1, prompt=prompt, best_of=None, **one),
+                    meter=meter,
                 )
             )
     reply = Reply("completion", req.model, logprobs=req.logprobs is not None)
@@ -179,6 +195,7 @@ async def embeddings(request: Request) -> Response:
     if not all(inputs):
         raise BadRequest("input must not contain empty strings or empty token lists", param="input")
     within_prompt_limit(request, sum(map(len, inputs)), "input")
+    meter = await admitted(request, req.model, req.timeout)
     vectors: list[list[float]] = []
     final: Completion | None = None
     async for event in sdk_of(request).stream(
@@ -188,6 +205,7 @@ async def embeddings(request: Request) -> Response:
         params=SealedParams(max_tokens=0),
         timeout=req.timeout,
         openai=req.model_dump(mode="json", exclude_unset=True, exclude=set(req.routing_fields)),
+        meter=meter,
     ):
         if isinstance(event, EmbeddingEvent):
             vectors.extend(event.vectors)
@@ -211,16 +229,20 @@ async def embeddings(request: Request) -> Response:
 
 
 async def models(request: Request) -> JSONResponse:
+    """The models served, those the request's API key may use (all, without keys)."""
+    meter = await admitted(request, None)
     served = await sdk_of(request).models()
     cards = [
         ModelCard(id=name, workers=len(workers), model_hash=workers[0].models[name])
         for name, workers in sorted(served.items())
+        if meter is None or meter.key.allows(name)
     ]
     return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
 
 
 async def model_detail(request: Request) -> JSONResponse:
     name = request.path_params["model"]
+    await admitted(request, name)
     if name not in await sdk_of(request).models():
         raise ModelNotFound(f"the model {name!r} does not exist on this network", param="model")
     return JSONResponse(ModelCard(id=name).model_dump(mode="json"))
@@ -250,7 +272,7 @@ async def openapi(request: Request) -> JSONResponse:
 
 async def cocoon_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CocoonError)
-    return JSONResponse(exc.to_openai(), status_code=exc.status)
+    return JSONResponse(exc.to_openai(), status_code=exc.status, headers=exc.headers() or None)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

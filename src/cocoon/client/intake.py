@@ -1,7 +1,8 @@
 """What a sidecar endpoint does with a request before it reads the body: refuses callers that are not the app
-(a foreign web page, a missing API key, a body that is not JSON), then reads the body within its limits and
-parses it; and the prompt-size bound, checked before anything is sealed. Every sidecar endpoint (``gateway``,
-``responses``) reads its request through here.
+(a foreign web page, a missing or unknown API key, a body that is not JSON), then reads the body within its
+limits and parses it; the prompt-size bound, checked before anything is sealed; and the admission of the
+request's API key (its models, its rpm) with the meter its jobs are held to. Every sidecar endpoint
+(``gateway``, ``responses``) reads its request through here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from cocoon.client.keys import ApiKey, KeyGate, KeyMeter
 from cocoon.client.sdk import CocoonClient
 from cocoon.config import ClientSettings
 from cocoon.errors import Forbidden, PayloadTooLarge, Unauthorized, UnsupportedMediaType
@@ -29,8 +31,36 @@ def sdk_of(request: Request) -> CocoonClient:
     return sdk
 
 
+def gate_of(request: Request) -> KeyGate:
+    gate: KeyGate = request.app.state.keys
+    return gate
+
+
+async def caller_of(request: Request) -> ApiKey | None:
+    """The API key the request carries when the sidecar needs keys (``Unauthorized`` without a usable one,
+    ``Forbidden`` for an expired one); otherwise ``None``, once the shared ``api_key`` (when set) matched."""
+    if hasattr(request.state, "api_key"):
+        key: ApiKey | None = request.state.api_key
+        return key
+    authorization = request.headers.get("authorization")
+    key = await gate_of(request).caller(authorization)
+    api_key = settings_of(request).api_key
+    if key is None and api_key and authorization != f"Bearer {api_key}":
+        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+    request.state.api_key = key
+    return key
+
+
+async def admitted(request: Request, model: str | None, timeout: float | None = None) -> KeyMeter | None:
+    """The meter of the request's API key, once the key may use ``model`` (``Forbidden``) and has room in its
+    rpm (``RateLimited``); ``None`` when the sidecar needs no keys. Every OpenAI endpoint calls it once."""
+    key = await caller_of(request)
+    return None if key is None else await gate_of(request).meter(key, model, timeout)
+
+
 async def parsed_body(request: Request, model: type[R]) -> R:
-    """The JSON body as ``model``, from a caller holding the API key (when one is set) and not a foreign web page.
+    """The JSON body as ``model``, from a caller holding an API key (when keys are needed, see ``caller_of``) and
+    not a foreign web page.
 
     A browser sends a page's cross-site ``text/plain`` or form post without asking first (no CORS preflight), with
     its ``Origin``: refusing other content types and origins not in ``allowed_origins`` keeps any web page the user
@@ -42,8 +72,7 @@ async def parsed_body(request: Request, model: type[R]) -> R:
         raise Forbidden(
             f"requests from the web origin {origin!r} are refused; add it to the sidecar's allowed_origins to allow it"
         )
-    if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+    await caller_of(request)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(

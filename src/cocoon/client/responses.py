@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response as HttpResponse
 
 from cocoon.client.answers import Choice, merged, summed_usage, whole
-from cocoon.client.intake import parsed_body, sdk_of, settings_of, within_prompt_limit
+from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.sdk import Completion, Event, TextEvent
 from cocoon.errors import BadRequest, CocoonError
 from cocoon.protocol.http import ClientGone, unless_disconnected
@@ -67,6 +67,7 @@ async def responses(request: Request) -> HttpResponse:
     messages = chat.sealed_messages()
     within_prompt_limit(request, sum(len(m.content) for m in messages), "input")
     max_tokens = chat.max_completion_tokens or settings_of(request).default_max_tokens
+    meter = await admitted(request, chat.model, chat.timeout)
     stream = sdk_of(request).stream(
         "chat",
         chat.model,
@@ -75,6 +76,7 @@ async def responses(request: Request) -> HttpResponse:
         routing=chat.routing(),
         timeout=chat.timeout,
         openai=chat.sealed_body(n=1),
+        meter=meter,
     )
     writer = ResponseWriter(req)
     choice = Choice(0)

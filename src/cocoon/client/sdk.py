@@ -11,7 +11,7 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,8 +19,9 @@ import httpx
 import msgpack
 
 from cocoon.attestation import AttestationPolicy, AttestationVerifier
-from cocoon.chain.pricing import Cost
+from cocoon.chain.pricing import Cost, max_cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
+from cocoon.client.meter import NOTHING_HELD, Hold, Meter
 from cocoon.client.prefix import prefix_hashes, prompt_text
 from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
@@ -28,6 +29,7 @@ from cocoon.client.wallet import ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
+    BudgetExhausted,
     CocoonError,
     ModelNotFound,
     NoCapacity,
@@ -229,12 +231,14 @@ class CocoonClient:
         routing: RoutingPrefs | None = None,
         timeout: float | None = None,
         openai: dict[str, Any] | None = None,
+        meter: Meter | None = None,
     ) -> AsyncIterator[Event]:
         """Run one request through the network; see the class docstring for the events.
 
         ``openai`` is the app's OpenAI request (one choice, without routing extras: ``SamplingFields.sealed_body``)
         sealed beside the text view, so the worker honours every field of it; ``prompt_ids`` and token-id
-        ``inputs`` are token ids of the served model.
+        ``inputs`` are token ids of the served model. ``meter`` (the sidecar's API-key budget) holds each
+        attempt's maximum cost before it is posted and hears what it paid; its refusal is raised, never retried.
 
         A failure before the first event is retried, sealed anew: on the next healthiest proxy while one is
         left untried, else once more on a fresh directory (apps do not see a worker that left a moment ago, nor
@@ -262,7 +266,7 @@ class CocoonClient:
                     params=params,
                     openai=openai,
                 )
-                async for event in self._stream_once(proxy, payload, routing, timeout):
+                async for event in self._stream_once(proxy, payload, routing, timeout, meter):
                     started = True
                     yield event
                 return
@@ -271,6 +275,8 @@ class CocoonClient:
                 if started or last or isinstance(exc, UpstreamTimeout) or (single and isinstance(exc, ModelNotFound)):
                     raise
                 log.info("retrying before the first byte model=%s proxy=%s reason=%s", model, proxy.url, exc.code)
+            except BudgetExhausted:  # the app's own limit: another proxy or a resync changes nothing
+                raise
             except PaymentRequired:
                 # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them;
                 # another proxy bills another channel.
@@ -281,7 +287,12 @@ class CocoonClient:
                     raise
 
     async def _stream_once(
-        self, proxy: ProxyConnection, payload: RequestPayload, routing: RoutingPrefs | None, timeout: float | None
+        self,
+        proxy: ProxyConnection,
+        payload: RequestPayload,
+        routing: RoutingPrefs | None,
+        timeout: float | None,
+        meter: Meter | None,
     ) -> AsyncIterator[Event]:
         model = payload.model
         payer = proxy.payer
@@ -299,6 +310,45 @@ class CocoonClient:
         answer = ResponseStream(exchange)
         coefficients = {w.worker_id: w.price_coefficient for w in workers}
         peer = f"the proxy at {proxy.url} (request {request_id}, timeout {timeout:g}s)"
+        hold = NOTHING_HELD
+        if meter is not None:
+            with _ends_unpaid(payer, request_id):
+                # What the proxy will hold against the channel for this job: no more can be paid for it.
+                hold = await meter.hold(request_id, model, await _max_cost(payer, job, workers))
+        try:
+            # Closed with this generator: an app that hangs up ends the request to the proxy now.
+            posted = self._post(proxy, job, answer, coefficients, peer, timeout, deadline, hold)
+            async with contextlib.aclosing(posted):
+                async for event in posted:
+                    yield event
+            result = answer.finish()
+            # Only now, with every receipt verified, does the client sign a voucher for them.
+            cost = await _paid(payer, result.receipts, coefficients, hold)
+        finally:
+            await hold.release()
+        yield Completion(
+            request_id=request_id,
+            model=model,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            receipts=result.receipts,
+            cost=cost,
+        )
+
+    async def _post(
+        self,
+        proxy: ProxyConnection,
+        job: JobRequest,
+        answer: ResponseStream,
+        coefficients: Mapping[str, int],
+        peer: str,
+        timeout: float,
+        deadline: float,
+        hold: Hold,
+    ) -> AsyncGenerator[TextEvent | EmbeddingEvent, None]:
+        """Post ``job`` to ``proxy`` and feed its answer to ``answer``, yielding the text as it verifies; a
+        failure after some receipts verified pays those first."""
+        payer, request_id = proxy.payer, job.request_id
         sent = time.monotonic()
         with map_http_errors(peer), _ends_unpaid(payer, request_id):
             try:
@@ -328,23 +378,12 @@ class CocoonClient:
                             if time.monotonic() > deadline:
                                 raise UpstreamTimeout(f"request {request_id} ran past its timeout of {timeout:g}s")
                     except CocoonError:
-                        if answer.verified and payer is not None:  # the verified work of earlier workers
-                            await payer.pay(answer.verified, coefficients)
+                        if answer.verified:  # the verified work of earlier workers
+                            await _paid(payer, answer.verified, coefficients, hold)
                         raise
             except httpx.TransportError as exc:
                 proxy.health.failed(time.monotonic(), unreachable=_unreachable(exc))
                 raise
-        result = answer.finish()
-        # Only now, with every receipt verified, does the client sign a voucher for them.
-        cost = await payer.pay(result.receipts, coefficients) if payer is not None else None
-        yield Completion(
-            request_id=request_id,
-            model=model,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            receipts=result.receipts,
-            cost=cost,
-        )
 
     def _proxy_failed(self, proxy: ProxyConnection, exc: UpstreamFailed) -> None:
         """A proxy whose directory could not be read: resting unless it only timed out."""
@@ -402,6 +441,27 @@ def _ends_unpaid(payer: ChannelPayer | None, request_id: str) -> Iterator[None]:
         if payer is not None:
             payer.finished(request_id)
         raise
+
+
+async def _max_cost(payer: ChannelPayer | None, job: JobRequest, workers: Sequence[AttestedWorker]) -> int:
+    """The most ``job`` can cost, bounded as the proxy bounds it at admission (every sealed byte a prompt token,
+    every ``max_tokens`` used, at the dearest worker it is sealed to); 0 on a free proxy."""
+    if payer is None or not payer.enabled:
+        return 0
+    coefficient = max(w.price_coefficient for w in workers)
+    return max_cost(len(job.ciphertext), job.max_tokens, await payer.prices(job.model), coefficient)
+
+
+async def _paid(
+    payer: ChannelPayer | None, receipts: Sequence[Receipt], coefficients: Mapping[str, int], hold: Hold
+) -> Cost | None:
+    """Pay ``receipts`` (``None`` without a payer) and tell ``hold`` what that cost."""
+    if payer is None:
+        return None
+    cost = await payer.pay(receipts, coefficients)
+    if cost is not None:
+        await hold.paid(cost.total)
+    return cost
 
 
 async def _refuse(payer: ChannelPayer | None, receipt: Receipt, reason: str) -> None:

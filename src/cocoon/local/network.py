@@ -59,6 +59,7 @@ class LocalNetwork:
         engine: dict[str, Any] | None = None,
         proxy_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
         worker_overrides: dict[int, dict[str, Any]] | None = None,
         capture_wire: Path | None = None,
         money: bool = False,
@@ -75,6 +76,7 @@ class LocalNetwork:
         self.engine = engine or {}
         self.proxy_options = proxy_options or {}
         self.worker_options = worker_options or {}
+        self.client_options = client_options or {}  # the sidecar's settings over the network's own
         self.worker_overrides = worker_overrides or {}  # worker number (from 1) -> options for that worker only
         self.capture_wire = capture_wire
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
@@ -184,7 +186,8 @@ class LocalNetwork:
         for i in range(1, self.workers + 1):
             self.add_worker(i)
         client = {"port": self.client_port, "proxy_url": self.proxy_url, "policy": policy} | self._trust()
-        self._write("client.toml", client | money_options(self.chain, self.home, "client"))
+        client["data_dir"] = str(self.home / "client")  # its API keys are this network's, not the user's
+        self._write("client.toml", client | money_options(self.chain, self.home, "client") | self.client_options)
         self._spawn("client", "client.toml")
 
     def add_worker(self, i: int, *, authority: SigningKey | None = None, **engine: Any) -> Child:
@@ -228,7 +231,8 @@ class LocalNetwork:
                     >= self.workers
                 ),
             ),
-            ("client sidecar", lambda: bool((_get(f"{self.base_url}/models") or {}).get("data"))),
+            # /readyz, not /v1/models: it answers without an API key, which a sidecar with keys needs.
+            ("client sidecar", lambda: bool((_get(f"http://127.0.0.1:{self.client_port}/readyz") or {}).get("ready"))),
         ]
         with console.status("starting cocoon…") as spinner:
             for label, ready in steps:
@@ -263,6 +267,10 @@ class LocalNetwork:
         started = time.monotonic()
         response = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
         answer = response.json()
+        if response.status_code == 401:  # the sidecar has API keys: the demo holds none
+            hint = f"cocoon client keys list --config {self.home / 'client.toml'}"
+            out.print(f"  demo skipped: the sidecar needs one of its API keys (`{hint}`)")
+            return
         if response.status_code != 200:
             raise ChildDied(f"demo request failed: {answer}")
         usage = answer["usage"]

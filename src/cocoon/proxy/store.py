@@ -1,4 +1,4 @@
-"""The proxy's durable store: SQLAlchemy 2 async over SQLite (default) or PostgreSQL.
+"""The proxy's durable store: its books and reputation, over SQLite (default) or PostgreSQL (``cocoon.store``).
 
 Modules declare their tables on ``Base``; ``Store.start()`` creates whatever is missing. Money's tables live in
 ``cocoon.proxy.money.ledger``, reputation's in ``cocoon.proxy.routing.reputation_store``.
@@ -6,20 +6,11 @@ Modules declare their tables on ``Base``; ``Store.start()`` creates whatever is 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import event, text
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import ConnectionPoolEntry
 
-from cocoon.errors import ConfigError
+from cocoon.store import SqlStore
 
 
 class Base(DeclarativeBase):
@@ -31,90 +22,12 @@ def default_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'proxy.sqlite3'}"
 
 
-def _async_url(url: str) -> str:
-    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async driver for them."""
-    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://")):
-        if url.startswith(plain):
-            return driver + url[len(plain) :]
-    if url.startswith("postgres://"):
-        return "postgresql+asyncpg://" + url[len("postgres://") :]
-    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        return url
-    raise ConfigError(f"store URL {url!r} is neither SQLite nor PostgreSQL; use sqlite:///path or postgresql://...")
-
-
-def _sqlite_pragmas(dbapi_connection: object, _record: ConnectionPoolEntry) -> None:
-    # WAL keeps readers off the writer's back; FULL sync because an acknowledged voucher must survive SIGKILL.
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _lock_key(name: str) -> int:
-    """The 64-bit advisory lock key PostgreSQL holds for the lock ``name``."""
-    return int.from_bytes(hashlib.sha256(f"cocoon.proxy.{name}".encode()).digest()[:8], "big", signed=True)
-
-
-class Store:
-    """One database per proxy (or one shared PostgreSQL for several replicas).
+class Store(SqlStore):
+    """One database per proxy (or one shared PostgreSQL for several replicas), holding the tables on ``Base``.
 
     ``session()`` gives an ``AsyncSession``; commit before acknowledging anything that moves money.
     """
 
     def __init__(self, url: str) -> None:
-        self.url = _async_url(url)
-        if self.url.startswith("sqlite+aiosqlite:///"):
-            Path(self.url[len("sqlite+aiosqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(self.url)
-        if self.url.startswith("sqlite"):
-            sync_engine: Engine = self.engine.sync_engine
-            event.listen(sync_engine, "connect", _sqlite_pragmas)
-        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
-        self._named: dict[str, asyncio.Lock] = {}
-
-    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
-        """Hold around a write transaction. SQLite has one writer; waiting here is cheaper than its busy
-        handler, which sleeps. PostgreSQL runs writers concurrently: they lock the rows they change instead
-        (``session.get(..., with_for_update=True)``, ignored by SQLite)."""
-        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """Hold the lock ``name`` against every process sharing this store, waiting for it (without blocking
-        the event loop). On PostgreSQL a session advisory lock on a connection of its own: a replica killed
-        while holding it drops its connection, and the server lets the lock go. SQLite serves one process, so
-        a lock in this process is enough there."""
-        if self.engine.dialect.name != "postgresql":
-            async with self._named.setdefault(name, asyncio.Lock()):
-                yield
-            return
-        key = _lock_key(name)
-        async with self._named.setdefault(name, asyncio.Lock()), self.engine.connect() as conn:
-            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            await conn.commit()  # hold the lock, not a transaction, while the caller works
-            try:
-                yield
-            finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                await conn.commit()
-
-    def insert_if_absent(self, table: type[Base]) -> sqlite.Insert | postgresql.Insert:
-        """``INSERT ... ON CONFLICT DO NOTHING`` in this store's dialect: two transactions that both find a row
-        missing (concurrent ones, on PostgreSQL) create it once, and neither fails. Lock it after with
-        ``session.get(..., with_for_update=True)`` to change it."""
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        return insert(table).on_conflict_do_nothing()
-
-    async def start(self) -> None:
-        """Create every table declared on ``Base`` that does not exist yet; replicas starting together on one
-        PostgreSQL take turns (an advisory lock for the transaction), so neither trips over the other's tables."""
-        async with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("schema")})
-            await conn.run_sync(Base.metadata.create_all)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+        # The namespace keeps the advisory lock keys replicas of earlier versions hold ("cocoon.proxy.<name>").
+        super().__init__(url, Base.metadata, lock_namespace="cocoon.proxy")

@@ -4,29 +4,19 @@ signed either way, and every on-chain operation. Amounts are integer nanoton (BI
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cocoon.proxy.store import Base
+from cocoon.store import ROW_ID as ROW_ID  # the proxy's modules read these from here
+from cocoon.store import as_utc as as_utc
+from cocoon.store import utcnow as utcnow
 
 # Charge statuses: owed until the client's voucher pays it; rejected when the client refused the receipt
 # (nobody is paid); invalid when the proxy itself found the receipt's signature wrong (never charged).
 OWED, PAID, REJECTED, INVALID = "owed", "paid", "rejected", "invalid"
-
-
-# A voucher per request outgrows INTEGER ids; SQLite autoincrements only an INTEGER PRIMARY KEY (64-bit there).
-ROW_ID = BigInteger().with_variant(Integer, "sqlite")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every one the proxy stores is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class ClientAccount(Base):

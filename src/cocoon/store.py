@@ -1,0 +1,148 @@
+"""A role's durable store: SQLAlchemy 2 async over SQLite (the default, one file) or PostgreSQL (shared).
+
+``SqlStore`` makes the engine (plain ``sqlite:///`` and ``postgresql://`` URLs get their async drivers, SQLite its
+WAL and full-sync pragmas), holds the write lock SQLite needs, named locks across processes, and creates its
+tables on start. The proxy keeps its books in one (``cocoon.proxy.store``), the sidecar its API keys in another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import BigInteger, Integer, MetaData, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from cocoon.errors import ConfigError
+
+# A row per request outgrows INTEGER ids; SQLite autoincrements only an INTEGER PRIMARY KEY (64-bit there).
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every one a store keeps is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def async_url(url: str) -> str:
+    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async driver for them."""
+    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://")):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith("postgres://"):
+        return "postgresql+asyncpg://" + url[len("postgres://") :]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ConfigError(f"store URL {url!r} is neither SQLite nor PostgreSQL; use sqlite:///path or postgresql://...")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL (async or plain); ``None`` for PostgreSQL."""
+    url = async_url(url)
+    prefix = "sqlite+aiosqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: ConnectionPoolEntry) -> None:
+    # WAL keeps readers off the writer's back; FULL sync because an acknowledged voucher must survive SIGKILL.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class SqlStore:
+    """One database and the tables of ``metadata`` in it.
+
+    ``session()`` gives an ``AsyncSession``; commit before acknowledging anything that moves money. Named locks
+    (``exclusive``) and the schema lock are PostgreSQL advisory locks keyed under ``lock_namespace``: stores of
+    different roles on one server never share a lock, replicas of one role always do.
+    """
+
+    def __init__(self, url: str, metadata: MetaData, *, lock_namespace: str, make_folder: bool = True) -> None:
+        """``make_folder``: make a SQLite file's folder now (else on ``start()``, for a store that may never be
+        written: nothing is on disk before then)."""
+        self.url = async_url(url)
+        self.metadata = metadata
+        self.lock_namespace = lock_namespace
+        if make_folder:
+            self._make_folder()
+        self.engine: AsyncEngine = create_async_engine(self.url)
+        if self.url.startswith("sqlite"):
+            sync_engine: Engine = self.engine.sync_engine
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
+        self._named: dict[str, asyncio.Lock] = {}
+
+    def _make_folder(self) -> None:
+        file = sqlite_file(self.url)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def on_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def lock_key(self, name: str) -> int:
+        """The 64-bit advisory lock key PostgreSQL holds for the lock ``name``."""
+        digest = hashlib.sha256(f"{self.lock_namespace}.{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold around a write transaction. SQLite has one writer; waiting here is cheaper than its busy
+        handler, which sleeps. PostgreSQL runs writers concurrently: they lock the rows they change instead
+        (``session.get(..., with_for_update=True)``, ignored by SQLite)."""
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock ``name`` against every process sharing this store, waiting for it (without blocking
+        the event loop). On PostgreSQL a session advisory lock on a connection of its own: a replica killed
+        while holding it drops its connection, and the server lets the lock go. SQLite serves one process, so
+        a lock in this process is enough there."""
+        if not self.on_postgresql:
+            async with self._named.setdefault(name, asyncio.Lock()):
+                yield
+            return
+        key = self.lock_key(name)
+        async with self._named.setdefault(name, asyncio.Lock()), self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await conn.commit()  # hold the lock, not a transaction, while the caller works
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await conn.commit()
+
+    def insert_if_absent(self, table: type[DeclarativeBase]) -> sqlite.Insert | postgresql.Insert:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in this store's dialect: two transactions that both find a row
+        missing (concurrent ones, on PostgreSQL) create it once, and neither fails. Lock it after with
+        ``session.get(..., with_for_update=True)`` to change it."""
+        insert = postgresql.insert if self.on_postgresql else sqlite.insert
+        return insert(table).on_conflict_do_nothing()
+
+    async def start(self) -> None:
+        """Create every table of ``metadata`` that does not exist yet; replicas starting together on one
+        PostgreSQL take turns (an advisory lock for the transaction), so neither trips over the other's tables."""
+        self._make_folder()
+        async with self.engine.begin() as conn:
+            if self.on_postgresql:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.lock_key("schema")})
+            await conn.run_sync(self.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
