@@ -17,7 +17,7 @@ from rich.table import Table
 from cocoon.cli.common import ConfigOpt, JsonOpt, clear_errors, console, load_settings, parse_ton, run_with_spinner, ton
 from cocoon.client.keys import ApiKey, KeyStore
 from cocoon.config import ClientSettings
-from cocoon.errors import CocoonError, ConfigError
+from cocoon.errors import ConfigError
 from cocoon.store import utcnow
 
 T = TypeVar("T")
@@ -51,18 +51,11 @@ def _deposit_left(settings: ClientSettings) -> int | None:
     if not settings.chain_url:
         console.print("note: this sidecar pays no proxy (no chain_url): budgets are not backed by a deposit")
         return None
-    from cocoon.client.escrow import channel_funds
-    from cocoon.client.proxies import configured_proxy_urls, registry_proxy_urls
+    from cocoon.client.escrow import deposit_left
 
-    async def read() -> int:
-        try:
-            registry = settings.proxies_from_registry
-            urls = await registry_proxy_urls(settings) if registry else configured_proxy_urls(settings)
-            return sum(f.left for f in await channel_funds(settings, urls))
-        except CocoonError as exc:
-            raise ConfigError(f"cannot read the client's deposit, which budgets must fit in: {exc.message}") from exc
-
-    return run_with_spinner("reading the client's deposit", read, peer=f"the chain at {settings.chain_url}")
+    return run_with_spinner(
+        "reading the client's deposit", lambda: deposit_left(settings), peer=f"the chain at {settings.chain_url}"
+    )
 
 
 def _no_shared_api_key(settings: ClientSettings) -> None:

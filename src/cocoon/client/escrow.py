@@ -18,7 +18,7 @@ from cocoon.chain.wallet import Wallet
 from cocoon.client.wallet import check_same_chain, client_channel, payment_terms
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
-from cocoon.errors import CocoonError, map_http_errors
+from cocoon.errors import CocoonError, ConfigError, map_http_errors
 from cocoon.protocol.money import channel_auth_header
 from cocoon.protocol.tls import trust_context
 
@@ -66,6 +66,22 @@ async def channel_funds(settings: ClientSettings, proxy_urls: Sequence[str]) -> 
             closing = bool(state.close_at or state.closed)
             funds.append(ChannelFunds(url, raw, state.deposit, max(vouchered, state.claimed), closing))
     return funds
+
+
+async def deposit_left(settings: ClientSettings) -> int | None:
+    """What the client's channels can still pay, summed over the proxies it uses: the ceiling of its API keys'
+    live budgets. ``None`` for a sidecar that pays nobody (no ``chain_url``). Raises ``ConfigError`` naming what
+    could not be read."""
+    if not settings.chain_url:
+        return None
+    from cocoon.client.proxies import configured_proxy_urls, registry_proxy_urls
+
+    try:
+        registry = settings.proxies_from_registry
+        urls = await registry_proxy_urls(settings) if registry else configured_proxy_urls(settings)
+        return sum(f.left for f in await channel_funds(settings, urls))
+    except CocoonError as exc:
+        raise ConfigError(f"cannot read the client's deposit, which budgets must fit in: {exc.message}") from exc
 
 
 async def _vouchered(http: httpx.AsyncClient, key: SigningKey, channel: str) -> int:
