@@ -6,7 +6,7 @@ sealed from the sidecar to the worker; the proxy between them sees neither.
 Run it against a local network (``cocoon up`` prints the client's config path)::
 
     BOT_TOKEN=123456:ABC... python examples/telegram-mini-app/app.py \\
-        --client-config ~/.cocoon/up-8700/client.toml --port 8080
+        --client-config ~/.cocoon/up/client.toml --port 8080
 
 then point your bot's Mini App at ``https://<your host>/`` (README.md: the BotFather steps; Telegram opens Mini
 Apps over HTTPS only, so put a TLS proxy or tunnel in front of the port).
