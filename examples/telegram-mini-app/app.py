@@ -6,7 +6,7 @@ sealed from the sidecar to the worker; the proxy between them sees neither.
 Run it against a local network (``cocoon up`` prints the client's config path)::
 
     BOT_TOKEN=123456:ABC... python examples/telegram-mini-app/app.py \\
-        --client-config ~/.cocoon/up/client.toml --port 8080
+        --client-config ~/.cocoon/up/client.toml --port 8090
 
 then point your bot's Mini App at ``https://<your host>/`` (README.md: the BotFather steps; Telegram opens Mini
 Apps over HTTPS only, so put a TLS proxy or tunnel in front of the port).
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cocoon" / "telegram-mini-app")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8090, help="(cocoon up's sidecar has 8080)")
     args = parser.parse_args()
     bot_token = os.environ.get("BOT_TOKEN", "")
     if not bot_token:
