@@ -41,7 +41,7 @@ def bar_chart(
             f'<rect class="bar" x="{x + step * 0.1:.1f}" y="{PAD_TOP + inner_h - h:.1f}" '
             f'width="{max(1.0, step * 0.8):.1f}" height="{h:.1f}"><title>{escape(tip)}</title></rect>'
         )
-        if i % every == 0 or i == len(bars) - 1:
+        if i % every == 0 or (i == len(bars) - 1 and i % every > every // 2):  # the last, unless crowded
             parts.append(
                 f'<text x="{x + step / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle" class="tick">'
                 f"{escape(label)}</text>"

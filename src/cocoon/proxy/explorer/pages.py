@@ -15,7 +15,7 @@ from cocoon.proxy.explorer.markup import Markup, join, link, stat, table, tag, t
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:10px 24px;display:flex;gap:24px;align-items:center}
+header{min-width:fit-content;background:#1d2330;color:#fff;padding:10px 24px;display:flex;gap:24px;align-items:center}
 header a{color:#cfe1ff;text-decoration:none}header b{font-size:16px}
 main{padding:16px 24px;max-width:1200px}h2{font-size:16px;margin:22px 0 8px}
 table{border-collapse:collapse;background:#fff;margin-bottom:8px}
@@ -47,10 +47,11 @@ def network_page(facts: dict[str, Any]) -> str:
     totals = facts["totals"]
     window = f"last {facts['window_s'] // 60} min"
     summary = table(
-        ["workers online", f"requests/min ({window})", "tokens/s", "p50 TTFT", "p99 TTFT", "network"],
+        ["workers online", f"requests ({window})", "requests/min", "tokens/s", "p50 TTFT", "p99 TTFT", "network"],
         [
             [
                 stat("workers_online", facts["workers_online"]),
+                stat("requests", totals["requests"]),
                 stat("requests_per_min", totals["requests_per_min"]),
                 stat("tokens_per_s", totals["tokens_per_s"]),
                 stat("ttft_p50_ms", totals["ttft_p50_ms"], _ms(totals["ttft_p50_ms"])),
@@ -100,9 +101,7 @@ def network_page(facts: dict[str, Any]) -> str:
             tag("h2", "Tokens per minute, last hour"),
             Markup(bar_chart([(_hhmm(s["t"]), s["tokens"]) for s in minutes], title="tokens per minute")),
             tag("h2", "Revenue by day (charged to clients), last 30 days"),
-            Markup(
-                bar_chart([(_day(s["t"]), s["charged"]) for s in days], title="revenue by day", unit="nanoton", every=7)
-            ),
+            Markup(bar_chart([(_day(s["t"]), s["charged"]) for s in days], title="revenue by day", show=_ton, every=7)),
         ]
     )
     prices_note = tag(
@@ -139,7 +138,7 @@ def workers_page(facts: dict[str, Any]) -> str:
                     ton(e["vouchered"]) + " earned",
                     ton(e["funded"]) + " funded",
                     ton(e["claimed"]) + " claimed",
-                    link("channel " + e["channel"][:14] + "…", e["explorer_url"]) if e["explorer_url"] else "",
+                    *([link("channel " + e["channel"][:14] + "…", e["explorer_url"])] if e["explorer_url"] else []),
                 ],
                 "; ",
             )
@@ -154,7 +153,7 @@ def workers_page(facts: dict[str, Any]) -> str:
                 checks,
                 earnings,
                 stat("provider", attested["provider"]),
-                tag("code", attested["measurement"]),
+                tag("code", _short(attested["measurement"]), title=attested["measurement"]),
                 stat("completed", w["completed"]),
                 f"{w['free_slots']}/{w['slots']}",
             ]
@@ -285,6 +284,15 @@ def _price(prices: dict[str, int] | None, kind: str) -> Markup | str:
     if not prices:
         return "free"
     return stat(f"price_{kind}", prices[kind], ton(prices[kind]))
+
+
+def _short(text: str, keep: int = 16) -> str:
+    """A long hex value's start, the whole of it in the cell's title."""
+    return text if len(text) <= keep else text[:keep] + "…"
+
+
+def _ton(nanoton: float) -> str:
+    return ton(int(nanoton))
 
 
 def _ms(value: float | None) -> str:

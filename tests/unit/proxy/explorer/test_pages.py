@@ -43,9 +43,7 @@ def connect(app: Starlette, worker: FakeWorker) -> FakeWorker:
 def hostile_worker() -> FakeWorker:
     """A worker whose id, region, software and model name are markup."""
     worker = FakeWorker("w" + HOSTILE)
-    offers = [
-        ModelOffer(model=name, model_hash=MODEL_HASH, context_length=4096) for name in (MODEL, "m" + HOSTILE)
-    ]
+    offers = [ModelOffer(model=name, model_hash=MODEL_HASH, context_length=4096) for name in (MODEL, "m" + HOSTILE)]
     worker.entry.register = worker.register.model_copy(
         update={"region": HOSTILE, "software": HOSTILE, "models": offers}
     )
