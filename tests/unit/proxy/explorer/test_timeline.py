@@ -1,15 +1,14 @@
 """The explorer's time series in the store: recorded in memory with no I/O, written in batches that add up,
-read back merged with what is still in memory, and pruned past the retention."""
+read back merged with what is still in memory, and pruned past the retention; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from cocoon.proxy.explorer.timeline import MODELS_PER_MINUTE, OTHER_MODELS, RETENTION_S, Timeline
-from cocoon.proxy.store import Store, default_url
+from cocoon.proxy.store import Store
 
 
 class Clock:
@@ -21,8 +20,8 @@ class Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(default_url(tmp_path))
+async def store(store_url: str) -> AsyncIterator[Store]:
+    store = Store(store_url)
     await store.start()
     yield store
     await store.close()
