@@ -148,13 +148,12 @@ async def money_stats(state: ProxyState) -> dict[str, Any]:
     cashier = state.cashier
     if not isinstance(cashier, PaidCashier):
         return {"paid": False, "economics": "this proxy is free: it bills nobody, so no money moves"}
-    books = await books_json(cashier.chain, cashier.billing.reserved)
+    books: dict[str, Any] = await books_json(cashier.chain, cashier.billing.reserved)
     network = state.settings.network
     clients, workers = books["clients"], books["workers"]
-    assert isinstance(clients, list) and isinstance(workers, list)
     claimed_from_clients = sum(c["claimed"] for c in clients)
     funded = sum(w["funded"] for w in workers)
-    client_debits, worker_credits = int(books["client_debits"]), int(books["worker_credits"])  # type: ignore[call-overload]
+    client_debits, worker_credits = books["client_debits"], books["worker_credits"]
     async with state.store.session() as session:
         operations = (
             await session.scalars(select(ChainOperation).order_by(ChainOperation.id.desc()).limit(OPERATIONS_SHOWN))
