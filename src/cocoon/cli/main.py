@@ -8,8 +8,9 @@ import typer
 from cocoon.cli.attest import attest_app
 from cocoon.cli.chain import chain_app
 from cocoon.cli.client import client_app
-from cocoon.cli.network import status, up
+from cocoon.cli.network import up
 from cocoon.cli.proxy import proxy_app
+from cocoon.cli.status import status
 from cocoon.cli.worker import worker_app
 
 app = typer.Typer(

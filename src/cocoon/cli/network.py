@@ -1,51 +1,15 @@
-"""``cocoon up`` (a whole local network in one command) and ``cocoon status`` (the workers a proxy knows)."""
+"""``cocoon up``: a whole local network in one command (``cocoon status``, what its proxy shows, is in ``status``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cocoon.cli.common import clear_errors
-from cocoon.errors import map_http_errors
 from cocoon.logs import configure_logging
-
-
-def status(
-    proxy_url: Annotated[str, typer.Option(help="proxy base URL")] = "http://127.0.0.1:8700",
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
-) -> None:
-    """Show the workers a proxy knows, their load and routing score."""
-    with clear_errors(1), map_http_errors(f"the proxy at {proxy_url}"):
-        body = httpx.get(f"{proxy_url}/v1/directory", timeout=5).json()
-    if as_json:
-        print(json.dumps(body, indent=2))
-        return
-    table = Table(title=f"proxy {body.get('proxy_id')}")
-    for col in ("worker", "models", "slots free", "queue", "tok/s", "done", "failed", "rtt ms", "expected ms",
-                "reputation", "breaker", "score ms"):  # fmt: skip
-        table.add_column(col)
-    for w in body["workers"]:
-        table.add_row(
-            w["worker_id"],
-            ", ".join(m["model"] for m in w["models"]),
-            f"{w['free_slots']}/{w['slots']}",
-            str(w["queue_depth"]),
-            str(w["tokens_per_s"]),
-            str(w["completed"]),
-            str(w["failed"]),
-            str(w["score"].get("rtt_ms", "")),
-            str(w["score"]["expected_latency_ms"]),
-            str(w["score"].get("reputation", "")),
-            str(w["score"].get("breaker", "")),
-            str(w["score"].get("score_ms", "")),
-        )
-    Console().print(table)
 
 
 def up(

@@ -121,6 +121,7 @@ class LocalNetwork:
             out.print(f"[bold green]cocoon is up[/]: OpenAI base URL [bold]{self.base_url}[/]")
             models = [str(self.engine.get("model", DEFAULT_MODEL)), *(str(e["model"]) for e in self.extra_engines)]
             out.print("  models: " + ", ".join(models))
+            out.print(f"  explorer [bold]{self.proxy_url}/[/] (or `cocoon status`)")
             out.print(f"  proxy {self.proxy_url} (directory {self.proxy_url}/v1/directory, metrics /metrics)")
             out.print(f"  try: OPENAI_BASE_URL={self.base_url} OPENAI_API_KEY=unused python your_app.py")
             if self.chain is not None:

@@ -1,7 +1,8 @@
 """The proxy's ASGI app: routes, lifespan and error handling; the handlers live beside it.
 
-Routes: the client API (``jobs``), the worker socket (``workers_ws``), money (``money.routes``), ``/metrics`` and
-``/healthz`` (``metrics``). Every ``CocoonError`` a handler raises leaves as its OpenAI JSON body and status.
+Routes: the client API (``jobs``), the worker socket (``workers_ws``), money (``money.routes``), the explorer's
+pages and ``/v1/stats`` (``explorer``), ``/metrics`` and ``/healthz`` (``metrics``). Every ``CocoonError`` a
+handler raises leaves as its OpenAI JSON body and status.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from cocoon.config import ProxySettings
 from cocoon.errors import CocoonError, NotFound
 from cocoon.proxy import jobs, metrics, policy
 from cocoon.proxy.canaries import CanarySender
+from cocoon.proxy.explorer import ROUTES as EXPLORER_ROUTES
+from cocoon.proxy.explorer import Timeline
 from cocoon.proxy.money.paid import open_cashier
 from cocoon.proxy.money.routes import ROUTES as MONEY_ROUTES
 from cocoon.proxy.routing import reputation_store
@@ -36,6 +39,7 @@ ROUTES = [
     Route("/healthz", metrics.healthz),
     Route("/readyz", metrics.readyz),
     *MONEY_ROUTES,
+    *EXPLORER_ROUTES,
     WebSocketRoute("/v1/worker/connect", worker_connect),
 ]
 
@@ -46,6 +50,7 @@ def create_app(settings: ProxySettings) -> Starlette:
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=handlers)
     app.state.proxy = ProxyState(settings)
     app.state.canaries = CanarySender(app.state.proxy)
+    app.state.timeline = Timeline(app.state.proxy.store)
     return app
 
 
@@ -63,6 +68,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     sweeper = asyncio.create_task(state.liveness.run_forever())
     canaries: CanarySender = app.state.canaries
     canary_loop = asyncio.create_task(canaries.run_forever())
+    timeline: Timeline = app.state.timeline
+    stats_writer = asyncio.create_task(timeline.run_forever())
     log.info("proxy up proxy_id=%s", state.proxy_id)
     try:
         yield
@@ -70,11 +77,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sweeper.cancel()
         canary_loop.cancel()
         saver.cancel()
+        stats_writer.cancel()
         if refresher is not None:
             refresher.cancel()
         if source is not None:
             await source.aclose()
         await reputation_store.save(state.store, state.routing.reputation)
+        await timeline.flush()
         await state.cashier.close()
         await state.store.close()
 

@@ -4,6 +4,7 @@ directory clients seal to, ``GET /v1/directory`` and ``GET /v1/models``. Handler
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import ClientGone, read_body, unless_disconnected
 from cocoon.proxy.attempt import Attempt, Frame
 from cocoon.proxy.canaries import CanarySender
+from cocoon.proxy.explorer.timeline import Timeline
 from cocoon.proxy.metrics import FAILOVERS, JOBS
 from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.rank import rank
@@ -44,7 +46,9 @@ async def jobs(request: Request) -> Response:
     Errors before the first frame (400, 402, 409 for a replayed request id, 413, 503, a worker's own) are OpenAI
     JSON; after it they are frames.
     """
+    received = time.monotonic()
     state: ProxyState = request.app.state.proxy
+    timeline: Timeline = request.app.state.timeline
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
     if not state.seen_requests.first_time(job.request_id):
@@ -78,17 +82,22 @@ async def jobs(request: Request) -> Response:
         return Response(status_code=499)
     except CocoonError as exc:
         JOBS.labels(job.model, exc.code).inc()
+        timeline.record(job.model, ok=False)  # a model some worker serves: names stay bounded
         raise
     state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
     sender: CanarySender = request.app.state.canaries
     sender.after_client_job(job.model)  # a share of traffic is followed by a canary, so canaries track load
     if len(relay.attempts) > 1:
         FAILOVERS.inc(len(relay.attempts) - 1)
-    return FrameStreamResponse(_counted(relay, attempt, first), lambda: relay.finished, FRAMES)
+    ttft_s = attempt.first_at - received
+    return FrameStreamResponse(_counted(relay, attempt, first, timeline, ttft_s), lambda: relay.finished, FRAMES)
 
 
-async def _counted(relay: JobRelay, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:
-    """The relay's stream, counted in ``cocoon_proxy_jobs_total`` by how it ended."""
+async def _counted(
+    relay: JobRelay, attempt: Attempt, first: Frame, timeline: Timeline, ttft_s: float
+) -> AsyncIterator[bytes]:
+    """The relay's stream, counted in ``cocoon_proxy_jobs_total`` by how it ended and in the explorer's
+    timeline (tokens of its receipts, nanoton charged against its reservation, time to first frame)."""
     outcome = "cancelled"
     try:
         async for chunk in relay.stream(attempt, first):
@@ -96,3 +105,11 @@ async def _counted(relay: JobRelay, attempt: Attempt, first: Frame) -> AsyncIter
         outcome = "ok" if relay.receipts else "error"
     finally:
         JOBS.labels(relay.request.model, outcome).inc()
+        timeline.record(
+            relay.request.model,
+            ok=outcome == "ok",
+            prompt_tokens=sum(end.receipt.prompt_tokens for end in relay.receipts),
+            completion_tokens=sum(end.receipt.completion_tokens for end in relay.receipts),
+            charged=relay.reservation.charged,
+            ttft_s=ttft_s,
+        )
