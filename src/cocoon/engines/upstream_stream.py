@@ -51,7 +51,8 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """
     data: list[str] = []
     size = 0
-    async for line in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for line in lines:
         if line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
             size += len(line)
@@ -62,6 +63,13 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             continue  # comments (": ping"), event names, or blank keep-alives
         payload, data, size = "\n".join(data), [], 0
         if payload == "[DONE]":
+            # Read on to the end of the body (there is normally nothing left), so that httpx keeps the connection
+            # for the next request: left unread, it is closed, and every request paid a new TCP connection.
+            left = MAX_EVENT_BYTES
+            async for rest in lines:
+                left -= len(rest) + 1
+                if left < 0:
+                    break
             return
         try:
             event = json.loads(payload)
