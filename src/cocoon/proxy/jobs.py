@@ -4,17 +4,18 @@ directory clients seal to, ``GET /v1/directory`` and ``GET /v1/models``. Handler
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
+from cocoon.metrics import FAILOVERS, record_request
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import ClientGone, read_body, unless_disconnected
 from cocoon.proxy.attempt import Attempt, Frame
 from cocoon.proxy.canaries import CanarySender
-from cocoon.proxy.metrics import FAILOVERS, JOBS
 from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.rank import rank
 from cocoon.proxy.routing.views import directory_json, models_json
@@ -48,12 +49,12 @@ async def jobs(request: Request) -> Response:
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
     if not state.seen_requests.first_time(job.request_id):
-        JOBS.labels(job.model, "replayed").inc()
+        record_request("proxy", job.model, "replayed")
         raise RequestReplayed(f"request {job.request_id} was sent before; a request is relayed once, seal it anew")
     candidates = rank(state.directory.sealed_to(job), job, state.routing)
     if not candidates:
         serving = len(state.directory.serving(job.model))
-        JOBS.labels(job.model, "no_capacity").inc()
+        record_request("proxy", job.model, "no_capacity")
         raise NoCapacity(
             f"none of the {len(job.keys)} workers this request was sealed to can take it "
             f"({serving} connected workers serve {job.model!r}); refresh the directory and retry"
@@ -69,30 +70,41 @@ async def jobs(request: Request) -> Response:
         dispatch_timeout=settings.dispatch_timeout,
         evidence=state.evidence,
     )
+    started = time.monotonic()
     try:
         # Waiting on in vain for a client gone would keep the job running to max_tokens; cancelling
         # first_frame makes the relay cancel it on its workers and book their receipts (JobRelay.abandon).
         attempt, first = await unless_disconnected(request, relay.first_frame())
     except ClientGone:
-        JOBS.labels(job.model, "cancelled").inc()
+        record_request("proxy", job.model, "cancelled")
         return Response(status_code=499)
     except CocoonError as exc:
-        JOBS.labels(job.model, exc.code).inc()
+        record_request("proxy", job.model, exc.code)
         raise
     state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
     sender: CanarySender = request.app.state.canaries
     sender.after_client_job(job.model)  # a share of traffic is followed by a canary, so canaries track load
     if len(relay.attempts) > 1:
-        FAILOVERS.inc(len(relay.attempts) - 1)
-    return FrameStreamResponse(_counted(relay, attempt, first), lambda: relay.finished, FRAMES)
+        FAILOVERS.labels("proxy").inc(len(relay.attempts) - 1)
+    ttft_s = time.monotonic() - started
+    return FrameStreamResponse(_counted(relay, attempt, first, ttft_s), lambda: relay.finished, FRAMES)
 
 
-async def _counted(relay: JobRelay, attempt: Attempt, first: Frame) -> AsyncIterator[bytes]:
-    """The relay's stream, counted in ``cocoon_proxy_jobs_total`` by how it ended."""
+async def _counted(relay: JobRelay, attempt: Attempt, first: Frame, ttft_s: float) -> AsyncIterator[bytes]:
+    """The relay's stream, counted in ``cocoon_requests_total{role="proxy"}`` by how it ended, with the tokens
+    its receipts claim and the time its first frame took."""
     outcome = "cancelled"
     try:
         async for chunk in relay.stream(attempt, first):
             yield chunk
         outcome = "ok" if relay.receipts else "error"
     finally:
-        JOBS.labels(relay.request.model, outcome).inc()
+        receipts = [end.receipt for end in relay.receipts]
+        record_request(
+            "proxy",
+            relay.request.model,
+            outcome,
+            prompt_tokens=sum(r.prompt_tokens for r in receipts),
+            completion_tokens=sum(r.completion_tokens for r in receipts),
+            ttft_s=ttft_s,
+        )
