@@ -12,9 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from cocoon.chain.pricing import PER_MILLION, cost_of, split
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork
+from tests.helpers.money import COEFFICIENT, PRICES, oai, settle, start_paid_network
 from tests.helpers.network import free_port, start_network
 
 
@@ -88,3 +91,47 @@ def test_the_sidecar_counts_the_request_too(net: LocalNetwork) -> None:
     ).raise_for_status()
     text = httpx.get(f"http://127.0.0.1:{net.client_port}/metrics", timeout=10).text
     assert f'cocoon_requests_total{{model="{DEFAULT_MODEL}",outcome="ok",role="client"}}' in text
+
+
+@pytest.fixture(scope="module")
+def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    network = start_paid_network(tmp_path_factory.mktemp("operators-paid"), workers=1)
+    yield network
+    network.stop()
+
+
+def money(net: LocalNetwork) -> dict[str, float]:
+    """The proxy's ``cocoon_money_nanoton_total`` by flow."""
+    text = httpx.get(f"{net.proxy_url}/metrics", timeout=10).text
+    return {
+        s.labels["flow"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "cocoon_money_nanoton"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels.get("role") == "proxy"
+    }
+
+
+def test_doctor_on_a_paid_network_reads_the_registry_price_and_the_wallet_balance(paid: LocalNetwork) -> None:
+    done = doctor(paid, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_check = {f["check"]: f for f in json.loads(done.stdout)["checks"]}
+    fee = int(httpx.get(f"{paid.proxy_url}/v1/payment", timeout=5).json()["proxy_fee_bps"])
+    completion = split(cost_of(0, 0, PER_MILLION, PRICES, COEFFICIENT).total, fee)[0]
+    assert by_check["price"]["status"] == "ok"
+    assert f"{completion} nanoton per million completion tokens" in by_check["price"]["message"]
+    assert by_check["wallet"]["status"] == "ok" and "TON on chain" in by_check["wallet"]["message"]
+
+
+def test_the_proxy_counts_what_clients_paid_workers_earned_and_it_kept(paid: LocalNetwork) -> None:
+    before = money(paid)
+    reply = oai(paid).chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+    )
+    cost = int((reply.usage.model_extra or {})["total_cost"])  # type: ignore[union-attr]
+    after = money(paid)
+    paid_now = after["paid"] - before.get("paid", 0)
+    assert paid_now == cost > 0
+    assert after["earned"] - before.get("earned", 0) + after["fee"] - before.get("fee", 0) == cost
+    settle(paid)
+    assert money(paid)["settled"] - before.get("settled", 0) >= cost

@@ -145,3 +145,16 @@ def test_ram_is_read_from_meminfo(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
     assert host.ram_available_bytes(meminfo) == 8_000_000 * 1024
+
+
+async def test_the_price_is_the_registrys_times_the_coefficient_less_the_fee(tmp_path: Path) -> None:
+    from cocoon.worker.network_checks import _price_finding
+
+    pricing = {"m": {"prompt": 1_000_000, "cached": 0, "completion": 2_000_000}}
+    options = settings(tmp_path, price_coefficient=1500)
+    finding = await _price_finding("m", "http://proxy", {"proxy_fee_bps": 500}, pricing, options)
+    # 2 000 000 nanoton per million completion tokens x1.5 = 3 000 000, less 5% = 2 850 000
+    assert finding.status == "ok" and "2850000 nanoton per million completion tokens" in finding.message
+    assert "1425000 per million prompt tokens" in finding.message and "x1.5" in finding.message
+    unknown = await _price_finding("other", "http://proxy", {"proxy_fee_bps": 500}, pricing, options)
+    assert unknown.status == "warn" and "chain_url" in unknown.fix
