@@ -185,7 +185,7 @@ class WorkerSettings(RoleSettings, ChainAccess, TlsTrust):
         "serves one on loopback and sets it); the authority key never leaves that process",
     )
     status_port: int = Field(
-        0, ge=0, le=65535, description="serve /healthz and /readyz on this port for monitoring (0: off)"
+        0, ge=0, le=65535, description="serve /healthz, /readyz and /metrics on this port for monitoring (0: off)"
     )
     status_host: str = Field("127.0.0.1", description="address the status endpoints listen on")
     heartbeat_interval: float = Field(0.5, gt=0, description="seconds between heartbeats")

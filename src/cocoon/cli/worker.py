@@ -1,15 +1,18 @@
-"""``cocoon worker``: run a worker, ``cocoon worker earnings`` to see what the proxies owe it and
-``cocoon worker claim`` to claim that on chain."""
+"""``cocoon worker``: run a worker, ``cocoon worker earnings`` to see what the proxies owe it,
+``cocoon worker claim`` to claim that on chain, and ``cocoon worker doctor`` to see what it lacks to earn."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from cocoon.cli.common import (
     ConfigOpt,
@@ -96,3 +99,28 @@ def claim(config: ConfigOpt = None) -> None:
 
     paid = run_with_spinner("claiming on chain", work, peer="the worker's proxies")
     console.print(f"[green]✓[/] claimed {paid} nanoton ({ton(paid)})")
+
+
+MARKS = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+
+
+@worker_app.command()
+def doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """What this machine can serve and what it lacks to earn: one line per check; exit 0 when it can earn."""
+    from cocoon.worker.doctor import can_earn, examine
+
+    settings = load_settings(WorkerSettings, config)
+    with console.status("examining this machine…"):
+        findings = asyncio.run(examine(settings))
+    earns = can_earn(findings)
+    if as_json:
+        print(json.dumps({"can_earn": earns, "checks": [f.to_json() for f in findings]}, indent=2))
+    else:
+        out = Console(highlight=False, soft_wrap=True)
+        for f in findings:
+            out.print(f"{MARKS[f.status]} {f.check:<7} {escape(f.message)}")
+            if f.fix and f.status != "ok":
+                out.print(f"          → {escape(f.fix)}")
+        verdict = "[green]this worker can earn[/]" if earns else "[red]this worker cannot earn yet[/]: fix the ✗ lines"
+        out.print(verdict)
+    raise typer.Exit(0 if earns else 1)

@@ -33,6 +33,7 @@ from cocoon.client.answers import Choice, Reply, close_all, coalesced, merged, s
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.keys import KeyGate, KeyStore
+from cocoon.client.metrics import client_metrics_route
 from cocoon.client.openapi import openapi_document
 from cocoon.client.responses import responses
 from cocoon.client.sdk import CocoonClient, Completion, EmbeddingEvent, Event
@@ -99,6 +100,7 @@ def create_gateway(
             Route("/v1/models/{model:path}", model_detail),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            client_metrics_route(),
             Route("/openapi.json", openapi),
         ],
         exception_handlers={CocoonError: cocoon_error, 404: not_found, 405: not_found, Exception: internal_error},

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -22,6 +23,7 @@ from cocoon.attestation import AttestationPolicy, AttestationVerifier
 from cocoon.chain.pricing import Cost, max_cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.meter import NOTHING_HELD, Hold, Meter
+from cocoon.client.metrics import RequestCount
 from cocoon.client.prefix import prefix_hashes, prompt_text
 from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
@@ -246,6 +248,7 @@ class CocoonClient:
         """
         tried: list[ProxyConnection] = []
         tries = max(2, len(self.proxies.proxies))
+        count = RequestCount(model)
         for round_ in range(1, tries + 1):
             proxy = self.proxies.next_for(tried)
             again = any(p is proxy for p in tried)  # every proxy tried: this one once more, on a fresh directory
@@ -268,23 +271,37 @@ class CocoonClient:
                 )
                 async for event in self._stream_once(proxy, payload, routing, timeout, meter):
                     started = True
+                    count.saw(event.usage if isinstance(event, Completion) else None)
                     yield event
+                count.ended("ok")  # a request that ended without a Completion still ended
                 return
             except (NoCapacity, UpstreamFailed, ModelNotFound) as exc:
                 single = len(self.proxies.proxies) == 1
                 if started or last or isinstance(exc, UpstreamTimeout) or (single and isinstance(exc, ModelNotFound)):
+                    count.ended(exc.code)
                     raise
+                count.failed_over()
                 log.info("retrying before the first byte model=%s proxy=%s reason=%s", model, proxy.url, exc.code)
-            except BudgetExhausted:  # the app's own limit: another proxy or a resync changes nothing
+            except BudgetExhausted as exc:  # the app's own limit: another proxy or a resync changes nothing
+                count.ended(exc.code)
                 raise
-            except PaymentRequired:
+            except PaymentRequired as exc:
                 # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them;
                 # another proxy bills another channel.
                 untried = any(all(p is not t for t in tried) for p in self.proxies.proxies)
                 if started or last or (proxy.payer is None and not untried):
+                    count.ended(exc.code)
                     raise
                 if proxy.payer is not None and not await proxy.payer.resync() and not untried:
+                    count.ended(exc.code)
                     raise
+                count.failed_over()
+            except CocoonError as exc:
+                count.ended(exc.code)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                count.ended("cancelled")
+                raise
 
     async def _stream_once(
         self,

@@ -22,6 +22,7 @@ from cocoon.chain.pricing import Cost, PriceBook, Prices, cost_of
 from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError, UpstreamFailed
+from cocoon.metrics import record_money
 from cocoon.protocol import Receipt
 from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
 from cocoon.protocol.tls import trust_context
@@ -252,6 +253,7 @@ class ChannelPayer:
             if response.status_code != 200:
                 raise CocoonError.from_openai(response.status_code, _json(response))
             self.vouchered = cumulative
+        record_money("client", "paid", cost.total)
         return cost
 
     async def reject(self, receipt_id: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from cocoon.config import ProxySettings
 from cocoon.errors import CocoonError, NotFound
+from cocoon.metrics import metrics_route, start_role
 from cocoon.proxy import jobs, metrics, policy
 from cocoon.proxy.canaries import CanarySender
 from cocoon.proxy.explorer import ROUTES as EXPLORER_ROUTES
@@ -35,7 +36,7 @@ ROUTES = [
     Route("/v1/directory", jobs.directory),
     Route("/v1/models", jobs.models),
     Route("/v1/jobs", jobs.jobs, methods=["POST"]),
-    Route("/metrics", metrics.metrics),
+    metrics_route(),
     Route("/healthz", metrics.healthz),
     Route("/readyz", metrics.readyz),
     *MONEY_ROUTES,
@@ -65,6 +66,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     source = state.policy_source
     refresher = asyncio.create_task(source.keep_fresh(lambda p: policy.apply_policy(state, p))) if source else None
     metrics.count_workers(state.directory)
+    start_role("proxy")
     sweeper = asyncio.create_task(state.liveness.run_forever())
     canaries: CanarySender = app.state.canaries
     canary_loop = asyncio.create_task(canaries.run_forever())

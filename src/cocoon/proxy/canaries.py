@@ -17,6 +17,7 @@ import uuid
 import msgpack
 
 from cocoon.errors import CocoonError, UpstreamFailed
+from cocoon.metrics import CANARY_FAILURES
 from cocoon.protocol import (
     JobRequest,
     ResponseSealer,
@@ -137,12 +138,14 @@ class CanarySender:
             )
             flag = self.book.record(result)
             if flag is not None:
+                CANARY_FAILURES.labels("proxy").inc()
                 log.warning("worker flagged by canaries worker=%s reason=%s", worker.worker_id, flag.reason)
                 self.state.routing.reputation.condemn(worker.worker_id, flag.reason)
                 await self.state.cashier.withhold(worker.register, flag.since, flag.reason)
         except CocoonError as exc:
             # A canary that failed is already evidence (the relay reported the attempt); it is not a check.
             self.book.failed += 1
+            CANARY_FAILURES.labels("proxy").inc()
             log.info("canary got no checkable answer worker=%s code=%s", worker.worker_id, exc.code)
         finally:
             self.book.done(worker.worker_id)

@@ -11,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
+from cocoon.metrics import FAILOVERS, record_request
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import ClientGone, read_body, unless_disconnected
 from cocoon.proxy.attempt import Attempt, Frame
 from cocoon.proxy.canaries import CanarySender
 from cocoon.proxy.explorer.timeline import Timeline
-from cocoon.proxy.metrics import FAILOVERS, JOBS
 from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.rank import rank
 from cocoon.proxy.routing.views import directory_json, models_json
@@ -52,12 +52,12 @@ async def jobs(request: Request) -> Response:
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
     if not state.seen_requests.first_time(job.request_id):
-        JOBS.labels(job.model, "replayed").inc()
+        record_request("proxy", job.model, "replayed")
         raise RequestReplayed(f"request {job.request_id} was sent before; a request is relayed once, seal it anew")
     candidates = rank(state.directory.sealed_to(job), job, state.routing)
     if not candidates:
         serving = len(state.directory.serving(job.model))
-        JOBS.labels(job.model, "no_capacity").inc()
+        record_request("proxy", job.model, "no_capacity")
         raise NoCapacity(
             f"none of the {len(job.keys)} workers this request was sealed to can take it "
             f"({serving} connected workers serve {job.model!r}); refresh the directory and retry"
@@ -78,17 +78,17 @@ async def jobs(request: Request) -> Response:
         # first_frame makes the relay cancel it on its workers and book their receipts (JobRelay.abandon).
         attempt, first = await unless_disconnected(request, relay.first_frame())
     except ClientGone:
-        JOBS.labels(job.model, "cancelled").inc()
+        record_request("proxy", job.model, "cancelled")
         return Response(status_code=499)
     except CocoonError as exc:
-        JOBS.labels(job.model, exc.code).inc()
+        record_request("proxy", job.model, exc.code)
         timeline.record(job.model, ok=False)  # a model some worker serves: names stay bounded
         raise
     state.routing.affinity.remember(attempt.worker.worker_id, job.prefix_hashes)
     sender: CanarySender = request.app.state.canaries
     sender.after_client_job(job.model)  # a share of traffic is followed by a canary, so canaries track load
     if len(relay.attempts) > 1:
-        FAILOVERS.inc(len(relay.attempts) - 1)
+        FAILOVERS.labels("proxy").inc(len(relay.attempts) - 1)
     ttft_s = attempt.first_at - received
     return FrameStreamResponse(_counted(relay, attempt, first, timeline, ttft_s), lambda: relay.finished, FRAMES)
 
@@ -96,20 +96,31 @@ async def jobs(request: Request) -> Response:
 async def _counted(
     relay: JobRelay, attempt: Attempt, first: Frame, timeline: Timeline, ttft_s: float
 ) -> AsyncIterator[bytes]:
-    """The relay's stream, counted in ``cocoon_proxy_jobs_total`` by how it ended and in the explorer's
-    timeline (tokens of its receipts, nanoton charged against its reservation, time to first frame)."""
+    """The relay's stream, counted in ``cocoon_requests_total{role="proxy"}`` by how it ended, with the tokens
+    its receipts claim and the time from its arrival to its first frame, and in the explorer's timeline
+    (the same, and the nanoton charged against its reservation)."""
     outcome = "cancelled"
     try:
         async for chunk in relay.stream(attempt, first):
             yield chunk
         outcome = "ok" if relay.receipts else "error"
     finally:
-        JOBS.labels(relay.request.model, outcome).inc()
+        receipts = [end.receipt for end in relay.receipts]
+        prompt_tokens = sum(r.prompt_tokens for r in receipts)
+        completion_tokens = sum(r.completion_tokens for r in receipts)
+        record_request(
+            "proxy",
+            relay.request.model,
+            outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_s=ttft_s,
+        )
         timeline.record(
             relay.request.model,
             ok=outcome == "ok",
-            prompt_tokens=sum(end.receipt.prompt_tokens for end in relay.receipts),
-            completion_tokens=sum(end.receipt.completion_tokens for end in relay.receipts),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             charged=relay.reservation.charged,
             ttft_s=ttft_s,
         )

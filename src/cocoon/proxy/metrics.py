@@ -1,4 +1,5 @@
-"""What the proxy tells operators: prometheus counters at ``GET /metrics``, liveness at ``GET /healthz`` (the
+"""What the proxy tells operators: prometheus metrics at ``GET /metrics`` (the shared ones of ``cocoon.metrics``,
+labelled ``role="proxy"``, and the proxy's own workers gauge), liveness at ``GET /healthz`` (the
 process answers) and readiness at ``GET /readyz`` (its books answer and at least one attested worker is connected:
 a load balancer in front of replicas sends clients only to one that can serve them).
 
@@ -9,27 +10,21 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import Gauge
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from cocoon import __version__
 from cocoon.proxy.routing.directory import Directory
 
-JOBS = Counter("cocoon_proxy_jobs_total", "jobs relayed", ["model", "outcome"])
 WORKERS = Gauge("cocoon_proxy_workers", "attested workers connected")
-FAILOVERS = Counter("cocoon_proxy_failovers_total", "jobs moved to another worker")
 
 
 def count_workers(directory: Directory) -> None:
     """Read the workers gauge from ``directory`` at every scrape (joins, leaves and sweeps all move it)."""
     WORKERS.set_function(lambda: len(directory.workers))
-
-
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -28,6 +28,7 @@ from cocoon.engines.base import (
     ToolCallDelta,
 )
 from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestReplayed
+from cocoon.metrics import FAILOVERS, record_request
 from cocoon.protocol import (
     Chunk,
     ErrorBody,
@@ -81,9 +82,11 @@ class JobRunner:
         if not self.seen_requests.first_time(job.request_id):
             err = RequestReplayed(f"request {job.request_id} already ran on this worker; a replay is never run")
             log.warning("replayed job refused job_id=%s", job.job_id)
+            record_request("worker", job.model, err.code)
             await send(_error(job.job_id, err.status, err.code, err.message, type_=err.type))
             return
         if self.board.waiting >= self.max_queue and self.board.free == 0:
+            record_request("worker", job.model, "no_capacity")
             await send(_error(job.job_id, 503, "no_capacity", "worker queue is full", retryable=True))
             return
         self.board.waiting += 1
@@ -94,6 +97,7 @@ class JobRunner:
             if reason is None:
                 raise
             _uncancel()  # nothing was computed, nothing to bill: say so, so the proxy stops waiting
+            record_request("worker", job.model, "cancelled")
             if reason == "hedge":
                 await send(_error(job.job_id, 409, "hedge_cancelled", "a hedged twin answered before this job started"))
             else:
@@ -113,6 +117,7 @@ class JobRunner:
         finally:
             self.board.running -= 1
             self._slots.release()
+        _count(job, last)
         # Counted out before its last frame goes: a heartbeat sent after the receipt never shows the job as
         # running, so the proxy (which counts it out on the receipt) does not see it busy again. Shielded: a cancel
         # arriving now (the job is done) must not cut off its receipt.
@@ -266,6 +271,26 @@ class JobRunner:
         finally:
             await stream.aclose()
         raise EngineError(f"engine for {payload.model!r} ended without a Finished event")
+
+
+def _count(job: Job, last: JobEnd | JobError) -> None:
+    """``job``'s end in the shared metrics: its receipt's tokens and first-token time, or its error code."""
+    if job.resume_from:
+        FAILOVERS.labels("worker").inc()  # this worker took over a stream another one started
+    if isinstance(last, JobError):
+        record_request("worker", job.model, last.error.code)
+        return
+    r = last.receipt
+    outcome = "cancelled" if r.finish_reason == "cancelled" else "ok"
+    ttft_s = r.ttft_ms / 1000 if r.ttft_ms else None
+    record_request(
+        "worker",
+        job.model,
+        outcome,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+        ttft_s=ttft_s,
+    )
 
 
 def _logprob(entry: TokenLogprob) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """What a worker tells its operator over HTTP (off unless ``status_port`` is set; loopback by default):
-liveness at ``GET /healthz`` and readiness at ``GET /readyz`` (its engines are loaded and at least one proxy has
-accepted its registration), for a supervisor or an orchestrator's probes. The worker needs no inbound port for
+liveness at ``GET /healthz``, readiness at ``GET /readyz`` (its engines are loaded and at least one proxy has
+accepted its registration), for a supervisor or an orchestrator's probes, and the shared Prometheus metrics at
+``GET /metrics`` (``cocoon.metrics``, ``role="worker"``). The worker needs no inbound port for
 its work; this one is for the machine's own monitoring.
 """
 
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cocoon import __version__
+from cocoon.metrics import metrics_route, start_role
 from cocoon.worker.link import ProxyLink
 
 
@@ -33,7 +35,8 @@ def status_app(worker_id: str, links: Callable[[], list[ProxyLink]], models: lis
             body["reason"] = f"none of its {len(current)} proxies has accepted its registration yet"
         return JSONResponse(body, status_code=200 if registered else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    start_role("worker")
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), metrics_route()])
 
 
 class _Server(uvicorn.Server):

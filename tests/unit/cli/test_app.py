@@ -22,7 +22,7 @@ def test_cocoon_lists_up_and_status_then_each_role() -> None:
 
 def test_each_role_keeps_its_subcommands() -> None:
     assert _commands("proxy") == ["settle"]
-    assert _commands("worker") == ["earnings", "claim"]
+    assert _commands("worker") == ["earnings", "claim", "doctor"]
     assert _commands("client") == ["deposit", "balance", "close", "withdraw", "keys"]
     assert _commands("client", "keys") == ["create", "list", "revoke", "topup", "set-budget", "usage"]
     assert _commands("chain") == ["wallet", "policy", "status", "registry"]

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain import sign_voucher, verify_voucher
 from cocoon.errors import BadRequest, CocoonError, NotFound, Unauthorized
+from cocoon.metrics import record_money
 from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, VoucherRecord, WorkerAccount, WorkerHold
 from cocoon.proxy.money.ledger import as_utc as _utc
@@ -65,6 +66,7 @@ class _Batch:
     charges: dict[str, Charge]
     holds: dict[str, WorkerHold]
     shares: dict[tuple[str, str], int] = field(default_factory=dict)  # (worker channel, payout) -> nanoton
+    paid: list[Charge] = field(default_factory=list)  # charges a voucher of this batch pays
 
 
 class Journal:
@@ -115,6 +117,7 @@ class Journal:
                 taken.append((pending, account))
             await self._credit_workers(session, state, now)
             await session.commit()
+        _count_paid(state)
         for pending, account in taken:
             pending.done.set_result(account)
 
@@ -174,6 +177,7 @@ class Journal:
             )
         for charge in owed:
             charge.status, charge.voucher_cumulative = PAID, entry.cumulative
+            state.paid.append(charge)
             hold = state.holds.get(charge.worker_id)
             if hold is not None and _utc(charge.created_at) >= _utc(hold.since):
                 hold.withheld += charge.worker_share  # the client pays; the caught worker is not paid
@@ -219,3 +223,11 @@ class Journal:
                     signature=account.voucher_signature,
                 )
             )  # fmt: skip
+
+
+def _count_paid(state: _Batch) -> None:
+    """The money a committed batch moved, in ``cocoon_money_nanoton_total``: what clients paid, the workers'
+    shares they earned (a withheld share is not earned), the proxy's fees."""
+    record_money("proxy", "paid", sum(c.cost for c in state.paid))
+    record_money("proxy", "earned", sum(state.shares.values()))
+    record_money("proxy", "fee", sum(c.fee for c in state.paid))

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cocoon.chain import ClientChannel
 from cocoon.config import ProxySettings
 from cocoon.errors import ChainError, TransactionFailed, UpstreamTimeout
+from cocoon.metrics import record_money
 from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import PAID, Charge, ClientAccount, FundingInFlight, WorkerAccount, as_utc
 
@@ -145,6 +146,7 @@ class Settlement:
             report.failed[channel] = failure
         elif sent:  # else a crash came between the claim and its record: the chain has it already
             report.claimed[channel] = claimed - before
+            record_money("proxy", "settled", max(claimed - before, 0))
             await self.chain.record("claim", channel, claimed - before)
 
     async def _fund(self, channel: str, report: SettleReport) -> None:
