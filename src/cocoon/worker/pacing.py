@@ -48,29 +48,28 @@ async def coalesced(
         while True:
             item, held = (held, None) if held is not None else (await queue.get(), None)
             if isinstance(item, TextDelta) and not first:
-                texts, tokens, logprobs = [item.text], item.tokens, list(item.logprobs)
+                merged = [item]
                 deadline = time.monotonic() + window_s
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        async with asyncio.timeout(left):
-                            nxt = await queue.get()
-                    except TimeoutError:
+                while held is None:
+                    if not queue.empty():  # what came meanwhile joins without waiting
+                        nxt = queue.get_nowait()
+                    elif (left := deadline - time.monotonic()) > 0:
+                        try:
+                            async with asyncio.timeout(left):
+                                nxt = await queue.get()
+                        except TimeoutError:
+                            break
+                    else:
                         break
-                    if not isinstance(nxt, TextDelta):
+                    if isinstance(nxt, TextDelta):
+                        merged.append(nxt)
+                    else:
                         held = nxt
-                        break
-                    texts.append(nxt.text)
-                    tokens += nxt.tokens
-                    logprobs += nxt.logprobs
-                while held is None and not queue.empty():  # what came meanwhile, without waiting for more
-                    nxt = queue.get_nowait()
-                    if not isinstance(nxt, TextDelta):
-                        held = nxt
-                        break
-                    texts.append(nxt.text)
-                    tokens += nxt.tokens
-                    logprobs += nxt.logprobs
-                item = TextDelta("".join(texts), tokens, tuple(logprobs))
+                item = TextDelta(
+                    "".join(d.text for d in merged),
+                    sum(d.tokens for d in merged),
+                    tuple(lp for d in merged for lp in d.logprobs),
+                )
             if item is _END:
                 return
             if isinstance(item, Exception):
