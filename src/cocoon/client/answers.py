@@ -315,48 +315,6 @@ async def sse(
     yield b"data: [DONE]\n\n"
 
 
-_NOTHING_YET = object()
-
-
-async def coalesced(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``parts`` with those that are ready together joined into one: what a response writes to its socket.
-
-    The events of a fast answer arrive many to a read, and each yielded part is one socket write (on this
-    project's 2-core VM a loopback write costs about a third of a millisecond: the SSE writes were a quarter of
-    the sidecar's time per request). Nothing waits for a part: the first goes out at once, and the rest join
-    whatever the source made while the previous write was going out. ``parts`` is closed at the end.
-    """
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for part in parts:
-                queue.put_nowait(part)
-            queue.put_nowait(None)
-        except Exception as exc:  # handed to the reader, which raises it
-            queue.put_nowait(exc)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            item: object = await queue.get()
-            batch: list[bytes] = []
-            while isinstance(item, bytes):
-                batch.append(item)
-                item = queue.get_nowait() if not queue.empty() else _NOTHING_YET
-            if batch:
-                yield b"".join(batch)
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await close_all(parts)
-
-
 async def close_all(*streams: object) -> None:
     """``aclose()`` each of ``streams`` that has one (None and plain iterators are skipped)."""
     for stream in streams:

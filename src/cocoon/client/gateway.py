@@ -29,7 +29,7 @@ from starlette.routing import Route
 from cocoon.attestation import AttestationVerifier
 from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
-from cocoon.client.answers import Choice, Reply, close_all, coalesced, merged, sse, whole
+from cocoon.client.answers import Choice, Reply, close_all, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.keys import KeyGate, KeyStore
@@ -324,7 +324,7 @@ async def _respond(
         raise
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return StreamingResponse(
-        coalesced(sse(reply, choices, first, events, include_usage, request.state.request_id)),
+        sse(reply, choices, first, events, include_usage, request.state.request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response as HttpResponse
 
-from cocoon.client.answers import Choice, coalesced, merged, summed_usage, whole
+from cocoon.client.answers import Choice, merged, summed_usage, whole
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.sdk import Completion, Event, TextEvent
 from cocoon.errors import BadRequest, CocoonError
@@ -101,7 +101,7 @@ async def responses(request: Request) -> HttpResponse:
         await _closed(events, stream)
         raise
     return StreamingResponse(
-        coalesced(writer.sse(choice, first, events, request.state.request_id)),
+        writer.sse(choice, first, events, request.state.request_id),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
