@@ -5,7 +5,9 @@ API keys (``keys``, in ``client_keys.py``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import httpx
@@ -201,26 +203,54 @@ def balance(proxy: ProxyOpt = None, config: ConfigOpt = None, as_json: JsonOpt =
 
 
 @client_app.command()
-def close(config: ConfigOpt = None) -> None:
-    """Start closing the channel; the proxy may still claim until the close delay ends, then `withdraw`."""
+def close(proxy: ProxyOpt = None, config: ConfigOpt = None) -> None:
+    """Start closing the channel (each, with --proxy all); the proxy may still claim until the close delay ends,
+    then `withdraw`."""
     settings = load_settings(ClientSettings, config)
+    with clear_errors():
+        targets = _targets(settings, proxy)
 
     async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
-        await channel.start_close(wallet)
         state = await channel.get_channel()
-        return f"closing; `cocoon client withdraw` returns the rest after unix time {state.close_at}"
+        if state.closed:
+            return "closed already: nothing is left in it"
+        if not state.close_at:
+            await channel.start_close(wallet)
+            state = await channel.get_channel()
+        return f"closing; `cocoon client withdraw` returns the rest after {_when(state.close_at)}"
 
-    console.print("[green]✓[/] " + _on_channel("starting the close", settings, act))
+    for url in targets:
+        console.print(f"[green]✓[/] {url}: " + _on_channel(f"starting the close with {url}", settings, act, url))
 
 
 @client_app.command()
-def withdraw(config: ConfigOpt = None) -> None:
-    """After the close delay, return what the proxy has not claimed to the client's wallet."""
+def withdraw(proxy: ProxyOpt = None, config: ConfigOpt = None) -> None:
+    """After the close delay, return what the proxy has not claimed to the client's wallet (from each channel,
+    with --proxy all)."""
     settings = load_settings(ClientSettings, config)
+    with clear_errors():
+        targets = _targets(settings, proxy)
 
     async def act(chain: ToncenterClient, wallet: Wallet, channel: ClientChannel) -> str:
+        # Refused here rather than by the contract: a withdrawal it rejects still costs the gas it was sent with.
+        state = await channel.get_channel()
+        if state.closed:
+            return "closed already: nothing is left in it"
+        if not state.close_at:
+            raise ConfigError("the channel is open: start closing it with `cocoon client close`, then withdraw")
+        if time.time() < state.close_at:
+            raise ConfigError(f"the close delay ends at {_when(state.close_at)}: the proxy may claim until then")
         before = await chain.get_balance(wallet.address)
         await channel.withdraw(wallet)
         return f"wallet balance {ton(before)} → {ton(await chain.get_balance(wallet.address))}"
 
-    console.print("[green]✓[/] " + _on_channel("withdrawing", settings, act))
+    for url in targets:
+        console.print(f"[green]✓[/] {url}: " + _on_channel(f"withdrawing from {url}", settings, act, url))
+
+
+def _when(unix: int) -> str:
+    """A moment on chain, in UTC and from now: ``2026-12-01 18:40:00 UTC (in 59 min)``."""
+    moment = datetime.fromtimestamp(unix, UTC)
+    minutes = round((unix - time.time()) / 60)
+    relative = f"in {minutes} min" if minutes > 0 else "now"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
