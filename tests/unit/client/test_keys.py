@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,10 @@ from cocoon.client.keys import KeySpending, KeyStore
 from cocoon.errors import BadRequest, BudgetExhausted, Forbidden, PaymentRequired, RateLimited, Unauthorized
 from cocoon.store import sqlite_file, utcnow
 
-LATER = utcnow() + timedelta(minutes=10)
+
+def later() -> datetime:
+    """A hold's expiry well ahead of now: now, not at import (a suite can run longer than any fixed margin)."""
+    return utcnow() + timedelta(minutes=10)
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def spending(store: KeyStore) -> KeySpending:
 
 
 async def reserve(store: KeyStore, key_id: str, amount: int, owner: str = "me") -> str:
-    return await spending(store).reserve(key_id, "req-1", "m", amount, owner=owner, expires_at=LATER)
+    return await spending(store).reserve(key_id, "req-1", "m", amount, owner=owner, expires_at=later())
 
 
 def on_disk(folder: Path) -> bytes:
@@ -195,7 +198,7 @@ async def test_usage_is_per_key_model_and_day(keys: KeyStore) -> None:
         (a.id, "r2", "m2", 7),
         (b.id, "r3", "m1", 1),
     ]:
-        hold = await run.reserve(key_id, request_id, model, 100, owner="me", expires_at=LATER)
+        hold = await run.reserve(key_id, request_id, model, 100, owner="me", expires_at=later())
         await run.spend(key_id, hold, request_id, model, cost)
         await run.release(key_id, hold)
     today = utcnow().date()
