@@ -1,8 +1,8 @@
 """API keys on a real paid network: keys made with the real ``cocoon client keys`` against the devnet deposit,
 a real sidecar holding every job to its key's budget, and 20 concurrent requests that cannot overspend a key
-whose budget covers only a few: the rest get 402, and what the key spent is exactly what the app was billed.
-The same on a sidecar keeping its keys in PostgreSQL. Then 401, 403 and 429 as apps see them, and ``GET
-/v1/models`` needing the key.
+whose budget covers only a few: the rest get 402, and what the key spent is exactly what the app was billed
+(on PostgreSQL the same holds are tested concurrently in ``tests/unit/client/test_keys.py``, without a second
+network). Then 401, 403 and 429 as apps see them, and ``GET /v1/models`` needing the key.
 """
 
 from __future__ import annotations
@@ -118,17 +118,6 @@ def test_twenty_concurrent_requests_cannot_overspend_a_key(paid: LocalNetwork) -
     usage = cli(paid, "usage", "--json")
     assert usage.returncode == 0, usage.stderr
     assert any(u["model"] == DEFAULT_MODEL and u["cost"] > 0 for u in json.loads(usage.stdout))
-
-
-def test_twenty_concurrent_requests_cannot_overspend_a_key_kept_in_postgresql(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
-) -> None:
-    net = start_paid_network(tmp_path_factory.mktemp("keys-pg"), client_options={"store_url": postgres_url})
-    try:
-        overspend_attempt(net)
-        assert not (net.home / "client" / "keys.sqlite3").exists()
-    finally:
-        net.stop()
 
 
 def test_a_key_is_refused_as_apps_expect_401_403_429(paid: LocalNetwork) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -298,3 +299,32 @@ def set_inclusion_delay(net: LocalNetwork, ms: int) -> None:
             await devnet.set_faults(inclusion_delay_ms=ms)
 
     asyncio.run(change())
+
+
+def _cocoon_client(net: LocalNetwork, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "cocoon", "client", *args, "--config", str(net.home / "client.toml")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
+
+
+def test_close_and_withdraw_name_their_proxies_and_refuse_what_the_contract_would(paid: LocalNetwork) -> None:
+    """Last in this module: it closes the client's channel. ``close`` and ``withdraw`` take ``--proxy URL|all``
+    like ``deposit``, closing twice sends one close, and a withdrawal the contract would refuse (an open channel,
+    a close delay not over) is refused first, in one line, without spending gas on it."""
+    early = _cocoon_client(paid, "withdraw", "--proxy", "all")
+    assert early.returncode == 2
+    assert "the channel is open: start closing it with `cocoon client close`" in early.stdout + early.stderr
+
+    closed = _cocoon_client(paid, "close", "--proxy", "all")
+    said = closed.stdout + closed.stderr
+    assert closed.returncode == 0, said
+    assert f"{paid.proxy_url}: closing; `cocoon client withdraw` returns the rest after" in said
+    assert re.search(r"UTC \(in \d+ min\)", said)  # the devnet's close delay, from its registry
+    close_at = balance_of(str(paid.home / "client.toml"))["close_at"]
+    assert close_at > 0
+
+    again = _cocoon_client(paid, "close")
+    assert again.returncode == 0 and "closing;" in again.stdout + again.stderr
+    assert balance_of(str(paid.home / "client.toml"))["close_at"] == close_at  # no second close
+
+    waiting = _cocoon_client(paid, "withdraw")
+    assert waiting.returncode == 2 and "the close delay ends at" in waiting.stdout + waiting.stderr
