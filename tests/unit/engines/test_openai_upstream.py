@@ -703,3 +703,14 @@ async def test_a_server_streaming_far_past_max_tokens_is_stopped() -> None:
     pieces = [delta(content="x")] * (2 * 4 + 65)
     with pytest.raises(UpstreamFailed, match="max_tokens"):
         await events_of(chat(), *pieces, *finish("length"))
+
+
+async def test_the_stream_is_read_to_its_end_past_done_so_the_connection_is_kept() -> None:
+    from cocoon.engines.upstream_stream import sse_events
+
+    body = sse({"choices": []}) + b": a server's trailing comment\n\n"
+    response = httpx.Response(200, stream=httpx.ByteStream(body), request=httpx.Request("POST", URL))
+
+    assert [event async for event in sse_events(response)] == [{"choices": []}]
+    # httpx closes a response (and hands its connection back to the pool) once its body was read to the end.
+    assert response.is_closed

@@ -32,6 +32,20 @@ async def test_no_window_passes_every_delta_through() -> None:
     assert len(events) == 6
 
 
+async def test_no_window_still_merges_the_deltas_already_there_after_the_first() -> None:
+    async def one_read() -> AsyncGenerator[GenerationEvent, None]:
+        # An upstream's events parsed out of one network read: nothing awaits between them.
+        for i in range(5):
+            yield TextDelta(f"w{i} ")
+        yield Finished("length", TokenUsage(prompt_tokens=1, completion_tokens=5))
+
+    events = [e async for e in coalesced(one_read(), window_s=0)]
+
+    assert events[0] == TextDelta("w0 ", 1)  # the first text still goes out alone
+    assert events[1] == TextDelta("w1 w2 w3 w4 ", 4)
+    assert isinstance(events[2], Finished) and len(events) == 3
+
+
 async def test_an_engine_error_surfaces_to_the_reader() -> None:
     async def failing() -> AsyncGenerator[GenerationEvent, None]:
         yield TextDelta("a")
