@@ -48,11 +48,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cocoon.chain.pricing import ton_text
+from cocoon.chain.pricing import parse_ton, ton_text
 from cocoon.client.escrow import deposit_left
 from cocoon.client.keys import KeyStore
 from cocoon.config import ClientSettings
-from cocoon.errors import BadRequest, CocoonError, PaymentRequired
+from cocoon.errors import BadRequest, CocoonError, ConfigError, PaymentRequired
 from cocoon.telegram import InitData, validate_init_data
 
 log = logging.getLogger("telegram-mini-app")
@@ -238,10 +238,10 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 def _nanoton(text: str) -> int:
-    whole, _, fraction = text.strip().partition(".")
-    if not whole.isdigit() or (fraction and (not fraction.isdigit() or len(fraction) > 9)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of TON (up to 9 decimals)")
-    return int(whole) * 10**9 + int(fraction.ljust(9, "0") if fraction else 0)
+    try:
+        return parse_ton(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cocoon.chain.address import address_text
 from cocoon.chain.contracts import TON
 from cocoon.chain.registry import ModelEntry, Registry
-from cocoon.errors import ModelNotFound
+from cocoon.errors import ConfigError, ModelNotFound
 
 COEFFICIENT_ONE = 1000  # a worker's price coefficient: 1000 = 1x the registry price
 PER_MILLION = 1_000_000
@@ -94,6 +94,19 @@ class Cost:
 def ton_text(nanoton: int) -> str:
     """``1500000000`` → ``1.5 TON`` (display only: amounts stay integers)."""
     return f"{Decimal(nanoton) / TON:f} TON"
+
+
+def parse_ton(text: str) -> int:
+    """``"0.25"`` → ``250000000`` nanoton. Raises ConfigError unless ``text`` is a positive whole number of nanoton."""
+    try:
+        amount = Decimal(text) * TON
+    except InvalidOperation as exc:
+        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25") from exc
+    if not amount.is_finite():  # "nan" and "inf" parse as decimals, but are no amount
+        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25")
+    if amount <= 0 or amount != amount.to_integral_value():
+        raise ConfigError(f"{text!r} TON is not a positive whole number of nanoton")
+    return int(amount)
 
 
 def _class_cost(tokens: int, price: int, coefficient: int) -> int:

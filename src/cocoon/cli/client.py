@@ -16,6 +16,7 @@ import typer
 from cocoon.chain import TESTNET_GLOBAL_ID, ClientChannel, Outbox, ToncenterClient, Wallet
 from cocoon.chain.address import address_text, payable_text, raw_address
 from cocoon.chain.liteserver import chain_for
+from cocoon.chain.pricing import parse_ton
 from cocoon.cli.client_keys import keys_app
 from cocoon.cli.common import (
     ConfigOpt,
@@ -26,7 +27,6 @@ from cocoon.cli.common import (
     clear_errors,
     console,
     load_settings,
-    parse_ton,
     print_report,
     role_group,
     role_runner,

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cocoon.cli.common import ConfigOpt, JsonOpt, clear_errors, console, load_settings, parse_ton, run_with_spinner, ton
+from cocoon.chain.pricing import parse_ton
+from cocoon.cli.common import ConfigOpt, JsonOpt, clear_errors, console, load_settings, run_with_spinner, ton
 from cocoon.client.keys import ApiKey, KeyStore
 from cocoon.config import ClientSettings
 from cocoon.errors import ConfigError

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Coroutine, Iterator
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,10 +16,9 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from cocoon.chain import TON
 from cocoon.chain.pricing import ton_text
 from cocoon.config import RoleSettings, TlsServing
-from cocoon.errors import CocoonError, ConfigError, map_http_errors
+from cocoon.errors import CocoonError, map_http_errors
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -133,19 +131,6 @@ def serve(asgi: Any, host: str, port: int, log_level: str, tls: TlsServing | Non
 def ton(nanoton: int) -> str:
     """``1500000000`` → ``1.5 TON`` (display only: amounts stay integers)."""
     return ton_text(nanoton)
-
-
-def parse_ton(text: str) -> int:
-    """``"0.25"`` → ``250000000`` nanoton. Raises ConfigError unless ``text`` is a positive whole number of nanoton."""
-    try:
-        amount = Decimal(text) * TON
-    except InvalidOperation as exc:
-        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25") from exc
-    if not amount.is_finite():  # "nan" and "inf" parse as decimals, but are no amount
-        raise ConfigError(f"{text!r} is not an amount of TON; write e.g. 5 or 0.25")
-    if amount <= 0 or amount != amount.to_integral_value():
-        raise ConfigError(f"{text!r} TON is not a positive whole number of nanoton")
-    return int(amount)
 
 
 def print_report(data: dict[str, Any], as_json: bool, title: str) -> None:

@@ -31,8 +31,9 @@ from cocoon.chain import (
 from cocoon.chain.address import address_text, parse_address, payable_text
 from cocoon.chain.liteserver import open_chain
 from cocoon.chain.network import Network, check_network
+from cocoon.chain.pricing import parse_ton
 from cocoon.chain.registry import measurement_key
-from cocoon.cli.common import JsonOpt, console, parse_ton, print_report, role_group, run_with_spinner, ton
+from cocoon.cli.common import JsonOpt, console, print_report, role_group, run_with_spinner, ton
 from cocoon.config import cocoon_home
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import ConfigError

@@ -10,7 +10,8 @@ import pytest
 import typer
 
 from cocoon.chain import TON
-from cocoon.cli.common import load_settings, parse_ton, print_report, run_with_spinner, ton
+from cocoon.chain.pricing import parse_ton
+from cocoon.cli.common import load_settings, print_report, run_with_spinner, ton
 from cocoon.config import ProxySettings
 from cocoon.errors import ConfigError
 from cocoon.local import free_port
