@@ -53,11 +53,13 @@ from cocoon.client.escrow import deposit_left
 from cocoon.client.keys import KeyStore
 from cocoon.config import ClientSettings
 from cocoon.errors import BadRequest, CocoonError, ConfigError, PaymentRequired
+from cocoon.protocol.http import read_body
 from cocoon.telegram import InitData, validate_init_data
 
 log = logging.getLogger("telegram-mini-app")
 HERE = Path(__file__).resolve().parent
 MAX_MESSAGES, MAX_CHARS = 32, 8000  # what one chat may send: the page keeps a short history
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,13 @@ def make_app(options: Options) -> Starlette:
         if user.user is None:
             return error(401, "this initData names no user: open the app from a chat with the bot")
         try:
-            messages = chat_messages(await request.json())
-        except (BadRequest, ValueError) as exc:
-            return error(400, exc.message if isinstance(exc, BadRequest) else "the body is not JSON")
+            # Bounded as cocoon's own servers bound bodies: a size cap and a deadline for slow senders.
+            body = await read_body(request, MAX_BODY_BYTES, "chat")
+            messages = chat_messages(json.loads(body))
+        except CocoonError as exc:
+            return error(exc.status, exc.message)
+        except ValueError:
+            return error(400, "the body is not JSON")
         try:
             secret = await keys.secret(user.user.id, datetime.now(UTC).date())
         except PaymentRequired:

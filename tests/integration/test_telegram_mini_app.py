@@ -127,7 +127,7 @@ def test_the_page_in_chromium_streams_an_answer_paid_from_the_users_daily_key(
     assert 0 < key["spent"] <= key["budget"] == 50_000_000 and key["models"] == ["gemma-3-270m"]
 
 
-def test_a_tampered_or_stale_init_data_is_a_401_naming_the_check(backend: str) -> None:
+def test_a_tampered_or_stale_init_data_is_a_401_naming_the_check_and_a_huge_body_a_413(backend: str) -> None:
     forged = init_data().replace("Ada", "Eve")
     cases = {
         "empty": None,
@@ -140,6 +140,10 @@ def test_a_tampered_or_stale_init_data_is_a_401_naming_the_check(backend: str) -
         assert check in refused.json()["check"] or check in refused.json()["error"]
     other_bot = chat(backend, f"tma {init_data(token='7000000002:AAE-another-bots-token')}")
     assert other_bot.status_code == 401 and other_bot.json()["check"] == "hash_mismatch"
+    huge = httpx.post(
+        f"{backend}/api/chat", content=b"x" * 100_000, headers={"authorization": f"tma {init_data()}"}, timeout=30
+    )
+    assert huge.status_code == 413, huge.text
 
 
 def test_a_spent_daily_budget_is_a_402_the_page_can_show(network: LocalNetwork, tmp_path: Path) -> None:
