@@ -15,12 +15,13 @@ import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cocoon.chain.pricing import ton_text
 from cocoon.config import RoleSettings, TlsServing
 from cocoon.errors import CocoonError, map_http_errors
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error naming a long path stays one line, copyable
 T = TypeVar("T")
 S = TypeVar("S", bound=RoleSettings)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +86,8 @@ def clear_errors(code: int = 2) -> Iterator[None]:
     try:
         yield
     except CocoonError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        # The message as text, never markup: it quotes what other parties sent, brackets included.
+        console.print(Text.assemble(("error:", "red"), " ", exc.message))
         raise typer.Exit(code) from exc
 
 
