@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from cocoon.chain import (
     voucher_cell,
     voucher_hash,
 )
-from cocoon.chain.vouchers import VOUCHER_TAG
+from cocoon.chain.vouchers import MAX_COINS, VOUCHER_TAG
 from cocoon.errors import BadRequest
 
 VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
@@ -110,3 +111,19 @@ def test_amount_outside_coins_range_or_global_id_outside_int32_is_refused() -> N
     with pytest.raises(BadRequest):
         voucher_cell(CHANNEL, 1, global_id=1 << 31)
     voucher_cell(CHANNEL, (1 << 120) - 1, global_id=MAINNET_GLOBAL_ID)
+
+
+def test_the_voucher_hash_computed_from_bits_is_the_cells_hash() -> None:
+    rng = random.Random(7)
+    amounts = [0, 1, 255, 256, 65_535, 65_536, MAX_COINS, *(rng.getrandbits(rng.randrange(1, 121)) for _ in range(300))]
+    for cumulative in amounts:
+        workchain = rng.choice([0, -1])
+        channel = Address((workchain, rng.randbytes(32)))
+        global_id = rng.choice([MAINNET_GLOBAL_ID, TESTNET_GLOBAL_ID, -(1 << 31), (1 << 31) - 1, 0])
+        expected = voucher_cell(channel, cumulative, global_id=global_id).hash
+        for form in (channel, channel.to_str(is_bounceable=True), f"{channel.wc}:{channel.hash_part.hex()}"):
+            assert voucher_hash(form, cumulative, global_id=global_id) == expected, (form, cumulative, global_id)
+    with pytest.raises(BadRequest, match="not a TON address"):
+        voucher_hash("0:nothex", 1, global_id=MAINNET_GLOBAL_ID)
+    with pytest.raises(BadRequest, match="outside"):
+        voucher_hash(CHANNEL, MAX_COINS + 1, global_id=MAINNET_GLOBAL_ID)

@@ -87,12 +87,20 @@ class Billing:
         # The sealed request bounds its own prompt: a token is at least one byte of plaintext.
         amount = max_cost(len(job.ciphertext), job.max_tokens, prices, coefficient)
         async with self.lock(channel):
-            account = await self._account(channel)
+            # Reservations are read before the owed charges: a request ends by committing its charge and only
+            # then giving back its reservation, so a request finishing meanwhile is counted at least once. Read
+            # the other way round, it could end in between and be counted nowhere (the credit limit overshot).
+            reserved = self.reserved(channel)
+            account, owed, unpaid = await self._standing(channel)
             if not verify_signature(account.payer_key, payer_message(channel, job.request_id), job.payer.signature):
                 raise Unauthorized(f"the request is not signed by the payer key of channel {channel}")
             if account.closing:
                 raise PaymentRequired(f"channel {channel} is closing; open a new one with `cocoon client deposit`")
-            await self._refuse_unpaid(channel)
+            if unpaid:
+                raise PaymentRequired(
+                    f"channel {channel} has {unpaid} receipts unpaid for over {self.unpaid_grace_s:g}s; the "
+                    "client must pay them with a voucher (POST /v1/vouchers) or reject them before new requests"
+                )
             free = self._free(account)
             age = time.time() - as_utc(account.checked_at).timestamp()
             # Re-read the chain when short (a top-up), and now and then anyway (a close or withdrawal).
@@ -108,7 +116,14 @@ class Billing:
                     f"but this request may cost up to {amount} nanoton; top up with "
                     f"`cocoon client deposit --amount <TON>` or lower max_tokens"
                 )
-            await self._within_credit(channel, amount)
+            at_risk = reserved + owed + account.rejected
+            if at_risk + amount > self.credit_limit:
+                raise PaymentRequired(
+                    f"channel {channel} would have {at_risk + amount} nanoton at risk with this request "
+                    f"({reserved} reserved, {owed} owed, {account.rejected} in receipts it rejected) "
+                    f"but this proxy's credit limit is {self.credit_limit}; pay owed receipts, wait for requests "
+                    "in flight, lower max_tokens, or open a new channel with `cocoon client deposit`"
+                )
             reservation = Reservation(channel, amount, time.monotonic() + job.timeout + 60)
             self._reservations.setdefault(channel, set()).add(reservation)
         return reservation
@@ -224,10 +239,21 @@ class Billing:
     def _account_json(self, account: ClientAccount) -> dict[str, object]:
         return account_json(account, self.reserved(account.channel))
 
-    async def _account(self, channel: str) -> ClientAccount:
-        async with self.store.session() as session:
-            account = await session.get(ClientAccount, channel)
-        return account if account is not None else await self._refresh_deposit(channel)
+    async def _standing(self, channel: str) -> tuple[ClientAccount, int, int]:
+        """The channel's account, what it owes, and how many receipts it has left unpaid past the grace period:
+        one query on the request path (the chain is read first when the channel is new to this proxy)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)
+        mine = (Charge.client_channel == channel, Charge.status == OWED)
+        owed = select(func.coalesce(func.sum(Charge.cost), 0)).where(*mine).scalar_subquery()
+        unpaid = select(func.count()).select_from(Charge).where(*mine, Charge.created_at < cutoff).scalar_subquery()
+        query = select(ClientAccount, owed, unpaid).where(ClientAccount.channel == channel)
+        for _ in range(2):
+            async with self.store.session() as session:
+                row = (await session.execute(query)).first()
+            if row is not None:
+                return row[0], int(row[1] or 0), int(row[2] or 0)
+            await self._refresh_deposit(channel)
+        raise NotFound(f"channel {channel} could not be read from the store")  # removed between the two reads
 
     async def _refresh_deposit(self, channel: str) -> ClientAccount:
         """Read the channel from the chain (first use, or a top-up the proxy has not seen yet)."""
@@ -257,30 +283,6 @@ class Billing:
             await session.commit()
         return account
 
-    async def _within_credit(self, channel: str, amount: int) -> None:
-        """PaymentRequired when ``amount`` more would put the channel past its credit limit (reservations,
-        owed receipts, and everything its client ever rejected)."""
-        # Reservations are read before the owed charges: a request ends by committing its charge and only then
-        # giving back its reservation, so a request finishing during the read below is counted at least once.
-        # Read the other way round, it could end in between and be counted nowhere (the limit overshot).
-        reserved = self.reserved(channel)
-        async with self.store.session() as session:
-            owed = await session.scalar(
-                select(func.coalesce(func.sum(Charge.cost), 0)).where(
-                    Charge.client_channel == channel, Charge.status == OWED
-                )
-            )
-            account = await session.get(ClientAccount, channel)
-        rejected = account.rejected if account is not None else 0
-        at_risk = reserved + int(owed or 0) + rejected
-        if at_risk + amount > self.credit_limit:
-            raise PaymentRequired(
-                f"channel {channel} would have {at_risk + amount} nanoton at risk with this request "
-                f"({reserved} reserved, {int(owed or 0)} owed, {rejected} in receipts it rejected) "
-                f"but this proxy's credit limit is {self.credit_limit}; pay owed receipts, wait for requests in "
-                "flight, lower max_tokens, or open a new channel with `cocoon client deposit`"
-            )
-
     async def owed(self, channel: str) -> list[dict[str, object]]:
         """The receipts ``channel`` owes, oldest first, each with its cost and the signed receipt (msgpack hex)."""
         async with self.store.session() as session:
@@ -305,20 +307,6 @@ class Billing:
             }
             for c in rows
         ]
-
-    async def _refuse_unpaid(self, channel: str) -> None:
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)
-        async with self.store.session() as session:
-            unpaid = await session.scalar(
-                select(func.count()).where(
-                    Charge.client_channel == channel, Charge.status == OWED, Charge.created_at < cutoff
-                )
-            )
-        if unpaid:
-            raise PaymentRequired(
-                f"channel {channel} has {unpaid} receipts unpaid for over {self.unpaid_grace_s:g}s; the client "
-                "must pay them with a voucher (POST /v1/vouchers) or reject them before new requests"
-            )
 
 
 def _hex(text: str, what: str) -> bytes:

@@ -7,6 +7,11 @@ What this does instead is a group commit: items queue while one batch is being w
 them all, in one transaction, and each caller is answered only after that transaction committed. An item whose
 checks fail is refused before it changes anything, so it never spoils the rest of its batch.
 
+A batch is a fixed number of statements whatever its size: three reads (accounts, charges, holds), then each
+table's changes as one executemany (``_save``), then the commit. The rows read are detached from the session
+and changed as plain objects: the ORM's unit of work, which flushed them row by row (and again before each
+later statement), took most of a batch's time.
+
 Lock order, for replicas sharing a PostgreSQL: a batch locks its client accounts (sorted, one
 ``SELECT … FOR UPDATE``), then its worker accounts (sorted). Every other writer of those rows locks one row at
 a time, so two batches never wait on each other in a circle.
@@ -18,8 +23,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, Update, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain import sign_voucher, verify_voucher
@@ -28,7 +34,7 @@ from cocoon.metrics import record_money
 from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, VoucherRecord, WorkerAccount, WorkerHold
 from cocoon.proxy.money.ledger import as_utc as _utc
-from cocoon.proxy.store import Store
+from cocoon.proxy.store import Base, Store
 
 log = logging.getLogger("cocoon.proxy.journal")
 MAX_BATCH = 512  # items in one transaction: bounds a batch's time, and so the wait of the item behind it
@@ -67,6 +73,11 @@ class _Batch:
     holds: dict[str, WorkerHold]
     shares: dict[tuple[str, str], int] = field(default_factory=dict)  # (worker channel, payout) -> nanoton
     paid: list[Charge] = field(default_factory=list)  # charges a voucher of this batch pays
+    new: list[Charge] = field(default_factory=list)  # charges booked by this batch, inserted as they end up
+    changed: set[str] = field(default_factory=set)  # client channels whose account this batch changed
+    records: list[dict[str, object]] = field(default_factory=list)  # vouchers taken and signed
+    workers: list[WorkerAccount] = field(default_factory=list)  # worker accounts this batch vouchered
+    held: set[str] = field(default_factory=set)  # workers whose hold this batch added to
 
 
 class Journal:
@@ -103,19 +114,21 @@ class Journal:
     async def _write(self, batch: list[_Pending]) -> None:
         async with self.store.writing(), self.store.session() as session:
             state = await self._load(session, [p.entry for p in batch])
+            session.expunge_all()  # plain objects from here on: ``_save`` writes what changed
             taken: list[tuple[_Pending, ClientAccount]] = []
             now = datetime.now(UTC)
             for pending in batch:
                 try:
                     if isinstance(pending.entry, VoucherEntry):
-                        account = self._voucher(session, state, pending.entry, now)
+                        account = self._voucher(state, pending.entry, now)
                     else:
-                        account = self._charge(session, state, pending.entry)
+                        account = self._charge(state, pending.entry, now)
                 except CocoonError as exc:  # refused before it changed anything
                     pending.done.set_exception(exc)
                     continue
                 taken.append((pending, account))
             await self._credit_workers(session, state, now)
+            await self._save(session, state)
             await session.commit()
         _count_paid(state)
         for pending, account in taken:
@@ -138,20 +151,24 @@ class Journal:
             holds = {h.worker_id: h for h in await session.scalars(select(WorkerHold))}
         return _Batch(accounts, charges, holds)
 
-    def _charge(self, session: AsyncSession, state: _Batch, entry: ChargeEntry) -> ClientAccount:
+    def _charge(self, state: _Batch, entry: ChargeEntry, now: datetime) -> ClientAccount:
         charge = entry.charge
         account = state.accounts.get(charge.client_channel)
         if account is None:
             raise NotFound(f"channel {charge.client_channel} has never been used with this proxy")
         if charge.receipt_id in state.charges:
             raise BadRequest(f"receipt {charge.receipt_id} is booked already; a worker must not reuse receipt ids")
-        session.add(charge)
+        # The column defaults, set here: the row is inserted from these attributes, not by the ORM.
+        charge.created_at = charge.created_at or now
+        charge.reason = charge.reason or ""
+        state.new.append(charge)
         state.charges[charge.receipt_id] = charge
         if charge.status == OWED:
             account.charged += charge.cost
+            state.changed.add(account.channel)
         return account
 
-    def _voucher(self, session: AsyncSession, state: _Batch, entry: VoucherEntry, now: datetime) -> ClientAccount:
+    def _voucher(self, state: _Batch, entry: VoucherEntry, now: datetime) -> ClientAccount:
         channel = entry.channel
         account = state.accounts.get(channel)
         if account is None:
@@ -181,27 +198,31 @@ class Journal:
             hold = state.holds.get(charge.worker_id)
             if hold is not None and _utc(charge.created_at) >= _utc(hold.since):
                 hold.withheld += charge.worker_share  # the client pays; the caught worker is not paid
+                state.held.add(hold.worker_id)
                 charge.reason = f"worker share withheld: {hold.reason}"[:2000]
                 continue
             key = (charge.worker_channel, charge.worker_payout)
             state.shares[key] = state.shares.get(key, 0) + charge.worker_share
         account.vouchered, account.voucher_signature = entry.cumulative, entry.signature
         account.vouchered_at = account.vouchered_at or now
-        record = VoucherRecord(kind="client", channel=channel, cumulative=entry.cumulative, signature=entry.signature)
-        session.add(record)
+        state.changed.add(channel)
+        state.records.append(
+            {"kind": "client", "channel": channel, "cumulative": entry.cumulative, "signature": entry.signature}
+        )
         return account
 
     async def _credit_workers(self, session: AsyncSession, state: _Batch, now: datetime) -> None:
         """One cumulative voucher per worker for the whole batch, its rows locked in one order."""
         if not state.shares:
             return
-        for worker_channel, payout in sorted(state.shares):
-            # Vouchers from different clients credit the same worker at once: create its row once, then lock it.
-            await session.execute(
-                self.store.insert_if_absent(WorkerAccount).values(
-                    channel=worker_channel, payout=payout, funded=0, vouchered=0, voucher_signature=b"", claimed=0
-                )
-            )
+        # Vouchers from different clients credit the same worker at once: create its row once, then lock it.
+        await session.execute(
+            self.store.insert_if_absent(WorkerAccount),
+            [
+                {"channel": c, "payout": p, "funded": 0, "vouchered": 0, "voucher_signature": b"", "claimed": 0}
+                for c, p in sorted(state.shares)
+            ],
+        )
         channels = sorted({channel for channel, _ in state.shares})
         locked = (
             select(WorkerAccount)
@@ -210,6 +231,7 @@ class Journal:
             .with_for_update()
         )
         workers = {w.channel: w for w in await session.scalars(locked)}
+        session.expunge_all()
         for (worker_channel, _payout), share in sorted(state.shares.items()):
             account = workers[worker_channel]
             account.vouchered += share
@@ -217,12 +239,55 @@ class Journal:
                 self.chain.wallet.seed, worker_channel, account.vouchered, global_id=self.chain.global_id
             )
             account.vouchered_at = account.vouchered_at or now
-            session.add(
-                VoucherRecord(
-                    kind="worker", channel=worker_channel, cumulative=account.vouchered,
-                    signature=account.voucher_signature,
-                )
+            state.records.append(
+                {
+                    "kind": "worker", "channel": worker_channel, "cumulative": account.vouchered,
+                    "signature": account.voucher_signature,
+                }
             )  # fmt: skip
+        state.workers = list(workers.values())
+
+    async def _save(self, session: AsyncSession, state: _Batch) -> None:
+        """Write what the batch changed: one executemany per table, new charges with their final status."""
+        new = {c.receipt_id for c in state.new}
+        db = await session.connection()  # Core statements: nothing here needs the ORM's execute path
+        if state.new:
+            columns = [c.key for c in Charge.__table__.columns]
+            await db.execute(insert(_table(Charge)), [{k: getattr(c, k) for k in columns} for c in state.new])
+        if paid := [c for c in state.paid if c.receipt_id not in new]:
+            await db.execute(
+                _by_key(Charge, "receipt_id", "status", "voucher_cumulative", "reason"),
+                [_params(c, "receipt_id", "status", "voucher_cumulative", "reason") for c in paid],
+            )
+        if state.changed:
+            fields = ("channel", "charged", "vouchered", "voucher_signature", "vouchered_at")
+            await db.execute(
+                _by_key(ClientAccount, *fields), [_params(state.accounts[c], *fields) for c in sorted(state.changed)]
+            )
+        if holds := [state.holds[w] for w in sorted(state.held)]:
+            await db.execute(
+                _by_key(WorkerHold, "worker_id", "withheld"), [_params(h, "worker_id", "withheld") for h in holds]
+            )
+        if state.workers:
+            owed = ("channel", "vouchered", "voucher_signature", "vouchered_at")
+            await db.execute(_by_key(WorkerAccount, *owed), [_params(w, *owed) for w in state.workers])
+        if state.records:
+            now = datetime.now(UTC)
+            await db.execute(insert(_table(VoucherRecord)), [r | {"created_at": now} for r in state.records])
+
+
+def _by_key(table: type[Base], key: str, *fields: str) -> Update:
+    """``UPDATE table SET fields WHERE key`` for an executemany of ``_params`` rows."""
+    t = _table(table)
+    return update(t).where(t.c[key] == bindparam(f"p_{key}")).values({f: bindparam(f"p_{f}") for f in fields})
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _params(row: object, *fields: str) -> dict[str, object]:
+    return {f"p_{f}": getattr(row, f) for f in fields}
 
 
 def _count_paid(state: _Batch) -> None:
