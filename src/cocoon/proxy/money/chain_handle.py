@@ -35,6 +35,7 @@ class ChainHandle:
     store: Store
     global_id: int  # config param 19 of the chain at chain_url: vouchers for any other chain are refused
     prices: PriceBook = field(init=False)  # the registry's prices, cached: one book per proxy
+    _worker_channels: dict[tuple[str, int], str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prices = PriceBook(self.registry)
@@ -73,7 +74,16 @@ class ChainHandle:
         )
 
     def worker_channel(self, payout: str) -> str:
-        return raw_address(self.worker_contract(payout).address)
+        """The raw address of ``payout``'s channel: computed once per payout and close delay (its StateInit
+        hash cost more than the rest of booking a receipt)."""
+        key = (payout, self.params.close_delay)
+        found = self._worker_channels.get(key)
+        if found is None:
+            found = raw_address(self.worker_contract(payout).address)
+            if len(self._worker_channels) >= 65_536:  # bounded: payout addresses come from workers
+                self._worker_channels.clear()
+            self._worker_channels[key] = found
+        return found
 
     async def record(self, kind: str, channel: str, amount: int, *, ok: bool = True, detail: str = "") -> None:
         async with self.store.session() as session:
