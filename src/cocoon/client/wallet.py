@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -99,6 +99,24 @@ def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTer
     )
 
 
+@dataclass(slots=True)
+class _Due:
+    """Receipts one ``pay`` call hands over, what they cost, and when the voucher paying them was taken."""
+
+    receipt_ids: list[str]
+    cost: int
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _settle(due: _Due, error: BaseException | None) -> None:
+    if due.done.done():
+        return
+    if error is None:
+        due.done.set_result(None)
+    else:
+        due.done.set_exception(error)
+
+
 class ChannelPayer:
     """Pays one proxy through the client's channel with it; safe to share between concurrent requests. A client
     of several proxies has one payer per proxy (``ProxyConnection.payer``), all signing with the same key.
@@ -131,6 +149,8 @@ class ChannelPayer:
         self._prices: PriceBook | None = None
         self._ready = False
         self._lock = asyncio.Lock()
+        self._due: list[_Due] = []  # receipts waiting for the next voucher
+        self._paying: asyncio.Task[None] | None = None
         self._open: dict[str, float] = {}  # request id -> time.monotonic() it was signed for: in flight here
         self.resync_min_age_s = RESYNC_MIN_AGE_S
 
@@ -239,22 +259,55 @@ class ChannelPayer:
         for r in verified:
             prices = await self.prices(r.model)
             cost += cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficients[r.worker_id])
-        assert self.global_id is not None, "the chain is checked in _start()"
-        async with self._lock:  # vouchers are cumulative: sign and submit them one at a time
-            cumulative = self.vouchered + cost.total
-            signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
-            body = {
-                "channel": self.channel,
-                "cumulative": cumulative,
-                "signature": signature.hex(),
-                "receipt_ids": [r.receipt_id for r in verified],
-            }
-            response = await self.http.post("/v1/vouchers", json=body)
-            if response.status_code != 200:
-                raise CocoonError.from_openai(response.status_code, _json(response))
-            self.vouchered = cumulative
+        if verified:
+            await self._hand_over(_Due([r.receipt_id for r in verified], cost.total))
         record_money("client", "paid", cost.total)
         return cost
+
+    async def _hand_over(self, due: _Due) -> None:
+        """Pay ``due`` in the next voucher. Vouchers are cumulative, so they go one at a time; receipts that
+        arrive while one is on its way wait and share the next (a group payment: one signature, one POST and
+        one of the proxy's commits for all of them, instead of a queue of single vouchers)."""
+        self._due.append(due)
+        if self._paying is None or self._paying.done():
+            self._paying = asyncio.create_task(self._pay_due())
+        await asyncio.shield(due.done)  # an app hanging up does not stop a payment already signed
+
+    async def _pay_due(self) -> None:
+        while self._due:
+            batch, self._due = self._due, []
+            try:
+                await self._submit(batch)
+            except Exception as exc:  # each caller hears why
+                if len(batch) == 1:
+                    _settle(batch[0], exc)
+                    continue
+                # One bad receipt refuses the whole voucher: pay each alone, so it fails only its own request.
+                for due in batch:
+                    try:
+                        await self._submit([due])
+                    except Exception as alone:
+                        _settle(due, alone)
+                    else:
+                        _settle(due, None)
+                continue
+            for due in batch:
+                _settle(due, None)
+
+    async def _submit(self, batch: Sequence[_Due]) -> None:
+        assert self.global_id is not None, "the chain is checked in _start()"
+        cumulative = self.vouchered + sum(d.cost for d in batch)
+        signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
+        body = {
+            "channel": self.channel,
+            "cumulative": cumulative,
+            "signature": signature.hex(),
+            "receipt_ids": [i for d in batch for i in d.receipt_ids],
+        }
+        response = await self.http.post("/v1/vouchers", json=body)
+        if response.status_code != 200:
+            raise CocoonError.from_openai(response.status_code, _json(response))
+        self.vouchered = cumulative
 
     async def reject(self, receipt_id: str, reason: str) -> None:
         """Tell the proxy this receipt did not verify: it is never paid. A receipt it never charged is fine."""
