@@ -151,6 +151,7 @@ class ChannelPayer:
         self._lock = asyncio.Lock()
         self._due: list[_Due] = []  # receipts waiting for the next voucher
         self._paying: asyncio.Task[None] | None = None
+        self._unsure = False  # a voucher was sent and no answer said whether the proxy took it
         self._open: dict[str, float] = {}  # request id -> time.monotonic() it was signed for: in flight here
         self.resync_min_age_s = RESYNC_MIN_AGE_S
 
@@ -296,6 +297,11 @@ class ChannelPayer:
 
     async def _submit(self, batch: Sequence[_Due]) -> None:
         assert self.global_id is not None, "the chain is checked in _start()"
+        if self._unsure:
+            # The last voucher failed, perhaps after the proxy took it (a proxy killed between its commit and
+            # its answer): go on from the proxy's copy, trusted only with our own signature, not from ours.
+            self.vouchered = await self._last_voucher()
+            self._unsure = False
         cumulative = self.vouchered + sum(d.cost for d in batch)
         signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
         body = {
@@ -304,8 +310,10 @@ class ChannelPayer:
             "signature": signature.hex(),
             "receipt_ids": [i for d in batch for i in d.receipt_ids],
         }
+        self._unsure = True  # until an answer comes: without one, the proxy may have taken it
         response = await self.http.post("/v1/vouchers", json=body)
-        if response.status_code != 200:
+        self._unsure = False
+        if response.status_code != 200:  # the proxy answered: it refused this voucher
             raise CocoonError.from_openai(response.status_code, _json(response))
         self.vouchered = cumulative
 

@@ -114,3 +114,29 @@ async def test_an_app_hanging_up_does_not_stop_its_payment() -> None:
     book.release_first.set()
     assert await paying.pay([receipt("r1")], {"w": 1000}) is not None
     assert book.vouchers == [["r0"], ["r1"]] and paying.vouchered == 6
+
+
+async def test_after_a_voucher_with_no_answer_the_payer_goes_on_from_the_proxys_copy() -> None:
+    key = SigningKey.generate()
+    taken = {"vouchered": 0, "signature": ""}
+    posts = 0
+
+    async def proxy(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        if request.method == "GET":  # the proxy's copy of the channel's last voucher
+            return httpx.Response(200, json={"channel": CHANNEL} | taken)
+        posts += 1
+        body = json.loads(request.content)
+        if body["cumulative"] != int(taken["vouchered"]) + 3:
+            return httpx.Response(400, json={"error": {"message": "wrong cumulative", "type": "x", "code": "x"}})
+        taken.update(vouchered=body["cumulative"], signature=body["signature"])
+        if posts == 1:  # taken and committed, then the proxy died before it answered
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"channel": CHANNEL, "vouchered": body["cumulative"]})
+
+    paying = payer(Book(key))
+    paying.http = httpx.AsyncClient(transport=httpx.MockTransport(proxy), base_url="http://proxy")
+    with pytest.raises(httpx.RemoteProtocolError):
+        await paying.pay([receipt("r0")], {"w": 1000})
+    assert await paying.pay([receipt("r1")], {"w": 1000}) is not None  # 3 + 3, not a second 3
+    assert paying.vouchered == taken["vouchered"] == 6
