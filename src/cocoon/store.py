@@ -13,8 +13,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import BigInteger, Integer, MetaData, event, text
+from sqlalchemy import BigInteger, Integer, MetaData, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -25,6 +26,11 @@ from cocoon.errors import ConfigError
 
 # A row per request outgrows INTEGER ids; SQLite autoincrements only an INTEGER PRIMARY KEY (64-bit there).
 ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """The Core table of a mapped class, for statements that skip the ORM (executemany, prepared queries)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:

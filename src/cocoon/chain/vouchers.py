@@ -31,10 +31,7 @@ def voucher_cell(channel: Address | str, cumulative: int, *, global_id: int) -> 
 
     BadRequest if the amount is outside Coins or the global id outside int32.
     """
-    if not 0 <= cumulative <= MAX_COINS:
-        raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
-    if not -(1 << 31) <= global_id < 1 << 31:
-        raise BadRequest(f"global id {global_id} is not an int32 (mainnet is -239, testnet -3)")
+    _check_terms(cumulative, global_id)
     cell: Cell = (
         Builder()
         .store_uint(VOUCHER_TAG, 32)
@@ -56,10 +53,7 @@ def voucher_hash(channel: Address | str, cumulative: int, *, global_id: int) -> 
     bytes): 335 + 8n bits, never whole bytes, so one completion bit makes it exactly 42 + n bytes.
     ``test_vouchers`` checks it against the cell for many amounts and channels.
     """
-    if not 0 <= cumulative <= MAX_COINS:
-        raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
-    if not -(1 << 31) <= global_id < 1 << 31:
-        raise BadRequest(f"global id {global_id} is not an int32 (mainnet is -239, testnet -3)")
+    _check_terms(cumulative, global_id)
     workchain, account = _channel_parts(channel)
     n = (cumulative.bit_length() + 7) // 8
     bits = (VOUCHER_TAG << 32) | (global_id & 0xFFFFFFFF)
@@ -69,6 +63,14 @@ def voucher_hash(channel: Address | str, cumulative: int, *, global_id: int) -> 
     bits = (((bits << 8 * n) | cumulative) << 1) | 1  # the completion bit
     descriptors = bytes((0, 2 * (41 + n) + 1))  # refs and level; ceil(bits/8) + floor(bits/8)
     return hashlib.sha256(descriptors + bits.to_bytes(42 + n, "big")).digest()
+
+
+def _check_terms(cumulative: int, global_id: int) -> None:
+    """BadRequest if the amount is outside Coins or the global id outside int32."""
+    if not 0 <= cumulative <= MAX_COINS:
+        raise BadRequest(f"voucher amount {cumulative} is outside 0..2^120-1 nanoton")
+    if not -(1 << 31) <= global_id < 1 << 31:
+        raise BadRequest(f"global id {global_id} is not an int32 (mainnet is -239, testnet -3)")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from cocoon.chain import MAINNET_GLOBAL_ID, verify_voucher
-from cocoon.chain.pricing import Prices
+from cocoon.chain.pricing import Cost, Prices
 from cocoon.client.wallet import ChannelPayer
 from cocoon.crypto import SigningKey
 from cocoon.errors import CocoonError
@@ -72,17 +72,22 @@ def payer(book: Book) -> ChannelPayer:
     return paying
 
 
+async def pay_behind_a_slow_first(book: Book, paying: ChannelPayer, names: list[str]) -> list[object]:
+    """Pay ``r0``, then each of ``names`` in its own call while the proxy holds ``r0``'s voucher; the results."""
+    first = asyncio.create_task(paying.pay([receipt("r0")], {"w": 1000}))
+    await book.first_arrived.wait()
+    rest = [asyncio.create_task(paying.pay([receipt(name)], {"w": 1000})) for name in names]
+    await asyncio.sleep(0.05)
+    book.release_first.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
 async def test_receipts_arriving_while_a_voucher_is_on_its_way_share_the_next() -> None:
     book = Book(SigningKey.generate())
     paying = payer(book)
-    first = asyncio.create_task(paying.pay([receipt("r0")], {"w": 1000}))
-    await book.first_arrived.wait()
-    rest = [asyncio.create_task(paying.pay([receipt(f"r{i}")], {"w": 1000})) for i in range(1, 6)]
-    await asyncio.sleep(0.05)
-    book.release_first.set()
-    costs = await asyncio.gather(first, *rest)
+    costs = await pay_behind_a_slow_first(book, paying, [f"r{i}" for i in range(1, 6)])
 
-    assert [c.total for c in costs if c is not None] == [3] * 6
+    assert [c.total for c in costs if isinstance(c, Cost)] == [3] * 6
     assert book.vouchers == [["r0"], ["r1", "r2", "r3", "r4", "r5"]]  # two vouchers for six receipts
     assert paying.vouchered == book.vouchered == 18
 
@@ -90,12 +95,7 @@ async def test_receipts_arriving_while_a_voucher_is_on_its_way_share_the_next() 
 async def test_a_refused_receipt_in_a_shared_voucher_fails_only_its_own_request() -> None:
     book = Book(SigningKey.generate())
     paying = payer(book)
-    first = asyncio.create_task(paying.pay([receipt("r0")], {"w": 1000}))
-    await book.first_arrived.wait()
-    rest = [asyncio.create_task(paying.pay([receipt(name)], {"w": 1000})) for name in ("r1", "bad", "r2")]
-    await asyncio.sleep(0.05)
-    book.release_first.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    results = await pay_behind_a_slow_first(book, paying, ["r1", "bad", "r2"])
 
     assert isinstance(results[2], CocoonError) and "not owed" in results[2].message
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)

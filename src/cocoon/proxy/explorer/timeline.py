@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cocoon.proxy.explorer.buckets import DAY_S, TTFT_BOUNDS_MS, Bucket, day_of, minute_of, ttft_bucket
 from cocoon.proxy.store import Base, Store
+from cocoon.store import table_of
 
 log = logging.getLogger("cocoon.proxy.explorer")
 
@@ -183,7 +184,7 @@ def _adding(
     """``INSERT ... ON CONFLICT (keys) DO UPDATE SET count = count + excluded.count`` in the store's dialect."""
     insert = postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert
     statement = insert(table)
-    columns = table.__table__.c
+    columns = table_of(table).c
     return statement.on_conflict_do_update(
         index_elements=list(keys), set_={c: columns[c] + statement.excluded[c] for c in counts}
     )

@@ -11,11 +11,11 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import Histogram
 from pytoniq_core.boc.address import Address
-from sqlalchemy import Select, Table, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, select
 
 from cocoon.chain import ClientChannel
 from cocoon.chain.address import raw_address
@@ -39,6 +39,7 @@ from cocoon.proxy.money.ledger import (
 )
 from cocoon.proxy.money.statements import account_json
 from cocoon.proxy.store import Store
+from cocoon.store import table_of
 
 log = logging.getLogger("cocoon.proxy.billing")
 
@@ -244,16 +245,14 @@ class Billing:
         """The channel's account, what it owes, and how many receipts it has left unpaid past the grace period:
         one prepared query on the request path (the chain is read first when the channel is new to this proxy)."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)
-        for _ in range(2):
-            async with self.store.session() as session:
-                db = await session.connection()
-                row = (await db.execute(_STANDING, {"channel": channel, "cutoff": cutoff})).first()
-            if row is not None:
-                fields = row._asdict()
-                owed, unpaid = int(fields.pop("owed") or 0), int(fields.pop("unpaid") or 0)
-                return ClientAccount(**fields), owed, unpaid
-            await self._refresh_deposit(channel)
-        raise NotFound(f"channel {channel} could not be read from the store")  # removed between the two reads
+        async with self.store.session() as session:
+            db = await session.connection()
+            row = (await db.execute(_STANDING, {"channel": channel, "cutoff": cutoff})).first()
+        if row is None:  # new here, so nothing owed: the journal books no charge for a channel without its account
+            return await self._refresh_deposit(channel), 0, 0
+        fields = row._asdict()
+        owed, unpaid = int(fields.pop("owed") or 0), int(fields.pop("unpaid") or 0)
+        return ClientAccount(**fields), owed, unpaid
 
     async def _refresh_deposit(self, channel: str) -> ClientAccount:
         """Read the channel from the chain (first use, or a top-up the proxy has not seen yet)."""
@@ -315,7 +314,7 @@ def _standing_query() -> Select[Any]:
     owed = select(func.coalesce(func.sum(Charge.cost), 0)).where(*mine).scalar_subquery().label("owed")
     old = Charge.created_at < bindparam("cutoff")
     unpaid = select(func.count()).select_from(Charge).where(*mine, old).scalar_subquery().label("unpaid")
-    account = cast(Table, ClientAccount.__table__)
+    account = table_of(ClientAccount)
     return select(account, owed, unpaid).where(account.c.channel == bindparam("channel"))
 
 

@@ -23,9 +23,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
 
-from sqlalchemy import Table, Update, bindparam, insert, select, update
+from sqlalchemy import Update, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain import sign_voucher, verify_voucher
@@ -35,6 +34,7 @@ from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, VoucherRecord, WorkerAccount, WorkerHold
 from cocoon.proxy.money.ledger import as_utc as _utc
 from cocoon.proxy.store import Base, Store
+from cocoon.store import table_of
 
 log = logging.getLogger("cocoon.proxy.journal")
 MAX_BATCH = 512  # items in one transaction: bounds a batch's time, and so the wait of the item behind it
@@ -128,7 +128,7 @@ class Journal:
                     continue
                 taken.append((pending, account))
             await self._credit_workers(session, state, now)
-            await self._save(session, state)
+            await self._save(session, state, now)
             await session.commit()
         _count_paid(state)
         for pending, account in taken:
@@ -247,13 +247,13 @@ class Journal:
             )  # fmt: skip
         state.workers = list(workers.values())
 
-    async def _save(self, session: AsyncSession, state: _Batch) -> None:
+    async def _save(self, session: AsyncSession, state: _Batch, now: datetime) -> None:
         """Write what the batch changed: one executemany per table, new charges with their final status."""
         new = {c.receipt_id for c in state.new}
         db = await session.connection()  # Core statements: nothing here needs the ORM's execute path
         if state.new:
-            columns = [c.key for c in Charge.__table__.columns]
-            await db.execute(insert(_table(Charge)), [{k: getattr(c, k) for k in columns} for c in state.new])
+            columns = [c.key for c in table_of(Charge).columns]
+            await db.execute(insert(table_of(Charge)), [{k: getattr(c, k) for k in columns} for c in state.new])
         if paid := [c for c in state.paid if c.receipt_id not in new]:
             await db.execute(
                 _by_key(Charge, "receipt_id", "status", "voucher_cumulative", "reason"),
@@ -272,18 +272,13 @@ class Journal:
             owed = ("channel", "vouchered", "voucher_signature", "vouchered_at")
             await db.execute(_by_key(WorkerAccount, *owed), [_params(w, *owed) for w in state.workers])
         if state.records:
-            now = datetime.now(UTC)
-            await db.execute(insert(_table(VoucherRecord)), [r | {"created_at": now} for r in state.records])
+            await db.execute(insert(table_of(VoucherRecord)), [r | {"created_at": now} for r in state.records])
 
 
 def _by_key(table: type[Base], key: str, *fields: str) -> Update:
     """``UPDATE table SET fields WHERE key`` for an executemany of ``_params`` rows."""
-    t = _table(table)
+    t = table_of(table)
     return update(t).where(t.c[key] == bindparam(f"p_{key}")).values({f: bindparam(f"p_{f}") for f in fields})
-
-
-def _table(model: type[Base]) -> Table:
-    return cast(Table, model.__table__)
 
 
 def _params(row: object, *fields: str) -> dict[str, object]:
