@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from cocoon.errors import ConfigError
 from cocoon.proxy.money.ledger import PAID, ChainOperation, Charge, ClientAccount, VoucherRecord, WorkerAccount, as_utc
@@ -72,3 +75,52 @@ async def test_the_books_keep_amounts_past_32_bits_and_utc_times_on_every_databa
     assert operation.amount == big
     assert abs(as_utc(account.checked_at) - datetime.now(UTC)) < timedelta(minutes=1)
     assert as_utc(charge.created_at) <= datetime.now(UTC)
+
+
+async def test_a_transaction_run_blocking_keeps_what_it_commits_and_nothing_of_what_failed(store_url: str) -> None:
+    store = Store(store_url)
+    await store.start()
+
+    def add(session: Session, channel: str, fail: bool) -> str:
+        session.add(VoucherRecord(kind="client", channel=channel, cumulative=1, signature=bytes(64)))
+        session.flush()
+        if fail:
+            raise RuntimeError("refused after writing")
+        session.commit()
+        return threading.current_thread().name
+
+    async with store.writing():
+        name = await store.transact(lambda s: add(s, "0:kept", False), write=True)
+        with pytest.raises(RuntimeError, match="refused after writing"):
+            await store.transact(lambda s: add(s, "0:lost", True), write=True)
+    channels = await store.transact(lambda s: list(s.scalars(select(VoucherRecord.channel))), write=False)
+    await store.close()
+    assert channels == ["0:kept"]
+    # A SQLite file runs it in the store's writer thread (one hop); PostgreSQL on the event loop's thread.
+    on_sqlite = store_url.startswith("sqlite")
+    assert name.startswith("cocoon-store-write") if on_sqlite else name == threading.current_thread().name
+
+
+async def test_a_caller_cancelled_meanwhile_does_not_stop_a_blocking_transaction(tmp_path: Path) -> None:
+    store = Store(default_url(tmp_path / "proxy"))
+    await store.start()
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow(session: Session) -> None:
+        started.set()
+        go_on.wait(10)
+        session.add(VoucherRecord(kind="client", channel="0:late", cumulative=1, signature=bytes(64)))
+        session.commit()
+
+    caller = asyncio.create_task(store.transact(slow, write=True))
+    await asyncio.to_thread(started.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    go_on.set()
+    await store.close()  # waits for the store's threads
+    reopened = Store(default_url(tmp_path / "proxy"))
+    await reopened.start()
+    async with reopened.session() as session:
+        assert (await session.scalars(select(VoucherRecord.channel))).all() == ["0:late"]
+    await reopened.close()

@@ -245,9 +245,10 @@ class Billing:
         """The channel's account, what it owes, and how many receipts it has left unpaid past the grace period:
         one prepared query on the request path (the chain is read first when the channel is new to this proxy)."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.unpaid_grace_s)
-        async with self.store.session() as session:
-            db = await session.connection()
-            row = (await db.execute(_STANDING, {"channel": channel, "cutoff": cutoff})).first()
+        params = {"channel": channel, "cutoff": cutoff}
+        row = await self.store.transact(
+            lambda session: session.connection().execute(_STANDING, params).first(), write=False
+        )
         if row is None:  # new here, so nothing owed: the journal books no charge for a channel without its account
             return await self._refresh_deposit(channel), 0, 0
         fields = row._asdict()
