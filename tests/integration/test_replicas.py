@@ -1,6 +1,7 @@
 """Two proxy replicas behind one registry entry, sharing one PostgreSQL: one is SIGKILLed under load, both then
 settle at once, and the books still conserve to the nanoton, no worker channel is funded twice, and every
-voucher either replica took is claimed on chain.
+voucher either replica took is claimed on chain. One more client lists both replicas (as a sidecar given both
+URLs would): its payers share one channel book, so one channel pays through either replica.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import httpx
 
 from cocoon.attestation import AttestationPolicy
 from cocoon.chain import TON, ClientChannel, ToncenterClient, Wallet, WorkerChannel
+from cocoon.chain.address import raw_address
 from cocoon.chain.devnet import DevnetClient
 from cocoon.client import CocoonClient
 from cocoon.client.sdk import Completion
-from cocoon.client.wallet import ChannelPayer, check_same_chain, client_channel, payment_terms
+from cocoon.client.wallet import ChannelBook, ChannelPayer, check_same_chain, client_channel, payment_terms
 from cocoon.crypto import SigningKey
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.errors import CocoonError
@@ -34,16 +36,24 @@ from tests.helpers.replicas import start_replica, start_replicated_network
 CLIENTS, REQUESTS = 10, 12
 
 
-async def _client(url: str, net: LocalNetwork, chain: ToncenterClient, devnet: DevnetClient) -> CocoonClient:
+async def _client(
+    urls: list[str], net: LocalNetwork, chain: ToncenterClient, devnet: DevnetClient
+) -> tuple[CocoonClient, str]:
+    """A paid client of ``urls`` (replicas: one channel) and its channel; its payers share the channel's book."""
     key = SigningKey.generate()
     wallet = Wallet(key.seed)
     await devnet.fund(wallet.address, 3 * TON)
-    http = httpx.AsyncClient(base_url=url, timeout=30)
-    terms = await payment_terms(http)
+    https = [httpx.AsyncClient(base_url=url, timeout=30) for url in urls]
+    terms = await payment_terms(https[0])
     assert terms is not None
     await check_same_chain(chain, terms, "devnet")
-    await client_channel(chain, wallet, terms).deploy(wallet, TON)
-    return CocoonClient(url, AttestationPolicy.model_validate(net.policy), payer=ChannelPayer(http, chain, key))
+    channel = client_channel(chain, wallet, terms)
+    await channel.deploy(wallet, TON)
+    client = CocoonClient(urls, AttestationPolicy.model_validate(net.policy))
+    books: dict[str, ChannelBook] = {}
+    for proxy, http in zip(client.proxies.proxies, https, strict=True):
+        proxy.payer = ChannelPayer(http, chain, key, books=books)
+    return client, raw_address(channel.address)
 
 
 async def _load(client: CocoonClient, done: list[int]) -> None:
@@ -90,8 +100,10 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
 
         async def run() -> None:
             async with ToncenterClient(net.chain.url, TEST_API_KEY) as chain, DevnetClient(net.chain.url) as devnet:  # type: ignore[union-attr]
-                urls = [net.proxy_url if i % 2 else second for i in range(CLIENTS)]
-                clients = [await _client(url, net, chain, devnet) for url in urls]
+                urls = [[net.proxy_url if i % 2 else second] for i in range(CLIENTS)] + [[net.proxy_url, second]]
+                made = [await _client(u, net, chain, devnet) for u in urls]
+                clients = [client for client, _ in made]
+                both[:] = [made[-1][1]]
                 done: list[int] = []
                 load = asyncio.gather(*(_load(c, done) for c in clients))
                 while len(done) < CLIENTS * REQUESTS // 3:  # mid-load  # noqa: ASYNC110 - polling a count
@@ -104,14 +116,17 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
                 await load
                 for client in clients:
                     await client.aclose()
-                assert len(done) == CLIENTS * REQUESTS
+                assert len(done) == (CLIENTS + 1) * REQUESTS
 
+        both: list[str] = []
         asyncio.run(run())
         held, other = _books(net.proxy_url), _books(second)
         totals = ("client_debits", "worker_credits", "proxy_fees", "receipts")
         assert {k: held[k] for k in totals} == {k: other[k] for k in totals}  # one set of books, either replica
-        assert len(held["clients"]) == CLIENTS
+        assert len(held["clients"]) == CLIENTS + 1
         assert held["client_debits"] == held["worker_credits"] + held["proxy_fees"] > 0
+        (shared,) = [c for c in held["clients"] if c["channel"] == both[0]]
+        assert shared["vouchered"] == shared["charged"] > 0  # both replicas' receipts paid, one voucher sequence
 
         with ThreadPoolExecutor(2) as pool:  # both replicas settle at once
             reports = list(pool.map(_settle, [net.proxy_url, second]))

@@ -27,7 +27,7 @@ from cocoon.client.metrics import RequestCount
 from cocoon.client.prefix import prefix_hashes, prompt_text
 from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
-from cocoon.client.wallet import ChannelPayer, sidecar_payer
+from cocoon.client.wallet import ChannelBook, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
 from cocoon.errors import (
     BadRequest,
@@ -117,8 +117,9 @@ class CocoonClient:
         tls = trust_context(settings.tls_ca_file)
         client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout, tls=tls)
         if settings.chain_url:
+            books: dict[str, ChannelBook] = {}  # replicas of one proxy (one channel) share its book
             for proxy in client.proxies.proxies:
-                proxy.payer = sidecar_payer(settings, proxy.url)
+                proxy.payer = sidecar_payer(settings, proxy.url, books)
         return client
 
     @property

@@ -101,11 +101,31 @@ def client_channel(toncenter: ToncenterClient, wallet: Wallet, terms: PaymentTer
 
 @dataclass(slots=True)
 class _Due:
-    """Receipts one ``pay`` call hands over, what they cost, and when the voucher paying them was taken."""
+    """Receipts one ``pay`` call hands over, what they cost, the proxy (replica) that served them, and when the
+    voucher paying them was taken."""
 
     receipt_ids: list[str]
     cost: int
+    via: httpx.AsyncClient
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(slots=True)
+class ChannelBook:
+    """What the client keeps of one channel: its last cumulative voucher, the receipts waiting for the next, and
+    the requests signed for it that are still in flight.
+
+    Vouchers are cumulative, so a channel must have one book: replicas of one proxy (several URLs, one wallet
+    and one registry entry, so one channel) each have a payer, and those payers share the channel's book
+    (``ChannelPayer(books=...)``). With a book each, the second replica's payer would sign from a cumulative
+    the first one's vouchers had passed, and the proxy would refuse every voucher after the first of each.
+    """
+
+    vouchered: int = 0
+    due: list[_Due] = field(default_factory=list)  # receipts waiting for the next voucher
+    paying: asyncio.Task[None] | None = None
+    unsure: bool = False  # a voucher was sent and no answer said whether the proxy took it
+    open: dict[str, float] = field(default_factory=dict)  # request id -> time.monotonic() it was signed for
 
 
 def _settle(due: _Due, error: BaseException | None) -> None:
@@ -119,7 +139,9 @@ def _settle(due: _Due, error: BaseException | None) -> None:
 
 class ChannelPayer:
     """Pays one proxy through the client's channel with it; safe to share between concurrent requests. A client
-    of several proxies has one payer per proxy (``ProxyConnection.payer``), all signing with the same key.
+    of several proxies has one payer per proxy (``ProxyConnection.payer``), all signing with the same key;
+    payers given one ``books`` dict share a ``ChannelBook`` per channel, so replicas of one proxy listed as
+    separate URLs pay one cumulative voucher sequence (each voucher posted to the replica that served it).
 
     The SDK calls ``auth`` to name the paying channel in each request, ``pay`` with the receipts a request's
     ``ResponseStream`` verified (``StreamResult.receipts``, or ``ResponseStream.verified`` when it failed
@@ -135,6 +157,7 @@ class ChannelPayer:
         max_coefficient: int = DEFAULT_MAX_COEFFICIENT,
         outbox: Outbox | None = None,
         network: Network = "devnet",
+        books: dict[str, ChannelBook] | None = None,
     ) -> None:
         self.http = http
         self.toncenter = toncenter
@@ -143,16 +166,13 @@ class ChannelPayer:
         self.network: Network = network
         self.max_coefficient = max_coefficient
         self.channel = ""
-        self.vouchered = 0
         self.global_id: int | None = None  # the chain's, once _start() checked the proxy bills on it
         self.enabled = True
         self._prices: PriceBook | None = None
         self._ready = False
         self._lock = asyncio.Lock()
-        self._due: list[_Due] = []  # receipts waiting for the next voucher
-        self._paying: asyncio.Task[None] | None = None
-        self._unsure = False  # a voucher was sent and no answer said whether the proxy took it
-        self._open: dict[str, float] = {}  # request id -> time.monotonic() it was signed for: in flight here
+        self._books = books if books is not None else {}
+        self.book = ChannelBook()  # this channel's, shared with other replicas' payers once ``_start`` knows it
         self.resync_min_age_s = RESYNC_MIN_AGE_S
 
     async def _start(self) -> None:
@@ -168,13 +188,22 @@ class ChannelPayer:
                 self.global_id = await check_same_chain(self.toncenter, terms, self.network)
                 self.channel = raw_address(client_channel(self.toncenter, self.wallet, terms).address)
                 self._prices = PriceBook(Registry(self.toncenter, terms.registry))
-                self.vouchered = await self._last_voucher()
+                shared = self._books.get(self.channel)
+                if shared is None:  # the first payer of this channel reads where its vouchers stand
+                    self.book.vouchered = await self._last_voucher(self.http)
+                    shared = self._books.setdefault(self.channel, self.book)
+                self.book = shared
             self._ready = True
         await self.resync()  # what an earlier run of this client left owed
 
-    async def _last_voucher(self) -> int:
+    @property
+    def vouchered(self) -> int:
+        """The channel's last cumulative voucher the proxy took."""
+        return self.book.vouchered
+
+    async def _last_voucher(self, http: httpx.AsyncClient) -> int:
         """Resume from the proxy's copy of our last voucher, trusted only if our own key signed it."""
-        response = await self.http.get(f"/v1/channels/{self.channel}", headers=self._read_auth())
+        response = await http.get(f"/v1/channels/{self.channel}", headers=self._read_auth())
         if response.status_code == 404:
             return 0
         if response.status_code != 200:
@@ -194,15 +223,15 @@ class ChannelPayer:
         await self._start()
         if not self.enabled:
             return None
-        now = time.monotonic()
-        for done in [rid for rid, at in self._open.items() if now - at > OPEN_REQUEST_S]:
-            del self._open[done]
-        self._open[request_id] = now
+        now, open_ = time.monotonic(), self.book.open
+        for done in [rid for rid, at in open_.items() if now - at > OPEN_REQUEST_S]:
+            del open_[done]
+        open_[request_id] = now
         return PayerAuth(channel=self.channel, signature=self.key.sign(payer_message(self.channel, request_id)))
 
     def finished(self, request_id: str) -> None:
         """The request ended without a receipt to pay (it failed): nothing here waits on what the proxy holds."""
-        self._open.pop(request_id, None)
+        self.book.open.pop(request_id, None)
 
     async def resync(self) -> int:
         """Settle receipts the proxy says this channel owes but no request here is waiting on; returns how many.
@@ -221,7 +250,7 @@ class ChannelPayer:
             raise CocoonError.from_openai(response.status_code, _json(response))
         settled = 0
         for owed in response.json().get("owed", []):
-            if str(owed.get("request_id")) in self._open or float(owed.get("age_s", 0)) < self.resync_min_age_s:
+            if str(owed.get("request_id")) in self.book.open or float(owed.get("age_s", 0)) < self.resync_min_age_s:
                 continue
             await self.reject(str(owed["receipt_id"]), "the client never received this receipt or its completion")
             settled += 1
@@ -246,7 +275,7 @@ class ChannelPayer:
         if not self.enabled:
             return None
         for r in verified:
-            self._open.pop(r.request_id, None)
+            self.book.open.pop(r.request_id, None)
         priced = [r for r in verified if coefficients[r.worker_id] <= self.max_coefficient]
         for r in verified:
             if coefficients[r.worker_id] > self.max_coefficient:
@@ -261,7 +290,7 @@ class ChannelPayer:
             prices = await self.prices(r.model)
             cost += cost_of(r.prompt_tokens, r.cached_tokens, r.completion_tokens, prices, coefficients[r.worker_id])
         if verified:
-            await self._hand_over(_Due([r.receipt_id for r in verified], cost.total))
+            await self._hand_over(_Due([r.receipt_id for r in verified], cost.total, self.http))
         record_money("client", "paid", cost.total)
         return cost
 
@@ -269,16 +298,17 @@ class ChannelPayer:
         """Pay ``due`` in the next voucher. Vouchers are cumulative, so they go one at a time; receipts that
         arrive while one is on its way wait and share the next (a group payment: one signature, one POST and
         one of the proxy's commits for all of them, instead of a queue of single vouchers)."""
-        self._due.append(due)
-        if self._paying is None or self._paying.done():
-            self._paying = asyncio.create_task(self._pay_due())
+        book = self.book
+        book.due.append(due)
+        if book.paying is None or book.paying.done():
+            book.paying = asyncio.create_task(self._pay_due(book))
         await asyncio.shield(due.done)  # an app hanging up does not stop a payment already signed
 
-    async def _pay_due(self) -> None:
-        while self._due:
-            batch, self._due = self._due, []
+    async def _pay_due(self, book: ChannelBook) -> None:
+        while book.due:
+            batch, book.due = book.due, []
             try:
-                await self._submit(batch)
+                await self._submit(book, batch)
             except Exception as exc:  # each caller hears why
                 if len(batch) == 1:
                     _settle(batch[0], exc)
@@ -286,7 +316,7 @@ class ChannelPayer:
                 # One bad receipt refuses the whole voucher: pay each alone, so it fails only its own request.
                 for due in batch:
                     try:
-                        await self._submit([due])
+                        await self._submit(book, [due])
                     except Exception as alone:
                         _settle(due, alone)
                     else:
@@ -295,14 +325,17 @@ class ChannelPayer:
             for due in batch:
                 _settle(due, None)
 
-    async def _submit(self, batch: Sequence[_Due]) -> None:
+    async def _submit(self, book: ChannelBook, batch: Sequence[_Due]) -> None:
+        """One voucher for ``batch``, posted to the replica that served its first receipts (alive a moment ago;
+        replicas share the books, so any of them may take it)."""
         assert self.global_id is not None, "the chain is checked in _start()"
-        if self._unsure:
+        http = batch[0].via
+        if book.unsure:
             # The last voucher failed, perhaps after the proxy took it (a proxy killed between its commit and
             # its answer): go on from the proxy's copy, trusted only with our own signature, not from ours.
-            self.vouchered = await self._last_voucher()
-            self._unsure = False
-        cumulative = self.vouchered + sum(d.cost for d in batch)
+            book.vouchered = await self._last_voucher(http)
+            book.unsure = False
+        cumulative = book.vouchered + sum(d.cost for d in batch)
         signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
         body = {
             "channel": self.channel,
@@ -310,12 +343,12 @@ class ChannelPayer:
             "signature": signature.hex(),
             "receipt_ids": [i for d in batch for i in d.receipt_ids],
         }
-        self._unsure = True  # until an answer comes: without one, the proxy may have taken it
-        response = await self.http.post("/v1/vouchers", json=body)
-        self._unsure = False
+        book.unsure = True  # until an answer comes: without one, the proxy may have taken it
+        response = await http.post("/v1/vouchers", json=body)
+        book.unsure = False
         if response.status_code != 200:  # the proxy answered: it refused this voucher
             raise CocoonError.from_openai(response.status_code, _json(response))
-        self.vouchered = cumulative
+        book.vouchered = cumulative
 
     async def reject(self, receipt_id: str, reason: str) -> None:
         """Tell the proxy this receipt did not verify: it is never paid. A receipt it never charged is fine."""
@@ -329,9 +362,12 @@ class ChannelPayer:
             raise CocoonError.from_openai(response.status_code, _json(response))
 
 
-def sidecar_payer(settings: ClientSettings, proxy_url: str | None = None) -> ChannelPayer:
+def sidecar_payer(
+    settings: ClientSettings, proxy_url: str | None = None, books: dict[str, ChannelBook] | None = None
+) -> ChannelPayer:
     """The sidecar's payer of the proxy at ``proxy_url`` (default: ``proxy_url`` of the settings): its wallet key
-    from ``wallet_file``, prices from ``chain_url``. A client pays each proxy through its own channel with it."""
+    from ``wallet_file``, prices from ``chain_url``. A client pays each proxy through its own channel with it;
+    the payers of one client share ``books``, so replicas of one proxy share their channel's (``ChannelBook``)."""
     assert settings.chain_url is not None
     http = httpx.AsyncClient(
         base_url=proxy_url or settings.proxy_url,
@@ -342,7 +378,13 @@ def sidecar_payer(settings: ClientSettings, proxy_url: str | None = None) -> Cha
     key = load_or_create_signing_key(settings.wallet_file)
     outbox = Outbox.beside(settings.wallet_file)  # shared with `cocoon client deposit`, which locks it too
     return ChannelPayer(
-        http, toncenter, key, max_coefficient=settings.max_coefficient, outbox=outbox, network=settings.network
+        http,
+        toncenter,
+        key,
+        max_coefficient=settings.max_coefficient,
+        outbox=outbox,
+        network=settings.network,
+        books=books,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cocoon.chain import MAINNET_GLOBAL_ID, verify_voucher
 from cocoon.chain.pricing import Cost, Prices
-from cocoon.client.wallet import ChannelPayer
+from cocoon.client.wallet import ChannelBook, ChannelPayer
 from cocoon.crypto import SigningKey
 from cocoon.errors import CocoonError
 from cocoon.protocol import Receipt
@@ -140,3 +140,29 @@ async def test_after_a_voucher_with_no_answer_the_payer_goes_on_from_the_proxys_
         await paying.pay([receipt("r0")], {"w": 1000})
     assert await paying.pay([receipt("r1")], {"w": 1000}) is not None  # 3 + 3, not a second 3
     assert paying.vouchered == taken["vouchered"] == 6
+
+
+async def test_payers_of_two_replicas_share_one_channel_book_and_post_to_the_replica_that_served() -> None:
+    book = Book(SigningKey.generate())  # the replicas' shared books: one channel
+    seen: list[str] = []
+
+    def replica(name: str) -> ChannelPayer:
+        async def handle(request: httpx.Request) -> httpx.Response:
+            seen.append(name)
+            return await book.handle(request)
+
+        paying = payer(book)
+        paying.http = httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url=f"http://{name}")
+        return paying
+
+    books: dict[str, ChannelBook] = {}
+    first, second = replica("a"), replica("b")
+    for paying in (first, second):  # what _start does once it knows the channel
+        paying._books = books
+        paying.book = books.setdefault(CHANNEL, paying.book)
+    book.release_first.set()
+    for i in range(6):  # receipts served by either replica, alternately
+        assert await (first if i % 2 else second).pay([receipt(f"r{i}")], {"w": 1000}) is not None
+    assert book.vouchers == [[f"r{i}"] for i in range(6)]  # every voucher taken: one cumulative sequence
+    assert first.vouchered == second.vouchered == book.vouchered == 18
+    assert seen == ["b", "a"] * 3
