@@ -31,6 +31,7 @@ def start_paid_network(
     proxy_options: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
     client_options: dict[str, Any] | None = None,
+    proxy_port: int | None = None,
     **worker_options: Any,
 ) -> LocalNetwork:
     """A network that bills in TON on its own devnet (synthetic workers, ``engine`` adding to their engine table,
@@ -51,6 +52,7 @@ def start_paid_network(
         },
         worker_options={"price_coefficient": COEFFICIENT, **worker_options},
         client_options=client_options or {},
+        proxy_port=proxy_port,
     )
 
 

@@ -22,13 +22,14 @@ NO_CANARIES = {"canary_rate": 0.0, "canary_min_interval_s": 0.0}
 
 
 def start_network(home: Path, **options: object) -> LocalNetwork:
-    """A ``LocalNetwork`` on free ports under ``home``, started and answering; stopped again if it fails to.
-    Canaries are off unless ``proxy_options`` turn them on."""
+    """A ``LocalNetwork`` on free ports (or ``proxy_port``) under ``home``, started and answering; stopped again
+    if it fails to. Canaries are off unless ``proxy_options`` turn them on."""
     proxy_options = dict(cast(dict[str, object], options.pop("proxy_options", None) or {}))
     options["proxy_options"] = NO_CANARIES | proxy_options
+    proxy_port = cast(int | None, options.pop("proxy_port", None)) or free_port()
     network = LocalNetwork(
         port_base=free_port(),
-        proxy_port=free_port(),
+        proxy_port=proxy_port,
         home=home,
         **options,  # type: ignore[arg-type]
     )

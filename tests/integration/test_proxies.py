@@ -1,8 +1,10 @@
 """A network of several proxies: workers serve both, the client sidecar holds both, and a proxy SIGKILLed under
-load costs no request that had not started streaming; workers told the registry find proxies listed there."""
+load costs no request that had not started streaming (free, and paid through a channel with each proxy);
+workers told the registry find proxies listed there."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,15 +13,19 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from cocoon.chain import TON, ClientChannel, WorkerChannel
+from cocoon.chain.devnet import DevnetClient
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
-from cocoon.local.chain import wallet_of
+from cocoon.local.chain import money_options, wallet_of
 from tests.helpers.chain import TEST_API_KEY
-from tests.helpers.money import start_paid_network
+from tests.helpers.money import OPERATOR, OPERATOR_KEY, on_chain, start_paid_network
 from tests.helpers.network import NO_CANARIES, wait_for
 from tests.helpers.proxies import directory_size, start_proxy, start_sidecar, wait_for_workers, worker_socket
 
@@ -133,3 +139,96 @@ def test_a_worker_told_the_registry_serves_the_proxies_it_lists_and_leaves_one_d
 
     registry_cli(paid, "remove-proxy", paid.proxy_url)
     wait_for(lambda: directory_size(paid.proxy_url) == 1, 60, "the worker to leave the delisted proxy")
+
+
+def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_survives_losing_one(
+    tmp_path: Path,
+) -> None:
+    """COCOON's shape with money: two proxies of one registry, each with its own wallet and books; the client
+    funds a channel with each (`cocoon client deposit --proxy all`), requests are paid to whichever proxy served
+    them, one proxy is SIGKILLed under load, and the survivor's books settle on chain to the nanoton."""
+    first, second = free_port(), free_port()
+    sockets = [worker_socket(first), worker_socket(second)]
+    net = start_paid_network(tmp_path, workers=2, proxy_port=first, proxies=sockets, reconnect_max_backoff=1)
+    try:
+        assert net.chain is not None
+        other = f"http://127.0.0.1:{second}"
+        wallet = wallet_of(net.home / "proxy-2" / "proxy-key.json")  # gas for its settlement
+
+        async def fund() -> None:
+            async with DevnetClient(net.chain.url) as devnet:  # type: ignore[union-attr]
+                await devnet.fund(wallet.address, 10 * TON)
+
+        asyncio.run(fund())
+        money = money_options(net.chain, net.home, "proxy")
+        start_proxy(net, "proxy-2", second, **money, operator_key=OPERATOR_KEY, settle_min_amount=10**18)
+        wait_for_workers(net.proxy_url, 2)
+        wait_for_workers(other, 2)
+        client = money_options(net.chain, net.home, "client")
+        _, base_url = start_sidecar(net, "client-2", [net.proxy_url, other], **client)
+        config = str(net.home / "client-2.toml")
+        deposit = [sys.executable, "-m", "cocoon", "client", "deposit", "--proxy", "all", "--amount", "1"]
+        done = subprocess.run([*deposit, "-c", config], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: _models(base_url), 30, "the paid two-proxy sidecar")
+
+        outcomes = _load_and_kill(net, base_url)
+        unstarted = [o for o in outcomes if not o[0] and not o[1]]
+        assert unstarted == [], f"requests failed before their first byte: {unstarted}"
+        assert sum(o[0] for o in outcomes) >= len(outcomes) - THREADS  # at most the ones streaming at the kill
+
+        held = _books(other)
+        (channel,) = held["clients"]  # the client's own channel with this proxy, not the first proxy's
+        assert channel["channel"] != net.chain.client_channel
+        assert channel["vouchered"] == channel["charged"] > 0  # every receipt it served is paid
+        report = httpx.post(f"{other}/v1/settle", headers=OPERATOR, timeout=180).json()
+        assert report["failed"] == {}, report
+        settled = _books(other)
+        claimed = on_chain(net, channel["channel"], ClientChannel)[1]
+        assert claimed == channel["vouchered"] == settled["worker_credits"] + settled["proxy_fees"]
+        for worker in settled["workers"]:  # funded once, exactly what this proxy vouchered the worker
+            assert on_chain(net, worker["channel"], WorkerChannel)[0] == worker["vouchered"] == worker["funded"]
+    finally:
+        net.stop()
+
+
+def _load_and_kill(net: LocalNetwork, base_url: str) -> list[tuple[bool, bool, float, str]]:
+    """``THREADS`` × ``PER_THREAD`` streamed requests through ``base_url``; the network's first proxy is
+    SIGKILLed once a few finished. Each outcome: (succeeded, had text before failing, finished at, error)."""
+    outcomes: list[tuple[bool, bool, float, str]] = []
+    lock = threading.Lock()
+
+    def load() -> None:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+        for i in range(PER_THREAD):
+            started, error = False, ""
+            try:
+                stream = client.chat.completions.create(
+                    model=DEFAULT_MODEL,
+                    messages=[{"role": "user", "content": f"Tell story number {i}."}],
+                    max_tokens=16,
+                    stream=True,
+                )
+                for chunk in stream:
+                    started = started or bool(chunk.choices and chunk.choices[0].delta.content)
+            except Exception as exc:  # every failure is an outcome the test counts, whatever its kind
+                error = repr(exc)
+            with lock:
+                outcomes.append((not error, started, time.monotonic(), error))
+
+    threads = [threading.Thread(target=load) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(outcomes) >= THREADS * 2, 60, "requests to flow through both proxies")
+    os.kill(net.child("proxy").process.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=180)
+    assert len(outcomes) == THREADS * PER_THREAD
+    return outcomes
+
+
+def _books(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/v1/books", headers=OPERATOR, timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
