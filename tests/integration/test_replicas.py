@@ -1,6 +1,8 @@
 """Two proxy replicas behind one registry entry, sharing one PostgreSQL: one is SIGKILLed under load, both then
 settle at once, and the books still conserve to the nanoton, no worker channel is funded twice, and every
-voucher either replica took is claimed on chain. One more client lists both replicas (as a sidecar given both
+voucher either replica took is claimed on chain; then one replica is SIGKILLed in the middle of a settlement
+round, with a worker's top-up on its way, and the other finishes it without funding anyone twice. One more
+client lists both replicas (as a sidecar given both
 URLs would): its payers share one channel book, so one channel pays through either replica.
 """
 
@@ -11,11 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from cocoon.attestation import AttestationPolicy
 from cocoon.chain import TON, ClientChannel, ToncenterClient, Wallet, WorkerChannel
@@ -29,6 +33,8 @@ from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.errors import CocoonError
 from cocoon.local import LocalNetwork
 from cocoon.protocol.payload import SealedMessage, SealedParams
+from cocoon.proxy.money.ledger import FundingInFlight
+from cocoon.proxy.store import Store
 from tests.helpers.chain import TEST_API_KEY
 from tests.helpers.money import OPERATOR, on_chain
 from tests.helpers.replicas import start_replica, start_replicated_network
@@ -73,6 +79,59 @@ async def _load(client: CocoonClient, done: list[int]) -> None:
                     done.append(1)
         except (CocoonError, httpx.HTTPError):
             await asyncio.sleep(0.3)  # the replica this client talks to was killed; it comes back
+
+
+async def _more_vouchers(net: LocalNetwork, url: str) -> None:
+    """A new client's paid requests through the replica at ``url``: both workers get vouchers to fund again."""
+    async with ToncenterClient(net.chain.url, TEST_API_KEY) as chain, DevnetClient(net.chain.url) as devnet:  # type: ignore[union-attr]
+        client, _ = await _client([url], net, chain, devnet)
+        done: list[int] = []
+        await _load(client, done)
+        await client.aclose()
+        assert len(done) == REQUESTS
+
+
+def _kill_mid_funding(net: LocalNetwork, store_url: str) -> None:
+    """Start a settlement round on the network's own replica and SIGKILL it while a worker top-up it sent is
+    on its way (recorded as in flight, not yet on chain: the devnet includes messages a second after sending)."""
+    replica = net.child("proxy")
+    with ThreadPoolExecutor(1) as pool:
+        settling = pool.submit(_settle_unanswered, net.proxy_url)
+
+        async def in_flight() -> None:
+            store = Store(store_url)
+            try:
+                while not settling.done():
+                    async with store.session() as session:
+                        if (await session.scalars(select(FundingInFlight))).first() is not None:
+                            return
+                    await asyncio.sleep(0.01)
+                raise AssertionError("the settlement round ended before any top-up was in flight")
+            finally:
+                await store.close()
+
+        asyncio.run(in_flight())
+        time.sleep(0.3)  # sent (its record is committed just before), a second from landing
+        os.kill(replica.process.pid, signal.SIGKILL)
+        replica.process.wait(10)
+        net.children.remove(replica)
+        assert settling.result() is None  # the round died with its replica: no answer came
+
+
+def _settle_unanswered(url: str) -> dict[str, Any] | None:
+    try:
+        return _settle(url)
+    except httpx.HTTPError:
+        return None
+
+
+def _settle_until_clean(url: str, timeout: float = 120) -> None:
+    """Settle at ``url`` until a round fails nothing (a top-up a killed replica sent blocks its channel until
+    the chain shows it)."""
+    deadline = time.monotonic() + timeout
+    while (report := _settle(url))["failed"]:
+        assert time.monotonic() < deadline, report
+        time.sleep(1)
 
 
 def _books(url: str) -> dict[str, Any]:
@@ -141,9 +200,26 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
         total_claimed = sum(c["claimed"] for c in settled["clients"])
         assert total_claimed == settled["client_debits"] == funded + settled["proxy_fees"]
 
+        # One replica SIGKILLed in the middle of its settlement round, a worker top-up sent and not yet recorded:
+        # the other replica finishes the round, and funds nobody twice.
+        asyncio.run(_more_vouchers(net, second))
+        _kill_mid_funding(net, store_url)
+        _settle_until_clean(second)
+        settled = _books(second)
+        assert settled["worker_credits"] > funded  # the new vouchers were funded
+        for worker in settled["workers"]:
+            assert on_chain(net, worker["channel"], WorkerChannel)[0] == worker["vouchered"] == worker["funded"]
+        for client in settled["clients"]:
+            assert on_chain(net, client["channel"], ClientChannel)[1] == client["vouchered"] == client["claimed"]
+
         for i in range(1, net.workers + 1):  # every voucher the workers hold is claimable on chain
             config = str(net.home / f"worker-{i}.toml")
-            subprocess.run([sys.executable, "-m", "cocoon", "worker", "claim", "-c", config], check=True, timeout=120)
+            command = [sys.executable, "-m", "cocoon", "worker", "claim", "-c", config]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            # The killed replica is still down: the worker claims its channel through the other, and says so.
+            assert done.returncode == 1, done.stdout + done.stderr
+            said = done.stdout + done.stderr
+            assert "not claimed from it" in said and net.proxy_url in said, said
         for worker in settled["workers"]:
             assert on_chain(net, worker["channel"], WorkerChannel)[1] == worker["vouchered"]
     finally:

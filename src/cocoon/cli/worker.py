@@ -74,31 +74,45 @@ def _run_async(main: Coroutine[Any, Any, None]) -> None:
 
 @worker_app.command()
 def earnings(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """What each proxy owes this worker: vouchered, funded on chain, claimed."""
+    """What each proxy owes this worker: vouchered, funded on chain, claimed; exit 1 when a proxy could not be
+    asked (it is listed with why)."""
     from cocoon.worker.earnings import earnings as fetch
 
     settings = load_settings(WorkerSettings, config)
-    rows = run_with_spinner("asking the proxies", lambda: fetch(settings), peer="the worker's proxies")
+    survey = run_with_spinner("asking the proxies", lambda: fetch(settings), peer="the worker's proxies")
     data = [
         {"proxy": e.proxy, "channel": e.channel, "vouchered": e.vouchered, "funded": e.funded, "claimed": e.claimed}
-        for e in rows
+        for e in survey.channels
     ]
-    print_report({"earnings": data}, as_json, "worker earnings")
+    unreachable = [{"proxy": url, "error": error} for url, error in survey.unreachable.items()]
+    print_report({"earnings": data, "unreachable": unreachable}, as_json, "worker earnings")
+    if survey.unreachable:
+        raise typer.Exit(1)
 
 
 @worker_app.command()
 def claim(config: ConfigOpt = None) -> None:
-    """Claim the latest voucher of every proxy on chain, into the worker's payout wallet."""
+    """Claim the latest voucher of every proxy on chain, into the worker's payout wallet; exit 1 when a proxy
+    could not be asked (the others are claimed)."""
+    from cocoon.errors import UpstreamFailed
     from cocoon.worker.earnings import claim as claim_one
     from cocoon.worker.earnings import earnings as fetch
 
     settings = load_settings(WorkerSettings, config)
 
-    async def work() -> int:
-        return sum([await claim_one(settings, e) for e in await fetch(settings) if e.vouchered > e.claimed])
+    async def work() -> tuple[int, dict[str, str]]:
+        survey = await fetch(settings)
+        if survey.unreachable and not survey.channels:
+            raise UpstreamFailed("no proxy could be asked: " + "; ".join(survey.unreachable.values()))
+        claims = [await claim_one(settings, e) for e in survey.channels if e.vouchered > e.claimed]
+        return sum(claims), survey.unreachable
 
-    paid = run_with_spinner("claiming on chain", work, peer="the worker's proxies")
+    paid, unreachable = run_with_spinner("claiming on chain", work, peer="the worker's proxies")
     console.print(f"[green]✓[/] claimed {paid} nanoton ({ton(paid)})")
+    for error in unreachable.values():  # what they owe waits until they answer again
+        console.print(f"[yellow]![/] not claimed from it: {escape(error)}", soft_wrap=True)
+    if unreachable:
+        raise typer.Exit(1)
 
 
 MARKS = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}

@@ -20,7 +20,7 @@ from cocoon.chain.liteserver import chain_for
 from cocoon.chain.network import check_network
 from cocoon.config import WorkerSettings
 from cocoon.crypto import load_or_create_signing_key
-from cocoon.errors import ChainError, ConfigError, UpstreamFailed, map_http_errors
+from cocoon.errors import ChainError, CocoonError, ConfigError, UpstreamFailed, map_http_errors
 from cocoon.protocol.money import channel_auth_header
 
 
@@ -54,44 +54,58 @@ class Earnings:
     proxy_key: bytes
 
 
-async def earnings(settings: WorkerSettings) -> list[Earnings]:
-    """Ask each proxy for this worker's channel; a proxy that has paid nothing yet reports zeros."""
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What the worker's proxies report: a channel each (replicas of one proxy share theirs, listed once, from
+    the replica reporting the latest voucher), and the proxies that could not be asked, with why."""
+
+    channels: list[Earnings]
+    unreachable: dict[str, str]  # proxy base URL -> the error
+
+
+async def earnings(settings: WorkerSettings) -> Survey:
+    """Ask each proxy for this worker's channel; a proxy that has paid nothing yet reports zeros. A proxy that
+    cannot be asked does not hide the others' earnings: it is named in ``Survey.unreachable``."""
     wallet = payout_wallet(settings)
-    found = []
+    found: dict[str, Earnings] = {}
+    unreachable: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=10) as http:
         for url in settings.proxies:
             base = proxy_http_url(url)
-            with map_http_errors(f"the proxy at {base}"):
-                terms = (await http.get(f"{base}/v1/payment")).json()
-                if "proxy_wallet" not in terms:
-                    continue  # a free proxy
-                key = bytes.fromhex(terms["proxy_key"])
-                config = ChannelConfig(
-                    Address(terms["proxy_wallet"]),
-                    wallet.address,
-                    key,
-                    ChannelRole.WORKER,
-                    0,
-                    int(terms["close_delay"]),
-                )
-                channel = address_of(state_init_for(contract_code("payment_channel"), config.init_data()))
-                raw = raw_address(channel)
-                signer = load_or_create_signing_key(settings.wallet_file)  # the payee key: only it may read
-                auth = channel_auth_header(signer.public, signer.sign, raw)
-                response = await http.get(f"{base}/v1/channels/{raw}", headers=auth)
-            body = response.json() if response.status_code == 200 else {}
-            found.append(
-                Earnings(
-                    base,
-                    raw,
-                    int(body.get("vouchered", 0)),
-                    int(body.get("funded", 0)),
-                    int(body.get("claimed", 0)),
-                    bytes.fromhex(body.get("signature", "")),
-                    key,
-                )
-            )
-    return found
+            try:
+                entry = await _channel_at(http, base, settings, wallet)
+            except CocoonError as exc:
+                unreachable[base] = exc.message
+                continue
+            if entry is not None and (entry.channel not in found or entry.vouchered > found[entry.channel].vouchered):
+                found[entry.channel] = entry
+    return Survey(list(found.values()), unreachable)
+
+
+async def _channel_at(http: httpx.AsyncClient, base: str, settings: WorkerSettings, wallet: Wallet) -> Earnings | None:
+    """The proxy at ``base``'s report of this worker's channel; ``None`` for a free proxy."""
+    with map_http_errors(f"the proxy at {base}"):
+        terms = (await http.get(f"{base}/v1/payment")).json()
+        if "proxy_wallet" not in terms:
+            return None
+        key = bytes.fromhex(terms["proxy_key"])
+        config = ChannelConfig(
+            Address(terms["proxy_wallet"]), wallet.address, key, ChannelRole.WORKER, 0, int(terms["close_delay"])
+        )
+        raw = raw_address(address_of(state_init_for(contract_code("payment_channel"), config.init_data())))
+        signer = load_or_create_signing_key(settings.wallet_file)  # the payee key: only it may read
+        auth = channel_auth_header(signer.public, signer.sign, raw)
+        response = await http.get(f"{base}/v1/channels/{raw}", headers=auth)
+    body = response.json() if response.status_code == 200 else {}
+    return Earnings(
+        base,
+        raw,
+        int(body.get("vouchered", 0)),
+        int(body.get("funded", 0)),
+        int(body.get("claimed", 0)),
+        bytes.fromhex(body.get("signature", "")),
+        key,
+    )
 
 
 async def claim(settings: WorkerSettings, entry: Earnings) -> int:
