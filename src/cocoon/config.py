@@ -293,7 +293,10 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
     proxies_from_registry: bool = Field(
         False,
         description="with registry and chain_url set, use the proxies the registry lists (their endpoints), "
-        "read at start, instead of proxy_url / proxy_urls",
+        "re-read every proxy_refresh_s, instead of proxy_url / proxy_urls",
+    )
+    proxy_refresh_s: float = Field(
+        60.0, gt=0, description="seconds between reads of the registry's proxies (with proxies_from_registry)"
     )
     policy: AttestationPolicy = Field(
         default_factory=AttestationPolicy, description="attestation policy workers must satisfy"

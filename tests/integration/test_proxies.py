@@ -144,9 +144,11 @@ def test_a_worker_told_the_registry_serves_the_proxies_it_lists_and_leaves_one_d
 def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_survives_losing_one(
     tmp_path: Path,
 ) -> None:
-    """COCOON's shape with money: two proxies of one registry, each with its own wallet and books; the client
-    funds a channel with each (`cocoon client deposit --proxy all`), requests are paid to whichever proxy served
-    them, one proxy is SIGKILLed under load, and the survivor's books settle on chain to the nanoton."""
+    """COCOON's shape with money: two proxies of one registry, each with its own wallet and books. The sidecar
+    follows the registry (it starts with the one proxy listed and takes the second once it is listed); the
+    client funds a channel with each (`cocoon client deposit --proxy all`), requests are paid to whichever
+    proxy served them, one proxy is SIGKILLed under load and then delisted, and the survivor's books settle on
+    chain to the nanoton."""
     first, second = free_port(), free_port()
     sockets = [worker_socket(first), worker_socket(second)]
     net = start_paid_network(tmp_path, workers=2, proxy_port=first, proxies=sockets, reconnect_max_backoff=1)
@@ -164,8 +166,16 @@ def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_surv
         start_proxy(net, "proxy-2", second, **money, operator_key=OPERATOR_KEY, settle_min_amount=10**18)
         wait_for_workers(net.proxy_url, 2)
         wait_for_workers(other, 2)
-        client = money_options(net.chain, net.home, "client")
-        _, base_url = start_sidecar(net, "client-2", [net.proxy_url, other], **client)
+        registry_cli(net, "add-proxy", net.proxy_url, "--address", _wallet(net.home / "proxy"))
+        client = money_options(net.chain, net.home, "client") | {"proxies_from_registry": True, "proxy_refresh_s": 1}
+        sidecar, base_url = start_sidecar(net, "client-2", [], **client)
+        wait_for(lambda: _held(base_url) == [net.proxy_url], 60, "the sidecar to hold the listed proxy")
+        registry_cli(net, "add-proxy", other, "--address", _wallet(net.home / "proxy-2"))
+        wait_for(
+            lambda: sorted(_held(base_url)) == sorted([net.proxy_url, other]),
+            60,
+            "the sidecar to take the newly listed proxy",
+        )
         config = str(net.home / "client-2.toml")
         deposit = [sys.executable, "-m", "cocoon", "client", "deposit", "--proxy", "all", "--amount", "1"]
         done = subprocess.run([*deposit, "-c", config], capture_output=True, text=True, timeout=180)
@@ -176,6 +186,9 @@ def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_surv
         unstarted = [o for o in outcomes if not o[0] and not o[1]]
         assert unstarted == [], f"requests failed before their first byte: {unstarted}"
         assert sum(o[0] for o in outcomes) >= len(outcomes) - THREADS  # at most the ones streaming at the kill
+        registry_cli(net, "remove-proxy", net.proxy_url)
+        wait_for(lambda: _held(base_url) == [other], 60, "the sidecar to drop the delisted proxy")
+        assert "proxy dropped url=" + net.proxy_url in sidecar.log.read_text()
 
         held = _books(other)
         (channel,) = held["clients"]  # the client's own channel with this proxy, not the first proxy's
@@ -225,6 +238,20 @@ def _load_and_kill(net: LocalNetwork, base_url: str) -> list[tuple[bool, bool, f
         thread.join(timeout=180)
     assert len(outcomes) == THREADS * PER_THREAD
     return outcomes
+
+
+def _wallet(data_dir: Path) -> str:
+    """The wallet address of the proxy keeping its keys in ``data_dir``."""
+    return wallet_of(data_dir / "proxy-key.json").address.to_str()
+
+
+def _held(base_url: str) -> list[str]:
+    """The proxies the sidecar at ``base_url`` holds now, from its ``/readyz``."""
+    try:
+        body = httpx.get(base_url.removesuffix("/v1") + "/readyz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    return [p["url"] for p in body.get("proxies", [])]
 
 
 def _books(url: str) -> dict[str, Any]:

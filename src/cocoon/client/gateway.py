@@ -80,8 +80,13 @@ def create_gateway(
         try:
             if isinstance(sdk.payer, ChannelPayer):
                 await check_network(sdk.payer.toncenter, settings.network, env=NETWORK_ENV)
-            async with registry_policy(settings, sdk.directory.verifier):
-                yield
+            following = asyncio.create_task(sdk.follow_registry(settings)) if settings.proxies_from_registry else None
+            try:
+                async with registry_policy(settings, sdk.directory.verifier):
+                    yield
+            finally:
+                if following is not None:
+                    following.cancel()
         finally:
             await gate.close()
 
@@ -256,14 +261,18 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     """200 when the proxy's directory lists at least one worker whose attestation verifies here, else 503 with
-    the reason (the proxy is unreachable, or no worker passes this sidecar's policy)."""
+    the reason (the proxy is unreachable, or no worker passes this sidecar's policy); both list the proxies
+    held, with their health."""
+    sdk = sdk_of(request)
+    proxies = sdk.proxies.status()  # which proxies it holds, and how each has answered lately
     try:
-        workers = await sdk_of(request).directory.workers(refresh=True)
+        workers = await sdk.directory.workers(refresh=True)
     except CocoonError as exc:
-        return JSONResponse({"ready": False, "reason": exc.message}, status_code=503)
+        return JSONResponse({"ready": False, "reason": exc.message, "proxies": proxies}, status_code=503)
     if not workers:
-        return JSONResponse({"ready": False, "reason": "no attested worker passes this sidecar's policy"}, 503)
-    return JSONResponse({"ready": True, "workers": len(workers)})
+        reason = "no attested worker passes this sidecar's policy"
+        return JSONResponse({"ready": False, "reason": reason, "proxies": proxies}, 503)
+    return JSONResponse({"ready": True, "workers": len(workers), "proxies": proxies})
 
 
 async def openapi(request: Request) -> JSONResponse:

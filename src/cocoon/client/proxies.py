@@ -99,7 +99,29 @@ class ProxyPool:
             raise ConfigError("a client needs at least one proxy: set proxy_url or proxy_urls")
         given = {u.rstrip("/"): client for u, client in (http or {}).items()}
         self.verifier = verifier
+        self.timeout = timeout
         self.proxies = [self._connect(url, given.get(url), timeout) for url in urls]
+        self._retired: list[tuple[float, ProxyConnection]] = []  # gone from the list, maybe still answering
+
+    async def retarget(self, urls: Sequence[str]) -> tuple[list[ProxyConnection], list[ProxyConnection]]:
+        """Hold exactly ``urls`` from now on (the registry was read again); returns the proxies added and those
+        dropped. A proxy kept keeps its health and directory. A dropped one takes no new request; its
+        connections close once a request sent to it before could no longer be running (the client's timeout)."""
+        wanted = list(dict.fromkeys(u.rstrip("/") for u in urls))
+        if not wanted:
+            raise ConfigError("a client needs at least one proxy")
+        held = {p.url: p for p in self.proxies}
+        added = [self._connect(url, None, self.timeout) for url in wanted if url not in held]
+        dropped = [p for p in self.proxies if p.url not in wanted]
+        new = {p.url: p for p in added}
+        self.proxies = [held.get(url) or new[url] for url in wanted]
+        now = time.monotonic()
+        self._retired += [(now, p) for p in dropped]
+        done = [p for at, p in self._retired if now - at > self.timeout + 10]
+        self._retired = [(at, p) for at, p in self._retired if now - at <= self.timeout + 10]
+        for proxy in done:
+            await proxy.http.aclose()
+        return added, dropped
 
     def _connect(self, url: str, http: httpx.AsyncClient | None, timeout: float) -> ProxyConnection:
         http = http or httpx.AsyncClient(
@@ -142,7 +164,7 @@ class ProxyPool:
         ]
 
     async def aclose(self) -> None:
-        for proxy in self.proxies:
+        for proxy in [*self.proxies, *(p for _, p in self._retired)]:
             await proxy.http.aclose()
 
 

@@ -12,7 +12,7 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.meter import NOTHING_HELD, Hold, Meter
 from cocoon.client.metrics import RequestCount
 from cocoon.client.prefix import prefix_hashes, prompt_text
-from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls
+from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls, registry_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelBook, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
@@ -33,6 +33,7 @@ from cocoon.errors import (
     BadRequest,
     BudgetExhausted,
     CocoonError,
+    ConfigError,
     ModelNotFound,
     NoCapacity,
     PaymentRequired,
@@ -105,6 +106,7 @@ class CocoonClient:
         if payer is not None:
             self.payer = payer
         self.candidates = candidates
+        self._new_payer: Callable[[str], ChannelPayer] | None = None  # a payer for a proxy added later
         # Keys the prefix hashes sent for cache affinity; it never leaves this client (see client/prefix.py).
         self.prefix_salt = prefix_salt or os.urandom(32)
         self.timeout = timeout
@@ -118,9 +120,32 @@ class CocoonClient:
         client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout, tls=tls)
         if settings.chain_url:
             books: dict[str, ChannelBook] = {}  # replicas of one proxy (one channel) share its book
+            client._new_payer = lambda url: sidecar_payer(settings, url, books)
             for proxy in client.proxies.proxies:
-                proxy.payer = sidecar_payer(settings, proxy.url, books)
+                proxy.payer = client._new_payer(proxy.url)
         return client
+
+    async def use_proxies(self, urls: Sequence[str]) -> None:
+        """Hold exactly ``urls`` from now on (``follow_registry``): new proxies are connected, with a payer
+        when this client pays (``for_settings``); dropped ones take no new request."""
+        added, dropped = await self.proxies.retarget(urls)
+        for proxy in added:
+            proxy.payer = self._new_payer(proxy.url) if self._new_payer is not None else None
+            log.info("proxy added url=%s", proxy.url)
+        for proxy in dropped:
+            log.info("proxy dropped url=%s", proxy.url)
+
+    async def follow_registry(self, settings: ClientSettings) -> None:
+        """Re-read the registry's proxies every ``proxy_refresh_s`` and hold those (until cancelled). A read
+        that fails, or finds none listed, keeps the proxies held: a sidecar never drops to none."""
+        while True:
+            await asyncio.sleep(settings.proxy_refresh_s)
+            try:
+                urls = await registry_proxy_urls(settings)
+            except ConfigError as exc:
+                log.warning("registry proxies not re-read, keeping %d error=%s", len(self.proxies.proxies), exc)
+                continue
+            await self.use_proxies(urls)
 
     @property
     def payer(self) -> ChannelPayer | None:

@@ -315,5 +315,6 @@ async def test_readyz_says_whether_any_attested_worker_can_serve() -> None:
     finally:
         await ready.aclose()
         await unreachable.aclose()
-    assert yes.status_code == 200 and yes.json() == {"ready": True, "workers": 2}
+    assert yes.status_code == 200 and {k: yes.json()[k] for k in ("ready", "workers")} == {"ready": True, "workers": 2}
     assert no.status_code == 503 and "no attested worker" in no.json()["reason"]
+    assert [p["url"] for p in yes.json()["proxies"]] == ["http://proxy.test"]  # which proxies it holds

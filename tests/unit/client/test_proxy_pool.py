@@ -1,0 +1,53 @@
+"""The client's proxy pool: health ranks the proxies, and a registry re-read changes which ones it holds
+without losing what it knows of those it keeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from cocoon.attestation import AttestationPolicy, AttestationVerifier
+from cocoon.client.proxies import ProxyPool
+from cocoon.errors import ConfigError
+
+
+def pool(*urls: str, timeout: float = 30) -> ProxyPool:
+    return ProxyPool(list(urls), AttestationVerifier(AttestationPolicy()), timeout=timeout)
+
+
+def test_a_proxy_that_could_not_be_reached_ranks_last_while_it_rests() -> None:
+    proxies = pool("http://a", "http://b")
+    a, b = proxies.proxies
+    a.health.succeeded(0.010)
+    b.health.succeeded(0.005)
+    assert [p.url for p in proxies.ranked(now=100)] == ["http://b", "http://a"]
+    b.health.failed(100, unreachable=True)
+    assert [p.url for p in proxies.ranked(now=100.5)] == ["http://a", "http://b"]
+    assert proxies.next_for([a]) is b  # every other one tried: the resting one still gets its turn
+
+
+async def test_a_registry_re_read_adds_and_drops_proxies_and_keeps_the_health_of_those_it_keeps() -> None:
+    proxies = pool("http://a", "http://b/")
+    kept = proxies.proxies[1]
+    kept.health.succeeded(0.020)
+    added, dropped = await proxies.retarget(["http://b", "http://c"])
+    assert [p.url for p in added] == ["http://c"] and [p.url for p in dropped] == ["http://a"]
+    assert [p.url for p in proxies.proxies] == ["http://b", "http://c"]
+    assert proxies.proxies[0] is kept and kept.health.latency_ms == pytest.approx(20)
+    assert not dropped[0].http.is_closed  # a request sent to it before may still be running
+    await proxies.aclose()
+    assert dropped[0].http.is_closed and all(p.http.is_closed for p in proxies.proxies)
+
+
+async def test_a_dropped_proxy_closes_once_no_request_to_it_can_still_run() -> None:
+    proxies = pool("http://a", "http://b", timeout=0)
+    _, (gone,) = await proxies.retarget(["http://b"])
+    proxies._retired = [(at - 11, p) for at, p in proxies._retired]  # past the client's timeout (+10 s)
+    await proxies.retarget(["http://b"])
+    assert gone.http.is_closed
+
+
+async def test_a_re_read_listing_no_proxy_is_refused() -> None:
+    proxies = pool("http://a")
+    with pytest.raises(ConfigError, match="at least one proxy"):
+        await proxies.retarget([])
+    assert [p.url for p in proxies.proxies] == ["http://a"]
