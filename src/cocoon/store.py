@@ -19,6 +19,7 @@ from typing import TypeVar, cast
 from sqlalchemy import BigInteger, Integer, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -54,6 +55,15 @@ def async_url(url: str) -> str:
     if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         return url
     raise ConfigError(f"store URL {url!r} is neither SQLite nor PostgreSQL; use sqlite:///path or postgresql://...")
+
+
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL aborting a transaction only to break a deadlock or a serialization conflict
+    with another: the transaction changed nothing, and run again it may well succeed."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 def sqlite_file(url: str) -> Path | None:

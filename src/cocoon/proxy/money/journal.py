@@ -16,17 +16,22 @@ through aiosqlite (a voucher waited 57 ms under load in those hops, 37 ms after)
 
 Lock order, for replicas sharing a PostgreSQL: a batch locks its client accounts (sorted, one
 ``SELECT … FOR UPDATE``), then its worker accounts (sorted). Every other writer of those rows locks one row at
-a time, so two batches never wait on each other in a circle.
+a time, so two batches never wait on each other in a circle. A transaction outside that order (an operator's,
+a future writer's) can still deadlock with a batch; PostgreSQL then aborts one of the two, and a batch it
+aborted (deadlock or serialization failure) is run again, up to ``ATTEMPTS`` times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Update, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cocoon.chain import sign_voucher, verify_voucher
@@ -36,10 +41,11 @@ from cocoon.proxy.money.chain_handle import ChainHandle
 from cocoon.proxy.money.ledger import OWED, PAID, Charge, ClientAccount, VoucherRecord, WorkerAccount, WorkerHold
 from cocoon.proxy.money.ledger import as_utc as _utc
 from cocoon.proxy.store import Base, Store
-from cocoon.store import table_of
+from cocoon.store import table_of, transient
 
 log = logging.getLogger("cocoon.proxy.journal")
 MAX_BATCH = 512  # items in one transaction: bounds a batch's time, and so the wait of the item behind it
+ATTEMPTS = 4  # runs of a batch PostgreSQL aborts to break a deadlock or serialization conflict
 
 
 @dataclass(slots=True)
@@ -115,8 +121,20 @@ class Journal:
 
     async def _write(self, batch: list[_Pending]) -> None:
         entries = [p.entry for p in batch]
-        async with self.store.writing():
-            state, outcomes = await self.store.transact(lambda session: self._transact(session, entries), write=True)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with self.store.writing():
+                    state, outcomes = await self.store.transact(
+                        functools.partial(self._transact, entries=entries), write=True
+                    )
+                break
+            except DBAPIError as exc:
+                # PostgreSQL broke a deadlock with another writer (one outside the lock order, or an operator's
+                # transaction) by aborting this batch: nothing of it was written, so run it again.
+                if attempt == ATTEMPTS or not transient(exc):
+                    raise
+                log.warning("journal batch of %d aborted by the database, retrying error=%s", len(batch), exc.orig)
+                await asyncio.sleep(random.uniform(0, 0.05 * attempt))
         _count_paid(state)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, CocoonError):

@@ -7,11 +7,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from cocoon.chain import TESTNET_GLOBAL_ID, Wallet, sign_voucher, verify_voucher
 from cocoon.errors import BadRequest
@@ -132,3 +132,46 @@ async def test_a_worker_flagged_by_canaries_is_not_vouchered_its_share_and_the_b
     assert paid_honest is not None and paid_honest.vouchered == honest.worker_share
     assert paid_cheater is None  # never vouchered a nanoton
     assert hold is not None and hold.withheld == cheater.worker_share
+
+
+async def test_a_voucher_batch_postgresql_aborts_to_break_a_deadlock_is_run_again(
+    postgres_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another transaction locks the worker's row, the journal's batch locks the client's and waits for the
+    worker's, then the other asks for the client's: a real deadlock. PostgreSQL aborts the batch (it waited
+    first; the other waits longer before checking), and the journal runs it again once the other commits."""
+    store = Store(postgres_cluster.create_database("deadlock"))
+    await store.start()
+    billing = Billing(
+        store,
+        cast(ChainHandle, SimpleNamespace(wallet=Wallet(bytes(range(32))), global_id=TESTNET_GLOBAL_ID)),
+        unpaid_grace_s=60,
+        credit_limit=10**9,
+    )
+    payer = Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32)
+    client, worker = f"0:{5:064x}", WORKERS[0]
+    owed = charge("rcpt-d", client, worker, BIG)
+    async with store.session() as session:
+        session.add(ClientAccount(channel=client, payer_key=payer.public_key().public_bytes_raw(), deposit=10 * BIG))
+        session.add(WorkerAccount(channel=worker, payout=worker))
+        session.add(owed)
+        await session.commit()
+    signature = sign_voucher(payer, client, BIG, global_id=TESTNET_GLOBAL_ID).hex()
+    submission = VoucherSubmission(channel=client, cumulative=BIG, signature=signature, receipt_ids=["rcpt-d"])
+
+    async with store.engine.connect() as other:
+        await other.execute(text("SET deadlock_timeout = '10s'"))  # so the batch's own check finds the cycle
+        await other.execute(select(WorkerAccount.channel).where(WorkerAccount.channel == worker).with_for_update())
+        taking = asyncio.create_task(billing.accept_voucher(submission))
+        await asyncio.sleep(0.5)  # the batch holds the client's row and waits for the worker's
+        assert not taking.done()
+        await other.execute(select(ClientAccount.channel).where(ClientAccount.channel == client).with_for_update())
+        await other.commit()
+        account = await taking
+
+    async with store.session() as session:
+        paid = await session.get(WorkerAccount, worker)
+    await store.close()
+    assert account["vouchered"] == BIG
+    assert paid is not None and paid.vouchered == owed.worker_share
+    assert "aborted by the database, retrying" in caplog.text and "deadlock detected" in caplog.text
