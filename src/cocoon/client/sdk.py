@@ -145,6 +145,9 @@ class CocoonClient:
             except ConfigError as exc:
                 log.warning("registry proxies not re-read, keeping %d error=%s", len(self.proxies.proxies), exc)
                 continue
+            except Exception:  # a chain answer nobody foresaw: the sidecar must still follow the registry later
+                log.exception("registry proxies not re-read, keeping %d", len(self.proxies.proxies))
+                continue
             await self.use_proxies(urls)
 
     @property
