@@ -71,37 +71,7 @@ def test_no_request_that_had_not_started_streaming_fails_when_a_proxy_is_sigkill
     two_proxies: tuple[LocalNetwork, str, str],
 ) -> None:
     net, other, base_url = two_proxies
-    outcomes: list[tuple[bool, bool, float, str]] = []  # (succeeded, had text before failing, finished at, error)
-    lock = threading.Lock()
-
-    def load() -> None:
-        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-        for i in range(PER_THREAD):
-            started, error = False, ""
-            try:
-                stream = client.chat.completions.create(
-                    model=DEFAULT_MODEL,
-                    messages=[{"role": "user", "content": f"Tell story number {i}."}],
-                    max_tokens=16,
-                    stream=True,
-                )
-                for chunk in stream:
-                    started = started or bool(chunk.choices and chunk.choices[0].delta.content)
-            except Exception as exc:  # every failure is an outcome this test counts, whatever its kind
-                error = repr(exc)
-            with lock:
-                outcomes.append((not error, started, time.monotonic(), error))
-
-    threads = [threading.Thread(target=load) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: len(outcomes) >= THREADS * 2, 60, "requests to flow through both proxies")
-    killed_at = time.monotonic()
-    os.kill(net.child("proxy").process.pid, signal.SIGKILL)
-    for thread in threads:
-        thread.join(timeout=180)
-
-    assert len(outcomes) == THREADS * PER_THREAD
+    outcomes, killed_at = _load_and_kill(net, base_url)
     unstarted = [o for o in outcomes if not o[0] and not o[1]]
     assert unstarted == [], f"requests failed before their first byte: {unstarted}"
     after = [o for o in outcomes if o[2] > killed_at + 1]
@@ -182,7 +152,7 @@ def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_surv
         assert done.returncode == 0, done.stdout + done.stderr
         wait_for(lambda: _models(base_url), 30, "the paid two-proxy sidecar")
 
-        outcomes = _load_and_kill(net, base_url)
+        outcomes, _ = _load_and_kill(net, base_url)
         unstarted = [o for o in outcomes if not o[0] and not o[1]]
         assert unstarted == [], f"requests failed before their first byte: {unstarted}"
         assert sum(o[0] for o in outcomes) >= len(outcomes) - THREADS  # at most the ones streaming at the kill
@@ -205,9 +175,10 @@ def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_surv
         net.stop()
 
 
-def _load_and_kill(net: LocalNetwork, base_url: str) -> list[tuple[bool, bool, float, str]]:
+def _load_and_kill(net: LocalNetwork, base_url: str) -> tuple[list[tuple[bool, bool, float, str]], float]:
     """``THREADS`` × ``PER_THREAD`` streamed requests through ``base_url``; the network's first proxy is
-    SIGKILLed once a few finished. Each outcome: (succeeded, had text before failing, finished at, error)."""
+    SIGKILLed once a few finished. Returns each outcome (succeeded, had text before failing, finished at,
+    error) and when the proxy was killed."""
     outcomes: list[tuple[bool, bool, float, str]] = []
     lock = threading.Lock()
 
@@ -233,11 +204,12 @@ def _load_and_kill(net: LocalNetwork, base_url: str) -> list[tuple[bool, bool, f
     for thread in threads:
         thread.start()
     wait_for(lambda: len(outcomes) >= THREADS * 2, 60, "requests to flow through both proxies")
+    killed_at = time.monotonic()
     os.kill(net.child("proxy").process.pid, signal.SIGKILL)
     for thread in threads:
         thread.join(timeout=180)
     assert len(outcomes) == THREADS * PER_THREAD
-    return outcomes
+    return outcomes, killed_at
 
 
 def _wallet(data_dir: Path) -> str:
