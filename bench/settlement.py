@@ -64,7 +64,8 @@ async def open_client(net: LocalNetwork, chain: ToncenterClient, devnet: DevnetC
     return CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy), payer=payer)
 
 
-async def run_client(client: CocoonClient, requests: int, concurrency: int) -> int:
+async def run_client(client: CocoonClient, requests: int, concurrency: int, latencies: list[float]) -> int:
+    """``requests`` paid requests, ``concurrency`` at a time; each one's time (sent -> paid) goes to ``latencies``."""
     left = list(range(requests))
     paid = 0
 
@@ -72,6 +73,7 @@ async def run_client(client: CocoonClient, requests: int, concurrency: int) -> i
         nonlocal paid
         while left:
             i = left.pop()
+            sent = time.perf_counter()
             async for event in client.stream(
                 "chat",
                 DEFAULT_MODEL,
@@ -81,6 +83,7 @@ async def run_client(client: CocoonClient, requests: int, concurrency: int) -> i
                 if isinstance(event, Completion):
                     assert event.cost is not None
                     paid += event.cost.total
+            latencies.append(time.perf_counter() - sent)
 
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     return paid
@@ -100,8 +103,9 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
         with console.status(f"opening {args.clients} client channels…"):
             clients = [await open_client(net, chain, devnet) for _ in range(args.clients)]
         started = time.monotonic()
+        latencies: list[float] = []
         with console.status(f"{args.clients} clients × {args.requests} requests…"):
-            paid = await asyncio.gather(*(run_client(c, args.requests, args.concurrency) for c in clients))
+            paid = await asyncio.gather(*(run_client(c, args.requests, args.concurrency, latencies) for c in clients))
         elapsed = time.monotonic() - started
         with console.status("settling (cocoon proxy settle) and claiming (cocoon worker claim)…"):
             settle, books = await asyncio.to_thread(settle_and_claim, net)
@@ -130,6 +134,10 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
     rows = [
         ("paid requests", f"{requests:,}"),
         ("requests/s end to end (receipt verified, voucher stored)", f"{requests / elapsed:,.0f}"),
+        (
+            "time of one paid request, sent -> paid: p50 / p99",
+            f"{pct(latencies, 0.5):.1f} / {pct(latencies, 0.99):.1f} ms",
+        ),
         ("on-chain ops: client deposits (channel deploys)", str(deposits)),
         ("on-chain ops: proxy settlement (claims + worker fundings)", str(settlement)),
         ("on-chain ops: worker claims", str(claims)),
@@ -150,6 +158,12 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def pct(seconds: list[float], q: float) -> float:
+    """The ``q`` quantile of ``seconds``, in milliseconds."""
+    ordered = sorted(seconds)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def voucher_latency_ms(net: LocalNetwork) -> float:
