@@ -344,11 +344,26 @@ class ChannelPayer:
             "receipt_ids": [i for d in batch for i in d.receipt_ids],
         }
         book.unsure = True  # until an answer comes: without one, the proxy may have taken it
-        response = await http.post("/v1/vouchers", json=body)
+        try:
+            response = await http.post("/v1/vouchers", json=body)
+        except httpx.TransportError:
+            # No answer: the proxy may have committed it and died (or the answer was lost). Ask it once: paid
+            # receipts reported as failed would have the app retry, and pay, the same work twice.
+            if not await self._taken(http, cumulative):
+                raise
+            response = httpx.Response(200)
         book.unsure = False
         if response.status_code != 200:  # the proxy answered: it refused this voucher
             raise CocoonError.from_openai(response.status_code, _json(response))
         book.vouchered = cumulative
+
+    async def _taken(self, http: httpx.AsyncClient, cumulative: int) -> bool:
+        """Whether the proxy's copy of the channel's last voucher is ours for ``cumulative`` (signed by our key,
+        which ``_last_voucher`` checks); False when it cannot say."""
+        try:
+            return await self._last_voucher(http) == cumulative
+        except (httpx.TransportError, CocoonError):
+            return False
 
     async def reject(self, receipt_id: str, reason: str) -> None:
         """Tell the proxy this receipt did not verify: it is never paid. A receipt it never charged is fine."""

@@ -116,18 +116,22 @@ async def test_an_app_hanging_up_does_not_stop_its_payment() -> None:
     assert book.vouchers == [["r0"], ["r1"]] and paying.vouchered == 6
 
 
-async def test_after_a_voucher_with_no_answer_the_payer_goes_on_from_the_proxys_copy() -> None:
-    key = SigningKey.generate()
-    taken = {"vouchered": 0, "signature": ""}
-    posts = 0
+def dying_proxy(key: SigningKey, *, down_after_dying: bool) -> tuple[ChannelPayer, dict[str, object]]:
+    """A payer of a proxy that commits its first voucher and dies before answering; with ``down_after_dying``
+    the payer's first question after that finds it still down. Returns the payer and the proxy's copy."""
+    taken: dict[str, object] = {"vouchered": 0, "signature": ""}
+    posts, down = 0, int(down_after_dying)
 
     async def proxy(request: httpx.Request) -> httpx.Response:
-        nonlocal posts
+        nonlocal posts, down
         if request.method == "GET":  # the proxy's copy of the channel's last voucher
+            if posts == 1 and down:
+                down -= 1
+                raise httpx.ConnectError("All connection attempts failed")
             return httpx.Response(200, json={"channel": CHANNEL} | taken)
         posts += 1
         body = json.loads(request.content)
-        if body["cumulative"] != int(taken["vouchered"]) + 3:
+        if body["cumulative"] != int(str(taken["vouchered"])) + 3:
             return httpx.Response(400, json={"error": {"message": "wrong cumulative", "type": "x", "code": "x"}})
         taken.update(vouchered=body["cumulative"], signature=body["signature"])
         if posts == 1:  # taken and committed, then the proxy died before it answered
@@ -136,7 +140,20 @@ async def test_after_a_voucher_with_no_answer_the_payer_goes_on_from_the_proxys_
 
     paying = payer(Book(key))
     paying.http = httpx.AsyncClient(transport=httpx.MockTransport(proxy), base_url="http://proxy")
-    with pytest.raises(httpx.RemoteProtocolError):
+    return paying, taken
+
+
+async def test_a_voucher_the_proxy_took_before_its_answer_was_lost_is_paid() -> None:
+    paying, taken = dying_proxy(SigningKey.generate(), down_after_dying=False)
+    cost = await paying.pay([receipt("r0")], {"w": 1000})  # the payer asked the proxy's copy: it was taken
+    assert cost is not None and cost.total == 3
+    assert await paying.pay([receipt("r1")], {"w": 1000}) is not None
+    assert paying.vouchered == taken["vouchered"] == 6
+
+
+async def test_after_a_voucher_with_no_answer_at_all_the_payer_goes_on_from_the_proxys_copy() -> None:
+    paying, taken = dying_proxy(SigningKey.generate(), down_after_dying=True)
+    with pytest.raises(httpx.RemoteProtocolError):  # nobody could say whether it was taken
         await paying.pay([receipt("r0")], {"w": 1000})
     assert await paying.pay([receipt("r1")], {"w": 1000}) is not None  # 3 + 3, not a second 3
     assert paying.vouchered == taken["vouchered"] == 6
