@@ -2,7 +2,8 @@
 
 ``SqlStore`` makes the engine (plain ``sqlite:///`` and ``postgresql://`` URLs get their async drivers, SQLite its
 WAL and full-sync pragmas), holds the write lock SQLite needs, named locks across processes, and creates its
-tables on start. ``transact`` runs a hot path's whole transaction blocking, in one thread hop on SQLite. The proxy keeps its books in one (``cocoon.proxy.store``), the sidecar its API keys in another.
+tables on start. ``transact`` runs a hot path's whole transaction blocking, in one thread hop on SQLite. The
+proxy keeps its books in one (``cocoon.proxy.store``), the sidecar its API keys in another.
 """
 
 from __future__ import annotations
