@@ -63,7 +63,12 @@ def oai(net: LocalNetwork) -> openai.OpenAI:
 
 def books(net: LocalNetwork) -> dict[str, Any]:
     """The proxy's ``GET /v1/books``."""
-    response = httpx.get(f"{net.proxy_url}/v1/books", headers=OPERATOR, timeout=10)
+    return books_at(net.proxy_url, timeout=10)
+
+
+def books_at(url: str, timeout: float = 30) -> dict[str, Any]:
+    """``GET /v1/books`` of the proxy (or replica) at ``url``, as its operator."""
+    response = httpx.get(f"{url}/v1/books", headers=OPERATOR, timeout=timeout)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -71,7 +76,12 @@ def books(net: LocalNetwork) -> dict[str, Any]:
 
 def settle(net: LocalNetwork) -> dict[str, Any]:
     """Settle now (``POST /v1/settle``) and return the report."""
-    response = httpx.post(f"{net.proxy_url}/v1/settle", headers=OPERATOR, timeout=120)
+    return settle_at(net.proxy_url, timeout=120)
+
+
+def settle_at(url: str, timeout: float = 300) -> dict[str, Any]:
+    """Settle now at the proxy (or replica) at ``url``, as its operator, and return the report."""
+    response = httpx.post(f"{url}/v1/settle", headers=OPERATOR, timeout=timeout)
     assert response.status_code == 200, response.text
     report: dict[str, Any] = response.json()
     return report

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -25,7 +24,7 @@ from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
 from cocoon.local.chain import money_options, wallet_of
 from tests.helpers.chain import TEST_API_KEY
-from tests.helpers.money import OPERATOR, OPERATOR_KEY, on_chain, start_paid_network
+from tests.helpers.money import OPERATOR_KEY, books_at, on_chain, settle_at, start_paid_network
 from tests.helpers.network import NO_CANARIES, wait_for
 from tests.helpers.proxies import directory_size, start_proxy, start_sidecar, wait_for_workers, worker_socket
 
@@ -160,13 +159,13 @@ def test_a_paid_client_of_two_proxies_pays_each_through_its_own_channel_and_surv
         wait_for(lambda: _held(base_url) == [other], 60, "the sidecar to drop the delisted proxy")
         assert "proxy dropped url=" + net.proxy_url in sidecar.log.read_text()
 
-        held = _books(other)
+        held = books_at(other)
         (channel,) = held["clients"]  # the client's own channel with this proxy, not the first proxy's
         assert channel["channel"] != net.chain.client_channel
         assert channel["vouchered"] == channel["charged"] > 0  # every receipt it served is paid
-        report = httpx.post(f"{other}/v1/settle", headers=OPERATOR, timeout=180).json()
+        report = settle_at(other, timeout=180)
         assert report["failed"] == {}, report
-        settled = _books(other)
+        settled = books_at(other)
         claimed = on_chain(net, channel["channel"], ClientChannel)[1]
         assert claimed == channel["vouchered"] == settled["worker_credits"] + settled["proxy_fees"]
         for worker in settled["workers"]:  # funded once, exactly what this proxy vouchered the worker
@@ -224,10 +223,3 @@ def _held(base_url: str) -> list[str]:
     except (httpx.HTTPError, ValueError):
         return []
     return [p["url"] for p in body.get("proxies", [])]
-
-
-def _books(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/v1/books", headers=OPERATOR, timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body

@@ -36,7 +36,7 @@ from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.proxy.money.ledger import FundingInFlight
 from cocoon.proxy.store import Store
 from tests.helpers.chain import TEST_API_KEY
-from tests.helpers.money import OPERATOR, on_chain
+from tests.helpers.money import books_at, on_chain, settle_at
 from tests.helpers.replicas import start_replica, start_replicated_network
 
 CLIENTS, REQUESTS = 10, 12
@@ -120,7 +120,7 @@ def _kill_mid_funding(net: LocalNetwork, store_url: str) -> None:
 
 def _settle_unanswered(url: str) -> dict[str, Any] | None:
     try:
-        return _settle(url)
+        return settle_at(url)
     except httpx.HTTPError:
         return None
 
@@ -129,23 +129,9 @@ def _settle_until_clean(url: str, timeout: float = 120) -> None:
     """Settle at ``url`` until a round fails nothing (a top-up a killed replica sent blocks its channel until
     the chain shows it)."""
     deadline = time.monotonic() + timeout
-    while (report := _settle(url))["failed"]:
+    while (report := settle_at(url))["failed"]:
         assert time.monotonic() < deadline, report
         time.sleep(1)
-
-
-def _books(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/v1/books", headers=OPERATOR, timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _settle(url: str) -> dict[str, Any]:
-    response = httpx.post(f"{url}/v1/settle", headers=OPERATOR, timeout=300)
-    assert response.status_code == 200, response.text
-    report: dict[str, Any] = response.json()
-    return report
 
 
 def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_killed(
@@ -185,7 +171,7 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
 
         both: list[str] = []
         asyncio.run(run())
-        held, other = _books(net.proxy_url), _books(second)
+        held, other = books_at(net.proxy_url), books_at(second)
         totals = ("client_debits", "worker_credits", "proxy_fees", "receipts")
         assert {k: held[k] for k in totals} == {k: other[k] for k in totals}  # one set of books, either replica
         assert len(held["clients"]) == CLIENTS + 1
@@ -195,9 +181,9 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
         assert shared["vouchered"] == shared["charged"] > 0
 
         with ThreadPoolExecutor(2) as pool:  # both replicas settle at once
-            reports = list(pool.map(_settle, [net.proxy_url, second]))
+            reports = list(pool.map(settle_at, [net.proxy_url, second]))
         assert all(r["failed"] == {} for r in reports), reports
-        settled = _books(net.proxy_url)
+        settled = books_at(net.proxy_url)
         for client in settled["clients"]:
             assert on_chain(net, client["channel"], ClientChannel)[1] == client["vouchered"] == client["claimed"]
         funded = sum(r["funded_total"] for r in reports)
@@ -212,7 +198,7 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
         asyncio.run(_more_vouchers(net, second))
         _kill_mid_funding(net, store_url)
         _settle_until_clean(second)
-        settled = _books(second)
+        settled = books_at(second)
         assert settled["worker_credits"] > funded  # the new vouchers were funded
         for worker in settled["workers"]:
             assert on_chain(net, worker["channel"], WorkerChannel)[0] == worker["vouchered"] == worker["funded"]
