@@ -298,6 +298,13 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
     proxy_refresh_s: float = Field(
         60.0, gt=0, description="seconds between reads of the registry's proxies (with proxies_from_registry)"
     )
+    max_proxies: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="registry proxies the client uses at most (with proxies_from_registry): a connection and a "
+        "channel each; those held stay, then the registry's order",
+    )
     policy: AttestationPolicy = Field(
         default_factory=AttestationPolicy, description="attestation policy workers must satisfy"
     )

@@ -154,12 +154,15 @@ class SqlStore:
                 await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 await conn.commit()
 
+    def insert(self, table: type[DeclarativeBase]) -> sqlite.Insert | postgresql.Insert:
+        """``INSERT`` in this store's dialect, which can take an ``ON CONFLICT`` clause."""
+        return (postgresql.insert if self.on_postgresql else sqlite.insert)(table)
+
     def insert_if_absent(self, table: type[DeclarativeBase]) -> sqlite.Insert | postgresql.Insert:
         """``INSERT ... ON CONFLICT DO NOTHING`` in this store's dialect: two transactions that both find a row
         missing (concurrent ones, on PostgreSQL) create it once, and neither fails. Lock it after with
         ``session.get(..., with_for_update=True)`` to change it."""
-        insert = postgresql.insert if self.on_postgresql else sqlite.insert
-        return insert(table).on_conflict_do_nothing()
+        return self.insert(table).on_conflict_do_nothing()
 
     async def start(self) -> None:
         """Create every table of ``metadata`` that does not exist yet; replicas starting together on one

@@ -262,9 +262,12 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """200 when the proxy's directory lists at least one worker whose attestation verifies here, else 503 with
     the reason (the proxy is unreachable, or no worker passes this sidecar's policy); both list the proxies
-    held, with their health."""
+    held, with their health (their URLs only to a caller who may use the sidecar)."""
     sdk = sdk_of(request)
     proxies = sdk.proxies.status()  # which proxies it holds, and how each has answered lately
+    if not await _may_see_proxies(request):
+        for proxy in proxies:
+            del proxy["url"]
     try:
         workers = await sdk.directory.workers(refresh=True)
     except CocoonError as exc:
@@ -273,6 +276,16 @@ async def readyz(request: Request) -> JSONResponse:
         reason = "no attested worker passes this sidecar's policy"
         return JSONResponse({"ready": False, "reason": reason, "proxies": proxies}, 503)
     return JSONResponse({"ready": True, "workers": len(workers), "proxies": proxies})
+
+
+async def _may_see_proxies(request: Request) -> bool:
+    """Whether ``/readyz`` names the proxies held: to anyone while the sidecar needs no key, else to a caller
+    with a live key (the probe stays open; which proxies a client uses is the owner's to see)."""
+    try:
+        await request.app.state.keys.caller(request.headers.get("authorization"))
+    except CocoonError:
+        return False
+    return True
 
 
 async def openapi(request: Request) -> JSONResponse:

@@ -11,6 +11,7 @@ the next, sealing anew to that proxy's own directory workers.
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 import time
@@ -27,6 +28,8 @@ from cocoon.client.directory import DirectoryCache
 from cocoon.client.wallet import ChannelPayer
 from cocoon.config import ClientSettings
 from cocoon.errors import ChainError, ConfigError
+
+log = logging.getLogger(__name__)
 
 EWMA_WEIGHT = 0.2  # the newest latency's share of the average
 ERROR_HALF_LIFE_S = 30.0  # an error counts half as much this long after it happened
@@ -78,6 +81,12 @@ class ProxyConnection:
     directory: DirectoryCache
     payer: ChannelPayer | None = None
     health: ProxyHealth = field(default_factory=ProxyHealth)
+    owns_payer: bool = False  # the payer was made for this proxy (``CocoonClient.for_settings``): closed with it
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        if self.owns_payer and self.payer is not None:
+            await self.payer.aclose()
 
 
 class ProxyPool:
@@ -120,7 +129,7 @@ class ProxyPool:
         done = [p for at, p in self._retired if now - at > self.timeout + 10]
         self._retired = [(at, p) for at, p in self._retired if now - at <= self.timeout + 10]
         for proxy in done:
-            await proxy.http.aclose()
+            await proxy.aclose()
         return added, dropped
 
     def _connect(self, url: str, http: httpx.AsyncClient | None, timeout: float) -> ProxyConnection:
@@ -165,7 +174,7 @@ class ProxyPool:
 
     async def aclose(self) -> None:
         for proxy in [*self.proxies, *(p for _, p in self._retired)]:
-            await proxy.http.aclose()
+            await proxy.aclose()
 
 
 def configured_proxy_urls(settings: ClientSettings) -> list[str]:
@@ -173,9 +182,11 @@ def configured_proxy_urls(settings: ClientSettings) -> list[str]:
     return list(settings.proxy_urls or [settings.proxy_url])
 
 
-async def registry_proxy_urls(settings: ClientSettings) -> list[str]:
-    """The base URLs of the proxies the settings' registry lists; ``ConfigError`` when it lists none or cannot
-    be read (a sidecar starting without a proxy would answer nothing)."""
+async def registry_proxy_urls(settings: ClientSettings, held: Sequence[str] = ()) -> list[str]:
+    """The base URLs of the proxies the settings' registry lists, at most ``max_proxies`` of them (the registry
+    is chain state: a listing of thousands must not make the sidecar open thousands of connections and payers):
+    those in ``held`` first, so a re-read keeps the proxies in use, then the registry's order. ``ConfigError``
+    when it lists none or cannot be read (a sidecar starting without a proxy would answer nothing)."""
     if not (settings.registry and settings.chain_url):
         raise ConfigError("proxies_from_registry needs registry and chain_url set")
     try:
@@ -188,4 +199,14 @@ async def registry_proxy_urls(settings: ClientSettings) -> list[str]:
             f"the registry {settings.registry} lists no proxies: list one (`cocoon chain registry add-proxy`) or "
             "set proxy_url"
         )
-    return [p.http_url for p in listed]
+    urls = list(dict.fromkeys(p.http_url.rstrip("/") for p in listed))
+    chosen = within_cap(urls, settings.max_proxies, held)
+    if len(chosen) < len(urls):
+        log.warning("registry lists %d proxies, using %d (max_proxies)", len(urls), len(chosen))
+    return chosen
+
+
+def within_cap(listed: Sequence[str], cap: int, held: Sequence[str] = ()) -> list[str]:
+    """At most ``cap`` of ``listed``: those also in ``held`` first, then the others in ``listed``'s order."""
+    kept = [url for url in dict.fromkeys(h.rstrip("/") for h in held) if url in listed]
+    return (kept + [url for url in listed if url not in kept])[:cap]

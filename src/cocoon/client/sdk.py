@@ -122,7 +122,7 @@ class CocoonClient:
             books: dict[str, ChannelBook] = {}  # replicas of one proxy (one channel) share its book
             client._new_payer = lambda url: sidecar_payer(settings, url, books)
             for proxy in client.proxies.proxies:
-                proxy.payer = client._new_payer(proxy.url)
+                proxy.payer, proxy.owns_payer = client._new_payer(proxy.url), True
         return client
 
     async def use_proxies(self, urls: Sequence[str]) -> None:
@@ -130,7 +130,8 @@ class CocoonClient:
         when this client pays (``for_settings``); dropped ones take no new request."""
         added, dropped = await self.proxies.retarget(urls)
         for proxy in added:
-            proxy.payer = self._new_payer(proxy.url) if self._new_payer is not None else None
+            if self._new_payer is not None:
+                proxy.payer, proxy.owns_payer = self._new_payer(proxy.url), True
             log.info("proxy added url=%s", proxy.url)
         for proxy in dropped:
             log.info("proxy dropped url=%s", proxy.url)
@@ -141,7 +142,7 @@ class CocoonClient:
         while True:
             await asyncio.sleep(settings.proxy_refresh_s)
             try:
-                urls = await registry_proxy_urls(settings)
+                urls = await registry_proxy_urls(settings, held=[p.url for p in self.proxies.proxies])
             except ConfigError as exc:
                 log.warning("registry proxies not re-read, keeping %d error=%s", len(self.proxies.proxies), exc)
                 continue

@@ -175,6 +175,11 @@ class ChannelPayer:
         self.book = ChannelBook()  # this channel's, shared with other replicas' payers once ``_start`` knows it
         self.resync_min_age_s = RESYNC_MIN_AGE_S
 
+    async def aclose(self) -> None:
+        """Close this payer's HTTP and chain clients (what it owes stays in the outbox and the proxy's books)."""
+        await self.http.aclose()
+        await self.toncenter.aclose()
+
     async def _start(self) -> None:
         if self._ready:
             return

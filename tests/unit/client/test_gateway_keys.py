@@ -116,6 +116,18 @@ async def test_without_keys_the_sidecar_is_open_and_keeps_nothing_on_disk(sideca
     assert not (tmp_path / "sidecar").exists()
 
 
+async def test_readyz_stays_open_but_names_the_proxies_only_to_a_caller_with_a_key(sidecar: Sidecar) -> None:
+    assert [p["url"] for p in (await sidecar.http.get("/readyz")).json()["proxies"]] == ["http://proxy.test"]
+    _, secret = await sidecar.keys.create("app", 10**9)
+    anyone = await sidecar.http.get("/readyz")
+    assert anyone.status_code == 200 and anyone.json()["ready"] is True
+    assert anyone.json()["proxies"] and all("url" not in p for p in anyone.json()["proxies"])
+    wrong = await sidecar.http.get("/readyz", headers={"authorization": "Bearer ck-" + "A" * 43})
+    assert all("url" not in p for p in wrong.json()["proxies"])
+    owner = await sidecar.http.get("/readyz", headers={"authorization": f"Bearer {secret}"})
+    assert [p["url"] for p in owner.json()["proxies"]] == ["http://proxy.test"]
+
+
 async def test_once_a_key_exists_every_openai_endpoint_needs_one(sidecar: Sidecar) -> None:
     _, secret = await sidecar.keys.create("app", 10**9)
     for response in (

@@ -1,12 +1,16 @@
-"""The client's proxy pool: health ranks the proxies, and a registry re-read changes which ones it holds
-without losing what it knows of those it keeps."""
+"""The client's proxy pool: health ranks the proxies, a registry re-read changes which ones it holds without
+losing what it knows of those it keeps, and no more of them than the cap; what a dropped proxy held is closed."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from cocoon.attestation import AttestationPolicy, AttestationVerifier
-from cocoon.client.proxies import ProxyPool
+from cocoon.chain.toncenter import ToncenterClient
+from cocoon.client.proxies import ProxyPool, within_cap
+from cocoon.client.wallet import ChannelPayer
+from cocoon.crypto.keys import SigningKey
 from cocoon.errors import ConfigError
 
 
@@ -51,3 +55,32 @@ async def test_a_re_read_listing_no_proxy_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least one proxy"):
         await proxies.retarget([])
     assert [p.url for p in proxies.proxies] == ["http://a"]
+
+
+def test_a_registry_listing_more_proxies_than_the_cap_keeps_those_held_then_its_own_order() -> None:
+    listed = [f"http://p{i}" for i in range(100)]
+    assert within_cap(listed, 3) == ["http://p0", "http://p1", "http://p2"]
+    assert within_cap(listed, 3, held=["http://p50/", "http://gone", "http://p1"]) == [
+        "http://p50",
+        "http://p1",
+        "http://p0",
+    ]
+    assert within_cap(listed[:2], 8, held=["http://p1"]) == ["http://p1", "http://p0"]
+
+
+def payer_for(url: str) -> ChannelPayer:
+    return ChannelPayer(httpx.AsyncClient(base_url=url), ToncenterClient(f"{url}/chain"), SigningKey.generate())
+
+
+async def test_a_payer_made_for_a_proxy_closes_with_it_and_one_given_by_the_app_does_not() -> None:
+    proxies = pool("http://a", "http://b", timeout=0)
+    made, given = proxies.proxies
+    made.payer, made.owns_payer = payer_for("http://a"), True
+    given.payer = payer_for("http://b")
+    await proxies.retarget(["http://b"])
+    proxies._retired = [(at - 11, p) for at, p in proxies._retired]
+    await proxies.retarget(["http://b"])  # the dropped one is past the timeout: closed, and its payer
+    assert made.payer.http.is_closed and made.payer.toncenter._http.is_closed
+    await proxies.aclose()
+    assert given.http.is_closed and not given.payer.http.is_closed  # the app closes what it made
+    await given.payer.aclose()

@@ -182,8 +182,7 @@ def _adding(
     store: Store, table: type[Base], keys: tuple[str, ...], counts: tuple[str, ...]
 ) -> sqlite.Insert | postgresql.Insert:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE SET count = count + excluded.count`` in the store's dialect."""
-    insert = postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table)
+    statement = store.insert(table)
     columns = table_of(table).c
     return statement.on_conflict_do_update(
         index_elements=list(keys), set_={c: columns[c] + statement.excluded[c] for c in counts}
