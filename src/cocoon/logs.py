@@ -13,5 +13,8 @@ def configure_logging(level: str, role: str) -> None:
         format=f"%(asctime)s %(levelname)s {role} %(name)s %(message)s",
         force=True,
     )
-    # uvicorn's access log would print every request line; keep it quiet unless debugging.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING if level != "debug" else logging.INFO)
+    # uvicorn's access log and httpx's client log print a line per request (the sidecar's every job and voucher,
+    # a worker's every upstream call): a busy node's log filled with them, and writing them cost as much CPU as
+    # the request's own receipt check. Quiet unless debugging; their warnings and errors still show.
+    for noisy in ("uvicorn.access", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)

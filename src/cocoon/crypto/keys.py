@@ -6,11 +6,12 @@ mode 0600 so a crash never leaves a half-written secret behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -22,9 +23,22 @@ from cocoon.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
-    """An Ed25519 key pair held as its 32-byte seed."""
+    """An Ed25519 key pair held as its 32-byte seed.
 
-    seed: bytes
+    The expanded key is made once: loading a seed derives its public key (a scalar multiplication, as long as a
+    signature), and workers sign every receipt, clients every request and voucher."""
+
+    seed: bytes = field(repr=False)  # a secret: never in a log line
+    _key: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    _public: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = Ed25519PrivateKey.from_private_bytes(self.seed)  # ValueError for a seed that is not 32 bytes
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_public", key.public_key().public_bytes_raw())
+
+    def __reduce__(self) -> tuple[type[SigningKey], tuple[bytes]]:
+        return SigningKey, (self.seed,)  # the expanded key does not pickle: made again from the seed
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -32,16 +46,21 @@ class SigningKey:
 
     @property
     def public(self) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes_raw()
+        return self._public
 
     def sign(self, message: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+        return self._key.sign(message)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verifier(public_key: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_key)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        _verifier(bytes(public_key)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -51,7 +70,12 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
 class SealingKey:
     """An X25519 key pair (HPKE recipient key) held as its 32-byte private scalar."""
 
-    private: bytes
+    private: bytes = field(repr=False)  # a secret: never in a log line
+    _public: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        public = X25519PrivateKey.from_private_bytes(self.private).public_key().public_bytes_raw()
+        object.__setattr__(self, "_public", public)
 
     @classmethod
     def generate(cls) -> SealingKey:
@@ -59,7 +83,7 @@ class SealingKey:
 
     @property
     def public(self) -> bytes:
-        return X25519PrivateKey.from_private_bytes(self.private).public_key().public_bytes_raw()
+        return self._public
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +132,18 @@ def read_secret_json(path: Path, fields: tuple[str, ...]) -> dict[str, bytes]:
         raise ConfigError(f"key file {path} is unreadable ({exc}); delete it to make new keys") from exc
 
 
+def _bad_key(path: Path, exc: ValueError) -> ConfigError:
+    return ConfigError(f"key file {path} holds no valid key ({exc}); delete it to make new keys")
+
+
 def load_or_create_node_keys(path: Path) -> NodeKeys:
     """The node keys stored at ``path``, made and saved on first use."""
     if path.exists():
         raw = read_secret_json(path, ("ed25519_seed", "x25519_private"))
-        return NodeKeys(SigningKey(raw["ed25519_seed"]), SealingKey(raw["x25519_private"]))
+        try:
+            return NodeKeys(SigningKey(raw["ed25519_seed"]), SealingKey(raw["x25519_private"]))
+        except ValueError as exc:
+            raise _bad_key(path, exc) from exc
     keys = NodeKeys.generate()
     write_secret_json(path, {"ed25519_seed": keys.signing.seed.hex(), "x25519_private": keys.sealing.private.hex()})
     return keys
@@ -121,7 +152,10 @@ def load_or_create_node_keys(path: Path) -> NodeKeys:
 def load_or_create_signing_key(path: Path) -> SigningKey:
     """The Ed25519 key stored at ``path``, made and saved on first use."""
     if path.exists():
-        return SigningKey(read_secret_json(path, ("ed25519_seed",))["ed25519_seed"])
+        try:
+            return SigningKey(read_secret_json(path, ("ed25519_seed",))["ed25519_seed"])
+        except ValueError as exc:
+            raise _bad_key(path, exc) from exc
     key = SigningKey.generate()
     write_secret_json(path, {"ed25519_seed": key.seed.hex(), "ed25519_public": key.public.hex()})
     return key

@@ -1,0 +1,57 @@
+"""Key pairs and key files: what a key signs verifies under its public key, secrets stay out of reprs, and a
+key file holding no valid key is one clear error naming it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cocoon.crypto.keys import (
+    SealingKey,
+    SigningKey,
+    load_or_create_node_keys,
+    load_or_create_signing_key,
+    verify_signature,
+)
+from cocoon.errors import ConfigError
+
+
+def test_a_signing_key_signs_what_its_public_key_verifies_and_nothing_else() -> None:
+    key, other = SigningKey.generate(), SigningKey.generate()
+    assert key.public == Ed25519PrivateKey.from_private_bytes(key.seed).public_key().public_bytes_raw()
+    signature = key.sign(b"receipt")
+    assert verify_signature(key.public, b"receipt", signature)
+    assert not verify_signature(key.public, b"receipt!", signature)
+    assert not verify_signature(other.public, b"receipt", signature)
+    assert not verify_signature(b"\x00" * 31, b"receipt", signature)  # not a key at all
+    assert SigningKey(key.seed) == key and hash(SigningKey(key.seed)) == hash(key)
+    assert pickle.loads(pickle.dumps(key)) == key
+
+
+def test_a_sealing_key_knows_its_public_key() -> None:
+    key = SealingKey.generate()
+    assert key.public == X25519PrivateKey.from_private_bytes(key.private).public_key().public_bytes_raw()
+    assert SealingKey(key.private) == key
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    signing, sealing = SigningKey.generate(), SealingKey.generate()
+    assert signing.seed.hex() not in repr(signing) and repr(signing.seed) not in repr(signing)
+    assert repr(sealing.private) not in repr(sealing)
+
+
+def test_a_key_file_holding_a_seed_of_the_wrong_size_is_one_clear_error(tmp_path: Path) -> None:
+    wallet = tmp_path / "wallet.json"
+    wallet.write_text(json.dumps({"ed25519_seed": "ab" * 31}))
+    with pytest.raises(ConfigError, match=r"wallet.json holds no valid key .*delete it"):
+        load_or_create_signing_key(wallet)
+    node = tmp_path / "node.json"
+    node.write_text(json.dumps({"ed25519_seed": "ab" * 32, "x25519_private": "cd" * 16}))
+    with pytest.raises(ConfigError, match=r"node.json holds no valid key"):
+        load_or_create_node_keys(node)
+    assert load_or_create_signing_key(tmp_path / "new.json") == load_or_create_signing_key(tmp_path / "new.json")
