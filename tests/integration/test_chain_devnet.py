@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain import (
@@ -43,9 +44,12 @@ from cocoon.chain.address import address_text
 from cocoon.chain.channel import OP_PAYOUT, OP_WITHDRAWN
 from cocoon.chain.devnet import DevnetClient, DevnetProcess, bootstrap_devnet
 from cocoon.chain.network import DEVNET_GLOBAL_ID
-from cocoon.chain.registry import OP_UPSERT_MODEL
+from cocoon.chain.registry import OP_UPSERT_MODEL, OP_UPSERT_PROXY, usable_proxies
 from cocoon.chain.toncenter import Transaction, boc_bytes
+from cocoon.client.proxies import registry_proxy_urls
+from cocoon.config import ClientSettings
 from cocoon.errors import ChainError, TransactionFailed
+from cocoon.worker.discovery import registry_worker_urls
 from tests.helpers.chain import TEST_API_KEY, TONCENTER_MODE
 
 CLOSE_DELAY = 600
@@ -149,6 +153,30 @@ async def test_registry_is_deployed_and_read_back(chain: Chain) -> None:
 
     await registry.remove_model(owner, "gemma-3-270m")
     assert await registry.get_models() == []
+
+
+async def test_junk_proxy_endpoints_in_the_registry_are_skipped_by_its_readers(chain: Chain) -> None:
+    """The listing is chain state: an endpoint that is no URL, or not even UTF-8, is skipped by clients and workers
+    alike (before, one undecodable entry made every reader fail to read any proxy)."""
+    owner = await funded_wallet(chain)
+    good = ProxyEntry(1, owner.address, os.urandom(32), "https://proxy.example:8700")
+    typo = ProxyEntry(2, owner.address, os.urandom(32), "https//proxy.example")
+    registry = await bootstrap_devnet(chain.devnet, chain.toncenter, owner=owner, proxies=[good, typo])
+    garbage = Builder().store_uint(OP_UPSERT_PROXY, 32).store_uint(0, 64).store_uint(3, 256)
+    garbage = garbage.store_address(owner.address).store_bytes(bytes(32))
+    await registry._send(owner, garbage.store_ref(Builder().store_bytes(b"\xff\xfehttp://x").end_cell()).end_cell())
+
+    listed = await registry.get_proxies()
+    assert [p.id for p in listed] == [1, 2, 3] and "\ufffd" in listed[2].endpoint
+    assert usable_proxies(listed) == [good]
+    settings = ClientSettings(
+        chain_url=chain.process.base_url,
+        chain_api_key=TEST_API_KEY,
+        registry=address_text(registry.address),
+        proxies_from_registry=True,
+    )
+    assert await registry_proxy_urls(settings) == ["https://proxy.example:8700"]
+    assert await registry_worker_urls(settings, address_text(registry.address)) == [good.worker_url]
 
 
 async def test_the_devnet_renders_stacks_and_errors_as_toncenter_does(chain: Chain) -> None:

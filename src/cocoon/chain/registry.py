@@ -7,6 +7,8 @@ messages sent from the owner's wallet, each checked against the registry's own t
 from __future__ import annotations
 
 import hashlib
+import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -32,6 +34,8 @@ from cocoon.chain.contracts import (
 from cocoon.chain.toncenter import StackValue, ToncenterClient, Transaction
 from cocoon.chain.wallet import Wallet
 from cocoon.errors import BadRequest
+
+log = logging.getLogger(__name__)
 
 OP_SET_PARAMS = 0x52470001
 OP_UPSERT_MODEL = 0x52470002
@@ -116,6 +120,46 @@ class ProxyEntry:
         url = self.http_url
         scheme = "wss://" if url.startswith("https://") else "ws://"
         return scheme + url.split("://", 1)[-1] + WORKER_SOCKET_PATH
+
+    def endpoint_problem(self) -> str | None:
+        """Why clients and workers cannot use this endpoint (``None``: they can). The listing is chain state: a
+        typo'd or junk endpoint must be skipped by its readers, not crash them or hold one of their few slots."""
+        return endpoint_problem(self.endpoint)
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is not a proxy's base URL (``http(s)://host[:port][/path]``, or its ``ws(s)://`` twin),
+    or ``None`` when it is."""
+    if not endpoint or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in endpoint):
+        return "it is empty or holds spaces or control characters"
+    if not endpoint.isascii():
+        return "it is not ASCII (an international host name is listed in its punycode form)"
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        port = url.port  # ValueError when it is not a number in 0..65535
+    except ValueError as exc:
+        return f"it is not a URL ({exc})"
+    if url.scheme not in ("http", "https", "ws", "wss"):
+        return f"its scheme is {url.scheme or 'missing'}, not http(s) or ws(s)"
+    if not url.hostname:
+        return "it names no host"
+    if port == 0:
+        return "its port is 0"
+    if url.username is not None or url.query or url.fragment:
+        return "it carries credentials, a query or a fragment"
+    return None
+
+
+def usable_proxies(entries: list[ProxyEntry]) -> list[ProxyEntry]:
+    """The entries whose endpoints clients and workers can use; each one skipped is logged once per read."""
+    usable = []
+    for entry in entries:
+        problem = entry.endpoint_problem()
+        if problem is None:
+            usable.append(entry)
+        else:
+            log.warning("registry proxy skipped id=%064x endpoint=%r: %s", entry.id, entry.endpoint[:200], problem)
+    return usable
 
 
 WORKER_SOCKET_PATH = "/v1/worker/connect"
@@ -208,7 +252,14 @@ def _model_from_slice(body: Slice) -> ModelEntry:
 def _proxy_from_slice(key: int, body: Slice) -> ProxyEntry:
     address = read_address(body)
     public_key = body.load_uint(256).to_bytes(32, "big")
-    return ProxyEntry(key, address, public_key, read_string(body.load_ref()))
+    return ProxyEntry(key, address, public_key, _endpoint_text(body.load_ref()))
+
+
+def _endpoint_text(cell: Cell) -> str:
+    """A proxy's endpoint string; bytes that are not UTF-8 read as replacement characters, so that entry is
+    skipped as unusable (``endpoint_problem``) instead of the whole listing failing to read."""
+    body = Slice.from_cell(cell)
+    return bytes(body.load_bytes(body.remaining_bits // 8)).decode(errors="replace")
 
 
 def _dict_items(root: StackValue, parse: Callable[[int, Slice], object]) -> list[object]:
@@ -334,7 +385,7 @@ class Registry:
         if not found or not isinstance(endpoint, Cell):
             return None
         key = cast(int, public_key).to_bytes(32, "big")
-        return ProxyEntry(proxy_id, read_address(address), key, read_string(endpoint))
+        return ProxyEntry(proxy_id, read_address(address), key, _endpoint_text(endpoint))
 
     async def get_proxies(self) -> list[ProxyEntry]:
         (root,) = await self._get("get_proxies")

@@ -32,8 +32,8 @@ from cocoon.chain.address import address_text, parse_address, payable_text
 from cocoon.chain.liteserver import open_chain
 from cocoon.chain.network import Network, check_network
 from cocoon.chain.pricing import parse_ton
-from cocoon.chain.registry import measurement_key
-from cocoon.cli.common import JsonOpt, console, print_report, role_group, run_with_spinner, ton
+from cocoon.chain.registry import endpoint_problem, measurement_key
+from cocoon.cli.common import JsonOpt, clear_errors, console, print_report, role_group, run_with_spinner, ton
 from cocoon.config import cocoon_home
 from cocoon.crypto import load_or_create_signing_key
 from cocoon.errors import ConfigError
@@ -331,9 +331,13 @@ def add_proxy(
 ) -> None:
     """List a proxy (or change its address and key): workers and clients reading the registry find it there.
     Its id is the sha256 of the endpoint, so listing the same endpoint again updates it."""
-    entry = ProxyEntry(
-        proxy_id(endpoint), parse_address(address), parse_hash(public_key, "--public-key"), endpoint.rstrip("/")
-    )
+    with clear_errors():
+        problem = endpoint_problem(endpoint.rstrip("/"))
+        if problem is not None:  # refused before any gas is spent: clients and workers would skip it
+            raise ConfigError(f"{endpoint!r} cannot be a proxy's endpoint: {problem} (e.g. https://proxy.example:8700)")
+        entry = ProxyEntry(
+            proxy_id(endpoint), parse_address(address), parse_hash(public_key, "--public-key"), endpoint.rstrip("/")
+        )
     owner = owner_wallet(owner_key)
 
     async def act(chain: ToncenterClient) -> str:

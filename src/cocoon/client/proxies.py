@@ -23,7 +23,7 @@ import httpx
 from cocoon.attestation import AttestationVerifier
 from cocoon.chain.address import parse_address
 from cocoon.chain.liteserver import chain_for
-from cocoon.chain.registry import Registry
+from cocoon.chain.registry import Registry, usable_proxies
 from cocoon.client.directory import DirectoryCache
 from cocoon.client.wallet import ChannelPayer
 from cocoon.config import ClientSettings
@@ -191,13 +191,13 @@ async def registry_proxy_urls(settings: ClientSettings, held: Sequence[str] = ()
         raise ConfigError("proxies_from_registry needs registry and chain_url set")
     try:
         async with chain_for(settings) as chain:
-            listed = await Registry(chain, parse_address(settings.registry)).get_proxies()
+            listed = usable_proxies(await Registry(chain, parse_address(settings.registry)).get_proxies())
     except ChainError as exc:
         raise ConfigError(f"cannot read the proxies from the registry {settings.registry}: {exc}") from exc
     if not listed:
         raise ConfigError(
-            f"the registry {settings.registry} lists no proxies: list one (`cocoon chain registry add-proxy`) or "
-            "set proxy_url"
+            f"the registry {settings.registry} lists no usable proxies: list one (`cocoon chain registry "
+            "add-proxy`) or set proxy_url"
         )
     urls = list(dict.fromkeys(p.http_url.rstrip("/") for p in listed))
     chosen = within_cap(urls, settings.max_proxies, held)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cocoon.chain.address import parse_address
 from cocoon.chain.liteserver import ChainSettings, chain_for
-from cocoon.chain.registry import Registry
+from cocoon.chain.registry import Registry, usable_proxies
 from cocoon.worker.link import ProxyLink
 
 log = logging.getLogger("cocoon.worker")
@@ -32,7 +32,7 @@ Listing = Callable[[], Awaitable[Sequence[str]]]
 async def registry_worker_urls(settings: ChainSettings, registry: str) -> list[str]:
     """The worker sockets of the proxies ``registry`` lists, read now on the chain ``settings`` name."""
     async with chain_for(settings) as chain:
-        return [p.worker_url for p in await Registry(chain, parse_address(registry)).get_proxies()]
+        return [p.worker_url for p in usable_proxies(await Registry(chain, parse_address(registry)).get_proxies())]
 
 
 @dataclass(slots=True)
@@ -89,7 +89,7 @@ class ProxySet:
             log.warning("reading the proxies from the registry failed; keeping %d: %r", len(self.served), exc)
             return
         if not self.listed:
-            log.warning("the registry lists no proxies; this worker serves none until it does")
+            log.warning("the registry lists no usable proxies; this worker serves none until it does")
 
     def rebalance(self, now: float | None = None) -> None:
         """Drop unlisted proxies and those unreachable for ``repick_s`` (when a spare is listed), then fill up to
