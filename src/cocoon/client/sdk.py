@@ -143,13 +143,11 @@ class CocoonClient:
             await asyncio.sleep(settings.proxy_refresh_s)
             try:
                 urls = await registry_proxy_urls(settings, held=[p.url for p in self.proxies.proxies])
+                await self.use_proxies(urls)
             except ConfigError as exc:
                 log.warning("registry proxies not re-read, keeping %d error=%s", len(self.proxies.proxies), exc)
-                continue
             except Exception:  # a chain answer nobody foresaw: the sidecar must still follow the registry later
                 log.exception("registry proxies not re-read, keeping %d", len(self.proxies.proxies))
-                continue
-            await self.use_proxies(urls)
 
     @property
     def payer(self) -> ChannelPayer | None:
