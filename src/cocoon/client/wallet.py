@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from cocoon.protocol.tls import trust_context
 DEFAULT_MAX_COEFFICIENT = 4000  # COCOON's default: a client pays at most 4x the registry price
 OPEN_REQUEST_S = 600.0  # a request signed this long ago is no longer in flight, whatever became of it
 RESYNC_MIN_AGE_S = 10.0  # the proxy's default unpaid_grace_s: younger receipts may still be on their way
+PAYER_HTTP_TIMEOUT_S = 30.0  # a payer's requests to its proxy (vouchers, channel reads)
 NETWORK_ENV = "COCOON_CLIENT_NETWORK"  # sets the client's `network`, named in the mismatch message
 
 
@@ -176,7 +178,12 @@ class ChannelPayer:
         self.resync_min_age_s = RESYNC_MIN_AGE_S
 
     async def aclose(self) -> None:
-        """Close this payer's HTTP and chain clients (what it owes stays in the outbox and the proxy's books)."""
+        """Close this payer's HTTP and chain clients, once a voucher on its way has had its time (what is still
+        owed stays owed: the next resync of this channel pays or rejects it)."""
+        paying = self.book.paying
+        if paying is not None and not paying.done():
+            with contextlib.suppress(Exception):  # its own caller sees how it ended
+                await asyncio.wait_for(asyncio.shield(paying), PAYER_HTTP_TIMEOUT_S)
         await self.http.aclose()
         await self.toncenter.aclose()
 
@@ -391,7 +398,7 @@ def sidecar_payer(
     assert settings.chain_url is not None
     http = httpx.AsyncClient(
         base_url=proxy_url or settings.proxy_url,
-        timeout=httpx.Timeout(30.0, connect=5.0),
+        timeout=httpx.Timeout(PAYER_HTTP_TIMEOUT_S, connect=5.0),
         verify=trust_context(settings.tls_ca_file),
     )
     toncenter = chain_for(settings)

@@ -3,6 +3,8 @@ losing what it knows of those it keeps, and no more of them than the cap; what a
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -84,3 +86,16 @@ async def test_a_payer_made_for_a_proxy_closes_with_it_and_one_given_by_the_app_
     await proxies.aclose()
     assert given.http.is_closed and not given.payer.http.is_closed  # the app closes what it made
     await given.payer.aclose()
+
+
+async def test_a_payer_closes_only_after_the_voucher_it_is_sending() -> None:
+    payer = payer_for("http://a")
+    sent: list[bool] = []
+
+    async def voucher_on_its_way() -> None:
+        await asyncio.sleep(0.2)
+        sent.append(not payer.http.is_closed)  # the voucher's POST would still have its client
+
+    payer.book.paying = asyncio.create_task(voucher_on_its_way())
+    await payer.aclose()
+    assert sent == [True] and payer.http.is_closed
