@@ -315,7 +315,10 @@ class CocoonClient:
                 raise
             except PaymentRequired as exc:
                 # Receipts a crashed proxy never delivered hold the channel at 402 until the payer settles them;
-                # another proxy bills another channel.
+                # another proxy bills another channel. This one rests, as one that could not be reached does: a
+                # proxy the client never funded would otherwise keep a new proxy's score and be asked first by
+                # every request.
+                proxy.health.failed(time.monotonic(), unreachable=True)
                 untried = any(all(p is not t for t in tried) for p in self.proxies.proxies)
                 if started or last or (proxy.payer is None and not untried):
                     count.ended(exc.code)

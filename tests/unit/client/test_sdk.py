@@ -15,7 +15,7 @@ import pytest
 from cocoon.chain.pricing import Cost
 from cocoon.client import CocoonClient, Completion, TextEvent
 from cocoon.crypto import SigningKey
-from cocoon.errors import NoCapacity, ReceiptInvalid, UpstreamFailed, UpstreamTimeout
+from cocoon.errors import NoCapacity, PaymentRequired, ReceiptInvalid, UpstreamFailed, UpstreamTimeout
 from cocoon.protocol import JobRequest, Receipt
 from cocoon.protocol.payload import ChunkPayload, SealedMessage, SealedParams
 from tests.unit.client.fakes import MODEL, FakeWorker, dev_policy, frames_response, recorded_proxy
@@ -145,3 +145,32 @@ async def test_a_request_moves_to_the_next_proxy_when_the_healthiest_cannot_be_r
         assert sdk.proxies.ranked()[0].url == "http://alive.test"
         assert isinstance((await ask(sdk))[-1], Completion)
     assert posted == ["dead"]  # tried once (its directory), then rested
+
+
+async def test_a_proxy_the_client_has_no_deposit_with_is_rested_not_asked_first_by_every_request() -> None:
+    """A client of several proxies may have funded only some: an unfunded proxy answers 402, the request moves
+    on, and the next requests go to the funded one first (before, a proxy that never succeeded kept the score
+    of a new one, 0, and was asked first by every request)."""
+    posted: list[str] = []
+
+    def unfunded(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        posted.append("unfunded")
+        return httpx.Response(402, json=PaymentRequired("no channel with this proxy: deposit first").to_openai())
+
+    def funded(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
+        posted.append("funded")
+        return answer()(job, workers)
+
+    http = {
+        "http://unfunded.test": httpx.AsyncClient(
+            transport=recorded_proxy([WORKER], unfunded), base_url="http://unfunded.test"
+        ),
+        "http://funded.test": httpx.AsyncClient(
+            transport=recorded_proxy([WORKER], funded), base_url="http://funded.test"
+        ),
+    }
+    async with CocoonClient(["http://unfunded.test", "http://funded.test"], dev_policy(), http=http) as sdk:
+        for _ in range(4):
+            assert isinstance((await ask(sdk))[-1], Completion)
+        assert sdk.proxies.ranked()[0].url == "http://funded.test"
+    assert posted == ["unfunded", "funded", "funded", "funded", "funded"]
