@@ -208,6 +208,11 @@ class LlamaCppEngine:
             raise EngineError("the llama.cpp engine is not started; call start() first")
         return self._info
 
+    @property
+    def shared_prompt_tokens(self) -> int:
+        """Prompt tokens copied from a running sequence with the same prefix instead of evaluated, since start."""
+        return self._loop.shared_tokens if self._loop is not None else 0
+
     async def start(self) -> None:
         """Find (or assemble) the GGUF, hash it and load ``parallel`` contexts, all off the event loop.
 

@@ -157,3 +157,44 @@ async def test_sampled_sequences_draw_from_their_own_seeds(batched: LlamaCppEngi
     assert alone[0][0] == alone[1][0]
     assert all(f.usage.completion_tokens == 12 or f.finish_reason == "stop" for _, f in together)
     assert len({text for text, _ in together}) > 1
+
+
+SYSTEM = "You are a careful assistant. You answer every question with a short list of items, nothing more. " * 3
+
+
+async def test_requests_sharing_a_system_prompt_evaluate_it_once(batched: LlamaCppEngine) -> None:
+    """Requests arriving together with one long prefix: the later ones copy the first one's KV of it instead of
+    evaluating it again, and each still gets the answer it gets alone."""
+    questions = [SYSTEM + COUNTING, SYSTEM + LETTERS]
+    alone = [await answer(batched, greedy(q, max_tokens=8)) for q in questions]
+    before = batched.shared_prompt_tokens
+
+    together = await asyncio.gather(*(answer(batched, greedy(q, max_tokens=8)) for q in questions * 2))
+
+    assert [text for text, _ in together] == [text for text, _ in alone] * 2
+    pairs = zip(together, alone * 2, strict=True)
+    assert all(mine.usage.prompt_tokens == theirs.usage.prompt_tokens for (_, mine), (_, theirs) in pairs)
+    shared = batched.shared_prompt_tokens - before
+    system_tokens = len(batched._llama.tokenize(SYSTEM.encode(), add_bos=True)) - 1  # type: ignore[union-attr]
+    assert shared >= 3 * system_tokens  # each follower copied at least the system prompt
+
+
+async def test_a_follower_whose_leader_is_cancelled_evaluates_its_prompt_itself(batched: LlamaCppEngine) -> None:
+    """The first request of a shared prefix cancelled while the next one waits to copy it: the next one falls
+    back to evaluating the prompt (or copies what was there already) and answers as it does alone."""
+    prefix = "The rain in Spain falls mainly on the plain, they say in the old song. " * 25  # ~450 tokens, not cached
+    decoding = asyncio.create_task(answer(batched, greedy(COUNTING, max_tokens=60)))  # prefill goes a chunk a step
+    await asyncio.sleep(0.2)
+    leader = asyncio.create_task(answer(batched, greedy(prefix + COUNTING, max_tokens=6)))
+    await asyncio.sleep(0.05)
+    follower = asyncio.create_task(answer(batched, greedy(prefix + LETTERS, max_tokens=6)))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+
+    text, finished = await asyncio.wait_for(follower, timeout=120)
+    await decoding
+    alone, _ = await answer(batched, greedy(prefix + LETTERS, max_tokens=6))
+
+    assert text == alone and finished.usage.completion_tokens == 6
+    with pytest.raises(asyncio.CancelledError):
+        await leader
