@@ -6,13 +6,16 @@ Runs the same greedy completion on the bundled model (a) straight on an in-proce
 everywhere (one llama.cpp context decoding up to the highest concurrency's sequences together, ``--threads``
 threads), so the difference is cocoon's own overhead: sealing, two extra hops, receipts. The last two columns
 are batching's gain: each row's aggregate tokens/s and TTFT p50 against the same path at the lowest
-concurrency. Usage: ``python bench/overhead.py [--requests 50] [--max-tokens 16]``.
+concurrency. Every request has one prompt (as requests sharing a system prompt do: the engine evaluates a prefix
+once for the sequences running together), or with ``--distinct`` a prompt of its own. Usage: ``python
+bench/overhead.py [--requests 50] [--max-tokens 16] [--threads 1] [--distinct]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -34,6 +37,16 @@ from cocoon.local import LocalNetwork, free_port
 from cocoon.protocol.payload import SealedParams
 
 PROMPT = "The history of the lighthouse begins"
+_drawn = itertools.count()
+
+
+def prompt_of(distinct: bool) -> str:
+    """The prompt of the next request: the same one every time (requests sharing a prompt, whose prefix the
+    engine evaluates once for those running together), or with ``--distinct`` one of its own from the first
+    word on (nothing to share)."""
+    return f"{next(_drawn)}. {PROMPT}" if distinct else PROMPT
+
+
 console = Console(width=150)
 
 
@@ -66,14 +79,14 @@ async def measure(run: Run, requests: int, concurrency: int) -> tuple[list[Sampl
     return samples, time.perf_counter() - started
 
 
-def direct_run(engine: LlamaCppEngine, max_tokens: int) -> Run:
+def direct_run(engine: LlamaCppEngine, max_tokens: int, distinct: bool) -> Run:
     async def run() -> Sample:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0)
+        request = GenerationRequest(params=params, prompt=prompt_of(distinct))
         t0 = time.perf_counter()
         first = 0.0
         tokens = 0
-        async for event in engine.generate(
-            GenerationRequest(params=SamplingParams(max_tokens=max_tokens, temperature=0), prompt=PROMPT)
-        ):
+        async for event in engine.generate(request):
             if isinstance(event, TextDelta):
                 first = first or time.perf_counter()
                 tokens += event.tokens
@@ -83,14 +96,14 @@ def direct_run(engine: LlamaCppEngine, max_tokens: int) -> Run:
     return run
 
 
-def sdk_run(client: CocoonClient, max_tokens: int) -> Run:
+def sdk_run(client: CocoonClient, max_tokens: int, distinct: bool) -> Run:
     async def run() -> Sample:
+        params = SealedParams(max_tokens=max_tokens, temperature=0)
+        prompt = prompt_of(distinct)
         t0 = time.perf_counter()
         first = 0.0
         tokens = 0
-        async for event in client.stream(
-            "completion", DEFAULT_MODEL, prompt=PROMPT, params=SealedParams(max_tokens=max_tokens, temperature=0)
-        ):
+        async for event in client.stream("completion", DEFAULT_MODEL, prompt=prompt, params=params):
             if isinstance(event, TextEvent):
                 first = first or time.perf_counter()
                 tokens += event.tokens
@@ -100,17 +113,16 @@ def sdk_run(client: CocoonClient, max_tokens: int) -> Run:
     return run
 
 
-def sidecar_run(http: httpx.AsyncClient, max_tokens: int) -> Run:
-    body = {
-        "model": DEFAULT_MODEL,
-        "prompt": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
+def sidecar_run(http: httpx.AsyncClient, max_tokens: int, distinct: bool) -> Run:
     async def run() -> Sample:
+        body = {
+            "model": DEFAULT_MODEL,
+            "prompt": prompt_of(distinct),
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         t0 = time.perf_counter()
         first = 0.0
         tokens = 0
@@ -140,6 +152,9 @@ async def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the other core runs cocoon)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
+        "--distinct", action="store_true", help="a prompt of its own for every request (default: one shared prompt)"
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="pin the engine (direct: this process; network: the worker) to CPU 0 and everything else to CPU 1, "
@@ -156,9 +171,11 @@ async def main() -> None:
 
     engine = LlamaCppEngine(settings)
     await engine.start()
-    await direct_run(engine, args.max_tokens)()  # warm-up
+    await direct_run(engine, args.max_tokens, args.distinct)()  # warm-up
     for c in args.concurrency:
-        results[("engine direct", c)] = await measure(direct_run(engine, args.max_tokens), args.requests, c)
+        results[("engine direct", c)] = await measure(
+            direct_run(engine, args.max_tokens, args.distinct), args.requests, c
+        )
     await engine.close()
 
     with tempfile.TemporaryDirectory() as home:
@@ -181,11 +198,13 @@ async def main() -> None:
                     os.sched_setaffinity(pid, {0})
             client = CocoonClient(net.proxy_url, AttestationPolicy.model_validate(net.policy))
             http = httpx.AsyncClient(base_url=net.base_url, timeout=120)
-            await sdk_run(client, args.max_tokens)()
+            await sdk_run(client, args.max_tokens, args.distinct)()
             for c in args.concurrency:
-                results[("SDK → proxy → worker", c)] = await measure(sdk_run(client, args.max_tokens), args.requests, c)
+                results[("SDK → proxy → worker", c)] = await measure(
+                    sdk_run(client, args.max_tokens, args.distinct), args.requests, c
+                )
                 results[("OpenAI sidecar → proxy → worker", c)] = await measure(
-                    sidecar_run(http, args.max_tokens), args.requests, c
+                    sidecar_run(http, args.max_tokens, args.distinct), args.requests, c
                 )
             await client.aclose()
             await http.aclose()
@@ -194,7 +213,8 @@ async def main() -> None:
 
     table = Table(
         title=f"cocoon overhead: {args.requests} greedy completions of {args.max_tokens} tokens per row, "
-        f"llama.cpp {args.threads} thread(s), {parallel} sequences per batch, Gemma 3 270M Q4_K_M"
+        f"{'a prompt of its own each' if args.distinct else 'one prompt shared'}, llama.cpp {args.threads} "
+        f"thread(s), {parallel} sequences per batch, Gemma 3 270M Q4_K_M"
     )
     for col in (
         "path",
