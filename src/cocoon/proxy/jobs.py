@@ -51,7 +51,7 @@ async def jobs(request: Request) -> Response:
     timeline: Timeline = request.app.state.timeline
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
-    if not state.seen_requests.first_time(job.request_id):
+    if not await state.seen_requests.first_time(job.request_id):
         record_request("proxy", job.model, "replayed")
         raise RequestReplayed(f"request {job.request_id} was sent before; a request is relayed once, seal it anew")
     candidates = rank(state.directory.sealed_to(job), job, state.routing)

@@ -8,8 +8,8 @@ from cocoon.attestation import AttestationVerifier
 from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.config import ProxySettings
 from cocoon.crypto import load_or_create_signing_key, node_id_for
-from cocoon.protocol.replay import ReplayRecord
 from cocoon.proxy.money.cashier import Cashier, FreeCashier
+from cocoon.proxy.replays import Replays
 from cocoon.proxy.routing.affinity import PrefixAffinity
 from cocoon.proxy.routing.breaker import Breakers
 from cocoon.proxy.routing.canary import CanaryBook, CanaryPolicy
@@ -42,5 +42,5 @@ class ProxyState:
         self.evidence = EvidenceLog(self.routing)
         self.liveness = Liveness(self.directory, settings.heartbeat_timeout)
         self.cashier: Cashier = FreeCashier()
-        self.seen_requests = ReplayRecord()  # request ids relayed lately: a replayed one is refused
+        self.seen_requests = Replays(self.store)  # request ids relayed lately (by any replica): replays are refused
         self.policy_source: RegistryPolicy | None = None  # set at start when the policy comes from the registry
