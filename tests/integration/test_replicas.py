@@ -3,7 +3,8 @@ settle at once, and the books still conserve to the nanoton, no worker channel i
 voucher either replica took is claimed on chain; then one replica is SIGKILLed in the middle of a settlement
 round, with a worker's top-up on its way, and the other finishes it without funding anyone twice. One more
 client lists both replicas (as a sidecar given both
-URLs would): its payers share one channel book, so one channel pays through either replica.
+URLs would): its payers share one channel book, so one channel pays through either replica. A sealed request
+one replica served and a relay replays to the other is refused there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cocoon.crypto import SigningKey
 from cocoon.engines.config import DEFAULT_MODEL
 from cocoon.errors import CocoonError
 from cocoon.local import LocalNetwork
+from cocoon.protocol import JobRequest, pack, unpack_as
 from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.proxy.money.ledger import FundingInFlight
 from cocoon.proxy.store import Store
@@ -79,6 +81,38 @@ async def _load(client: CocoonClient, done: list[int]) -> None:
                     done.append(1)
         except (CocoonError, httpx.HTTPError):
             await asyncio.sleep(0.3)  # the replica this client talks to was killed; it comes back
+
+
+async def _replayed_to_the_other_replica(
+    net: LocalNetwork, second: str, chain: ToncenterClient, devnet: DevnetClient
+) -> None:
+    """A relay captures a paid sealed request served by the first replica and replays it to the second, with the
+    key of the worker that ran it stripped (so the next candidate, which never saw the id, would run it): the
+    second replica refuses it, as the first would (before, it was run and billed a second time)."""
+    client, _ = await _client([net.proxy_url], net, chain, devnet)
+    captured: list[bytes] = []
+
+    async def capture(request: httpx.Request) -> None:
+        if request.url.path == "/v1/jobs":
+            captured.append(request.content)
+
+    client.proxies.proxies[0].http.event_hooks = {"request": [capture]}
+    messages = [SealedMessage(role="user", content="captured on the way")]
+    events = [
+        e async for e in client.stream("chat", DEFAULT_MODEL, messages=messages, params=SealedParams(max_tokens=3))
+    ]
+    await client.aclose()
+    final = events[-1]
+    assert isinstance(final, Completion) and len(captured) == 1
+    job = unpack_as(captured[0], JobRequest)
+    served_by = final.receipts[0].worker_id
+    others = [k for k in job.keys if k.worker_id != served_by]
+    assert others, "the request was sealed to one worker only: nothing to replay to"
+    replay = pack(job.model_copy(update={"keys": others}))
+    async with httpx.AsyncClient(base_url=second, timeout=30) as http:
+        answer = await http.post("/v1/jobs", content=replay, headers={"content-type": "application/msgpack"})
+    assert answer.status_code == 409, answer.text[:300]
+    assert answer.json()["error"]["code"] == "request_replayed"
 
 
 async def _more_vouchers(net: LocalNetwork, url: str) -> None:
@@ -145,6 +179,7 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
 
         async def run() -> None:
             async with ToncenterClient(net.chain.url, TEST_API_KEY) as chain, DevnetClient(net.chain.url) as devnet:  # type: ignore[union-attr]
+                await _replayed_to_the_other_replica(net, second, chain, devnet)
                 urls = [[net.proxy_url if i % 2 else second] for i in range(CLIENTS)] + [[net.proxy_url, second]]
                 made = [await _client(u, net, chain, devnet) for u in urls]
                 clients = [client for client, _ in made]
@@ -174,7 +209,7 @@ def test_two_replicas_on_one_postgresql_conserve_and_fund_once_after_one_is_kill
         held, other = books_at(net.proxy_url), books_at(second)
         totals = ("client_debits", "worker_credits", "proxy_fees", "receipts")
         assert {k: held[k] for k in totals} == {k: other[k] for k in totals}  # one set of books, either replica
-        assert len(held["clients"]) == CLIENTS + 1
+        assert len(held["clients"]) == CLIENTS + 2  # and the client whose request was replayed
         assert held["client_debits"] == held["worker_credits"] + held["proxy_fees"] > 0
         (shared,) = [c for c in held["clients"] if c["channel"] == both[0]]
         # Both replicas' receipts paid in one voucher sequence (with a book per replica, most were refused).
