@@ -57,6 +57,7 @@ STEP_TOKENS = 4 * PREFILL_CHUNK  # tokens in one llama_decode: decoding sequence
 # costs about what evaluating a token or two does: on this project's 2-core VM ~0.5 ms for a short prompt, a prompt
 # token ~4 ms in a batch).
 SHARE_MIN_TOKENS = 4
+COPY_MAX_FACTOR = 8  # ...and only while the leader's sequence holds at most this many cells per token shared
 
 
 class Task(Protocol):
@@ -332,6 +333,12 @@ class BatchLoop:
         done = leader.evaluated if leader.prefilling else len(leader.task.tokens)
         if done < shared:
             return  # it gets there in a later step
+        if len(leader.held) > COPY_MAX_FACTOR * shared:
+            # The copy takes every cell of the leader's sequence: a few shared tokens (a chat template's opening)
+            # of a sequence thousands of tokens long are cheaper evaluated than copied.
+            slot.follows = slot.follows_task = None
+            slot.shared = 0
+            return
         # The leader's sequence state (its cells only: ~18 KB a token for Gemma 3 270M) goes into this one, and
         # what follows the shared prefix is dropped. Not llama_memory_seq_cp: across KV streams it copies whole
         # streams (~15 ms each here, at 4,096 cells), most of what evaluating a short prompt costs.

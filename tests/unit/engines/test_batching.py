@@ -198,3 +198,17 @@ async def test_a_follower_whose_leader_is_cancelled_evaluates_its_prompt_itself(
     assert text == alone and finished.usage.completion_tokens == 6
     with pytest.raises(asyncio.CancelledError):
         await leader
+
+
+async def test_a_few_shared_tokens_of_a_long_sequence_are_evaluated_not_copied(batched: LlamaCppEngine) -> None:
+    """A copy takes every cell of the leader's sequence: sharing a handful of tokens (say, a chat template's
+    opening) with a sequence hundreds of tokens long, the follower evaluates its prompt itself."""
+    long_one = "Once upon a time " + "there was a lighthouse keeper who counted the ships. " * 30
+    short_one = "Once upon a time the sea was calm and"
+    before = batched.shared_prompt_tokens
+    running = asyncio.create_task(answer(batched, greedy(long_one, max_tokens=30)))
+    await asyncio.sleep(0.5)
+    text, _ = await answer(batched, greedy(short_one, max_tokens=6))
+    await running
+    assert batched.shared_prompt_tokens == before
+    assert text == (await answer(batched, greedy(short_one, max_tokens=6)))[0]
