@@ -70,9 +70,10 @@ def string_cell(text: str) -> Cell:
     return cell
 
 
-def read_string(cell: Cell) -> str:
+def read_string(cell: Cell, errors: str = "strict") -> str:
+    """The UTF-8 string of a single cell (``string_cell``); ``errors`` as ``bytes.decode`` takes it."""
     body = Slice.from_cell(cell)
-    return bytes(body.load_bytes(body.remaining_bits // 8)).decode()
+    return bytes(body.load_bytes(body.remaining_bits // 8)).decode(errors=errors)
 
 
 def read_address(value: object) -> Address:

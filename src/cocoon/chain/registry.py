@@ -163,6 +163,9 @@ def usable_proxies(entries: list[ProxyEntry]) -> list[ProxyEntry]:
 
 
 WORKER_SOCKET_PATH = "/v1/worker/connect"
+# A proxy endpoint's bytes that are not UTF-8 read as replacement characters, so that entry is skipped as
+# unusable (``endpoint_problem``) instead of the whole listing failing to read.
+ENDPOINT_DECODING = "replace"
 
 
 def model_name_hash(name: str) -> bytes:
@@ -252,14 +255,7 @@ def _model_from_slice(body: Slice) -> ModelEntry:
 def _proxy_from_slice(key: int, body: Slice) -> ProxyEntry:
     address = read_address(body)
     public_key = body.load_uint(256).to_bytes(32, "big")
-    return ProxyEntry(key, address, public_key, _endpoint_text(body.load_ref()))
-
-
-def _endpoint_text(cell: Cell) -> str:
-    """A proxy's endpoint string; bytes that are not UTF-8 read as replacement characters, so that entry is
-    skipped as unusable (``endpoint_problem``) instead of the whole listing failing to read."""
-    body = Slice.from_cell(cell)
-    return bytes(body.load_bytes(body.remaining_bits // 8)).decode(errors="replace")
+    return ProxyEntry(key, address, public_key, read_string(body.load_ref(), ENDPOINT_DECODING))
 
 
 def _dict_items(root: StackValue, parse: Callable[[int, Slice], object]) -> list[object]:
@@ -385,7 +381,7 @@ class Registry:
         if not found or not isinstance(endpoint, Cell):
             return None
         key = cast(int, public_key).to_bytes(32, "big")
-        return ProxyEntry(proxy_id, read_address(address), key, _endpoint_text(endpoint))
+        return ProxyEntry(proxy_id, read_address(address), key, read_string(endpoint, ENDPOINT_DECODING))
 
     async def get_proxies(self) -> list[ProxyEntry]:
         (root,) = await self._get("get_proxies")

@@ -327,8 +327,7 @@ class BatchLoop:
         leader, shared = slot.follows, slot.shared
         assert leader is not None and slot.task is not None
         if leader.task is not slot.follows_task or leader.task is None:
-            slot.follows = slot.follows_task = None
-            slot.shared = 0
+            _unfollow(slot)
             return
         done = leader.evaluated if leader.prefilling else len(leader.task.tokens)
         if done < shared:
@@ -336,8 +335,7 @@ class BatchLoop:
         if len(leader.held) > COPY_MAX_FACTOR * shared:
             # The copy takes every cell of the leader's sequence: a few shared tokens (a chat template's opening)
             # of a sequence thousands of tokens long are cheaper evaluated than copied.
-            slot.follows = slot.follows_task = None
-            slot.shared = 0
+            _unfollow(slot)
             return
         # The leader's sequence state (its cells only: ~18 KB a token for Gemma 3 270M) goes into this one, and
         # what follows the shared prefix is dropped. Not llama_memory_seq_cp: across KV streams it copies whole
@@ -385,8 +383,7 @@ class BatchLoop:
         to reuse; a finished or cancelled generation leaves its prompt (what was decoded after it is not kept:
         tokens decoded one by one are not computed as chunks)."""
         task, slot.task = slot.task, None
-        slot.follows = slot.follows_task = None
-        slot.shared = 0
+        _unfollow(slot)
         if error is not None or (slot.prefilling and task is not None):
             self._forget(slot)
         else:
@@ -415,6 +412,12 @@ class BatchLoop:
                 self._forget(slot)
 
 
+def _unfollow(slot: _Slot) -> None:
+    """``slot`` copies nothing: it evaluates its prompt itself."""
+    slot.follows = slot.follows_task = None
+    slot.shared = 0
+
+
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
     limit = min(limit, len(a), len(b))
@@ -427,9 +430,5 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
 def _reusable(slot: _Slot, tokens: list[int]) -> int:
     """How much of ``tokens`` the slot's cache can give: equal tokens, evaluated as prompt chunks, a whole number
     of ``PREFILL_CHUNK``s, and short of the last token (sampling needs fresh logits)."""
-    limit = min(slot.prompt_kv, len(slot.held), len(tokens) - 1)
-    prefix = 0
-    held = slot.held
-    while prefix < limit and held[prefix] == tokens[prefix]:
-        prefix += 1
+    prefix = _common_prefix(slot.held, tokens, min(slot.prompt_kv, len(tokens) - 1))
     return prefix - prefix % PREFILL_CHUNK

@@ -12,7 +12,6 @@ process) the memory record is the whole check, as before; a proxy restart forget
 
 from __future__ import annotations
 
-import logging
 import time
 
 from sqlalchemy import Float, String, delete
@@ -20,8 +19,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cocoon.protocol.replay import ReplayRecord
 from cocoon.proxy.store import Base, Store
-
-log = logging.getLogger(__name__)
 
 TTL_S = 2 * 3600.0  # longer than any request may run, as the memory record's
 PRUNE_EVERY_S = 600.0
