@@ -27,7 +27,12 @@ class Meter(Protocol):
     """What a request's jobs may spend. ``hold(request_id, model, amount)`` reserves ``amount`` nanoton (the
     job's maximum cost, ``chain.pricing.max_cost`` of the sealed bytes, ``max_tokens`` and the highest price
     coefficient among the workers it is sealed to; 0 on a free proxy) or raises the ``CocoonError`` the app
-    gets instead (``BudgetExhausted``); after a refusal the job is never posted."""
+    gets instead (``BudgetExhausted``); after a refusal the job is never posted.
+
+    ``cache_partition`` keeps the prompt cache of the meter's requests apart from the client's others (an API
+    key's id: one key's app cannot time another's prompts through a worker's cache)."""
+
+    cache_partition: str
 
     async def hold(self, request_id: str, model: str, amount: int) -> Hold: ...
 

@@ -1,7 +1,10 @@
-"""Salted prefix hashes for cache affinity, computed by the client and sent in clear beside the seal.
+"""Salted prefix hashes for cache affinity, computed by the client and sent in clear beside the seal; the cache
+scope sealed inside it.
 
 Each block's hash chains the prompt up to its end under a salt that never leaves this client: the proxy can
-tell two of its requests share a prefix, never what it is, and cannot link equal prompts of two clients.
+tell two of its requests share a prefix, never what it is, and cannot link equal prompts of two clients. The
+same salt keys the scope a worker's prompt cache is partitioned by, so only this client's requests (and, behind
+a sidecar with API keys, only one key's) share cached prompts.
 """
 
 from __future__ import annotations
@@ -36,3 +39,9 @@ def prefix_hashes(salt: bytes, model: str, text: str) -> list[str]:
         chain = hmac.new(salt, chain + block.encode(), hashlib.sha256).digest()
         out.append(chain[:8].hex())
     return out
+
+
+def cache_scope(salt: bytes, partition: str = "") -> str:
+    """The sealed ``RequestPayload.cache_scope`` of this client's requests in ``partition`` (an API key's id,
+    or "" for all of them): 32 hex digits no one without ``salt`` can compute."""
+    return hmac.new(salt, b"cocoon/cache-scope\x00" + partition.encode(), hashlib.sha256).hexdigest()[:32]

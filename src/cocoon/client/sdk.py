@@ -24,7 +24,7 @@ from cocoon.chain.pricing import Cost, max_cost
 from cocoon.client.directory import AttestedWorker, DirectoryCache, _json
 from cocoon.client.meter import NOTHING_HELD, Hold, Meter
 from cocoon.client.metrics import RequestCount
-from cocoon.client.prefix import prefix_hashes, prompt_text
+from cocoon.client.prefix import cache_scope, prefix_hashes, prompt_text
 from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_urls, registry_proxy_urls
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelBook, ChannelPayer, sidecar_payer
@@ -107,7 +107,8 @@ class CocoonClient:
             self.payer = payer
         self.candidates = candidates
         self._new_payer: Callable[[str], ChannelPayer] | None = None  # a payer for a proxy added later
-        # Keys the prefix hashes sent for cache affinity; it never leaves this client (see client/prefix.py).
+        # Keys the prefix hashes sent for cache affinity and the sealed cache scope; it never leaves this client
+        # (see client/prefix.py).
         self.prefix_salt = prefix_salt or os.urandom(32)
         self.timeout = timeout
 
@@ -277,6 +278,7 @@ class CocoonClient:
         tried: list[ProxyConnection] = []
         tries = max(2, len(self.proxies.proxies))
         count = RequestCount(model)
+        scope = cache_scope(self.prefix_salt, meter.cache_partition if meter is not None else "")
         for round_ in range(1, tries + 1):
             proxy = self.proxies.next_for(tried)
             again = any(p is proxy for p in tried)  # every proxy tried: this one once more, on a fresh directory
@@ -296,6 +298,7 @@ class CocoonClient:
                     input=inputs,
                     params=params,
                     openai=openai,
+                    cache_scope=scope,
                 )
                 async for event in self._stream_once(proxy, payload, routing, timeout, meter):
                     started = True

@@ -89,6 +89,10 @@ class GenerationRequest:
     (``prompt`` is then ""). ``openai`` is the app's whole OpenAI request, as validated: an engine that forwards
     to an OpenAI server sends it on (every field it does not need to change), the others read the fields above.
     An engine refuses what it cannot do with ``BadRequest`` naming the field, never by ignoring it.
+
+    ``cache_scope`` partitions the engine's prompt cache: a request reuses or copies the cached KV of another
+    only when both have the same scope (the worker gives each client's requests one, see ``RequestPayload``), so
+    a client cannot time another's prompts through the cache.
     """
 
     params: SamplingParams
@@ -104,6 +108,7 @@ class GenerationRequest:
     top_logprobs: int = 0
     prompt_ids: tuple[int, ...] | None = None
     openai: Mapping[str, Any] | None = None
+    cache_scope: str = ""
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -177,11 +182,13 @@ class ScoreRequest:
 
     The engine tokenizes the prompt as ``generate`` would and the completion as plain text after it, and rates
     at most ``SCORE_MAX_TOKENS`` completion tokens. Canaries use it to check one worker's answer on another.
+    ``cache_scope`` is ``GenerationRequest``'s.
     """
 
     completion: str
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    cache_scope: str = ""
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

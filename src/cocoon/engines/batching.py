@@ -21,6 +21,10 @@ gives the logits a fresh one gives. With other sequences in the batch the rows r
 kernels' blocking depends on the batch): greedy text is then reproducible only as far as those last bits allow;
 canaries re-score answers with a tolerance for this (``cocoon.proxy.routing.canary``).
 
+Every task has a cache ``scope`` (the worker's: one per client): a slot's cache is reused, and a running
+sequence's prompt copied, only by a task of the same scope. A shared cache would let one client tell from its
+time to first token (and ``cached_tokens``) whether a prefix it guesses is in another client's request.
+
 Cancellation is seen at the next step: one step is at most ``STEP_TOKENS`` tokens, so a long prompt's prefill
 stops within one step of it. There is no abort callback into llama.cpp: ggml calls it before every node of the
 graph (some 400 times a step), each call takes the GIL, and with the worker's event loop busy a step took 7x
@@ -68,11 +72,13 @@ class Task(Protocol):
     evaluates (True: read that position's logits; the last one must be wanted to generate after it), then
     ``read`` with the position and batch index of each wanted output; after the prompt, ``read`` returns the next
     token to decode, or None when the task is done. ``end`` comes exactly once, when the slot is freed: ``error``
-    None when it finished or was cancelled (``cancel``, set by whoever waits for it).
+    None when it finished or was cancelled (``cancel``, set by whoever waits for it). Only a task of the same
+    ``scope`` reuses or copies this one's KV.
     """
 
     tokens: list[int]
     cancel: threading.Event
+    scope: str
 
     def begin(self, context: Any, cached: int) -> None: ...
 
@@ -86,10 +92,11 @@ class Task(Protocol):
 @dataclass(slots=True)
 class _Slot:
     """One sequence id of the context and what its KV stream holds: ``held`` tokens from position 0, of which
-    the first ``prompt_kv`` were evaluated as aligned prompt chunks (reusable)."""
+    the first ``prompt_kv`` were evaluated as aligned prompt chunks (reusable) by a task of ``scope``."""
 
     seq_id: int
     held: list[int] = field(default_factory=list)
+    scope: str = ""
     prompt_kv: int = 0
     used_at: float = 0.0
     task: Task | None = None
@@ -215,14 +222,14 @@ class BatchLoop:
             if task.cancel.is_set():
                 continue
             free = [slot for slot in self._slots if slot.task is None]
-            slot = max(free, key=lambda s: (_reusable(s, task.tokens), -s.used_at))
-            cached = _reusable(slot, task.tokens)
+            slot = max(free, key=lambda s: (_reusable(s, task), -s.used_at))
+            cached = _reusable(slot, task)
             if cached and not self._llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, cached, -1):
                 cached = 0
             if not cached:
                 self._forget(slot)
             del slot.held[cached:]
-            slot.prompt_kv = cached
+            slot.prompt_kv, slot.scope = cached, task.scope
             self._admitted += 1
             slot.task, slot.evaluated, slot.pending, slot.prefilling = task, cached, None, True
             slot.admitted = self._admitted
@@ -310,7 +317,7 @@ class BatchLoop:
         wants logits for (a score reads them) and of its last prompt token (sampling needs fresh logits)."""
         best, shared = None, 0
         for other in self._slots:
-            if other is slot or other.task is None or other.shared:
+            if other is slot or other.task is None or other.shared or other.task.scope != task.scope:
                 continue  # a sequence that copied is never copied from (its own copy may not be applied yet)
             common = _common_prefix(other.task.tokens, task.tokens, len(task.tokens) - 1)
             if common > shared:
@@ -427,8 +434,12 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n
 
 
-def _reusable(slot: _Slot, tokens: list[int]) -> int:
-    """How much of ``tokens`` the slot's cache can give: equal tokens, evaluated as prompt chunks, a whole number
-    of ``PREFILL_CHUNK``s, and short of the last token (sampling needs fresh logits)."""
+def _reusable(slot: _Slot, task: Task) -> int:
+    """How much of the task's prompt the slot's cache can give: equal tokens of the same scope, evaluated as
+    prompt chunks, a whole number of ``PREFILL_CHUNK``s, and short of the last token (sampling needs fresh
+    logits)."""
+    if slot.scope != task.scope:
+        return 0
+    tokens = task.tokens
     prefix = _common_prefix(slot.held, tokens, min(slot.prompt_kv, len(tokens) - 1))
     return prefix - prefix % PREFILL_CHUNK

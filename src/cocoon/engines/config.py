@@ -38,6 +38,12 @@ class EngineSettings(BaseModel):
     upstream_url: str | None = Field(None, description="base URL of the upstream server, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key: str | None = Field(None, description="bearer token for the upstream server")
     upstream_model: str | None = Field(None, description="model name at the upstream; empty: same as `model`")
+    upstream_cache_salt: bool = Field(
+        False,
+        description="openai_upstream only: send each request's client cache scope as `cache_salt` (vLLM >= 0.9), "
+        "so the upstream's prefix cache is shared only among one client's requests; servers without the field "
+        "refuse it",
+    )
     model_hash: str | None = Field(
         None,
         description="sha256 of the weights (hex); computed from the GGUF for llamacpp, required for upstream",

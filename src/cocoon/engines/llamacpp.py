@@ -72,6 +72,7 @@ class _Generation:
     ) -> None:
         self.tokens = tokens
         self.cancel = cancel
+        self.scope = request.cache_scope
         self._llama = llama
         self._params = request.params
         self._top_logprobs = request.top_logprobs if request.logprobs else None
@@ -138,9 +139,10 @@ class _Scoring:
     """A score job as a ``batching.Task``: the prompt and completion evaluated with logits at the positions that
     predict a completion token; each row log-softmaxed as it comes. ``result`` gets (log-probabilities, greedy)."""
 
-    def __init__(self, prompt: list[int], completion: list[int], n_vocab: int) -> None:
+    def __init__(self, prompt: list[int], completion: list[int], n_vocab: int, scope: str) -> None:
         self.tokens = prompt + completion
         self.cancel = threading.Event()
+        self.scope = scope
         self.result: Future[tuple[list[float], list[bool]]] = Future()
         self._first = len(prompt) - 1  # the logits at position p rate the token at p + 1
         self._n_vocab = n_vocab
@@ -375,7 +377,7 @@ class LlamaCppEngine:
             )
         if not completion:
             return TokenScores((), (), prompt_tokens=len(prompt), truncated=truncated)
-        task = _Scoring(prompt, completion, llama.n_vocab())
+        task = _Scoring(prompt, completion, llama.n_vocab(), request.cache_scope)
         try:
             batch.submit(task)
             logprobs, greedy = await asyncio.wrap_future(task.result)

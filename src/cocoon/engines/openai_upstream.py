@@ -133,7 +133,7 @@ class OpenAIUpstreamEngine:
                 param="messages",
             )
         client = self._require_client()
-        path, body = upstream_request(request, self._model)
+        path, body = upstream_request(request, self._model, self._settings.upstream_cache_salt)
         url = f"{self._base}{path}"
         reader = StreamReader(url, request)
         with map_http_errors(f"upstream {url}", hint="is the server running? see its log"):

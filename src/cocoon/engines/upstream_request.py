@@ -24,9 +24,10 @@ _NOT_UPSTREAMS = frozenset({"echo", "suffix"}) | SamplingFields.routing_fields
 _LEFT_OUT = _SET_HERE | _NOT_UPSTREAMS
 
 
-def upstream_request(request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+def upstream_request(request: GenerationRequest, model: str, cache_salt: bool = False) -> tuple[str, dict[str, Any]]:
     """The path (``/chat/completions`` or ``/completions``) and JSON body that ask ``model`` upstream for
-    ``request``, streamed with usage.
+    ``request``, streamed with usage; with ``cache_salt``, the request's cache scope goes as vLLM's ``cache_salt``
+    (its prefix cache is then reused only between requests of one salt).
 
     Every field of ``request.openai`` goes as the app sent it (messages with their tool calls and image parts,
     tools, ``response_format``, ``logprobs``, penalties, ``user``, ``metadata``, ...) except those in
@@ -42,6 +43,8 @@ def upstream_request(request: GenerationRequest, model: str) -> tuple[str, dict[
         "stream_options": {"include_usage": True},
         "max_tokens": params.max_tokens,
     }
+    if cache_salt and request.cache_scope:
+        body["cache_salt"] = request.cache_scope
     # An app that left these out gets OpenAI's defaults (1.0), not the upstream's own (llama-cpp-python's 0.8,
     # vLLM's from the model's generation config), as on every other engine.
     for knob, value in (("temperature", params.temperature), ("top_p", params.top_p)):

@@ -19,6 +19,7 @@ class SealedMessage(BaseModel):
     content: str
 
 
+CACHE_SCOPE_PATTERN = r"^[0-9a-f]{32}$"
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_TOKEN_ID = 2**31 - 1
 
@@ -50,6 +51,11 @@ class RequestPayload(BaseModel):
     every field, and the receipt's request digest covers it. ``messages``/``prompt`` and ``params`` are the
     text view of it the worker counts and bounds (``max_tokens`` must equal the clear job's). A text prompt may
     be given as token ids of the served model instead (``prompt_ids``; embeddings' ``input`` likewise).
+
+    ``cache_scope`` names whose prompt cache the request may use: the worker's engine reuses (or copies) cached
+    prompt KV only between requests of one scope. A client derives it from a secret of its own
+    (``cocoon.client.prefix.cache_scope``), so nobody else can pick it and time its prompts through the cache;
+    a request without one shares no cache with any other.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -64,6 +70,7 @@ class RequestPayload(BaseModel):
     completion: str | None = None
     params: SealedParams
     openai: dict[str, Any] | None = None
+    cache_scope: str | None = Field(None, pattern=CACHE_SCOPE_PATTERN)
 
 
 class ChunkPayload(BaseModel):

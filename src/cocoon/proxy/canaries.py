@@ -47,6 +47,8 @@ class CanarySender:
         self.state = state
         self.book = state.routing.canaries
         self.rng = rng or random.Random()
+        # Its requests carry a cache scope of their own, as every client's do (one without would stand out).
+        self.cache_scope = f"{self.rng.getrandbits(128):032x}"
         self.client_jobs = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,7 +103,14 @@ class CanarySender:
             prompt = draw_prompt(self.rng)
             messages = [SealedMessage(role=role, content=content) for role, content in prompt.messages]
             params = SealedParams(max_tokens=prompt.max_tokens, temperature=prompt.temperature)
-            ask = RequestPayload(kind="chat", model=model, salt=random_salt(), messages=messages, params=params)
+            ask = RequestPayload(
+                kind="chat",
+                model=model,
+                salt=random_salt(),
+                messages=messages,
+                params=params,
+                cache_scope=self.cache_scope,
+            )
             answer = "".join(c.text for c in await self.ask(worker, ask))
             peers = self.peers(worker, model)  # again: one may have been flagged while the answer came
             if not peers:
@@ -114,6 +123,7 @@ class CanarySender:
                 messages=messages,
                 completion=answer,
                 params=SealedParams(max_tokens=0),
+                cache_scope=self.cache_scope,
             )
             chunks = await self.ask(checker, rescore)
             logprobs = [lp for c in chunks for lp in c.logprobs or []]

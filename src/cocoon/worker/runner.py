@@ -8,6 +8,7 @@ refused, so nobody between client and worker ever gets one keystream twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -148,6 +149,8 @@ class JobRunner:
                 param="max_tokens",
             )
 
+        # The engine's prompt cache is shared only within the client's scope; a request without one shares nothing.
+        scope = payload.cache_scope or f"request:{job.request_id}"
         key_nonce = new_key_nonce()
         sealer = ResponseSealer(content_key, job.request_id, worker_id, key_nonce)
         digest = ResponseDigest(payload.salt)
@@ -171,7 +174,7 @@ class JobRunner:
             usage = TokenUsage(prompt_tokens=result.prompt_tokens, completion_tokens=0)
             finish_reason = "stop"
         elif payload.kind == "score":
-            scores = await engine.score(_score_request(payload))
+            scores = await engine.score(_score_request(payload, scope))
             await emit(ChunkPayload(logprobs=list(scores.logprobs), greedy=list(scores.greedy), finish_reason="stop"))
             # Teacher forcing reads the completion as prompt: all of it is prefill, nothing is generated.
             usage = TokenUsage(prompt_tokens=scores.prompt_tokens + len(scores.logprobs), completion_tokens=0)
@@ -179,7 +182,7 @@ class JobRunner:
         else:
             continuation, emitted = _continuation(job, content_key)
             try:
-                usage, finish_reason = await self._generate(engine, payload, continuation, emitted, emit)
+                usage, finish_reason = await self._generate(engine, payload, scope, continuation, emitted, emit)
             except asyncio.CancelledError:
                 reason = self.cancelled.get(job.job_id)
                 if reason is None:  # the link dropped: nobody is left to take a receipt
@@ -227,6 +230,7 @@ class JobRunner:
         self,
         engine: Engine,
         payload: RequestPayload,
+        scope: str,
         continuation: str,
         emitted: int,
         emit: Callable[[ChunkPayload], Awaitable[None]],
@@ -245,7 +249,7 @@ class JobRunner:
             presence_penalty=payload.params.presence_penalty,
             logit_bias=tuple(sorted(payload.params.logit_bias)),
         )
-        request = generation_request(payload, params, continuation)
+        request = dataclasses.replace(generation_request(payload, params, continuation), cache_scope=scope)
         stream = coalesced(engine.generate(request), self.coalesce_s)
         reported = pending = 0  # tokens the chunks carried so far; tokens of deltas without text, not yet carried
         try:
@@ -310,15 +314,15 @@ def _tool_call(delta: ToolCallDelta) -> dict[str, object]:
     return piece
 
 
-def _score_request(payload: RequestPayload) -> ScoreRequest:
+def _score_request(payload: RequestPayload, scope: str) -> ScoreRequest:
     if payload.completion is None:
         raise BadRequest("a score job needs the completion to score", param="completion")
     if payload.messages is not None:
         messages = tuple(ChatMessage(m.role, m.content) for m in payload.messages)
-        return ScoreRequest(payload.completion, messages=messages)
+        return ScoreRequest(payload.completion, messages=messages, cache_scope=scope)
     if payload.prompt is None:
         raise BadRequest("a score job needs messages or a prompt before its completion", param="messages")
-    return ScoreRequest(payload.completion, prompt=payload.prompt)
+    return ScoreRequest(payload.completion, prompt=payload.prompt, cache_scope=scope)
 
 
 def _uncancel() -> None:

@@ -24,6 +24,7 @@ from cocoon.client.keys import KeyStore
 from cocoon.config import ClientSettings
 from cocoon.errors import ConfigError
 from cocoon.protocol import JobRequest, Receipt
+from cocoon.protocol.payload import RequestPayload
 from cocoon.store import utcnow
 from tests.unit.client.fakes import MODEL, FakeWorker, answer_with_text, dev_policy, recorded_proxy
 
@@ -68,10 +69,12 @@ class Sidecar:
 
     def __init__(self, tmp_path: Path, *, payer: PricedPayer | None = None, **settings: Any) -> None:
         self.posted: list[str] = []
+        self.sealed: list[RequestPayload] = []  # what the worker each job went to opened
         answer = answer_with_text("Red", ", green", " and blue.")
 
         def counted(job: JobRequest, workers: Sequence[FakeWorker]) -> httpx.Response:
             self.posted.append(job.request_id)
+            self.sealed.append(next(w for w in workers if w.worker_id == job.keys[0].worker_id).take(job)[1])
             return answer(job, workers)
 
         proxy = httpx.AsyncClient(transport=recorded_proxy(WORKERS, counted), base_url="http://proxy.test")
@@ -126,6 +129,21 @@ async def test_readyz_stays_open_but_names_the_proxies_only_to_a_caller_with_a_k
     assert all("url" not in p for p in wrong.json()["proxies"])
     owner = await sidecar.http.get("/readyz", headers={"authorization": f"Bearer {secret}"})
     assert [p["url"] for p in owner.json()["proxies"]] == ["http://proxy.test"]
+
+
+async def test_each_key_seals_its_own_prompt_cache_scope(sidecar: Sidecar) -> None:
+    """Two apps behind one sidecar: a worker's prompt cache is shared within one key's requests, never across
+    keys (one app could otherwise time the other's prompts through it)."""
+    assert (await sidecar.chat(None)).status_code == 200
+    _, one = await sidecar.keys.create("one", 10**9)
+    _, two = await sidecar.keys.create("two", 10**9)
+    for key in (one, two, one):
+        assert (await sidecar.chat(key)).status_code == 200
+
+    keyless, first, second, first_again = (payload.cache_scope for payload in sidecar.sealed)
+    assert first == first_again
+    assert len({keyless, first, second}) == 3
+    assert all(scope is not None and len(scope) == 32 for scope in (keyless, first, second))
 
 
 async def test_once_a_key_exists_every_openai_endpoint_needs_one(sidecar: Sidecar) -> None:

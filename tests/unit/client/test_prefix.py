@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cocoon.client.prefix import prefix_hashes, prompt_text
+from cocoon.client.prefix import cache_scope, prefix_hashes, prompt_text
 from cocoon.protocol.messages import PREFIX_BLOCK_CHARS
 from cocoon.protocol.payload import RequestPayload, SealedMessage, SealedParams
 
@@ -42,3 +42,12 @@ def test_chat_roles_are_part_of_the_prefix() -> None:
         )
 
     assert prompt_text(payload("user")) != prompt_text(payload("system"))
+
+
+def test_a_cache_scope_is_the_clients_own_and_one_per_partition() -> None:
+    mine, theirs = b"m" * 32, b"t" * 32
+    assert cache_scope(mine) == cache_scope(mine)
+    assert cache_scope(mine) != cache_scope(theirs)
+    assert cache_scope(mine, "key-1") != cache_scope(mine, "key-2") != cache_scope(mine)
+    assert RequestPayload(kind="chat", model="m", salt=b"s", params=SealedParams(max_tokens=1),
+                          prompt="", cache_scope=cache_scope(mine)).cache_scope  # fmt: skip

@@ -39,8 +39,9 @@ async def batched(bundled_model_path: Path) -> AsyncIterator[LlamaCppEngine]:
     await engine.close()
 
 
-def greedy(prompt: str, max_tokens: int = 12, stop: tuple[str, ...] = ()) -> GenerationRequest:
-    return GenerationRequest(SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop), prompt=prompt)
+def greedy(prompt: str, max_tokens: int = 12, stop: tuple[str, ...] = (), scope: str = "") -> GenerationRequest:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
+    return GenerationRequest(params, prompt=prompt, cache_scope=scope)
 
 
 async def answer(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[str, Finished]:
@@ -212,3 +213,30 @@ async def test_a_few_shared_tokens_of_a_long_sequence_are_evaluated_not_copied(b
     await running
     assert batched.shared_prompt_tokens == before
     assert text == (await answer(batched, greedy(short_one, max_tokens=6)))[0]
+
+
+SECRET = "Minutes of the board: the merger with the northern shipyard is to close in May, not June. " * 16
+
+
+async def test_a_cached_prompt_is_reused_only_within_its_cache_scope(batched: LlamaCppEngine) -> None:
+    """A client's prompt left in a slot's cache is not another client's hit: its time to first token and
+    ``cached_tokens`` would tell that client the prompt was asked."""
+    _, cold = await answer(batched, greedy(SECRET, max_tokens=2, scope="victim"))
+    _, warm = await answer(batched, greedy(SECRET, max_tokens=2, scope="victim"))
+    _, probe = await answer(batched, greedy(SECRET, max_tokens=2, scope="attacker"))
+    _, unscoped = await answer(batched, greedy(SECRET, max_tokens=2))
+
+    assert cold.usage.cached_tokens == 0 and warm.usage.cached_tokens >= PREFILL_CHUNK
+    assert probe.usage.cached_tokens == 0 and unscoped.usage.cached_tokens == 0
+
+
+async def test_a_running_prompt_is_copied_only_within_its_cache_scope(batched: LlamaCppEngine) -> None:
+    questions = [SYSTEM + "Second " + COUNTING, SYSTEM + "Second " + LETTERS]
+    before = batched.shared_prompt_tokens
+    apart = await asyncio.gather(
+        *(answer(batched, greedy(q, max_tokens=4, scope=f"client-{i}")) for i, q in enumerate(questions * 2))
+    )
+    assert batched.shared_prompt_tokens == before
+    together = await asyncio.gather(*(answer(batched, greedy(q, max_tokens=4, scope="one")) for q in questions * 2))
+    assert batched.shared_prompt_tokens > before
+    assert [text for text, _ in together] == [text for text, _ in apart]

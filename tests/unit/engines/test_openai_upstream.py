@@ -52,9 +52,16 @@ def vllm(generate: Handler, seen: list[httpx.Request]) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-async def started(generate: Handler, seen: list[httpx.Request], *, vision: bool = False) -> OpenAIUpstreamEngine:
+async def started(
+    generate: Handler, seen: list[httpx.Request], *, vision: bool = False, cache_salt: bool = False
+) -> OpenAIUpstreamEngine:
     settings = EngineSettings(
-        kind="openai_upstream", upstream_url=URL, model_hash="AB" * 32, upstream_model="gemma", vision=vision
+        kind="openai_upstream",
+        upstream_url=URL,
+        model_hash="AB" * 32,
+        upstream_model="gemma",
+        vision=vision,
+        upstream_cache_salt=cache_salt,
     )
     engine = OpenAIUpstreamEngine(settings, transport=vllm(generate, seen))
     await engine.start()
@@ -114,6 +121,21 @@ async def test_chat_request_carries_openai_knobs_and_asks_for_usage() -> None:
     assert body["stop"] == ["\n"]
     assert "continue_final_message" not in body
     assert "frequency_penalty" not in body and "logit_bias" not in body  # OpenAI's defaults are left out
+
+
+async def test_the_cache_scope_goes_as_vllms_cache_salt_when_the_engine_says_so() -> None:
+    def generate(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+
+    scoped = GenerationRequest(SamplingParams(max_tokens=4), messages=(ChatMessage("user", "hi"),), cache_scope="c1")
+    bodies = []
+    for cache_salt in (True, False):
+        seen: list[httpx.Request] = []
+        engine = await started(generate, seen, cache_salt=cache_salt)
+        [_ async for _ in engine.generate(scoped)]
+        bodies.append(json.loads(next(r for r in seen if r.url.path == "/v1/chat/completions").content))
+    assert bodies[0]["cache_salt"] == "c1"
+    assert "cache_salt" not in bodies[1]  # a server without the field (OpenAI's own) would refuse it
 
 
 async def test_penalties_and_logit_bias_are_forwarded_as_openai_names_them() -> None:

@@ -160,6 +160,7 @@ class KeyMeter:
         self.gate = gate
         self.key = key
         self.timeout = timeout
+        self.cache_partition = key.id
 
     async def hold(self, request_id: str, model: str, amount: int) -> Hold:
         if amount == 0:  # a free proxy: nothing is paid, nothing to hold
