@@ -12,6 +12,7 @@ and ``CocoonError.from_openai`` rebuilds the same class on the far side of a pro
     │   ├── SealError (400 seal_failed)
     │   ├── RequestTimeout (408 request_timeout)
     │   ├── RequestReplayed (409 request_replayed)
+    │   ├── RequestExpired (400 request_expired)
     │   ├── PayloadTooLarge (413 request_too_large)
     │   └── UnsupportedMediaType (415 unsupported_media_type)
     ├── Unauthorized (401 invalid_api_key)
@@ -143,6 +144,13 @@ class RequestReplayed(BadRequest):
 
     status = 409
     code = "request_replayed"
+
+
+class RequestExpired(BadRequest):
+    """A request id minted outside the window a proxy or worker accepts (too old, ahead of its clock, or before
+    it started; ``cocoon.protocol.replay``): seal it anew, and check the client's clock."""
+
+    code = "request_expired"
 
 
 class UnsupportedMediaType(BadRequest):

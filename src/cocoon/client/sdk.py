@@ -11,7 +11,6 @@ import logging
 import os
 import ssl
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from cocoon.errors import (
 )
 from cocoon.protocol import JobRequest, Receipt, RoutingPrefs, WrappedKeyWire, pack, random_salt, seal_request
 from cocoon.protocol.payload import RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol.replay import new_request_id
 from cocoon.protocol.tls import trust_context
 from cocoon.protocol.usage import TokenUsage
 
@@ -451,7 +451,7 @@ class CocoonClient:
     ) -> tuple[JobRequest, Exchange]:
         """The job to post, sealed to ``workers``, and the exchange its answer will be checked against."""
         plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
-        request_id = "req-" + uuid.uuid4().hex
+        request_id = new_request_id()
         sealed, content_key = seal_request(request_id, plaintext, {w.worker_id: w.verified.x25519_pub for w in workers})
         auth = await payer.auth(request_id) if payer is not None else None
         text = prompt_text(payload)

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 
 import msgpack
 
@@ -30,6 +29,7 @@ from cocoon.protocol import (
 from cocoon.protocol.framing import FrameReader
 from cocoon.protocol.messages import JobKind
 from cocoon.protocol.payload import ChunkPayload, RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol.replay import new_request_id
 from cocoon.proxy.money.cashier import FreeCashier
 from cocoon.proxy.relay import JobRelay
 from cocoon.proxy.routing.canary import CanaryResult, draw_prompt
@@ -167,7 +167,7 @@ class CanarySender:
         """
         settings = self.state.settings
         plaintext = msgpack.packb(payload.model_dump(mode="python"), use_bin_type=True)
-        request_id = "req-" + uuid.uuid4().hex
+        request_id = new_request_id()
         sealed, content_key = seal_request(request_id, plaintext, {worker.worker_id: worker.verified.x25519_pub})
         kind: JobKind = payload.kind
         text = "".join(m.content for m in payload.messages or []) + (payload.completion or "")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cocoon.errors import CocoonError, NoCapacity, RequestReplayed
+from cocoon.errors import CocoonError, NoCapacity, RequestExpired, RequestReplayed
 from cocoon.metrics import FAILOVERS, record_request
 from cocoon.protocol import JobRequest, unpack_as
 from cocoon.protocol.http import ClientGone, read_body, unless_disconnected
@@ -51,6 +51,9 @@ async def jobs(request: Request) -> Response:
     timeline: Timeline = request.app.state.timeline
     settings = state.settings
     job = unpack_as(await read_body(request, settings.max_request_bytes, "sealed request"), JobRequest)
+    if (stale := state.seen_requests.expired(job.request_id)) is not None:
+        record_request("proxy", job.model, "expired")
+        raise RequestExpired(stale)
     if not await state.seen_requests.first_time(job.request_id):
         record_request("proxy", job.model, "replayed")
         raise RequestReplayed(f"request {job.request_id} was sent before; a request is relayed once, seal it anew")

@@ -7,7 +7,8 @@ the next candidate worker has not either, and the request is run (and billed) ag
 PostgreSQL store (the one replicas share) an id is also recorded in ``seen_requests`` with
 ``INSERT ... ON CONFLICT DO NOTHING``; the replica that inserts it relays the request, any other refuses it. The
 process's own record answers first, so a replay to the same replica costs no round trip. On SQLite (one proxy
-process) the memory record is the whole check, as before; a proxy restart forgets it (``docs/threat-model.md``).
+process) the memory record is the whole check, and ids minted before the process started are refused
+(``ReplayRecord.expired``): a restart does not open what it saw before to a replay.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ class Replays:
     def __init__(self, store: Store, ttl_s: float = TTL_S) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self.local = ReplayRecord(ttl_s=ttl_s)
+        # The shared table outlives a replica's restart; a process's own memory does not.
+        started_at = None if store.on_postgresql else time.time()
+        self.local = ReplayRecord(ttl_s=ttl_s, started_at=started_at, who="proxy")
         self._pruned_at = 0.0
+
+    def expired(self, request_id: str) -> str | None:
+        """Why the id is outside the window this proxy accepts (``ReplayRecord.expired``), or None."""
+        return self.local.expired(request_id)
 
     async def first_time(self, request_id: str) -> bool:
         if not self.local.first_time(request_id):
@@ -46,7 +53,8 @@ class Replays:
         if not self.store.on_postgresql:
             return True
         now = time.time()
-        insert = self.store.insert_if_absent(SeenRequest).values(request_id=request_id, expires_at=now + self.ttl_s)
+        expires_at = now + self.local.ttl_for(request_id)
+        insert = self.store.insert_if_absent(SeenRequest).values(request_id=request_id, expires_at=expires_at)
         async with self.store.session() as session:
             if now - self._pruned_at > PRUNE_EVERY_S:  # ids are random: one past its time is only kept space
                 self._pruned_at = now

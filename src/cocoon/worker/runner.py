@@ -28,7 +28,7 @@ from cocoon.engines.base import (
     TokenLogprob,
     ToolCallDelta,
 )
-from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestReplayed
+from cocoon.errors import BadRequest, CocoonError, EngineError, ModelNotFound, RequestExpired, RequestReplayed
 from cocoon.metrics import FAILOVERS, record_request
 from cocoon.protocol import (
     Chunk,
@@ -44,7 +44,7 @@ from cocoon.protocol import (
     unwrap_content_key,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload
-from cocoon.protocol.replay import ReplayRecord
+from cocoon.protocol.replay import REQUEST_MAX_AGE_S, RUNNING_MAX_S, ReplayRecord
 from cocoon.protocol.usage import TokenUsage
 from cocoon.worker.capacity import FirstTokenMeter, SlotBoard, ThroughputMeter
 from cocoon.worker.chaos import spoil
@@ -71,7 +71,8 @@ class JobRunner:
         # tokens its chunks carried before the cancel (the client hung up, or streamed past its caps).
         self.cancelled: dict[str, str] = {}
         self.chaos_bad_receipts = ""
-        self.seen_requests = ReplayRecord()
+        # No start rule: a stream resumed on a worker restarted meanwhile keeps the id minted before.
+        self.seen_requests = ReplayRecord(max_age_s=REQUEST_MAX_AGE_S + RUNNING_MAX_S, who="worker")
         # Chunk plaintexts are padded to multiples of this many bytes, and text after the first is coalesced
         # over this window: the sealed stream shows neither token lengths nor (with a window) token timing.
         self.pad_bytes = 128
@@ -80,9 +81,13 @@ class JobRunner:
 
     async def run(self, job: Job, send: Send) -> None:
         """Run ``job`` to its end, sending chunks and a receipt (or one error) through ``send``."""
-        if not self.seen_requests.first_time(job.request_id):
+        err: CocoonError | None = None
+        if (stale := self.seen_requests.expired(job.request_id)) is not None:
+            err = RequestExpired(stale)
+        elif not self.seen_requests.first_time(job.request_id):
             err = RequestReplayed(f"request {job.request_id} already ran on this worker; a replay is never run")
-            log.warning("replayed job refused job_id=%s", job.job_id)
+        if err is not None:
+            log.warning("job refused job_id=%s code=%s", job.job_id, err.code)
             record_request("worker", job.model, err.code)
             await send(_error(job.job_id, err.status, err.code, err.message, type_=err.type))
             return

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
+import signal
 import socket
 import sys
 import time
@@ -59,8 +61,9 @@ from cocoon.protocol import (
     unwrap_content_key,
 )
 from cocoon.protocol.payload import ChunkPayload, RequestPayload, SealedMessage, SealedParams
+from cocoon.protocol.replay import START_GRACE_S
 from cocoon.worker.node import WorkerNode
-from tests.helpers.network import directory, start_network
+from tests.helpers.network import directory, start_network, wait_for
 
 ROGUE = "rogue"  # the rogue worker's region: requests routed there are sealed to it alone
 Frames = list[dict[str, Any]]
@@ -301,6 +304,61 @@ async def test_a_relay_replaying_a_sealed_request_gets_it_run_once(net: LocalNet
     assert text
     served = [decode(body) for status, body in replays if status == 200]
     assert [status for status, _ in replays] == [409, 409, 409], f"{len(served)} replays were served"
+
+
+async def test_a_relay_replaying_a_request_after_the_proxy_restarts_gets_it_refused(
+    tmp_path_factory: pytest.TempPathFactory, bundled_model_path: Path
+) -> None:
+    """Before: the proxy's record of relayed ids lived in its memory only (100,000 of them), so a request
+    captured on the way ran again once the proxy restarted (or that many others had passed), the worker that
+    ran it stripped from the replay so the other one, which had never seen it, took it. Now the id says when it
+    was minted and the restarted proxy refuses any minted before it started."""
+    two = start_network(
+        tmp_path_factory.mktemp("replay-restart"),
+        workers=2,
+        model_path=bundled_model_path,
+        engine={"kind": "synthetic", "synthetic_tokens_per_s": 400},
+    )
+    try:
+        captured: list[bytes] = []
+
+        async def capture(request: httpx.Request) -> None:
+            if request.url.path == "/v1/jobs":
+                captured.append(request.content)
+
+        async with client_of(two, two.proxy_url) as client:
+            client.proxies.proxies[0].http.event_hooks = {"request": [capture]}
+            _, final = await ask(client, max_tokens=4)
+        job = unpack_as(captured[0], JobRequest)
+        others = [k for k in job.keys if k.worker_id != final.receipts[0].worker_id]
+        assert others, "the request was sealed to one worker only: nothing to replay to"
+        time.sleep(START_GRACE_S)  # what was minted in the last second before a restart is still taken
+
+        proxy = two.child("proxy")
+        os.kill(proxy.process.pid, signal.SIGKILL)
+        proxy.process.wait(10)
+        two.children.remove(proxy)
+        two._spawn("proxy", "proxy.toml")
+        wait_for(lambda: len(_directory_or_empty(two)) == 2, 60, "both workers to re-register")
+
+        replay = pack(job.model_copy(update={"keys": others}))
+        async with httpx.AsyncClient(base_url=two.proxy_url, timeout=30) as http:
+            answer = await http.post("/v1/jobs", content=replay, headers={"content-type": "application/msgpack"})
+        async with client_of(two, two.proxy_url) as client:
+            fresh = await ask(client, max_tokens=4)  # a client's new request still runs
+        assert answer.status_code == 400, f"the replay got {answer.status_code}: {answer.content[:200]!r}"
+        assert answer.json()["error"]["code"] == "request_expired"
+        assert "before this proxy started" in answer.json()["error"]["message"]
+        assert fresh[0]
+    finally:
+        two.stop()
+
+
+def _directory_or_empty(net: LocalNetwork) -> list[dict[str, object]]:
+    try:
+        return directory(net)
+    except httpx.HTTPError:
+        return []
 
 
 class RogueProxy:

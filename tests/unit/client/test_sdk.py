@@ -89,7 +89,7 @@ async def test_a_proxy_that_times_out_is_an_upstream_timeout_naming_the_request(
         raise httpx.ReadTimeout("no bytes", request=httpx.Request("POST", "http://proxy.test/v1/jobs"))
 
     async with client(recorded_proxy([WORKER], slow)) as sdk:
-        with pytest.raises(UpstreamTimeout, match=r"request req-[0-9a-f]+, timeout 120s"):
+        with pytest.raises(UpstreamTimeout, match=r"request req-[0-9a-f]+-[0-9a-f]{32}, timeout 120s"):
             await ask(sdk)
 
 
