@@ -28,6 +28,7 @@ from cocoon.client.directory import DirectoryCache
 from cocoon.client.wallet import ChannelPayer
 from cocoon.config import ClientSettings
 from cocoon.errors import ChainError, ConfigError
+from cocoon.protocol.http_client import CoalescingTransport
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,10 @@ class ProxyPool:
         http = http or httpx.AsyncClient(
             base_url=url,
             timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            verify=self.tls if self.tls is not None else True,
+            transport=CoalescingTransport(
+                verify=self.tls if self.tls is not None else True,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            ),
         )
         return ProxyConnection(url, http, DirectoryCache(http, self.verifier))
 

@@ -25,6 +25,7 @@ from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError, UpstreamFailed
 from cocoon.metrics import record_money
 from cocoon.protocol import Receipt
+from cocoon.protocol.http_client import CoalescingTransport
 from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
 from cocoon.protocol.tls import trust_context
 
@@ -399,7 +400,7 @@ def sidecar_payer(
     http = httpx.AsyncClient(
         base_url=proxy_url or settings.proxy_url,
         timeout=httpx.Timeout(PAYER_HTTP_TIMEOUT_S, connect=5.0),
-        verify=trust_context(settings.tls_ca_file),
+        transport=CoalescingTransport(verify=trust_context(settings.tls_ca_file)),
     )
     toncenter = chain_for(settings)
     key = load_or_create_signing_key(settings.wallet_file)

@@ -29,6 +29,7 @@ from cocoon.engines.config import EngineSettings
 from cocoon.engines.upstream_request import upstream_request
 from cocoon.engines.upstream_stream import StreamReader, sse_events, upstream_error
 from cocoon.errors import BadRequest, ConfigError, EngineError, UpstreamFailed, map_http_errors
+from cocoon.protocol.http_client import CoalescingTransport
 from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class OpenAIUpstreamEngine:
             self._client = httpx.AsyncClient(
                 timeout=_TIMEOUT,
                 headers=headers if self._settings.upstream_api_key else None,
-                transport=self._transport,
+                transport=self._transport or CoalescingTransport(),
             )
         response = await self._request("GET", f"{self._base}/models")
         if response.status_code >= 400:

@@ -1,0 +1,74 @@
+"""``CoalescingTransport``: httpx sends each request through it in one socket write, to a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+
+from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport
+
+
+class CountingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's default backend, counting the writes that reach its sockets."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        stream = await self.inner.connect_tcp(*args, **kwargs)
+        writes = self.writes
+        original = stream.write
+
+        async def write(buffer: bytes, timeout: float | None = None) -> None:
+            writes.append(len(buffer))
+            await original(buffer, timeout)
+
+        stream.write = write  # type: ignore[method-assign]
+        return stream
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[str]:
+    """An HTTP/1.1 server that answers every POST with the length of the body it read."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:-2])
+            length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
+            body = await reader.readexactly(length)
+            answer = str(len(body)).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+            if reader.at_eof():
+                break
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
+
+
+async def test_a_request_goes_out_in_one_write_and_a_large_body_as_it_comes(echo_server: str) -> None:
+    transport = CoalescingTransport()
+    backend: Any = transport._pool._network_backend
+    counting = CountingBackend(backend._inner)
+    backend._inner = counting
+    async with httpx.AsyncClient(transport=transport, base_url=echo_server) as http:
+        for size in (10, 3000):
+            counting.writes.clear()
+            answer = await http.post("/", content=b"x" * size)
+            assert answer.text == str(size)
+            assert len(counting.writes) == 1 and counting.writes[0] > size  # head and body together
+        counting.writes.clear()
+        big = await http.post("/", content=b"y" * (3 * FLUSH_BYTES))
+        assert big.text == str(3 * FLUSH_BYTES)
+        assert all(w >= FLUSH_BYTES for w in counting.writes[:-1])  # held no longer than FLUSH_BYTES
