@@ -4,7 +4,8 @@ One tiny OpenAI-compatible server answers every streamed chat completion at once
 paths reach it, measured in one run by the same client: the upstream alone; cocoon (OpenAI sidecar -> proxy ->
 worker with the ``openai_upstream`` engine -> upstream, every hop a real local socket, the request sealed end
 to end); and LiteLLM's proxy in front of the same upstream (installed by this script in its own venv, or
-skipped with a message if that fails). Latency is request sent -> ``[DONE]`` read.
+skipped with a message if that fails). Latency is request sent -> ``[DONE]`` read; a gateway's CPU per request
+(from /proc, each of its processes, the upstream's not counted) says what it costs where latency is noisy.
 Usage: ``python bench/gateways.py [--seconds 4] [--chunks 16] [--levels 1,16] [--no-litellm]``.
 """
 
@@ -164,6 +165,7 @@ class Row:
     streams: int
     latencies: list[float]
     seconds: float
+    cpu: dict[str, float]  # CPU seconds each of the path's own processes spent (the upstream's not counted)
 
     @property
     def rps(self) -> float:
@@ -210,13 +212,24 @@ async def load(url: str, streams: int, seconds: float, chunks: int, key: str = "
         return latencies, time.monotonic() - t0
 
 
-async def measure(paths: dict[str, str], args: argparse.Namespace) -> AsyncIterator[Row]:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    paths: dict[str, str], processes: dict[str, dict[str, int]], args: argparse.Namespace
+) -> AsyncIterator[Row]:
+    """Rows of every path at every level; ``processes`` names each path's own processes (name -> pid)."""
     for streams in args.levels:
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every path alike
             for path, url in paths.items():
                 key = LITELLM_KEY if path == "LiteLLM proxy" else ""
+                own = processes.get(path, {})
+                before = {name: cpu_seconds(pid) for name, pid in own.items()}
                 latencies, seconds = await load(f"{url}/chat/completions", streams, args.seconds, args.chunks, key)
-                yield Row(path, streams, latencies, seconds)
+                spent = {name: cpu_seconds(pid) - before[name] for name, pid in own.items()}
+                yield Row(path, streams, latencies, seconds, spent)
 
 
 def merged(rows: list[Row]) -> dict[tuple[str, int], Row]:
@@ -226,8 +239,10 @@ def merged(rows: list[Row]) -> dict[tuple[str, int], Row]:
         if key in by:
             by[key].latencies += row.latencies
             by[key].seconds += row.seconds
+            for name, spent in row.cpu.items():
+                by[key].cpu[name] += spent
         else:
-            by[key] = Row(row.path, row.streams, list(row.latencies), row.seconds)
+            by[key] = Row(row.path, row.streams, list(row.latencies), row.seconds, dict(row.cpu))
     return by
 
 
@@ -237,8 +252,11 @@ def print_table(rows: list[Row], paths: list[str], args: argparse.Namespace) -> 
         f"{args.rounds}×{args.seconds:g}s per row"
     )
     table = Table(title=title)
-    for col in ("streams", "path", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s vs upstream"):
+    columns = ("streams", "path", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "req/s vs upstream",
+               "gateway CPU µs/req")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right")
+    cpu_lines = []
     by = merged(rows)
     for streams in args.levels:
         base = by[("upstream alone", streams)]
@@ -254,12 +272,18 @@ def print_table(rows: list[Row], paths: list[str], args: argparse.Namespace) -> 
                 f"{row.pct(0.5) - base.pct(0.5):+.2f}" if added else "",
                 f"{row.pct(0.99) - base.pct(0.99):+.2f}" if added else "",
                 f"{row.rps / base.rps:.0%}" if added else "",
+                f"{sum(row.cpu.values()) / len(row.latencies) * 1e6:,.0f}" if row.cpu else "",
             )
+            if len(row.cpu) > 1:
+                each = ", ".join(f"{name} {spent / len(row.latencies) * 1e6:,.0f}" for name, spent in row.cpu.items())
+                cpu_lines.append(f"{path} @{streams}: {each}")
     console.print(table)
     spread = {
         (r.path, r.streams): [round(x.rps) for x in rows if (x.path, x.streams) == (r.path, r.streams)] for r in rows
     }
     console.print("req/s per round (spread): " + "; ".join(f"{p} @{s}: {v}" for (p, s), v in spread.items()))
+    if cpu_lines:
+        console.print("CPU µs per request by process: " + "; ".join(cpu_lines))
     console.print(
         f"{os.cpu_count()} cores shared by the client, the upstream and every gateway process; one uvicorn worker each."
     )
@@ -293,6 +317,13 @@ async def run(args: argparse.Namespace) -> None:
         net.start()
         net.wait_ready(timeout=120)
         paths["cocoon (sidecar → proxy → worker)"] = net.base_url
+        processes = {
+            "cocoon (sidecar → proxy → worker)": {
+                "sidecar": net.child("client").process.pid,
+                "proxy": net.child("proxy").process.pid,
+                "worker": net.child("worker-1").process.pid,
+            }
+        }
         cli = None if args.no_litellm else litellm_venv(args.litellm_venv)
         if cli is not None:
             litellm, litellm_url = start_litellm(cli, upstream_url, home)
@@ -300,9 +331,10 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 wait_for(f"{litellm_url}/health/liveliness", "LiteLLM", litellm, 180)
                 paths["LiteLLM proxy"] = f"{litellm_url}/v1"
+                processes["LiteLLM proxy"] = {"litellm": litellm.pid}
             except RuntimeError as exc:
                 console.print(f"[yellow]LiteLLM skipped: {exc} (log: {home / 'litellm.log'})[/yellow]")
-        rows = [row async for row in measure(paths, args)]
+        rows = [row async for row in measure(paths, processes, args)]
     finally:
         if net is not None:
             net.stop()
