@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocoon.attestation import AttestationVerifier
@@ -31,6 +31,7 @@ from cocoon.attestation.registry_policy import RegistryPolicy
 from cocoon.chain.network import check_network
 from cocoon.client.answers import Choice, Reply, close_all, merged, sse, whole
 from cocoon.client.edge import REQUEST_ID, BrowserAccess, RequestIds
+from cocoon.client.event_stream import EventStreamResponse
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.keys import KeyGate, KeyStore
 from cocoon.client.metrics import client_metrics_route
@@ -345,9 +346,8 @@ async def _respond(
         await close_all(events, *streams)
         raise
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return StreamingResponse(
+    return EventStreamResponse(
         sse(reply, choices, first, events, include_usage, request.state.request_id),
-        media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
 

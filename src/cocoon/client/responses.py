@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse
 from starlette.responses import Response as HttpResponse
 
 from cocoon.client.answers import Choice, merged, summed_usage, whole
+from cocoon.client.event_stream import EventStreamResponse
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.sdk import Completion, Event, TextEvent
 from cocoon.errors import BadRequest, CocoonError
@@ -100,11 +101,8 @@ async def responses(request: Request) -> HttpResponse:
     except BaseException:
         await _closed(events, stream)
         raise
-    return StreamingResponse(
-        writer.sse(choice, first, events, request.state.request_id),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache"},
-    )
+    body = writer.sse(choice, first, events, request.state.request_id)
+    return EventStreamResponse(body, headers={"cache-control": "no-cache"})
 
 
 @contextlib.contextmanager
