@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from typing import Any
 
 import msgpack
 
@@ -82,6 +83,10 @@ class CanarySender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _payload(self, **fields: Any) -> RequestPayload:
+        """A canary's sealed request: a fresh salt, and the cache scope every request of this sender carries."""
+        return RequestPayload(salt=random_salt(), cache_scope=self.cache_scope, **fields)
+
     def _judged(self, worker: WorkerEntry) -> bool:
         return not worker.gone and worker.worker_id not in self.book.flags and bool(worker.register.models)
 
@@ -103,27 +108,14 @@ class CanarySender:
             prompt = draw_prompt(self.rng)
             messages = [SealedMessage(role=role, content=content) for role, content in prompt.messages]
             params = SealedParams(max_tokens=prompt.max_tokens, temperature=prompt.temperature)
-            ask = RequestPayload(
-                kind="chat",
-                model=model,
-                salt=random_salt(),
-                messages=messages,
-                params=params,
-                cache_scope=self.cache_scope,
-            )
+            ask = self._payload(kind="chat", model=model, messages=messages, params=params)
             answer = "".join(c.text for c in await self.ask(worker, ask))
             peers = self.peers(worker, model)  # again: one may have been flagged while the answer came
             if not peers:
                 return
             checker = self.rng.choice(peers)
-            rescore = RequestPayload(
-                kind="score",
-                model=model,
-                salt=random_salt(),
-                messages=messages,
-                completion=answer,
-                params=SealedParams(max_tokens=0),
-                cache_scope=self.cache_scope,
+            rescore = self._payload(
+                kind="score", model=model, messages=messages, completion=answer, params=SealedParams(max_tokens=0)
             )
             chunks = await self.ask(checker, rescore)
             logprobs = [lp for c in chunks for lp in c.logprobs or []]

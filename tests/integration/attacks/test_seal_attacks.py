@@ -332,7 +332,7 @@ async def test_a_relay_replaying_a_request_after_the_proxy_restarts_gets_it_refu
         job = unpack_as(captured[0], JobRequest)
         others = [k for k in job.keys if k.worker_id != final.receipts[0].worker_id]
         assert others, "the request was sealed to one worker only: nothing to replay to"
-        time.sleep(START_GRACE_S)  # what was minted in the last second before a restart is still taken
+        await asyncio.sleep(START_GRACE_S)  # what was minted in the last second before a restart is still taken
 
         proxy = two.child("proxy")
         os.kill(proxy.process.pid, signal.SIGKILL)
