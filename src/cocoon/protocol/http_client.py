@@ -90,16 +90,18 @@ class CoalescingBackend(httpcore.AsyncNetworkBackend):
 
 
 class CoalescingTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` (HTTP/1.1, no proxy) whose requests go out in one write each."""
+    """``httpx.AsyncHTTPTransport`` (HTTP/1.1, no proxy) whose requests go out in one write each; ``trust_env``
+    as httpx's (``SSL_CERT_FILE``/``SSL_CERT_DIR`` for the default verification)."""
 
     def __init__(
         self,
         verify: ssl.SSLContext | bool = True,
         limits: httpx.Limits = DEFAULT_LIMITS,
+        trust_env: bool = True,
     ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False)
+        super().__init__(verify=verify, limits=limits, trust_env=trust_env)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=trust_env),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -72,3 +72,12 @@ async def test_a_request_goes_out_in_one_write_and_a_large_body_as_it_comes(echo
         big = await http.post("/", content=b"y" * (3 * FLUSH_BYTES))
         assert big.text == str(3 * FLUSH_BYTES)
         assert all(w >= FLUSH_BYTES for w in counting.writes[:-1])  # held no longer than FLUSH_BYTES
+
+
+def test_default_verification_reads_the_environment_as_httpx_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(FileNotFoundError):
+        httpx.AsyncHTTPTransport()  # httpx's own: SSL_CERT_FILE is read
+    with pytest.raises(FileNotFoundError):
+        CoalescingTransport()
+    CoalescingTransport(trust_env=False)
