@@ -46,7 +46,8 @@ def minted_at(request_id: str) -> float | None:
 
 
 class ReplayRecord:
-    """``check(id)`` records an id seen for the first time inside its window and says why any other is refused.
+    """``expired(id)`` says why an id is outside its window; ``first_time(id)`` records one inside it, False
+    when it was recorded before.
 
     Ids from ``new_request_id`` are held for ``max_age_s + CLOCK_SKEW_S`` (past that their age refuses them),
     others for ``ttl_s``; at most ``capacity`` of each kind, oldest first out. ``started_at`` (unix time) also
@@ -99,8 +100,8 @@ class ReplayRecord:
         """Record ``request_id`` (``now``: monotonic); False when it was already recorded and has not expired.
         Says nothing of its window: ``expired`` does."""
         now = time.monotonic() if now is None else now
-        seen = self._minted if minted_at(request_id) is not None else self._other
-        ttl = self.ttl_for(request_id)
+        timed = minted_at(request_id) is not None
+        seen, ttl = (self._minted, self._window_s) if timed else (self._other, self.ttl_s)
         while seen:
             oldest, expires = next(iter(seen.items()))
             if expires > now and len(seen) < self.capacity:
@@ -113,7 +114,11 @@ class ReplayRecord:
 
     def ttl_for(self, request_id: str) -> float:
         """How long ``request_id`` must be remembered: its window, or ``ttl_s`` for an id of another shape."""
-        return self.max_age_s + CLOCK_SKEW_S if minted_at(request_id) is not None else self.ttl_s
+        return self._window_s if minted_at(request_id) is not None else self.ttl_s
+
+    @property
+    def _window_s(self) -> float:
+        return self.max_age_s + CLOCK_SKEW_S
 
     def __len__(self) -> int:
         return len(self._minted) + len(self._other)

@@ -37,7 +37,6 @@ class Replays:
 
     def __init__(self, store: Store, ttl_s: float = TTL_S) -> None:
         self.store = store
-        self.ttl_s = ttl_s
         # The shared table outlives a replica's restart; a process's own memory does not.
         started_at = None if store.on_postgresql else time.time()
         self.local = ReplayRecord(ttl_s=ttl_s, started_at=started_at, who="proxy")
