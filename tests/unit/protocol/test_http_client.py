@@ -81,3 +81,44 @@ def test_default_verification_reads_the_environment_as_httpx_does(monkeypatch: p
     with pytest.raises(FileNotFoundError):
         CoalescingTransport()
     CoalescingTransport(trust_env=False)
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
+    """The pool asks an idle connection whether its socket is readable (the server hung up) before it sends on
+    it: asked through the socket this stream keeps, the answer must still be right, or the next request goes out
+    on a dead connection and fails with "Server disconnected"."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")  # keep-alive, as far as the client knows
+        await writer.drain()
+        writer.close()  # ...and then gone
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(3):
+                assert (await http.get("/")).text == "ok"
+                await asyncio.sleep(0.05)  # the server's FIN arrives
+        assert connections == 3
+    finally:
+        server.close()
+
+
+async def test_the_stream_answers_for_its_socket() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend: Any = CoalescingTransport()._pool._network_backend
+    stream = await backend.connect_tcp("127.0.0.1", port)
+    try:
+        sock = stream.get_extra_info("socket")
+        assert sock.getpeername() == ("127.0.0.1", port)
+        assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+        assert stream.get_extra_info("is_readable") is False
+    finally:
+        await stream.aclose()
+        server.close()
