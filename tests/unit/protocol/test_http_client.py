@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpcore
 import httpx
 import pytest
 
-from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport
+from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport, _LinearPool
 
 
 class CountingBackend(httpcore.AsyncNetworkBackend):
@@ -122,3 +123,64 @@ async def test_the_stream_answers_for_its_socket() -> None:
     finally:
         await stream.aclose()
         server.close()
+
+
+class FakeConnection:
+    """A pooled connection in a given state, named so two pools' decisions can be compared."""
+
+    def __init__(self, name: str, state: str, origin: str) -> None:
+        self.name, self.state, self.origin = name, state, origin
+
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
+    def has_expired(self) -> bool:
+        return self.state == "expired"
+
+    def is_idle(self) -> bool:
+        return self.state == "idle"
+
+    def is_available(self) -> bool:
+        return self.state == "idle"
+
+    def can_handle_request(self, origin: Any) -> bool:
+        return self.origin == origin
+
+
+class FakeRequest:
+    def __init__(self, origin: str) -> None:
+        self.request = type("R", (), {"url": type("U", (), {"origin": origin})()})()
+        self.connection: FakeConnection | None = None
+
+    def is_queued(self) -> bool:
+        return self.connection is None
+
+    def assign_to_connection(self, connection: FakeConnection) -> None:
+        self.connection = connection
+
+
+def test_the_linear_pool_decides_as_httpcores_own() -> None:
+    """Drop the same connections (closed, expired, idle beyond keep-alive), close the same, and give each
+    queued request the connection httpcore's pool would: random pools, both pools run on copies of each."""
+    rng = random.Random(7)
+    states, origins = ["idle", "busy", "closed", "expired"], ["a", "b"]
+    for trial in range(400):
+        layout = [(rng.choice(states), rng.choice(origins)) for _ in range(rng.randrange(0, 12))]
+        queued = [rng.choice(origins) for _ in range(rng.randrange(0, 5))]
+        limits = rng.randrange(1, 8), rng.randrange(0, 6)  # max connections, max keep-alive
+        outcomes = []
+        for pool_type in (httpcore.AsyncConnectionPool, _LinearPool):
+            pool: Any = pool_type(max_connections=limits[0], max_keepalive_connections=limits[1])
+            made = iter(range(100))
+            pool.create_connection = lambda origin, made=made: FakeConnection(f"new{next(made)}", "busy", origin)
+            pool._connections = [FakeConnection(f"c{i}", s, o) for i, (s, o) in enumerate(layout)]
+            pool._requests = [FakeRequest(o) for o in queued]
+            closing = pool._assign_requests_to_connections()
+            outcomes.append(
+                (
+                    [c.name for c in closing],
+                    [c.name for c in pool._connections],
+                    [r.connection and r.connection.name for r in pool._requests],
+                )
+            )
+        assert outcomes[0] == outcomes[1], (trial, layout, queued, limits)
