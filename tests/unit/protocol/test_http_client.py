@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -184,3 +185,11 @@ def test_the_linear_pool_decides_as_httpcores_own() -> None:
                 )
             )
         assert outcomes[0] == outcomes[1], (trial, layout, queued, limits)
+
+
+def test_the_pool_in_use_verifies_certificates() -> None:
+    """The base class's own pool is built unverified and thrown away: the one requests go through verifies."""
+    context = CoalescingTransport()._pool._ssl_context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    mine = ssl.create_default_context()
+    assert CoalescingTransport(verify=mine)._pool._ssl_context is mine
