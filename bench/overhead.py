@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from llama_cpp._utils import suppress_stdout_stderr
 from rich.console import Console
 from rich.table import Table
 
@@ -141,6 +142,47 @@ def sidecar_run(http: httpx.AsyncClient, max_tokens: int, distinct: bool) -> Run
     return run
 
 
+def kernel_rates(model: Path, settings: EngineSettings, levels: list[int], steps: int = 40) -> dict[int, float]:
+    """Decode tokens/s of bare ``llama_decode`` steps of ``c`` sequences (one token each, nothing sampled, no
+    Python between steps but the batch's fill) on a context made as the engine makes its own: the most that
+    batching on these kernels and threads can give, for each level's ``c``. Median step over ``steps``."""
+    import llama_cpp
+
+    from cocoon.engines.batching import context_params
+
+    with suppress_stdout_stderr(disable=False):
+        loaded = llama_cpp.llama_model_load_from_file(str(model).encode(), llama_cpp.llama_model_default_params())
+        threads = settings.threads or os.cpu_count() or 1
+        params = context_params(parallel=max(levels), context_length=settings.context_length, threads=threads)
+        context = llama_cpp.llama_init_from_model(loaded, params)
+    batch = llama_cpp.llama_batch_init(64, 0, 1)
+    prompt = 10
+
+    def step(tokens: list[tuple[int, int, int]]) -> float:
+        batch.n_tokens = len(tokens)
+        for i, (token, position, seq) in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, True
+            batch.seq_id[i][0] = seq
+        started = time.perf_counter()
+        if llama_cpp.llama_decode(context, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return time.perf_counter() - started
+
+    rates: dict[int, float] = {}
+    try:
+        for c in levels:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
+            for seq in range(c):  # a short prompt in each sequence's KV, as a request brings
+                step([(2 + i, i, seq) for i in range(prompt)])
+            times = [step([(100 + n, prompt + n, seq) for seq in range(c)]) for n in range(steps)]
+            rates[c] = c / statistics.median(times)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(loaded)
+    return rates
+
+
 def _threads_of(pid: int) -> list[int]:
     return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
 
@@ -177,6 +219,7 @@ async def main() -> None:
             direct_run(engine, args.max_tokens, args.distinct), args.requests, c
         )
     await engine.close()
+    kernel = kernel_rates(model, settings, args.concurrency)
 
     with tempfile.TemporaryDirectory() as home:
         net = LocalNetwork(
@@ -252,6 +295,22 @@ async def main() -> None:
             f"{statistics.median(ttft) / single_ttft:.2f}",
         )
     console.print(table)
+    low = min(args.concurrency)
+    ceiling = ", ".join(f"{kernel[c]:.1f} at {c} ({kernel[c] / kernel[low]:.2f}× {low})" for c in args.concurrency)
+    engine_gain = ", ".join(
+        f"{aggregate_of(results[('engine direct', c)]) / aggregate_of(results[('engine direct', low)]):.2f}× at {c}"
+        for c in args.concurrency
+        if c != low
+    )
+    console.print(
+        f"llama_decode alone, decode tok/s (the kernels' ceiling for batching on {args.threads} thread(s)): {ceiling}; "
+        f"the engine direct's aggregate gain: {engine_gain}"
+    )
+
+
+def aggregate_of(result: tuple[list[Sample], float]) -> float:
+    samples, wall = result
+    return sum(s.tokens for s in samples) / wall
 
 
 if __name__ == "__main__":

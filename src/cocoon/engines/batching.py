@@ -123,6 +123,26 @@ class _StepAborted(Exception):
     """llama_decode did not finish the step; its sequences are already ended."""
 
 
+def context_params(*, parallel: int, context_length: int, threads: int) -> Any:
+    """The ``llama_context_params`` of a ``BatchLoop``'s context (``bench/overhead.py`` times bare
+    ``llama_decode`` steps on one made the same way)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = context_length * parallel
+    params.n_batch = STEP_TOKENS
+    params.n_ubatch = PREFILL_CHUNK
+    params.n_seq_max = parallel
+    params.kv_unified = False
+    # Flash attention where the model allows it (llama.cpp's "auto"): without it the CPU's attention over
+    # several KV streams made a step of 8 sequences 7x slower (it computes over every cell of the stream,
+    # where flash attention skips the masked ones). Its logits differ from the plain kernels' in the last
+    # digits, and more between one query and a chunk of them: see the module's note on reproducibility.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+    params.n_threads = params.n_threads_batch = threads
+    return params
+
+
 class BatchLoop:
     """The decoding thread of one llama.cpp context with ``parallel`` sequences of ``context_length`` tokens.
 
@@ -137,18 +157,7 @@ class BatchLoop:
         from llama_cpp._utils import suppress_stdout_stderr
 
         self._llama_cpp = llama_cpp
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = context_length * parallel
-        params.n_batch = STEP_TOKENS
-        params.n_ubatch = PREFILL_CHUNK
-        params.n_seq_max = parallel
-        params.kv_unified = False
-        # Flash attention where the model allows it (llama.cpp's "auto"): without it the CPU's attention over
-        # several KV streams made a step of 8 sequences 7x slower (it computes over every cell of the stream,
-        # where flash attention skips the masked ones). Its logits differ from the plain kernels' in the last
-        # digits, and more between one query and a chunk of them: see the module's note on reproducibility.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-        params.n_threads = params.n_threads_batch = threads
+        params = context_params(parallel=parallel, context_length=context_length, threads=threads)
         try:
             with suppress_stdout_stderr(disable=False):  # llama.cpp's notes on the cache it made
                 self._context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
