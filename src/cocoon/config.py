@@ -330,7 +330,8 @@ class ClientSettings(RoleSettings, ChainAccess, TlsServing, TlsTrust):
     )
     data_dir: Path = Field(
         default_factory=lambda: cocoon_home() / "client",
-        description="the sidecar's store: API keys (hashed), their budgets, reservations and usage",
+        description="the sidecar's store: API keys (hashed), their budgets, reservations and usage; and the "
+        "secret salt of its prefix hashes and prompt-cache scope (prefix-salt.json), kept across restarts",
     )
     store_url: str | None = Field(
         None,

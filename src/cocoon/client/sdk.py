@@ -28,6 +28,7 @@ from cocoon.client.proxies import ProxyConnection, ProxyPool, configured_proxy_u
 from cocoon.client.stream import EmbeddingEvent, Exchange, ReceiptRefused, ResponseStream, TextEvent
 from cocoon.client.wallet import ChannelBook, ChannelPayer, sidecar_payer
 from cocoon.config import ClientSettings
+from cocoon.crypto.keys import SALT_BYTES, load_or_create_salt
 from cocoon.errors import (
     BadRequest,
     BudgetExhausted,
@@ -48,6 +49,7 @@ from cocoon.protocol.tls import trust_context
 from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger("cocoon.client")
+PREFIX_SALT_FILE = "prefix-salt.json"  # in the sidecar's data_dir
 
 Kind = Literal["chat", "completion", "embedding"]
 
@@ -109,7 +111,7 @@ class CocoonClient:
         self._new_payer: Callable[[str], ChannelPayer] | None = None  # a payer for a proxy added later
         # Keys the prefix hashes sent for cache affinity and the sealed cache scope; it never leaves this client
         # (see client/prefix.py).
-        self.prefix_salt = prefix_salt or os.urandom(32)
+        self.prefix_salt = prefix_salt or os.urandom(SALT_BYTES)
         self.timeout = timeout
 
     @classmethod
@@ -118,7 +120,16 @@ class CocoonClient:
         ``chain_url`` set a payer per proxy, each paying through the client's own channel with that proxy."""
         urls = list(proxy_urls or configured_proxy_urls(settings))
         tls = trust_context(settings.tls_ca_file)
-        client = cls(urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout, tls=tls)
+        # The salt of its prefix hashes and prompt-cache scope outlives a restart: workers' cached prompts (and
+        # the proxy's affinity to them) still serve this sidecar's apps after a deploy.
+        salt: bytes | None = None
+        try:
+            salt = load_or_create_salt(settings.data_dir / PREFIX_SALT_FILE, "prefix_salt")
+        except OSError as exc:  # a read-only data_dir: a salt of this run's own, as before there was a file
+            log.warning("prefix salt not saved, one for this run only dir=%s error=%s", settings.data_dir, exc)
+        client = cls(
+            urls, settings.policy, candidates=settings.candidates, timeout=settings.timeout, tls=tls, prefix_salt=salt
+        )
         if settings.chain_url:
             books: dict[str, ChannelBook] = {}  # replicas of one proxy (one channel) share its book
             client._new_payer = lambda url: sidecar_payer(settings, url, books)

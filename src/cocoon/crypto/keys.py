@@ -159,3 +159,18 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
     key = SigningKey.generate()
     write_secret_json(path, {"ed25519_seed": key.seed.hex(), "ed25519_public": key.public.hex()})
     return key
+
+
+SALT_BYTES = 32
+
+
+def load_or_create_salt(path: Path, name: str) -> bytes:
+    """The secret ``SALT_BYTES`` stored at ``path`` under ``name``, made and saved (0600) on first use."""
+    if path.exists():
+        salt = read_secret_json(path, (name,))[name]
+        if len(salt) != SALT_BYTES:
+            raise ConfigError(f"key file {path} holds a {name} of {len(salt)} bytes, not {SALT_BYTES}; delete it")
+        return salt
+    salt = os.urandom(SALT_BYTES)
+    write_secret_json(path, {name: salt.hex()})
+    return salt

@@ -7,6 +7,7 @@ its relay of a worker's answer, served through ``httpx.MockTransport``; a payer 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from cocoon.chain.pricing import Cost
 from cocoon.client import CocoonClient, Completion, TextEvent
+from cocoon.config import ClientSettings
 from cocoon.crypto import SigningKey
 from cocoon.errors import NoCapacity, PaymentRequired, ReceiptInvalid, UpstreamFailed, UpstreamTimeout
 from cocoon.protocol import JobRequest, Receipt
@@ -174,3 +176,20 @@ async def test_a_proxy_the_client_has_no_deposit_with_is_rested_not_asked_first_
             assert isinstance((await ask(sdk))[-1], Completion)
         assert sdk.proxies.ranked()[0].url == "http://funded.test"
     assert posted == ["unfunded", "funded", "funded", "funded", "funded"]
+
+
+async def test_the_sidecars_prefix_salt_outlives_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its prefix hashes and prompt-cache scope stay the same after a restart (workers' cached prompts still
+    serve it); another sidecar's differ; a data_dir it cannot write gives a salt of its own run, not a crash."""
+    salts = []
+    for data_dir in (tmp_path / "a", tmp_path / "a", tmp_path / "b"):
+        client = CocoonClient.for_settings(ClientSettings(data_dir=data_dir, proxy_url="http://127.0.0.1:9"))
+        salts.append(client.prefix_salt)
+        await client.aclose()
+    assert salts[0] == salts[1] != salts[2]
+    unwritable = tmp_path / "a-file"  # a folder cannot be made under it, whoever runs this (root too)
+    unwritable.write_text("")
+    client = CocoonClient.for_settings(ClientSettings(data_dir=unwritable / "client", proxy_url="http://127.0.0.1:9"))
+    await client.aclose()
+    assert len(client.prefix_salt) == 32 and client.prefix_salt not in salts
+    assert "prefix salt not saved" in caplog.text

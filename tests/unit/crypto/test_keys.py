@@ -12,9 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cocoon.crypto.keys import (
+    SALT_BYTES,
     SealingKey,
     SigningKey,
     load_or_create_node_keys,
+    load_or_create_salt,
     load_or_create_signing_key,
     verify_signature,
 )
@@ -55,3 +57,17 @@ def test_a_key_file_holding_a_seed_of_the_wrong_size_is_one_clear_error(tmp_path
     with pytest.raises(ConfigError, match=r"node.json holds no valid key"):
         load_or_create_node_keys(node)
     assert load_or_create_signing_key(tmp_path / "new.json") == load_or_create_signing_key(tmp_path / "new.json")
+
+
+def test_a_salt_is_made_once_kept_secret_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "client" / "prefix-salt.json"
+    salt = load_or_create_salt(path, "prefix_salt")
+    assert len(salt) == SALT_BYTES and load_or_create_salt(path, "prefix_salt") == salt
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_salt(tmp_path / "other.json", "prefix_salt") != salt
+    path.write_text(json.dumps({"prefix_salt": "ab" * 16}))
+    with pytest.raises(ConfigError, match=r"prefix-salt.json holds a prefix_salt of 16 bytes, not 32; delete it"):
+        load_or_create_salt(path, "prefix_salt")
+    path.write_text("{")
+    with pytest.raises(ConfigError, match=r"prefix-salt.json is unreadable"):
+        load_or_create_salt(path, "prefix_salt")
