@@ -3,39 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpx
 import pytest
 
+from cocoon.protocol import http_client
 from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport, _LinearPool
+from cocoon.protocol.tls import trust_context
+from tests.helpers.tls import self_signed
 
 
-class CountingBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's default backend, counting the writes that reach its sockets."""
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the writes CoalescingTransport's connections hand their sockets, in order."""
+    sizes: list[int] = []
+    made = http_client._Reader.connection_made
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self.inner = inner
-        self.writes: list[int] = []
+    def connection_made(self: http_client._Reader, transport: Any) -> None:
+        made(self, transport)
+        write = transport.write
 
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        stream = await self.inner.connect_tcp(*args, **kwargs)
-        writes = self.writes
-        original = stream.write
+        def counted(data: bytes) -> None:
+            sizes.append(len(data))
+            write(data)
 
-        async def write(buffer: bytes, timeout: float | None = None) -> None:
-            writes.append(len(buffer))
-            await original(buffer, timeout)
+        transport.write = counted
 
-        stream.write = write  # type: ignore[method-assign]
-        return stream
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    monkeypatch.setattr(http_client._Reader, "connection_made", connection_made)
+    return sizes
 
 
 @pytest.fixture
@@ -59,21 +62,19 @@ async def echo_server() -> AsyncIterator[str]:
     server.close()
 
 
-async def test_a_request_goes_out_in_one_write_and_a_large_body_as_it_comes(echo_server: str) -> None:
-    transport = CoalescingTransport()
-    backend: Any = transport._pool._network_backend
-    counting = CountingBackend(backend._inner)
-    backend._inner = counting
-    async with httpx.AsyncClient(transport=transport, base_url=echo_server) as http:
+async def test_a_request_goes_out_in_one_write_and_a_large_body_as_it_comes(
+    echo_server: str, writes: list[int]
+) -> None:
+    async with httpx.AsyncClient(transport=CoalescingTransport(), base_url=echo_server) as http:
         for size in (10, 3000):
-            counting.writes.clear()
+            writes.clear()
             answer = await http.post("/", content=b"x" * size)
             assert answer.text == str(size)
-            assert len(counting.writes) == 1 and counting.writes[0] > size  # head and body together
-        counting.writes.clear()
+            assert len(writes) == 1 and writes[0] > size  # head and body together
+        writes.clear()
         big = await http.post("/", content=b"y" * (3 * FLUSH_BYTES))
         assert big.text == str(3 * FLUSH_BYTES)
-        assert all(w >= FLUSH_BYTES for w in counting.writes[:-1])  # held no longer than FLUSH_BYTES
+        assert all(w >= FLUSH_BYTES for w in writes[:-1])  # held no longer than FLUSH_BYTES
 
 
 def test_default_verification_reads_the_environment_as_httpx_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +194,85 @@ def test_the_pool_in_use_verifies_certificates() -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     mine = ssl.create_default_context()
     assert CoalescingTransport(verify=mine)._pool._ssl_context is mine
+
+
+async def serving(handle: Any, context: ssl.SSLContext | None = None) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"{'https' if context else 'http'}://127.0.0.1:{port}"
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+
+async def test_tls_is_verified_against_the_given_roots(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    server, url = await serving(answer_ok, served)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(verify=trust_context(cert))) as http:
+            for _ in range(2):  # the second on the kept connection
+                assert (await http.get(url)).text == "ok"
+        async with httpx.AsyncClient(transport=CoalescingTransport()) as http:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(url)  # the system's roots alone do not know it
+    finally:
+        server.close()
+
+
+async def test_timeouts_refusals_and_hang_ups_are_httpxs_errors() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+        await writer.drain()
+        writer.close()
+
+    quiet, quiet_url = await serving(silent)
+    short, short_url = await serving(cut_short)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), timeout=0.3) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get(quiet_url)
+            with pytest.raises(httpx.ConnectError):
+                await http.get(closed_url)
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(short_url)
+    finally:
+        quiet.close()
+        short.close()
+        closed.close()
+
+
+async def test_a_body_larger_than_the_read_ahead_arrives_whole_to_a_slow_reader() -> None:
+    """The socket is paused once READ_LIMIT bytes wait unread and resumed as they are read: nothing lost."""
+    size = 4 * http_client.READ_LIMIT
+    body = bytes(range(256)) * (size // 256)
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        for at in range(0, size, 65536):
+            writer.write(body[at : at + 65536])
+            await writer.drain()
+
+    server, url = await serving(big)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport()) as http, http.stream("GET", url) as response:
+            got = bytearray()
+            async for piece in response.aiter_raw():
+                got += piece
+                await asyncio.sleep(0.001)
+        assert bytes(got) == body
+    finally:
+        server.close()
