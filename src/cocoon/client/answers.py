@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from cocoon.client.sdk import Completion, Event, Kind, TextEvent
+from cocoon.client.templates import TEXT_MARK, TEXT_MARK_JSON, Template, text_json
 from cocoon.errors import CocoonError, UpstreamFailed
 from cocoon.protocol.openai import (
     AssistantMessage,
@@ -317,21 +318,16 @@ def sse_line(obj: BaseModel | dict[str, object]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-_MARK = "\x00cocoon-text\x00"  # stands for a chunk's text in its template
-_MARK_JSON = json.dumps(_MARK).encode()
-
-
 class ChunkLines:
-    """The events of one streamed reply's chunks. Most chunks are a choice's next text and nothing else: their
-    JSON differs only in that text, so each choice's is made once, with a marker for the text, and filled in
-    (pydantic building and dumping each chunk was a tenth of a sidecar's CPU on a streamed chat). The bytes are
-    those of ``chunk`` for the same text: ``test_answers.py`` holds the two to it."""
+    """The events of one streamed reply's chunks. Most chunks are a choice's next text and nothing else: each
+    choice's is made once from a template (``cocoon.client.templates``) and filled in; ``text`` gives the bytes
+    ``chunk`` gives for the same text (``test_answers.py`` holds the two to it)."""
 
     def __init__(self, reply: Reply, include_usage: bool) -> None:
         self.reply = reply
         # OpenAI writes "usage": null on every chunk of a stream that will end with usage, and no key otherwise.
         self._exclude: set[str] = set() if include_usage else {"usage"}
-        self._templates: dict[int, tuple[bytes, bytes]] = {}
+        self._templates: dict[int, Template] = {}
 
     def chunk(self, *args: Any, **kwargs: Any) -> bytes:
         return sse_line(self.reply.chunk(*args, **kwargs).model_dump(mode="json", exclude=self._exclude))
@@ -340,10 +336,8 @@ class ChunkLines:
         """``chunk(index, text)`` of a reply without log-probabilities."""
         template = self._templates.get(index)
         if template is None:
-            head, mark, tail = self.chunk(index, _MARK).partition(_MARK_JSON)
-            assert mark, "a chunk's text is in its JSON"
-            self._templates[index] = template = (head, tail)
-        return template[0] + json.dumps(text).encode() + template[1]
+            template = self._templates[index] = Template(self.chunk(index, TEXT_MARK), [TEXT_MARK_JSON])
+        return template.fill(text_json(text))
 
 
 async def close_all(*streams: object) -> None:

@@ -24,6 +24,7 @@ from cocoon.client.answers import Choice, merged, summed_usage, whole
 from cocoon.client.event_stream import EventStreamResponse
 from cocoon.client.intake import admitted, parsed_body, sdk_of, settings_of, within_prompt_limit
 from cocoon.client.sdk import Completion, Event, TextEvent
+from cocoon.client.templates import TEXT_MARK, TEXT_MARK_JSON, Template, text_json
 from cocoon.errors import BadRequest, CocoonError
 from cocoon.protocol.http import ClientGone, unless_disconnected
 from cocoon.protocol.openai import TokenLogprob, ToolCallDelta
@@ -139,6 +140,7 @@ class ResponseWriter:
         self.created_at = int(time.time())
         self.items: list[OutputItem] = []
         self._numbers = itertools.count()
+        self._deltas: dict[int, Template] = {}  # a text delta's event by its message's output index
 
     def response(self, status: Status, final: Completion | None = None, error: ResponseError | None = None) -> Response:
         """The response object as it stands, ``status`` given; usage once the answer's ``final`` is in."""
@@ -275,9 +277,7 @@ class ResponseWriter:
             await _closed(events)
 
     def _event(self, kind: type[StreamEvent], **fields: Any) -> bytes:
-        event = kind(sequence_number=next(self._numbers), **fields)
-        data = json.dumps(event.model_dump(mode="json", by_alias=True), separators=(",", ":"))
-        return f"event: {event.type}\ndata: {data}\n\n".encode()
+        return _line(kind(sequence_number=next(self._numbers), **fields))
 
     def _opened(self, item: OutputItem) -> list[bytes]:
         self.items.append(item)
@@ -292,11 +292,28 @@ class ResponseWriter:
         part = message.content[0]
         part.text += delta
         part.logprobs += logprobs
+        index = self.items.index(message)
+        if not logprobs:  # most deltas: from the message's template (``cocoon.client.templates``)
+            template = self._deltas.get(index)
+            if template is None:
+                rendered = _line(
+                    TextDeltaEvent(
+                        type="response.output_text.delta",
+                        sequence_number=_NUMBER_MARK,
+                        item_id=message.id,
+                        output_index=index,
+                        content_index=0,
+                        delta=TEXT_MARK,
+                        logprobs=[],
+                    )
+                )
+                template = self._deltas[index] = Template(rendered, [_NUMBER_MARK_JSON, TEXT_MARK_JSON])
+            return template.fill(b'"sequence_number":%d' % next(self._numbers), text_json(delta))
         return self._event(
             TextDeltaEvent,
             type="response.output_text.delta",
             item_id=message.id,
-            output_index=self.items.index(message),
+            output_index=index,
             content_index=0,
             delta=delta,
             logprobs=logprobs,
@@ -364,6 +381,16 @@ class ResponseWriter:
             content_index=0,
             part=message.content[0],
         )
+
+
+_NUMBER_MARK = 7_340_032_993_331  # a sequence number's value in a rendering made for a template
+_NUMBER_MARK_JSON = b'"sequence_number":%d' % _NUMBER_MARK
+
+
+def _line(event: StreamEvent) -> bytes:
+    """One server-sent event of ``event``: its type, then its JSON."""
+    data = json.dumps(event.model_dump(mode="json", by_alias=True), separators=(",", ":"))
+    return f"event: {event.type}\ndata: {data}\n\n".encode()
 
 
 def _bytes(token: str, given: list[int] | None) -> list[int]:
