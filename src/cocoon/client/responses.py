@@ -141,9 +141,25 @@ class ResponseWriter:
         self.items: list[OutputItem] = []
         self._numbers = itertools.count()
         self._deltas: dict[int, Template] = {}  # a text delta's event by its message's output index
+        # What streamed into an open item since its text was last read: ``part.text += delta`` would copy the
+        # whole text at every delta (quadratic in a long answer). ``_settle`` joins them in.
+        self._unjoined: dict[int, list[str]] = {}  # by ``id()`` of the OutputText or FunctionToolCall
+
+    def _settle(self) -> None:
+        """Every open item's text and arguments whole again, before they are read."""
+        for item in self.items:
+            target = item.content[0] if isinstance(item, OutputMessage) and item.content else item
+            pieces = self._unjoined.pop(id(target), None)
+            if pieces is None:
+                continue
+            if isinstance(target, OutputText):
+                target.text += "".join(pieces)
+            elif isinstance(target, FunctionToolCall):
+                target.arguments += "".join(pieces)
 
     def response(self, status: Status, final: Completion | None = None, error: ResponseError | None = None) -> Response:
         """The response object as it stands, ``status`` given; usage once the answer's ``final`` is in."""
+        self._settle()
         req = self.req
         cut = CUT_SHORT.get(final.finish_reason) if final is not None else None
         reasoning = req.reasoning or ReasoningConfig()
@@ -290,7 +306,7 @@ class ResponseWriter:
 
     def _text(self, message: OutputMessage, delta: str, logprobs: list[OutputLogprob]) -> bytes:
         part = message.content[0]
-        part.text += delta
+        self._unjoined.setdefault(id(part), []).append(delta)
         part.logprobs += logprobs
         index = self.items.index(message)
         if not logprobs:  # most deltas: from the message's template (``cocoon.client.templates``)
@@ -329,7 +345,7 @@ class ResponseWriter:
         call.name = call.name or piece.function.name or ""
         if not piece.function.arguments:
             return []
-        call.arguments += piece.function.arguments
+        self._unjoined.setdefault(id(call), []).append(piece.function.arguments)
         return [
             self._event(
                 ArgumentsDeltaEvent,
@@ -341,6 +357,7 @@ class ResponseWriter:
         ]
 
     def _closed(self, item: OutputItem, status: Literal["completed", "incomplete"]) -> list[bytes]:
+        self._settle()
         index = self.items.index(item)
         item.status = status
         lines: list[bytes] = []

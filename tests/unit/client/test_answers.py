@@ -47,4 +47,6 @@ def test_a_responses_text_delta_from_the_template_is_the_event_itself() -> None:
             )
         )
         assert writer._text(message, text, []) == expected, (n, text)
-    assert first.content[0].text == "".join(TEXTS[i % len(TEXTS)] for i in range(1, 3 * len(TEXTS), 2))
+    output = writer.response("in_progress").output  # the deltas joined as the response object shows them
+    assert output[0].content[0].text == "".join(TEXTS[i % len(TEXTS)] for i in range(1, 3 * len(TEXTS), 2))
+    assert output[1].content[0].text == "".join(TEXTS[i % len(TEXTS)] for i in range(0, 3 * len(TEXTS), 2))
