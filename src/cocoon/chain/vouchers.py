@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain.address import parse_address
+from cocoon.crypto.keys import verify_signature
 from cocoon.errors import BadRequest
 
 VOUCHER_TAG = 0x636F766F
@@ -102,9 +102,10 @@ def verify_voucher(
 ) -> bool:
     """True when ``signature`` is the payer's signature of this exact voucher on chain ``global_id``; False on
     any mismatch (another key, channel, amount or chain)."""
+    if isinstance(public_key, Ed25519PublicKey):
+        public_key = public_key.public_bytes_raw()
     try:
-        key = public_key if isinstance(public_key, Ed25519PublicKey) else Ed25519PublicKey.from_public_bytes(public_key)
-        key.verify(signature, voucher_hash(channel, cumulative, global_id=global_id))
-    except (InvalidSignature, ValueError, BadRequest):
+        message = voucher_hash(channel, cumulative, global_id=global_id)
+    except (ValueError, BadRequest):
         return False
-    return True
+    return verify_signature(public_key, message, signature)

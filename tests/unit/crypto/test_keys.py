@@ -35,6 +35,23 @@ def test_a_signing_key_signs_what_its_public_key_verifies_and_nothing_else() -> 
     assert pickle.loads(pickle.dumps(key)) == key
 
 
+def test_a_signature_is_checked_strictly_a_degenerate_key_signs_nothing() -> None:
+    """The identity point as a public key, with R the identity and S = 0, "signs" every message under RFC 8032's
+    bare equation (OpenSSL accepts it): a payer or worker that registered it would have every voucher or receipt
+    anyone made up pass as theirs. Small-order keys and points, and S not below the group order, are refused."""
+    identity = bytes([1]) + bytes(31)
+    message = b"a voucher nobody signed"
+    assert not verify_signature(identity, message, identity + bytes(32))
+    key = SigningKey.generate()
+    signature = key.sign(message)
+    order = 2**252 + 27742317777372353535851937790883648493  # S + L verifies the same equation; refused
+    s = int.from_bytes(signature[32:], "little") + order
+    assert not verify_signature(key.public, message, signature[:32] + s.to_bytes(32, "little"))
+    assert not verify_signature(key.public, message, signature[:63])
+    assert not verify_signature(key.public, message, signature + b"\x00")
+    assert verify_signature(bytearray(key.public), memoryview(message), bytes(signature))  # any bytes-like
+
+
 def test_a_sealing_key_knows_its_public_key() -> None:
     key = SealingKey.generate()
     assert key.public == X25519PrivateKey.from_private_bytes(key.private).public_key().public_bytes_raw()
