@@ -27,6 +27,7 @@ def test_a_signing_key_signs_what_its_public_key_verifies_and_nothing_else() -> 
     key, other = SigningKey.generate(), SigningKey.generate()
     assert key.public == Ed25519PrivateKey.from_private_bytes(key.seed).public_key().public_bytes_raw()
     signature = key.sign(b"receipt")
+    assert signature == Ed25519PrivateKey.from_private_bytes(key.seed).sign(b"receipt")  # deterministic: OpenSSL's
     assert verify_signature(key.public, b"receipt", signature)
     assert not verify_signature(key.public, b"receipt!", signature)
     assert not verify_signature(other.public, b"receipt", signature)
