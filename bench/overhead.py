@@ -272,16 +272,16 @@ async def main() -> None:
         "TTFT × conc. 1",
     ):
         table.add_column(col, justify="right")
-    for (path, c), (samples, wall) in results.items():
+    low = min(args.concurrency)
+    for (path, c), result in results.items():
+        samples = result[0]
         ttft = [s.ttft_s * 1000 for s in samples]
         decode = [(s.tokens - 1) / s.decode_s for s in samples if s.decode_s > 0 and s.tokens > 1]
-        aggregate = sum(s.tokens for s in samples) / wall
-        base_samples, base_wall = results[("engine direct", c)]
-        base_ttft = statistics.median(s.ttft_s * 1000 for s in base_samples)
-        base_aggregate = sum(s.tokens for s in base_samples) / base_wall
-        single_samples, single_wall = results[(path, min(args.concurrency))]
-        single_aggregate = sum(s.tokens for s in single_samples) / single_wall
-        single_ttft = statistics.median(s.ttft_s * 1000 for s in single_samples)
+        aggregate = aggregate_of(result)
+        base_aggregate = aggregate_of(results[("engine direct", c)])
+        base_ttft = statistics.median(s.ttft_s * 1000 for s in results[("engine direct", c)][0])
+        single_aggregate = aggregate_of(results[(path, low)])
+        single_ttft = statistics.median(s.ttft_s * 1000 for s in results[(path, low)][0])
         table.add_row(
             path,
             str(c),
@@ -295,7 +295,6 @@ async def main() -> None:
             f"{statistics.median(ttft) / single_ttft:.2f}",
         )
     console.print(table)
-    low = min(args.concurrency)
     ceiling = ", ".join(f"{kernel[c]:.1f} at {c} ({kernel[c] / kernel[low]:.2f}× {low})" for c in args.concurrency)
     engine_gain = ", ".join(
         f"{aggregate_of(results[('engine direct', c)]) / aggregate_of(results[('engine direct', low)]):.2f}× at {c}"
