@@ -17,7 +17,7 @@ from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain.address import parse_address
-from cocoon.crypto.keys import verify_signature
+from cocoon.crypto.keys import SigningKey, verify_signature
 from cocoon.errors import BadRequest
 
 VOUCHER_TAG = 0x636F766F
@@ -88,12 +88,11 @@ def _channel_parts(channel: Address | str) -> tuple[int, int]:
 
 
 def sign_voucher(
-    private_key: Ed25519PrivateKey | bytes, channel: Address | str, cumulative: int, *, global_id: int
+    private_key: SigningKey | Ed25519PrivateKey | bytes, channel: Address | str, cumulative: int, *, global_id: int
 ) -> bytes:
-    """The payer's 64-byte Ed25519 signature of the voucher; ``private_key`` may be a raw 32-byte seed."""
-    key = (
-        private_key if isinstance(private_key, Ed25519PrivateKey) else Ed25519PrivateKey.from_private_bytes(private_key)
-    )
+    """The payer's 64-byte Ed25519 signature of the voucher. ``private_key``: a ``SigningKey`` (what the hot
+    paths pass: its key is expanded once), an OpenSSL key, or a raw 32-byte seed (expanded for this call)."""
+    key = SigningKey(private_key) if isinstance(private_key, bytes) else private_key
     return key.sign(voucher_hash(channel, cumulative, global_id=global_id))
 
 

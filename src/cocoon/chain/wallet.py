@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
@@ -28,6 +27,7 @@ from cocoon.chain.address import address_text, payable_text, raw_address
 from cocoon.chain.outbox import Outbox, PendingMessage
 from cocoon.chain.toncenter import ToncenterClient, Transaction, boc_bytes
 from cocoon.chain.vouchers import TESTNET_GLOBAL_ID
+from cocoon.crypto.keys import SigningKey
 from cocoon.errors import BadRequest, ChainError, ChainUnavailable, ConfigError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,9 @@ class Wallet:
     ) -> None:
         if len(seed) != 32:
             raise ConfigError(f"a wallet seed is 32 bytes, got {len(seed)}")
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.signing = SigningKey(seed)  # signs its messages, and a proxy's vouchers to workers
         self.seed = seed
-        self.public_key: bytes = self._key.public_key().public_bytes_raw()
+        self.public_key: bytes = self.signing.public
         self.subwallet_id = default_subwallet_id(workchain) if subwallet_id is None else subwallet_id
         self.state_init = wallet_state_init(self.public_key, self.subwallet_id)
         self.address = Address((workchain, self.state_init.serialize().hash))
@@ -176,7 +176,7 @@ class Wallet:
         for transfer in transfers:
             body = body.store_uint(transfer.send_mode, 8).store_ref(transfer.to_cell())
         signing = body.end_cell()
-        signature = self._key.sign(signing.hash)
+        signature = self.signing.sign(signing.hash)
         signed: Cell = Builder().store_bytes(signature).store_cell(signing).end_cell()
         return signed
 

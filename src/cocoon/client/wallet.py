@@ -349,7 +349,7 @@ class ChannelPayer:
             book.vouchered = await self._last_voucher(http)
             book.unsure = False
         cumulative = book.vouchered + sum(d.cost for d in batch)
-        signature = sign_voucher(self.key.seed, self.channel, cumulative, global_id=self.global_id)
+        signature = sign_voucher(self.key, self.channel, cumulative, global_id=self.global_id)
         body = {
             "channel": self.channel,
             "cumulative": cumulative,

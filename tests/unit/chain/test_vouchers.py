@@ -25,6 +25,7 @@ from cocoon.chain import (
     voucher_hash,
 )
 from cocoon.chain.vouchers import MAX_COINS, VOUCHER_TAG
+from cocoon.crypto import SigningKey
 from cocoon.errors import BadRequest
 
 VECTORS = Path(__file__).resolve().parents[3] / "contracts" / "test-vectors.json"
@@ -60,6 +61,7 @@ def test_voucher_matches_the_contract_build_byte_for_byte(vectors: dict[str, Any
     assert channel["address"] == f"0:{CHANNEL.hash_part.hex()}"
     assert voucher_hash(CHANNEL, cumulative, global_id=global_id).hex() == voucher["cellHashHex"]
     assert sign_voucher(seed, CHANNEL, cumulative, global_id=global_id).hex() == voucher["signatureHex"]
+    assert sign_voucher(SigningKey(seed), CHANNEL, cumulative, global_id=global_id).hex() == voucher["signatureHex"]
     assert verify_voucher(
         bytes.fromhex(vectors["key"]["publicKeyHex"]),
         CHANNEL,

@@ -264,7 +264,7 @@ class Journal:
             account = workers[worker_channel]
             account.vouchered += share
             account.voucher_signature = sign_voucher(
-                self.chain.wallet.seed, worker_channel, account.vouchered, global_id=self.chain.global_id
+                self.chain.wallet.signing, worker_channel, account.vouchered, global_id=self.chain.global_id
             )
             account.vouchered_at = account.vouchered_at or now
             state.records.append(
