@@ -100,6 +100,7 @@ class Journal:
         self.chain = chain
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._new_workers = store.insert_if_absent(WorkerAccount)  # in the store's dialect; built once (below)
 
     async def write(self, entry: Entry) -> ClientAccount:
         done: asyncio.Future[ClientAccount] = asyncio.get_running_loop().create_future()
@@ -165,18 +166,15 @@ class Journal:
     def _load(self, session: Session, entries: list[Entry]) -> _Batch:
         channels = sorted({e.channel if isinstance(e, VoucherEntry) else e.charge.client_channel for e in entries})
         # Row locks: another replica's batch waits here until this one commits (SQLite ignores FOR UPDATE).
-        rows = session.scalars(
-            select(ClientAccount).where(ClientAccount.channel.in_(channels)).order_by(ClientAccount.channel)
-            .with_for_update()
-        )  # fmt: skip
+        rows = session.scalars(_LOCK_ACCOUNTS, {"channels": channels})
         accounts = {a.channel: a for a in rows}
         receipt_ids = [r for e in entries for r in (e.receipt_ids if isinstance(e, VoucherEntry) else ())]
         receipt_ids += [e.charge.receipt_id for e in entries if isinstance(e, ChargeEntry)]
-        found = session.scalars(select(Charge).where(Charge.receipt_id.in_(receipt_ids)))
+        found = session.scalars(_CHARGES, {"receipt_ids": receipt_ids})
         charges = {c.receipt_id: c for c in found}
         holds: dict[str, WorkerHold] = {}
         if any(isinstance(e, VoucherEntry) for e in entries):
-            holds = {h.worker_id: h for h in session.scalars(select(WorkerHold))}
+            holds = {h.worker_id: h for h in session.scalars(_HOLDS)}
         return _Batch(accounts, charges, holds)
 
     def _charge(self, state: _Batch, entry: ChargeEntry, now: datetime) -> ClientAccount:
@@ -245,20 +243,14 @@ class Journal:
             return
         # Vouchers from different clients credit the same worker at once: create its row once, then lock it.
         session.execute(
-            self.store.insert_if_absent(WorkerAccount),
+            self._new_workers,
             [
                 {"channel": c, "payout": p, "funded": 0, "vouchered": 0, "voucher_signature": b"", "claimed": 0}
                 for c, p in sorted(state.shares)
             ],
         )
         channels = sorted({channel for channel, _ in state.shares})
-        locked = (
-            select(WorkerAccount)
-            .where(WorkerAccount.channel.in_(channels))
-            .order_by(WorkerAccount.channel)
-            .with_for_update()
-        )
-        workers = {w.channel: w for w in session.scalars(locked)}
+        workers = {w.channel: w for w in session.scalars(_LOCK_WORKERS, {"channels": channels})}
         session.expunge_all()
         for (worker_channel, _payout), share in sorted(state.shares.items()):
             account = workers[worker_channel]
@@ -280,37 +272,60 @@ class Journal:
         new = {c.receipt_id for c in state.new}
         db = session.connection()  # Core statements: nothing here needs the ORM's execute path
         if state.new:
-            columns = [c.key for c in table_of(Charge).columns]
-            db.execute(insert(table_of(Charge)), [{k: getattr(c, k) for k in columns} for c in state.new])
+            db.execute(_NEW_CHARGES, [{k: getattr(c, k) for k in _CHARGE_COLUMNS} for c in state.new])
         if paid := [c for c in state.paid if c.receipt_id not in new]:
-            db.execute(
-                _by_key(Charge, "receipt_id", "status", "voucher_cumulative", "reason"),
-                [_params(c, "receipt_id", "status", "voucher_cumulative", "reason") for c in paid],
-            )
+            db.execute(_PAY_CHARGES.statement, [_PAY_CHARGES.params(c) for c in paid])
         if state.changed:
-            fields = ("channel", "charged", "vouchered", "voucher_signature", "vouchered_at")
-            db.execute(
-                _by_key(ClientAccount, *fields), [_params(state.accounts[c], *fields) for c in sorted(state.changed)]
-            )
+            db.execute(_CLIENTS.statement, [_CLIENTS.params(state.accounts[c]) for c in sorted(state.changed)])
         if holds := [state.holds[w] for w in sorted(state.held)]:
-            db.execute(
-                _by_key(WorkerHold, "worker_id", "withheld"), [_params(h, "worker_id", "withheld") for h in holds]
-            )
+            db.execute(_WITHHOLD.statement, [_WITHHOLD.params(h) for h in holds])
         if state.workers:
-            owed = ("channel", "vouchered", "voucher_signature", "vouchered_at")
-            db.execute(_by_key(WorkerAccount, *owed), [_params(w, *owed) for w in state.workers])
+            db.execute(_WORKERS.statement, [_WORKERS.params(w) for w in state.workers])
         if state.records:
-            db.execute(insert(table_of(VoucherRecord)), [r | {"created_at": now} for r in state.records])
+            db.execute(_NEW_RECORDS, [r | {"created_at": now} for r in state.records])
 
 
-def _by_key(table: type[Base], key: str, *fields: str) -> Update:
-    """``UPDATE table SET fields WHERE key`` for an executemany of ``_params`` rows."""
-    t = table_of(table)
-    return update(t).where(t.c[key] == bindparam(f"p_{key}")).values({f: bindparam(f"p_{f}") for f in fields})
+@dataclass(frozen=True, slots=True)
+class _ByKey:
+    """``UPDATE table SET fields WHERE key`` for an executemany of ``params(row)`` rows."""
+
+    statement: Update
+    fields: tuple[str, ...]  # the key first
+
+    @classmethod
+    def of(cls, table: type[Base], key: str, *fields: str) -> _ByKey:
+        t = table_of(table)
+        statement = update(t).where(t.c[key] == bindparam(f"p_{key}"))
+        return cls(statement.values({f: bindparam(f"p_{f}") for f in fields}), (key, *fields))
+
+    def params(self, row: object) -> dict[str, object]:
+        return {f"p_{f}": getattr(row, f) for f in self.fields}
 
 
-def _params(row: object, *fields: str) -> dict[str, object]:
-    return {f"p_{f}": getattr(row, f) for f in fields}
+# A batch's statements, built once. SQLAlchemy keeps a statement's cache key on the statement object, so one
+# built per batch was keyed (a walk of its whole tree) and looked up again every time: a batch of a voucher or
+# two is mostly such fixed costs. IN lists are expanding parameters, so one statement serves every batch size.
+_LOCK_ACCOUNTS = (
+    select(ClientAccount)
+    .where(ClientAccount.channel.in_(bindparam("channels", expanding=True)))
+    .order_by(ClientAccount.channel)
+    .with_for_update()
+)
+_CHARGES = select(Charge).where(Charge.receipt_id.in_(bindparam("receipt_ids", expanding=True)))
+_HOLDS = select(WorkerHold)
+_LOCK_WORKERS = (
+    select(WorkerAccount)
+    .where(WorkerAccount.channel.in_(bindparam("channels", expanding=True)))
+    .order_by(WorkerAccount.channel)
+    .with_for_update()
+)
+_CHARGE_COLUMNS = tuple(c.key for c in table_of(Charge).columns)
+_NEW_CHARGES = insert(table_of(Charge))
+_NEW_RECORDS = insert(table_of(VoucherRecord))
+_PAY_CHARGES = _ByKey.of(Charge, "receipt_id", "status", "voucher_cumulative", "reason")
+_CLIENTS = _ByKey.of(ClientAccount, "channel", "charged", "vouchered", "voucher_signature", "vouchered_at")
+_WITHHOLD = _ByKey.of(WorkerHold, "worker_id", "withheld")
+_WORKERS = _ByKey.of(WorkerAccount, "channel", "vouchered", "voucher_signature", "vouchered_at")
 
 
 def _count_paid(state: _Batch) -> None:
