@@ -29,8 +29,9 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Update, bindparam, insert, select, update
+from sqlalchemy import Select, Update, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -305,20 +306,16 @@ class _ByKey:
 # A batch's statements, built once. SQLAlchemy keeps a statement's cache key on the statement object, so one
 # built per batch was keyed (a walk of its whole tree) and looked up again every time: a batch of a voucher or
 # two is mostly such fixed costs. IN lists are expanding parameters, so one statement serves every batch size.
-_LOCK_ACCOUNTS = (
-    select(ClientAccount)
-    .where(ClientAccount.channel.in_(bindparam("channels", expanding=True)))
-    .order_by(ClientAccount.channel)
-    .with_for_update()
-)
+def _lock_in_order(table: type[ClientAccount] | type[WorkerAccount]) -> Select[Any]:
+    """The rows of ``table`` whose channel is in ``:channels``, locked in channel order (the lock order above)."""
+    channel = table.channel
+    return select(table).where(channel.in_(bindparam("channels", expanding=True))).order_by(channel).with_for_update()
+
+
+_LOCK_ACCOUNTS = _lock_in_order(ClientAccount)
+_LOCK_WORKERS = _lock_in_order(WorkerAccount)
 _CHARGES = select(Charge).where(Charge.receipt_id.in_(bindparam("receipt_ids", expanding=True)))
 _HOLDS = select(WorkerHold)
-_LOCK_WORKERS = (
-    select(WorkerAccount)
-    .where(WorkerAccount.channel.in_(bindparam("channels", expanding=True)))
-    .order_by(WorkerAccount.channel)
-    .with_for_update()
-)
 _CHARGE_COLUMNS = tuple(c.key for c in table_of(Charge).columns)
 _NEW_CHARGES = insert(table_of(Charge))
 _NEW_RECORDS = insert(table_of(VoucherRecord))
