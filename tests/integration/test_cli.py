@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from cocoon.engines.config import DEFAULT_MODEL
+from cocoon.local import UP_PORT_OFFSETS
 from tests.helpers.network import free_port
 
 
@@ -23,9 +24,7 @@ def _listening(port: int) -> bool:
 
 
 def test_up_answers_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
-    base = free_port()
-    while _listening(base + 620):
-        base = free_port()
+    base = free_port(UP_PORT_OFFSETS)
     env = os.environ | {"COCOON_HOME": str(tmp_path)}
     up = subprocess.Popen(
         [sys.executable, "-m", "cocoon", "up", "--port-base", str(base), "--no-demo"],
@@ -90,7 +89,7 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_up_restarts_a_dead_worker_and_leaves_no_orphan_when_killed(tmp_path: Path) -> None:
-    base = free_port()
+    base = free_port(UP_PORT_OFFSETS)
     home = tmp_path / "net"
     command = [sys.executable, "-m", "cocoon", "up", "--port-base", str(base), "--no-demo", "--no-money"]
     up = subprocess.Popen(

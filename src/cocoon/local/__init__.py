@@ -5,12 +5,13 @@ wallets, ``network`` (``LocalNetwork``) writes the role configs and ties it all 
 
 from cocoon.local.chain import PRICE_CACHED, PRICE_COMPLETION, PRICE_PROMPT, LocalChain, start_local_chain
 from cocoon.local.network import LocalNetwork
-from cocoon.local.processes import Child, free_port, spawn, stop_all
+from cocoon.local.processes import UP_PORT_OFFSETS, Child, free_port, spawn, stop_all
 
 __all__ = [
     "PRICE_CACHED",
     "PRICE_COMPLETION",
     "PRICE_PROMPT",
+    "UP_PORT_OFFSETS",
     "Child",
     "LocalChain",
     "LocalNetwork",

@@ -8,13 +8,18 @@ with ``stop_all``; ``free_port`` picks loopback ports for tests and benchmarks, 
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,34 +105,73 @@ def stop_all(children: list[Child], grace: float = 8) -> None:
             child.process.wait()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now and the kernel will not hand out on its own.
+def free_port(offsets: Sequence[int] = (0,)) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, the kernel will not hand out on its own, and no
+    other caller of ``free_port`` on this machine was given in the last ten minutes.
 
     Asking the kernel for port 0 returns an *ephemeral* port, and between closing that probe and the child's
     ``bind`` any outgoing connection (a worker dialling the proxy) may be given the same number, so the child
-    fails with "address already in use". Ports are drawn below the ephemeral range instead, and never twice
-    from one process.
+    fails with "address already in use". Ports are drawn below the ephemeral range instead. A probe alone
+    cannot keep two processes (two pytest-xdist workers, a benchmark beside the tests) from drawing the same
+    port before either child binds it, so each port handed out is also written, under a file lock, to a
+    reservation file in the temporary folder that every caller reads first.
+
+    ``offsets`` asks for a port whose neighbours at those distances are free and reserved as well: the ports
+    ``cocoon up --port-base`` derives from its base are ``free_port(UP_PORT_OFFSETS)``.
     """
     low, _high = _ephemeral_range()
-    # room above for the ports LocalNetwork derives from one it was given (devnet = proxy + 90)
+    # room above for the ports LocalNetwork derives from one it was given (devnet = proxy + 90, base + 710)
     ceiling = max(low - 1000, _PORT_FLOOR + 1000)
-    for _ in range(200):
-        port = _random.randint(_PORT_FLOOR, ceiling)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+    with _reservations() as reserved:
+        for _ in range(200):
+            port = _random.randint(_PORT_FLOOR, ceiling)
+            wanted = [port + offset for offset in offsets]
+            if any(p in _handed_out or p in reserved or not _bindable(p) for p in wanted):
                 continue
-        _handed_out.add(port)
-        return port
+            until = time.time() + _RESERVED_FOR_S
+            for p in wanted:
+                _handed_out.add(p)
+                reserved[p] = until
+            return port
     raise OSError("no free loopback port below the ephemeral range")
 
 
+# The ports a local network on one port base listens on: the sidecar, the proxy (+620), the devnet (+710).
+UP_PORT_OFFSETS = (0, 620, 710)
 _PORT_FLOOR = 20000
+_RESERVED_FOR_S = 600.0  # far longer than any child takes to bind the port it was given
 _handed_out: set[int] = set()
 _random = random.Random()
+
+
+def _bindable(port: int) -> bool:
+    """Whether ``port`` binds on 127.0.0.1 now, without ``SO_REUSEADDR`` (so a port in TIME_WAIT is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def _reservations() -> Iterator[dict[int, float]]:
+    """The machine's port reservations (port -> wall-clock expiry), held under an exclusive lock and written
+    back when the block ends. A missing or unreadable file is an empty one; expired entries are dropped."""
+    path = Path(tempfile.gettempdir()) / f"cocoon-ports-{os.getuid()}.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            stored = json.loads(handle.read() or "{}")
+            now_s = time.time()
+            reserved = {int(port): float(until) for port, until in stored.items() if float(until) > now_s}
+        except (ValueError, TypeError, AttributeError):
+            reserved = {}
+        yield reserved
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({str(port): until for port, until in reserved.items()}))
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import cast
 
-from cocoon.local import Child, LocalChain, LocalNetwork, free_port
+from cocoon.local import UP_PORT_OFFSETS, Child, LocalChain, LocalNetwork, free_port
 from cocoon.local.chain import money_options
 
 
@@ -65,3 +66,17 @@ def test_free_ports_stay_below_the_ephemeral_range_and_never_repeat() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
     assert all(port + 90 < low for port in ports)
+
+
+def test_processes_drawing_ports_at_once_are_never_given_the_same_one() -> None:
+    """Two pytest-xdist workers (or a benchmark beside the tests) draw from one range: a port one was given,
+    and each port a network derives from a port base it was given, is never handed to another before either
+    binds it."""
+    base = free_port(UP_PORT_OFFSETS)
+    mine = {base + offset for offset in UP_PORT_OFFSETS}
+    draw = "from cocoon.local import free_port\nprint(' '.join(str(free_port()) for _ in range(400)))"
+    drawers = [subprocess.Popen([sys.executable, "-c", draw], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    drawn = [set(map(int, drawer.communicate(timeout=60)[0].split())) for drawer in drawers]
+    assert all(len(ports) == 400 for ports in drawn)
+    everyone = [mine, *drawn]
+    assert sum(len(ports) for ports in everyone) == len(set().union(*everyone))
