@@ -36,7 +36,7 @@ from cocoon.engines.synthetic import SYNTHETIC_MODEL_HASH
 from cocoon.errors import ChildDied, ConfigError, UpstreamFailed, map_http_errors
 from cocoon.local.authority import DevAuthority
 from cocoon.local.chain import LocalChain, money_options, print_money_demo, print_money_intro, start_local_chain
-from cocoon.local.processes import Child, port_in_use, spawn, stop_all
+from cocoon.local.processes import DEVNET_OFFSET, PROXY_OFFSET, Child, port_in_use, spawn, stop_all
 from cocoon.local.supervisor import Supervisor
 from cocoon.protocol.tls import trust_context
 
@@ -69,7 +69,7 @@ class LocalNetwork:
         tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.client_port = port_base
-        self.proxy_port = proxy_port or port_base + 620
+        self.proxy_port = proxy_port or port_base + PROXY_OFFSET
         self.workers = workers
         self.home = home or default_home(port_base)
         self.model_path = model_path
@@ -80,7 +80,7 @@ class LocalNetwork:
         self.worker_overrides = worker_overrides or {}  # worker number (from 1) -> options for that worker only
         self.capture_wire = capture_wire
         self.money = money  # a devnet chain, prices, funded wallets: requests are paid in TON
-        self.devnet_port = devnet_port or self.proxy_port + 90
+        self.devnet_port = devnet_port or self.proxy_port + DEVNET_OFFSET - PROXY_OFFSET
         self.devnet_options = devnet_options  # the devnet answering as toncenter on a real network does
         # Every worker also serves SmolLM2-135M-Instruct (the smollm extra), a model that can chat.
         self.smollm2 = smollm2

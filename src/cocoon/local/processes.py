@@ -136,8 +136,9 @@ def free_port(offsets: Sequence[int] = (0,)) -> int:
     raise OSError("no free loopback port below the ephemeral range")
 
 
-# The ports a local network on one port base listens on: the sidecar, the proxy (+620), the devnet (+710).
-UP_PORT_OFFSETS = (0, 620, 710)
+# Where a local network on one port base listens: the sidecar on the base, the proxy and the devnet above it.
+PROXY_OFFSET, DEVNET_OFFSET = 620, 710
+UP_PORT_OFFSETS = (0, PROXY_OFFSET, DEVNET_OFFSET)
 _PORT_FLOOR = 20000
 _RESERVED_FOR_S = 600.0  # far longer than any child takes to bind the port it was given
 _handed_out: set[int] = set()
