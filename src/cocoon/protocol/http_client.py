@@ -1,72 +1,102 @@
-"""An httpx transport for cocoon's hot path: each HTTP/1.1 request in one write, on a lean asyncio stream.
+"""An httpx transport for cocoon's hot path: HTTP/1.1 on a lean asyncio protocol, each request in one write.
 
-httpcore writes a request's head and its body separately, and each write on a loopback socket wakes the peer:
-on this project's 2-core VM a wakeup costs the sender ~50 µs and the receiver a pass of its event loop, and
-uvicorn parses the head and the body in two rounds. ``CoalescingTransport`` holds what httpcore writes until it
-reads (an HTTP/1.1 client always reads once its request is written) or ``FLUSH_BYTES`` are held, then writes it
-at once. The SDK's requests to proxies, a payer's vouchers and a worker's calls to its upstream server use it.
+httpx is the client everywhere (its API, timeouts and errors); below it, httpx's default transport runs
+httpcore: a pool, a connection and an h11 state machine in pure Python, anyio streams that enter a cancel scope
+and an exception map on every read and write, and a request's head and body written apart (each write on a
+loopback socket wakes the peer: on this project's 2-core VM ~50 µs for the sender and a pass of the receiver's
+event loop, and uvicorn parses the head and the body in two rounds). A streamed chat completion of 18 events
+cost its client ~790 µs of CPU that way (already on a lean network backend of ours under httpcore).
 
-Its connections are asyncio transports read through a small protocol (``_Stream``), not httpcore's anyio
-streams: those enter a cancel scope and an exception map on every read and write, and build a dict of the
-socket's attributes each time the pool asks an idle connection whether its server hung up (the pool asks every
-idle connection whenever a request starts or ends). Measured on one loopback client: ~15-20% less CPU per
-streamed request. TLS is asyncio's own (``loop.start_tls``); errors are httpcore's, which httpx maps as usual.
-The pool's own bookkeeping is made linear (``_LinearPool``). cocoon runs on asyncio only (uvloop where
-installed), so there is no trio path.
+``CoalescingTransport`` replaces httpcore. A connection (``_Connection``) is an asyncio protocol whose bytes go
+straight into httptools' parser (llhttp, in C: what uvicorn parses with); the body's pieces wait in a list
+until the response stream takes them, and waiting costs a future only when nothing arrived yet. A request is
+one write of its head and body (a body beyond ``FLUSH_BYTES`` goes on as it comes). The pool keeps idle
+connections per origin, most recent first, within httpx's ``Limits``; a connection whose server hung up or
+sent what nobody asked for, as of the loop's last look at its socket, is never used again. Errors are httpx's
+own (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``…), so callers map them as they always did.
+TLS is asyncio's (``ssl=`` on the connection), verified as httpx verifies (``trust_env``: ``SSL_CERT_FILE`` /
+``SSL_CERT_DIR``). HTTP/1.1 only, no proxies from the environment, no Unix sockets: the SDK's requests to
+proxies, a payer's vouchers and a worker's calls to its upstream server need none.
 
-httpx has no public hook for httpcore's network backend: the transport replaces the pool ``AsyncHTTPTransport``
-builds with one over ``CoalescingBackend`` (``tests/unit/protocol/test_http_client.py`` checks that a request
-goes in one write, TLS, timeouts and hang-ups, so a change in httpx or httpcore shows there).
+``tests/unit/protocol/test_http_client.py`` holds it to httpx's behaviour (one write per request, keep-alive,
+chunked bodies both ways, TLS, timeouts, hang-ups, a slow reader, the pool's limits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import ssl
-from collections.abc import Iterable
-from typing import Any, cast
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import cast
 
-import httpcore
+import httptools
 import httpx
 
 FLUSH_BYTES = 64 * 1024  # a larger body goes on as it comes
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's own
+READ_LIMIT = 256 * 1024  # bytes read ahead of the response stream before the socket is paused
+
+Origin = tuple[str, str, int]  # scheme, host, port
 
 
-READ_LIMIT = 256 * 1024  # bytes read ahead of httpcore before the socket is paused
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: what its socket delivers goes through httptools' parser, one response at a time.
 
+    The parser's callbacks fill ``status``/``headers`` and the ``pieces`` of the body; ``_wake`` tells the one
+    waiting task (the request's, then its response stream's) that something changed. ``failure`` is set once the
+    connection can carry nothing more: the peer closed it, it broke, or it sent what does not parse.
+    """
 
-class _Reader(asyncio.Protocol):
-    """What a connection's socket delivered, for ``_Stream`` to read, and its write flow control."""
-
-    def __init__(self) -> None:
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.parser: httptools.HttpResponseParser | None = None  # None while idle: nothing may arrive then
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.pieces: list[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
         self.eof = False
-        self.lost: Exception | None = None
-        self.paused_reading = False
-        self._data: asyncio.Future[None] | None = None
+        self.failure: str | None = None
+        self.idle_since = 0.0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+
+    # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > READ_LIMIT and self.transport is not None:
+        if self.parser is None:  # nothing asked: the connection is out of step with its server
+            self._fail("the server sent data nobody asked for")
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("the server switched protocols, which this client does not speak")
+        except httptools.HttpParserError as exc:
+            self._fail(f"the server's answer does not parse as HTTP/1.1: {exc}")
+        if self.buffered > READ_LIMIT and not self._paused and self.transport is not None:
             self.transport.pause_reading()
-            self.paused_reading = True
+            self._paused = True
         self._wake()
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake()
+        self._fail("the server closed the connection")
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof, self.lost = True, exc
-        self._wake()
+        self.eof = True
+        self._fail(f"the connection was lost ({exc})" if exc else "the server closed the connection")
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -78,209 +108,99 @@ class _Reader(asyncio.Protocol):
             self._drained.set_result(None)
         self._drained = None
 
-    def _wake(self) -> None:
-        if self._data is not None and not self._data.done():
-            self._data.set_result(None)
+    # ---- httptools callbacks ----
 
-    async def data(self) -> None:
-        """Until there is something to read, or the end."""
-        self._data = asyncio.get_running_loop().create_future()
-        await self._data
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
 
-    async def drained(self) -> None:
-        if self._drained is not None:
-            await self._drained
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
 
-
-class _Stream(httpcore.AsyncNetworkStream):
-    """One connection for httpcore, straight on an asyncio transport, holding writes until the next read.
-
-    httpcore's default (anyio) stream enters a cancel scope and an exception map for every read and write and
-    builds a dict of its socket's attributes for every question the pool asks; this waits on a future only
-    when nothing was read yet, with ``asyncio.timeout`` only then. Errors are httpcore's, as its own backend
-    raises them (httpx maps them to ``httpx.ReadTimeout``, ``ConnectError``...).
-    """
-
-    def __init__(self, reader: _Reader) -> None:
-        assert reader.transport is not None
-        self._reader = reader
-        self._transport: asyncio.Transport = reader.transport
-        self._held: list[bytes] = []
-        self._size = 0
-
-    async def _flush(self, timeout: float | None) -> None:
-        if not self._held:
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            self.reason, self.headers = b"", []
             return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held.clear()
-        self._size = 0
-        if self._reader.lost is not None or self._transport.is_closing():
-            raise httpcore.WriteError(f"the connection is closed ({self._reader.lost or 'by this side'})")
-        self._transport.write(data)
+        self.status, self.head_done = status, True
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            assert self.parser is not None
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()  # asked now: the parser resets after this
+
+    # ---- for the transport ----
+
+    def _fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None, request: httpx.Request) -> None:
+        """Until the parser or the socket has news for this connection; ``httpx.ReadTimeout`` after ``timeout``."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
-                await self._reader.drained()
+                await waiter
         except TimeoutError as exc:
-            raise httpcore.WriteTimeout(f"the peer took no data for {timeout} s") from exc
+            raise httpx.ReadTimeout(f"nothing read for {timeout} s", request=request) from exc
+        finally:
+            self._waiter = None
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._held.append(buffer)
-        self._size += len(buffer)
-        if self._size >= FLUSH_BYTES:
-            await self._flush(timeout)
+    def usable(self) -> bool:
+        """An idle connection that can carry a request: open, and nothing arrived since its last response."""
+        return self.failure is None and self.transport is not None and not self.transport.is_closing()
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        await self._flush(timeout)
-        reader = self._reader
-        if not reader.buffer and not reader.eof:
-            try:
-                async with asyncio.timeout(timeout):
-                    while not reader.buffer and not reader.eof:
-                        await reader.data()
-            except TimeoutError as exc:
-                raise httpcore.ReadTimeout(f"nothing read for {timeout} s") from exc
-        buffer = reader.buffer
-        if not buffer:
-            if reader.lost is not None:
-                raise httpcore.ReadError(str(reader.lost)) from reader.lost
-            return b""  # the peer closed: httpcore reads this as the end
-        if len(buffer) <= max_bytes:
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:max_bytes])
-            del buffer[:max_bytes]
-        if reader.paused_reading and len(buffer) <= READ_LIMIT // 2:
-            reader.paused_reading = False
-            self._transport.resume_reading()
+    def begin(self) -> None:
+        """Ready for the next response."""
+        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.reason, self.headers = 0, b"", []
+        self.head_done = self.complete = self.keep_alive = False
+
+    def take(self) -> bytes:
+        """The body's pieces that arrived, at once; the socket read again once they are taken."""
+        pieces = self.pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
         return data
 
-    async def aclose(self) -> None:
-        self._held.clear()
-        self._transport.close()
+    async def write(self, data: bytes, timeout: float | None, request: httpx.Request) -> None:
+        if not self.usable():
+            raise httpx.WriteError(f"the connection is closed ({self.failure or 'by this side'})", request=request)
+        assert self.transport is not None
+        self.transport.write(data)
+        if self._drained is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._drained
+            except TimeoutError as exc:
+                raise httpx.WriteTimeout(f"the server took no data for {timeout} s", request=request) from exc
 
-    async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        await self._flush(timeout)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport = await loop.start_tls(
-                    self._transport, self._reader, ssl_context, server_hostname=server_hostname
-                )
-        except TimeoutError as exc:
-            self._transport.close()
-            raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout} s") from exc
-        except (OSError, ssl.SSLError) as exc:
-            self._transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        self._reader.transport = cast(asyncio.Transport, transport)
-        return _Stream(self._reader)
-
-    def get_extra_info(self, info: str) -> Any:
-        transport = self._transport
-        if info == "is_readable":
-            # An idle connection whose server hung up (or sent what nobody asked for), as of the loop's last look
-            # at the socket: no poll of its own (one per idle connection, twice a request, was 3% of a
-            # sidecar's CPU). A FIN the loop has not read yet is seen at its next pass, much as one that comes
-            # just after httpcore's own poll would be.
-            return bool(self._reader.buffer) or self._reader.eof
-        if info in ("socket", "ssl_object"):
-            return transport.get_extra_info(info)
-        if info == "client_addr":
-            return transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return transport.get_extra_info("peername")
-        return None
+    def close(self) -> None:
+        self.parser = None
+        if self.transport is not None:
+            self.transport.close()
+        self._fail("closed by this side")
 
 
-class CoalescingBackend(httpcore.AsyncNetworkBackend):
-    """A network backend for httpcore on the running asyncio loop, its streams holding writes until a read."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        local = (local_address, 0) if local_address else None
-        loop = asyncio.get_running_loop()
-        stream = await _connect(loop.create_connection(_Reader, host, port, local_addr=local), timeout)
-        sock = stream.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return stream
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await _connect(asyncio.get_running_loop().create_unix_connection(_Reader, path), timeout)
-        for option in socket_options or ():
-            stream.get_extra_info("socket").setsockopt(*option)
-        return stream
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-async def _connect(connecting: Any, timeout: float | None) -> _Stream:
-    try:
-        async with asyncio.timeout(timeout):
-            _transport, reader = await connecting
-    except TimeoutError as exc:
-        raise httpcore.ConnectTimeout(f"no connection within {timeout} s") from exc
-    except OSError as exc:
-        raise httpcore.ConnectError(str(exc)) from exc
-    return _Stream(reader)
-
-
-class _LinearPool(httpcore.AsyncConnectionPool):
-    """httpcore's pool with its bookkeeping linear in its connections.
-
-    Each time a request starts or ends, httpcore's ``_assign_requests_to_connections`` drops closed and expired
-    connections and idle ones beyond the keep-alive limit, then gives queued requests a connection; for the
-    limit it counts every connection once per idle one (a list built each time), quadratic in the pool, ~4%
-    of a sidecar's CPU at 16 streams. This does the same in one pass: the same connections dropped and closed,
-    in the same order, and requests assigned as httpcore's rules say (``test_http_client.py`` holds both pools
-    to the same decisions).
-    """
-
-    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        closing: list[httpcore.AsyncConnectionInterface] = []
-        kept: list[httpcore.AsyncConnectionInterface] = []
-        left = len(self._connections)  # the pool's size as each connection is looked at
-        for connection in self._connections:
-            if connection.is_closed():
-                left -= 1
-            elif connection.has_expired() or (connection.is_idle() and left > self._max_keepalive_connections):
-                left -= 1
-                closing.append(connection)
-            else:
-                kept.append(connection)
-        self._connections[:] = kept
-        for pool_request in [r for r in self._requests if r.is_queued()]:
-            origin = pool_request.request.url.origin
-            found = next((c for c in self._connections if c.can_handle_request(origin) and c.is_available()), None)
-            if found is None:
-                if len(self._connections) >= self._max_connections:
-                    idle = next((c for c in self._connections if c.is_idle()), None)
-                    if idle is None:
-                        continue  # it waits for a connection to come free
-                    self._connections.remove(idle)
-                    closing.append(idle)
-                found = self.create_connection(origin)
-                self._connections.append(found)
-            pool_request.assign_to_connection(found)
-        return closing
-
-
-class CoalescingTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` (HTTP/1.1, no proxy) whose requests go out in one write each; ``trust_env``
-    as httpx's (``SSL_CERT_FILE``/``SSL_CERT_DIR`` for the default verification)."""
+class CoalescingTransport(httpx.AsyncBaseTransport):
+    """An httpx transport (HTTP/1.1, no proxy) whose requests go out in one write each; ``verify`` and
+    ``trust_env`` as httpx's (``SSL_CERT_FILE``/``SSL_CERT_DIR`` for the default verification), ``limits`` as
+    httpx's ``Limits`` (``max_connections``, ``max_keepalive_connections``, ``keepalive_expiry``)."""
 
     def __init__(
         self,
@@ -288,13 +208,218 @@ class CoalescingTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits = DEFAULT_LIMITS,
         trust_env: bool = True,
     ) -> None:
-        # The base class builds a pool of its own, replaced on the next line before it can connect: built
-        # without verification it skips a second load of the CA bundle (~35 ms a transport).
-        super().__init__(verify=False, limits=limits, trust_env=False)
-        self._pool = _LinearPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=CoalescingBackend(),
+        self.ssl_context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+        self._max_connections = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._idle: dict[Origin, list[_Connection]] = {}  # most recently used last
+        self._open = 0  # connections open or opening, idle or not: what max_connections bounds
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()  # for a free slot
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"{url} is not http or https", request=request)
+        port = url.port or (443 if scheme == "https" else 80)
+        connection = await self._acquire((scheme, url.host, port), timeouts, request)
+        try:
+            connection.begin()
+            await self._send(connection, request, timeouts.get("write"))
+            read = timeouts.get("read")
+            while not connection.head_done:
+                if connection.failure is not None:
+                    raise httpx.RemoteProtocolError(
+                        f"no answer from {url.host}:{port}: {connection.failure}", request=request
+                    )
+                await connection.wait(read, request)
+        except BaseException:
+            self._release(connection, reusable=False)
+            raise
+        head_only = request.method == "HEAD"  # no body follows; the parser cannot know: not kept
+        return httpx.Response(
+            connection.status,
+            headers=connection.headers,
+            stream=_Body(self, connection, request, read, head_only),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
+
+    async def _send(self, connection: _Connection, request: httpx.Request, timeout: float | None) -> None:
+        """The request's head and body, in one write unless the body is larger than ``FLUSH_BYTES``."""
+        url = request.url
+        target = url.raw_path
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
+        chunked = False
+        for name, value in request.headers.raw:
+            head.append(b"%s: %s\r\n" % (name, value))
+            if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
+                chunked = True
+        head.append(b"\r\n")
+        held, size = head, sum(map(len, head))
+        stream = cast(AsyncIterable[bytes], request.stream)
+        async for part in stream:
+            if not part:
+                continue
+            held.append(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            size += len(part)
+            if size >= FLUSH_BYTES:
+                await connection.write(b"".join(held), timeout, request)
+                held, size = [], 0
+        if chunked:
+            held.append(b"0\r\n\r\n")
+        if held:
+            await connection.write(held[0] if len(held) == 1 else b"".join(held), timeout, request)
+
+    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None], request: httpx.Request) -> _Connection:
+        """An idle connection to ``origin``, or a new one once the pool has room (``PoolTimeout`` if it gets
+        none within the pool timeout)."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        deadline: float | None = None
+        while True:
+            idle = self._idle.get(origin)
+            now = time.monotonic()
+            while idle:
+                connection = idle.pop()
+                if connection.usable() and (self._expiry is None or now - connection.idle_since < self._expiry):
+                    return connection
+                self._drop(connection)
+            if self._max_connections is None or self._open < self._max_connections:
+                self._open += 1
+                try:
+                    return await self._connect(origin, timeouts.get("connect"), request)
+                except BaseException:
+                    self._open -= 1
+                    self._wake_one()
+                    raise
+            if self._close_one_idle():
+                continue
+            pool = timeouts.get("pool")
+            if deadline is None and pool is not None:
+                deadline = now + pool
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - now)):
+                    await waiter
+            except TimeoutError as exc:
+                raise httpx.PoolTimeout(f"no free connection within {pool} s", request=request) from exc
+            finally:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+
+    async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = self.ssl_context if scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout):
+                _transport, connection = await loop.create_connection(
+                    lambda: _Connection(origin), host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout} s", request=request) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(str(exc) or repr(exc), request=request) from exc
+        sock = connection.transport.get_extra_info("socket") if connection.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def _release(self, connection: _Connection, reusable: bool) -> None:
+        """A connection whose response ended: kept for the next request to its origin, or closed."""
+        room = self._max_idle is None or sum(map(len, self._idle.values())) < self._max_idle
+        if reusable and room and not self._closed and connection.usable():
+            connection.parser = None
+            connection.idle_since = time.monotonic()
+            self._idle.setdefault(connection.origin, []).append(connection)
+        else:
+            connection.close()
+            self._open -= 1
+        self._wake_one()
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self._open -= 1
+
+    def _close_one_idle(self) -> bool:
+        """Room for a new connection by closing the longest idle one (of any origin)."""
+        oldest: _Connection | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
+                oldest = idle[0]
+        if oldest is None:
+            return False
+        self._idle[oldest.origin].remove(oldest)
+        self._drop(oldest)
+        return True
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                self._drop(connection)
+        self._idle.clear()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response's body as it arrives; its connection goes back to the pool once the body was read to its end
+    (closed instead if it was not)."""
+
+    def __init__(
+        self,
+        transport: CoalescingTransport,
+        connection: _Connection,
+        request: httpx.Request,
+        timeout: float | None,
+        head_only: bool,
+    ) -> None:
+        self._transport = transport
+        self._connection: _Connection | None = connection
+        self._request = request
+        self._timeout = timeout
+        self._head_only = head_only
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None or self._head_only:
+            await self.aclose()
+            return
+        request = self._request
+        try:
+            while True:
+                if connection.pieces:
+                    yield connection.take()
+                elif connection.complete:
+                    break
+                elif connection.failure is not None:
+                    if connection.eof and _reads_to_close(connection):
+                        break  # neither a length nor chunks: the body ends with the connection
+                    raise httpx.RemoteProtocolError(f"the body ended early: {connection.failure}", request=request)
+                else:
+                    await connection.wait(self._timeout, request)
+        except BaseException:
+            await self.aclose()
+            raise
+        self._connection = None
+        self._transport._release(connection, reusable=connection.complete and connection.keep_alive)
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            self._transport._release(connection, reusable=False)
+
+
+def _reads_to_close(connection: _Connection) -> bool:
+    """A response with neither ``content-length`` nor chunked transfer coding: its body runs to the close."""
+    names = {name.lower() for name, _ in connection.headers}
+    return b"content-length" not in names and b"transfer-encoding" not in names

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 
 from cocoon.protocol import http_client
-from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport, _LinearPool
+from cocoon.protocol.http_client import FLUSH_BYTES, CoalescingTransport
 from cocoon.protocol.tls import trust_context
 from tests.helpers.tls import self_signed
 
@@ -25,9 +23,9 @@ from tests.helpers.tls import self_signed
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the writes CoalescingTransport's connections hand their sockets, in order."""
     sizes: list[int] = []
-    made = http_client._Reader.connection_made
+    made = http_client._Connection.connection_made
 
-    def connection_made(self: http_client._Reader, transport: Any) -> None:
+    def connection_made(self: http_client._Connection, transport: Any) -> None:
         made(self, transport)
         write = transport.write
 
@@ -37,7 +35,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         transport.write = counted
 
-    monkeypatch.setattr(http_client._Reader, "connection_made", connection_made)
+    monkeypatch.setattr(http_client._Connection, "connection_made", connection_made)
     return sizes
 
 
@@ -112,88 +110,11 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> 
         server.close()
 
 
-async def test_the_stream_answers_for_its_socket() -> None:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    backend: Any = CoalescingTransport()._pool._network_backend
-    stream = await backend.connect_tcp("127.0.0.1", port)
-    try:
-        sock = stream.get_extra_info("socket")
-        assert sock.getpeername() == ("127.0.0.1", port)
-        assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
-        assert stream.get_extra_info("is_readable") is False
-    finally:
-        await stream.aclose()
-        server.close()
-
-
-class FakeConnection:
-    """A pooled connection in a given state, named so two pools' decisions can be compared."""
-
-    def __init__(self, name: str, state: str, origin: str) -> None:
-        self.name, self.state, self.origin = name, state, origin
-
-    def is_closed(self) -> bool:
-        return self.state == "closed"
-
-    def has_expired(self) -> bool:
-        return self.state == "expired"
-
-    def is_idle(self) -> bool:
-        return self.state == "idle"
-
-    def is_available(self) -> bool:
-        return self.state == "idle"
-
-    def can_handle_request(self, origin: Any) -> bool:
-        return self.origin == origin
-
-
-class FakeRequest:
-    def __init__(self, origin: str) -> None:
-        self.request = type("R", (), {"url": type("U", (), {"origin": origin})()})()
-        self.connection: FakeConnection | None = None
-
-    def is_queued(self) -> bool:
-        return self.connection is None
-
-    def assign_to_connection(self, connection: FakeConnection) -> None:
-        self.connection = connection
-
-
-def test_the_linear_pool_decides_as_httpcores_own() -> None:
-    """Drop the same connections (closed, expired, idle beyond keep-alive), close the same, and give each
-    queued request the connection httpcore's pool would: random pools, both pools run on copies of each."""
-    rng = random.Random(7)
-    states, origins = ["idle", "busy", "closed", "expired"], ["a", "b"]
-    for trial in range(400):
-        layout = [(rng.choice(states), rng.choice(origins)) for _ in range(rng.randrange(0, 12))]
-        queued = [rng.choice(origins) for _ in range(rng.randrange(0, 5))]
-        limits = rng.randrange(1, 8), rng.randrange(0, 6)  # max connections, max keep-alive
-        outcomes = []
-        for pool_type in (httpcore.AsyncConnectionPool, _LinearPool):
-            pool: Any = pool_type(max_connections=limits[0], max_keepalive_connections=limits[1])
-            made = iter(range(100))
-            pool.create_connection = lambda origin, made=made: FakeConnection(f"new{next(made)}", "busy", origin)
-            pool._connections = [FakeConnection(f"c{i}", s, o) for i, (s, o) in enumerate(layout)]
-            pool._requests = [FakeRequest(o) for o in queued]
-            closing = pool._assign_requests_to_connections()
-            outcomes.append(
-                (
-                    [c.name for c in closing],
-                    [c.name for c in pool._connections],
-                    [r.connection and r.connection.name for r in pool._requests],
-                )
-            )
-        assert outcomes[0] == outcomes[1], (trial, layout, queued, limits)
-
-
-def test_the_pool_in_use_verifies_certificates() -> None:
-    """The base class's own pool is built unverified and thrown away: the one requests go through verifies."""
-    context = CoalescingTransport()._pool._ssl_context
+def test_connections_are_verified_by_default_or_by_the_given_context() -> None:
+    context = CoalescingTransport().ssl_context
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     mine = ssl.create_default_context()
-    assert CoalescingTransport(verify=mine)._pool._ssl_context is mine
+    assert CoalescingTransport(verify=mine).ssl_context is mine
 
 
 async def serving(handle: Any, context: ssl.SSLContext | None = None) -> tuple[asyncio.Server, str]:
@@ -274,5 +195,140 @@ async def test_a_body_larger_than_the_read_ahead_arrives_whole_to_a_slow_reader(
                 got += piece
                 await asyncio.sleep(0.001)
         assert bytes(got) == body
+    finally:
+        server.close()
+
+
+async def test_requests_share_one_kept_connection_and_bodies_go_chunked_both_ways() -> None:
+    """A body of unknown length goes out chunked (httpx says so in the head; the transport frames it), a chunked
+    answer arrives whole, and every request after the first goes out on the same kept connection."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                body = b""
+                if b"transfer-encoding: chunked" in head:
+                    while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                        body += (await reader.readexactly(size + 2))[:-2]
+                    await reader.readexactly(2)
+                answer = body[::-1] or b"empty"
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                for at in range(0, len(answer), 3):
+                    piece = answer[at : at + 3]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"", b"defg", b"h"):
+            yield part
+
+    server, url = await serving(serve)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), base_url=url) as http:
+            assert (await http.post("/", content=parts())).content == b"hgfedcba"
+            for _ in range(3):
+                assert (await http.get("/")).content == b"empty"
+        assert connections == 1
+    finally:
+        server.close()
+
+
+async def test_an_interim_answer_is_skipped_and_a_body_without_length_runs_to_the_close() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-kind: raw\r\n\r\nto the ")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b"end")
+        writer.close()
+
+    server, url = await serving(serve)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport()) as http:
+            for _ in range(2):  # the first connection is not kept: the second request gets a new one
+                answer = await http.get(url)
+                assert (answer.status_code, answer.headers["x-kind"], answer.text) == (201, "raw", "to the end")
+                assert answer.reason_phrase == "Created" and answer.http_version == "HTTP/1.1"
+    finally:
+        server.close()
+
+
+async def test_a_stream_closed_before_its_end_and_a_head_request_do_not_leave_their_connection_in_the_pool() -> None:
+    """The rest of an unread body (or a HEAD answer's length with no body) would be read as the next answer."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(Exception):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                body = b"" if head.startswith(b"HEAD") else b"x" * 100_000
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + body)
+                await writer.drain()
+
+    server, url = await serving(serve)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport()) as http:
+            async with http.stream("GET", url) as response:
+                async for _ in response.aiter_raw():
+                    break
+            assert (await http.head(url)).headers["content-length"] == "100000"
+            assert len((await http.get(url)).content) == 100_000
+            assert len((await http.get(url)).content) == 100_000  # this one on the kept connection
+        assert connections == 3
+    finally:
+        server.close()
+
+
+async def test_the_pool_keeps_to_its_limits() -> None:
+    """No more connections than ``max_connections`` at once: a request waits for one to come free, and gives up
+    with ``PoolTimeout`` after the pool timeout; no more idle ones kept than ``max_keepalive_connections``."""
+    open_now = most = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        with contextlib.suppress(Exception):
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        open_now -= 1
+
+    server, url = await serving(slow)
+    limits = httpx.Limits(max_connections=2, max_keepalive_connections=1)
+    try:
+        transport = CoalescingTransport(limits=limits)
+        async with httpx.AsyncClient(transport=transport) as http:
+            answers = await asyncio.gather(*(http.get(url) for _ in range(6)))
+            assert [a.text for a in answers] == ["ok"] * 6 and most == 2
+            assert sum(map(len, transport._idle.values())) == 1
+            waiting = [asyncio.ensure_future(http.get(url)) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            with pytest.raises(httpx.PoolTimeout):
+                await http.get(url, timeout=httpx.Timeout(5, pool=0.01))
+            assert [(await w).text for w in waiting] == ["ok", "ok"]
+    finally:
+        server.close()
+
+
+async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serving(garbage)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), timeout=2) as http:
+            with pytest.raises(httpx.RemoteProtocolError, match="does not parse"):
+                await http.get(url)
     finally:
         server.close()
