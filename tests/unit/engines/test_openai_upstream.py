@@ -6,7 +6,7 @@ buggy upstream may stream instead."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -736,3 +736,36 @@ async def test_the_stream_is_read_to_its_end_past_done_so_the_connection_is_kept
     assert [event async for event in sse_events(response)] == [{"choices": []}]
     # httpx closes a response (and hands its connection back to the pool) once its body was read to the end.
     assert response.is_closed
+
+
+class _Pieces(httpx.AsyncByteStream):
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+async def test_events_are_read_whatever_the_line_ends_and_wherever_the_pieces_break(newline: bytes) -> None:
+    """SSE lines end in LF, CRLF or CR; a piece may end anywhere, inside a CRLF too; data lines of one event
+    join with LF; comments and event names are skipped."""
+    from cocoon.engines.upstream_stream import sse_events
+
+    lines = [b": ping", b"", b"event: chunk", b'data: {"a":', b'data: "x\\u00e9"}', b"", b'data:{"b": 2}', b""]
+    body = newline.join([*lines, b"data: [DONE]", b"", b""])
+    expected = [{"a": "xé"}, {"b": 2}]
+    for size in (1, 2, 3, 7, len(body)):
+        pieces = [body[at : at + size] for at in range(0, len(body), size)]
+        response = httpx.Response(200, stream=_Pieces(pieces), request=httpx.Request("POST", URL))
+        assert [event async for event in sse_events(response)] == expected, (newline, size)
+
+
+async def test_an_endless_line_is_refused_before_it_fills_the_memory() -> None:
+    from cocoon.engines.upstream_stream import MAX_EVENT_BYTES, sse_events
+
+    pieces = [b"data: " + b"x" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
+    response = httpx.Response(200, stream=_Pieces(pieces), request=httpx.Request("POST", URL))
+    with pytest.raises(UpstreamFailed, match="over"):
+        [event async for event in sse_events(response)]
