@@ -9,6 +9,7 @@ from cocoon.errors import SealError
 from cocoon.protocol import (
     ResponseSealer,
     WrappedKey,
+    envelope,
     new_key_nonce,
     open_request,
     seal_request,
@@ -25,6 +26,36 @@ def test_every_candidate_opens_the_same_request() -> None:
         assert content_key == key
         assert open_request("r1", sealed.ciphertext, content_key) == b"prompt"
     assert b"prompt" not in sealed.ciphertext
+
+
+def test_the_hpke_here_is_rfc_9180s_as_an_independent_implementation_reads_it() -> None:
+    """pyhpke (tested against RFC 9180's vectors) opens what this module seals and seals what it opens: same
+    suite, same info, same AAD."""
+    from pyhpke import AEADId, CipherSuite, KDFId, KEMId
+
+    suite = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
+    worker = NodeKeys.generate()
+    sealed, key = seal_request("r1", b"prompt", {worker.node_id: worker.sealing.public})
+    wrapped = sealed.keys[0]
+    private = suite.kem.deserialize_private_key(worker.sealing.private)
+    theirs = suite.create_recipient_context(wrapped.enc, private, info=envelope._INFO)
+    assert theirs.open(wrapped.wrapped, aad=f"r1|{worker.node_id}".encode()) == key
+
+    public = suite.kem.deserialize_public_key(worker.sealing.public)
+    enc, context = suite.create_sender_context(public, info=envelope._INFO)
+    mine = WrappedKey(worker.node_id, enc, context.seal(b"k" * 32, aad=f"r2|{worker.node_id}".encode()))
+    assert unwrap_content_key("r2", mine, worker.sealing.private) == b"k" * 32
+
+
+@pytest.mark.parametrize("enc", [bytes(32), b"\x01" + bytes(31), b"short"])
+def test_an_encapsulated_key_of_low_order_or_the_wrong_size_is_refused(enc: bytes) -> None:
+    worker = NodeKeys.generate()
+    sealed, _ = seal_request("r1", b"prompt", {worker.node_id: worker.sealing.public})
+    bad = WrappedKey(worker.node_id, enc, sealed.keys[0].wrapped)
+    with pytest.raises(SealError):
+        unwrap_content_key("r1", bad, worker.sealing.private)
+    with pytest.raises(ValueError):
+        seal_request("r1", b"prompt", {"w": enc})
 
 
 def test_a_worker_cannot_open_a_key_wrapped_for_another() -> None:
