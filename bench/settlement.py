@@ -41,7 +41,7 @@ from cocoon.client.wallet import ChannelPayer, check_same_chain, client_channel,
 from cocoon.crypto import SigningKey
 from cocoon.engines import DEFAULT_MODEL
 from cocoon.local import LocalNetwork, free_port
-from cocoon.protocol.http_client import CoalescingTransport
+from cocoon.protocol.http_client import LeanClient
 from cocoon.protocol.money import VoucherSubmission
 from cocoon.protocol.payload import SealedMessage, SealedParams
 from cocoon.proxy.money.billing import Billing
@@ -56,7 +56,7 @@ async def open_client(net: LocalNetwork, chain: ToncenterClient, devnet: DevnetC
     key = SigningKey.generate()
     wallet = Wallet(key.seed)
     await devnet.fund(wallet.address, 3 * TON)
-    http = httpx.AsyncClient(base_url=net.proxy_url, timeout=30, transport=CoalescingTransport())  # a sidecar's
+    http = LeanClient(base_url=net.proxy_url, timeout=30)  # a sidecar's
     terms = await payment_terms(http)
     assert terms is not None
     await check_same_chain(chain, terms, "devnet")

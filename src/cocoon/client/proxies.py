@@ -28,7 +28,7 @@ from cocoon.client.directory import DirectoryCache
 from cocoon.client.wallet import ChannelPayer
 from cocoon.config import ClientSettings
 from cocoon.errors import ChainError, ConfigError
-from cocoon.protocol.http_client import CoalescingTransport
+from cocoon.protocol.http_client import CoalescingTransport, LeanClient
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ProxyPool:
         return added, dropped
 
     def _connect(self, url: str, http: httpx.AsyncClient | None, timeout: float) -> ProxyConnection:
-        http = http or httpx.AsyncClient(
+        http = http or LeanClient(
             base_url=url,
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=CoalescingTransport(

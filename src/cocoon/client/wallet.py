@@ -25,7 +25,7 @@ from cocoon.crypto import SigningKey, load_or_create_signing_key
 from cocoon.errors import CocoonError, ConfigError, UpstreamFailed
 from cocoon.metrics import record_money
 from cocoon.protocol import Receipt
-from cocoon.protocol.http_client import CoalescingTransport
+from cocoon.protocol.http_client import CoalescingTransport, LeanClient
 from cocoon.protocol.money import PayerAuth, channel_auth_header, payer_message, rejection_message
 from cocoon.protocol.tls import trust_context
 
@@ -397,7 +397,7 @@ def sidecar_payer(
     from ``wallet_file``, prices from ``chain_url``. A client pays each proxy through its own channel with it;
     the payers of one client share ``books``, so replicas of one proxy share their channel's (``ChannelBook``)."""
     assert settings.chain_url is not None
-    http = httpx.AsyncClient(
+    http = LeanClient(
         base_url=proxy_url or settings.proxy_url,
         timeout=httpx.Timeout(PAYER_HTTP_TIMEOUT_S, connect=5.0),
         transport=CoalescingTransport(verify=trust_context(settings.tls_ca_file)),

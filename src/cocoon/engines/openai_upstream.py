@@ -29,7 +29,7 @@ from cocoon.engines.config import EngineSettings
 from cocoon.engines.upstream_request import upstream_request
 from cocoon.engines.upstream_stream import StreamReader, sse_events, upstream_error
 from cocoon.errors import BadRequest, ConfigError, EngineError, UpstreamFailed, map_http_errors
-from cocoon.protocol.http_client import CoalescingTransport
+from cocoon.protocol.http_client import LeanClient
 from cocoon.protocol.usage import TokenUsage
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,16 @@ class OpenAIUpstreamEngine:
         """
         if self._client is None:
             headers = {"Authorization": f"Bearer {self._settings.upstream_api_key}"}
-            self._client = httpx.AsyncClient(
-                timeout=_TIMEOUT,
-                headers=headers if self._settings.upstream_api_key else None,
-                transport=self._transport or CoalescingTransport(),
-            )
+            if self._transport is None:  # the hot path: each request straight on cocoon's own transport
+                self._client = LeanClient(
+                    timeout=_TIMEOUT, headers=headers if self._settings.upstream_api_key else None
+                )
+            else:
+                self._client = httpx.AsyncClient(
+                    timeout=_TIMEOUT,
+                    headers=headers if self._settings.upstream_api_key else None,
+                    transport=self._transport,
+                )
         response = await self._request("GET", f"{self._base}/models")
         if response.status_code >= 400:
             raise upstream_error(response.status_code, response.text, f"{self._base}/models")

@@ -30,7 +30,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import httpx
@@ -423,3 +423,60 @@ def _reads_to_close(connection: _Connection) -> bool:
     """A response with neither ``content-length`` nor chunked transfer coding: its body runs to the close."""
     names = {name.lower() for name, _ in connection.headers}
     return b"content-length" not in names and b"transfer-encoding" not in names
+
+
+class LeanClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` on a ``CoalescingTransport``, each request handed to it straight.
+
+    httpx's ``send`` runs a request through its auth flow, its redirect loop, its event hooks and its cookie jar,
+    and wraps the response's stream to time it: ~280 µs of a streamed request's ~440 on the client's side
+    (measured with a local server), for nothing cocoon's clients use. This client has none of those: no
+    ``auth``, no ``cookies``, no ``event_hooks``, no redirects followed (``follow_redirects`` is refused), and
+    ``response.elapsed`` is not measured. Everything else is httpx's: ``build_request`` merges the base URL,
+    headers and timeout as always, and errors are httpx's.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "",
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | float = 5.0,
+        transport: CoalescingTransport | None = None,
+    ) -> None:
+        self._lean = transport or CoalescingTransport()
+        self._urls: dict[str, httpx.URL] = {}  # a path as given -> its absolute URL, parsed once
+        super().__init__(base_url=base_url, headers=headers, timeout=timeout, transport=self._lean)
+
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+        """httpx's, with each URL given as a string parsed and joined to the base URL once: parsing it (twice:
+        the path, then the joined URL) was a quarter of what httpx spent around a request."""
+        if isinstance(url, str) and kwargs.get("params") is None:
+            absolute = self._urls.get(url)
+            if absolute is None:
+                if len(self._urls) >= 256:
+                    self._urls.clear()
+                absolute = self._urls[url] = super().build_request("GET", url).url
+            url = absolute
+        return super().build_request(method, url, **kwargs)
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: object = None,
+        follow_redirects: object = None,
+    ) -> httpx.Response:
+        if auth not in (None, httpx.USE_CLIENT_DEFAULT) or follow_redirects is True:
+            raise TypeError("LeanClient sends without auth and follows no redirects")
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self._lean.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response

@@ -332,3 +332,42 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
                 await http.get(url)
     finally:
         server.close()
+
+
+async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_machinery() -> None:
+    """Base URL joined (once per path), the client's and the request's headers, query parameters, JSON bodies,
+    streamed and read answers: the same request line and headers as ``httpx.AsyncClient`` sends."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                               if line.startswith(b"content-length:")), 0)  # fmt: skip
+                seen.append(head + await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+    server, url = await serving(serve)
+    base, headers = f"{url}/v1/", {"authorization": "Bearer k"}
+    try:
+        async with http_client.LeanClient(base_url=base, headers=headers) as lean:
+            for _ in range(2):
+                assert (await lean.post("/jobs", json={"a": 1}, headers={"x-one": "1"})).text == "ok"
+            assert (await lean.get("models", params={"q": "x y"})).text == "ok"
+            async with lean.stream("GET", "/models") as response:
+                assert await response.aread() == b"ok"
+            with pytest.raises(TypeError, match="redirects"):
+                await lean.get("/models", follow_redirects=True)
+            assert len(lean._urls) == 2  # "/jobs" and "/models"; the one with parameters is not kept
+        lean_seen, seen[:] = list(seen), []
+        async with httpx.AsyncClient(base_url=base, headers=headers) as plain:
+            for _ in range(2):
+                await plain.post("/jobs", json={"a": 1}, headers={"x-one": "1"})
+            await plain.get("models", params={"q": "x y"})
+            await plain.get("/models")
+        assert lean_seen == seen
+    finally:
+        server.close()
+    assert seen[0].startswith(b"POST /v1/jobs HTTP/1.1\r\n") and b"authorization: Bearer k" in seen[0]
+    assert seen[2].startswith(b"GET /v1/models?q=x+y HTTP/1.1")
