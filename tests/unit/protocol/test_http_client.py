@@ -350,8 +350,17 @@ async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_ma
 
     server, url = await serving(serve)
     base, headers = f"{url}/v1/", {"authorization": "Bearer k"}
+    hooked: list[str] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        hooked.append(f"{request.method} {request.url.path}")
+
+    async def on_response(response: httpx.Response) -> None:
+        hooked.append(str(response.status_code))
+
     try:
         async with http_client.LeanClient(base_url=base, headers=headers) as lean:
+            lean.event_hooks = {"request": [on_request], "response": [on_response]}
             for _ in range(2):
                 assert (await lean.post("/jobs", json={"a": 1}, headers={"x-one": "1"})).text == "ok"
             assert (await lean.get("models", params={"q": "x y"})).text == "ok"
@@ -360,6 +369,7 @@ async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_ma
             with pytest.raises(TypeError, match="redirects"):
                 await lean.get("/models", follow_redirects=True)
             assert len(lean._urls) == 2  # "/jobs" and "/models"; the one with parameters is not kept
+            assert hooked[:4] == ["POST /v1/jobs", "200", "POST /v1/jobs", "200"] and len(hooked) == 8
         lean_seen, seen[:] = list(seen), []
         async with httpx.AsyncClient(base_url=base, headers=headers) as plain:
             for _ in range(2):
