@@ -304,8 +304,12 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
             try:
                 async with asyncio.timeout(None if deadline is None else max(0.0, deadline - now)):
                     await waiter
-            except TimeoutError as exc:
-                raise httpx.PoolTimeout(f"no free connection within {pool} s", request=request) from exc
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then timed out or cancelled: the room goes to the next in line
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout(f"no free connection within {pool} s", request=request) from exc
+                raise
             finally:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)

@@ -381,3 +381,19 @@ async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_ma
         server.close()
     assert seen[0].startswith(b"POST /v1/jobs HTTP/1.1\r\n") and b"authorization: Bearer k" in seen[0]
     assert seen[2].startswith(b"GET /v1/models?q=x+y HTTP/1.1")
+
+
+async def test_a_waiter_cancelled_just_after_it_was_woken_passes_the_free_connection_on() -> None:
+    server, url = await serving(answer_ok)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(limits=httpx.Limits(max_connections=1))) as http:
+            async with http.stream("GET", url) as held:
+                first = asyncio.ensure_future(http.get(url))
+                second = asyncio.ensure_future(http.get(url))
+                await asyncio.sleep(0.01)  # both wait for the one connection
+                await held.aread()  # read to its end: the connection is free, and the first waiter woken...
+            first.cancel()  # ...but cancelled before it could take it
+            assert (await asyncio.wait_for(second, 2)).text == "ok"
+            assert first.cancelled()
+    finally:
+        server.close()
