@@ -102,17 +102,12 @@ class OpenAIUpstreamEngine:
         Raises ``UpstreamFailed`` (naming the URL) when it does not.
         """
         if self._client is None:
-            headers = {"Authorization": f"Bearer {self._settings.upstream_api_key}"}
+            key = self._settings.upstream_api_key
+            headers = {"Authorization": f"Bearer {key}"} if key else None
             if self._transport is None:  # the hot path: each request straight on cocoon's own transport
-                self._client = LeanClient(
-                    timeout=_TIMEOUT, headers=headers if self._settings.upstream_api_key else None
-                )
+                self._client = LeanClient(timeout=_TIMEOUT, headers=headers)
             else:
-                self._client = httpx.AsyncClient(
-                    timeout=_TIMEOUT,
-                    headers=headers if self._settings.upstream_api_key else None,
-                    transport=self._transport,
-                )
+                self._client = httpx.AsyncClient(timeout=_TIMEOUT, headers=headers, transport=self._transport)
         response = await self._request("GET", f"{self._base}/models")
         if response.status_code >= 400:
             raise upstream_error(response.status_code, response.text, f"{self._base}/models")

@@ -340,8 +340,7 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.origin, []).append(connection)
         else:
-            connection.close()
-            self._open -= 1
+            self._drop(connection)
         self._wake_one()
 
     def _drop(self, connection: _Connection) -> None:
