@@ -38,6 +38,7 @@ import httpx
 FLUSH_BYTES = 64 * 1024  # a larger body goes on as it comes
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's own
 READ_LIMIT = 256 * 1024  # bytes read ahead of the response stream before the socket is paused
+MAX_HEAD_BYTES = 100 * 1024  # an answer's status line and headers (httpcore's bound on h11's, kept)
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -58,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self.head_bytes = 0  # read so far while the head is not complete
         self.pieces: list[bytes] = []
         self.buffered = 0
         self.complete = False
@@ -84,6 +86,11 @@ class _Connection(asyncio.Protocol):
             self._fail("the server switched protocols, which this client does not speak")
         except httptools.HttpParserError as exc:
             self._fail(f"the server's answer does not parse as HTTP/1.1: {exc}")
+        if not self.head_done:  # all of it was head: a server must not make the client hold an endless one
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(f"the server's answer has a head over {MAX_HEAD_BYTES} bytes")
+                self.close()
         if self.buffered > READ_LIMIT and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
@@ -164,7 +171,7 @@ class _Connection(asyncio.Protocol):
     def begin(self) -> None:
         """Ready for the next response."""
         self.parser = httptools.HttpResponseParser(self)
-        self.status, self.reason, self.headers = 0, b"", []
+        self.status, self.reason, self.headers, self.head_bytes = 0, b"", [], 0
         self.head_done = self.complete = self.keep_alive = False
 
     def take(self) -> bytes:

@@ -397,3 +397,37 @@ async def test_a_waiter_cancelled_just_after_it_was_woken_passes_the_free_connec
             assert first.cancelled()
     finally:
         server.close()
+
+
+async def test_an_endless_answer_head_is_refused_and_a_large_one_read() -> None:
+    """A server that never ends its headers must not make the client hold them all (httpcore bounded the head at
+    100 KiB through h11; so does this), while a head under the bound, however it is cut up, is read whole."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(ConnectionError):
+            for i in range(10_000):
+                writer.write(b"x-%d: %s\r\n" % (i, b"v" * 1000))
+                await writer.drain()
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-%d: %s\r\n" % (i, b"v" * 1000) for i in range(60))
+        for at in range(0, len(head), 7000):
+            writer.write(head[at : at + 7000])
+            await writer.drain()
+        writer.write(b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    bad, bad_url = await serving(endless)
+    good, good_url = await serving(large)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), timeout=5) as http:
+            with pytest.raises(httpx.RemoteProtocolError, match=f"head over {http_client.MAX_HEAD_BYTES} bytes"):
+                await http.get(bad_url)
+            answer = await http.get(good_url)
+            assert answer.text == "ok" and answer.headers["x-59"] == "v" * 1000
+    finally:
+        bad.close()
+        good.close()
