@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
+        self.cut = False  # the request's body was not all sent: the connection cannot carry another
         self.eof = False
         self.failure: str | None = None
         self.idle_since = 0.0
@@ -140,6 +141,8 @@ class _Connection(asyncio.Protocol):
             assert self.parser is not None
             self.complete = True
             self.keep_alive = self.parser.should_keep_alive()  # asked now: the parser resets after this
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)  # answered while the request was still going out: it stops
 
     # ---- for the transport ----
 
@@ -166,7 +169,7 @@ class _Connection(asyncio.Protocol):
 
     def usable(self) -> bool:
         """An idle connection that can carry a request: open, and nothing arrived since its last response."""
-        return self.failure is None and self.transport is not None and not self.transport.is_closing()
+        return self.failure is None and not self.cut and self.transport is not None and not self.transport.is_closing()
 
     def begin(self) -> None:
         """Ready for the next response."""
@@ -234,7 +237,12 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
         connection = await self._acquire((scheme, url.host, port), timeouts, request)
         try:
             connection.begin()
-            await self._send(connection, request, timeouts.get("write"))
+            try:
+                await self._send(connection, request, timeouts.get("write"))
+            except httpx.WriteError:
+                # A server may answer before it read the whole body (a 413 for one too large) and close: its
+                # answer is what the caller needs, not the failed write. None came: the loop below says so.
+                connection.cut = True
             read = timeouts.get("read")
             while not connection.head_done:
                 if connection.failure is not None:
@@ -254,7 +262,8 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
         )
 
     async def _send(self, connection: _Connection, request: httpx.Request, timeout: float | None) -> None:
-        """The request's head and body, in one write unless the body is larger than ``FLUSH_BYTES``."""
+        """The request's head and body, in one write unless the body is larger than ``FLUSH_BYTES``; what is left
+        of a body is not sent once the server's whole answer has come (the connection is then not kept)."""
         url = request.url
         target = url.raw_path
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
@@ -274,6 +283,9 @@ class CoalescingTransport(httpx.AsyncBaseTransport):
             if size >= FLUSH_BYTES:
                 await connection.write(b"".join(held), timeout, request)
                 held, size = [], 0
+                if connection.complete:
+                    connection.cut = True
+                    return
         if chunked:
             held.append(b"0\r\n\r\n")
         if held:

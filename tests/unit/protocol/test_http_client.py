@@ -431,3 +431,47 @@ async def test_an_endless_answer_head_is_refused_and_a_large_one_read() -> None:
     finally:
         bad.close()
         good.close()
+
+
+async def test_an_answer_sent_before_the_body_was_read_is_the_response_not_a_write_error() -> None:
+    """A server may refuse a body too large as soon as it reads the head: the client gets that 413, whether the
+    server then closes the connection (the client's write fails) or leaves it open without reading (the write
+    would wait forever). The connection is not used again: its request was cut short."""
+    connections = 0
+    too_large = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large"
+
+    async def closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(too_large)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()  # unread data: the kernel resets the connection
+
+    async def stops_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(too_large)
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    body = b"z" * (64 * 1024 * 1024)  # far more than loopback's socket buffers hold
+
+    async def in_parts() -> AsyncIterator[bytes]:
+        for at in range(0, len(body), 1024 * 1024):
+            yield body[at : at + 1024 * 1024]
+
+    closing, closing_url = await serving(closes)
+    stalling, stalling_url = await serving(stops_reading)
+    try:
+        async with httpx.AsyncClient(transport=CoalescingTransport(), timeout=10) as http:
+            for content in (body, in_parts()):
+                answer = await http.post(closing_url, content=content)
+                assert (answer.status_code, answer.text) == (413, "too large")
+            for _ in range(2):
+                answer = await asyncio.wait_for(http.post(stalling_url, content=body), 5)
+                assert (answer.status_code, answer.text) == (413, "too large")
+        assert connections == 2
+    finally:
+        closing.close()
+        stalling.close()
