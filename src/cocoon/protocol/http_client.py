@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import socket
 import ssl
 import time
@@ -41,6 +42,8 @@ READ_LIMIT = 256 * 1024  # bytes read ahead of the response stream before the so
 MAX_HEAD_BYTES = 100 * 1024  # an answer's status line and headers (httpcore's bound on h11's, kept)
 
 Origin = tuple[str, str, int]  # scheme, host, port
+
+logger = logging.getLogger("httpx")  # httpx's own: an application that shows httpx's requests shows these
 
 
 class _Connection(asyncio.Protocol):
@@ -455,8 +458,9 @@ class LeanClient(httpx.AsyncClient):
     client's side (measured with a local server), for nothing cocoon's clients use. This client has none of
     those: no ``auth``, no ``cookies``, no redirects followed (``follow_redirects`` is refused), and
     ``response.elapsed`` is not measured. ``event_hooks`` still run, as httpx runs them (tests capture
-    requests with them). Everything else is httpx's: ``build_request`` merges the base URL, headers and
-    timeout as always, and errors are httpx's.
+    requests with them), and each response is logged at INFO on the ``httpx`` logger in httpx's words.
+    Everything else is httpx's: ``build_request`` merges the base URL, headers and timeout as always, and
+    errors are httpx's.
     """
 
     def __init__(
@@ -500,6 +504,15 @@ class LeanClient(httpx.AsyncClient):
             await hook(request)
         response = await self._lean.handle_async_request(request)
         response.request = request
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
         try:
             for hook in hooks["response"]:
                 await hook(response)

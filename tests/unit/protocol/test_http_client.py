@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -334,9 +335,13 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
         server.close()
 
 
-async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_machinery() -> None:
+async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_machinery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Base URL joined (once per path), the client's and the request's headers, query parameters, JSON bodies,
-    streamed and read answers: the same request line and headers as ``httpx.AsyncClient`` sends."""
+    streamed and read answers: the same request line and headers as ``httpx.AsyncClient`` sends, and the same
+    lines on the ``httpx`` logger."""
+    caplog.set_level(logging.INFO, logger="httpx")
     seen: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -371,12 +376,16 @@ async def test_the_lean_client_sends_what_httpx_would_without_its_per_request_ma
             assert len(lean._urls) == 2  # "/jobs" and "/models"; the one with parameters is not kept
             assert hooked[:4] == ["POST /v1/jobs", "200", "POST /v1/jobs", "200"] and len(hooked) == 8
         lean_seen, seen[:] = list(seen), []
+        lean_logged = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+        caplog.clear()
         async with httpx.AsyncClient(base_url=base, headers=headers) as plain:
             for _ in range(2):
                 await plain.post("/jobs", json={"a": 1}, headers={"x-one": "1"})
             await plain.get("models", params={"q": "x y"})
             await plain.get("/models")
         assert lean_seen == seen
+        assert lean_logged == [r.getMessage() for r in caplog.records if r.name == "httpx"]
+        assert lean_logged[0] == f'HTTP Request: POST {url}/v1/jobs "HTTP/1.1 200 OK"' and len(lean_logged) == 4
     finally:
         server.close()
     assert seen[0].startswith(b"POST /v1/jobs HTTP/1.1\r\n") and b"authorization: Bearer k" in seen[0]
