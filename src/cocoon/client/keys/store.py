@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocoon.chain.pricing import ton_text
@@ -65,7 +65,8 @@ class ApiKey:
     used_at: datetime | None
 
     @classmethod
-    def of(cls, row: ApiKeyRow) -> ApiKey:
+    def of(cls, row: ApiKeyRow | Row[Any]) -> ApiKey:
+        """From the ORM's row or a Core row of ``api_keys`` (the request path reads those)."""
         return cls(
             row.id, row.name, row.hint, row.budget, row.spent, row.reserved, row.rpm,
             tuple(m for m in row.models.split(",") if m), as_utc(row.created_at),
