@@ -94,7 +94,7 @@ async def test_usage_matches_what_the_upstream_bills_for_the_same_request(
 ) -> None:
     request = GenerationRequest(SamplingParams(max_tokens=8, temperature=0.0), prompt=COUNTING)
     _, finished = await run(engine, request)
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=60) as client:  # a CPU model on a busy 2-core runner: httpx's 5 s is short
         reply = await client.post(
             f"{upstream_url}/completions", json={"prompt": COUNTING, "max_tokens": 8, "temperature": 0}
         )
