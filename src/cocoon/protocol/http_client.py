@@ -171,7 +171,8 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
 
     def usable(self) -> bool:
-        """An idle connection that can carry a request: open, and nothing arrived since its last response."""
+        """An idle connection that can carry a request: open, nothing arrived since its last response, and its
+        last request went out whole."""
         return self.failure is None and not self.cut and self.transport is not None and not self.transport.is_closing()
 
     def begin(self) -> None:

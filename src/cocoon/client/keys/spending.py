@@ -74,19 +74,19 @@ class KeySpending:
 
     async def authenticate(self, secret: str, now: datetime | None = None) -> ApiKey:
         """The live key whose secret this is; ``Unauthorized`` (unknown or revoked), ``Forbidden`` (expired)."""
-        row = None
+        key = None
         if not self.store.missing():
             await self.store.ready()
             digest = secret_digest(secret)
 
             def find(session: Session) -> ApiKey | None:
-                found = session.connection().execute(FIND_KEY, {"digest": digest}).first()
-                return None if found is None else ApiKey.of(found)
+                row = session.connection().execute(FIND_KEY, {"digest": digest}).first()
+                return None if row is None else ApiKey.of(row)
 
-            row = await self.store.transact(find, write=False)
-        if row is None:
+            key = await self.store.transact(find, write=False)
+        if key is None:
             raise Unauthorized(f"this sidecar has no such API key: {SEND_KEY}")
-        return _usable(row, now or utcnow())
+        return _usable(key, now or utcnow())
 
     async def admit(self, key_id: str, model: str | None, now: datetime | None = None) -> ApiKey:
         """Count one request of the key against its rpm (``RateLimited``, with the seconds until the window has
