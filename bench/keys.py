@@ -4,8 +4,9 @@ Starts a paid local network (devnet, billing proxy, one ``synthetic`` worker at 
 sidecar with its funded channel) and drives the sidecar's ``/v1/chat/completions`` at each concurrency, first
 with no key (a loopback sidecar needs none until one exists), then with a key made in the sidecar's store: each
 request then authenticates it, counts it against the key's rpm and models, holds the job's maximum cost against
-its budget, books what the job paid and gives back the rest (``cocoon.client.keys.spending``). Rounds alternate
-the two paths only in time order (a key, once made, is needed by every request after), so read them as one run.
+its budget, books what the job paid and gives back the rest (``cocoon.client.keys.spending``). The two paths run
+one after the other, not interleaved (a key, once made, is needed by every later request): compare them within
+one run, and runs of two versions of the code side by side.
 Usage: ``python bench/keys.py [--seconds 5] [--levels 1,16] [--chunks 16]``.
 """
 
