@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 
@@ -70,11 +71,6 @@ class Sample:
     tokens: int  # completion tokens, as Finished counts them
     decode_s: float  # from the first event to the last
     after_first: int  # tokens the events after the first one carried
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 BASELINE = {"json_schema": "free", "tools, required": "free, tools' prompt", "tools, auto": "free, tools' prompt"}
@@ -155,10 +151,10 @@ async def main() -> None:
             str(prompt_tokens[name]),
             f"{statistics.median(s.tokens for s in row):.0f}",
             f"{statistics.median(ttft):.1f}",
-            f"{pct(ttft, 0.99):.1f}",
+            f"{quantile(ttft, 0.99):.1f}",
             f"{statistics.median(ttft) - statistics.median(s.ttft_s * 1000 for s in base):+.1f}",
             f"{statistics.median(rates):.1f}",
-            f"{pct(rates, 0.01):.1f}",  # the slowest 1 %: the bad tail of a rate is its low end
+            f"{quantile(rates, 0.01):.1f}",  # the slowest 1 %: the bad tail of a rate is its low end
             f"{statistics.median(rates) / base_rate:.3f}",
         )
     console.print(table)

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 
@@ -136,11 +137,6 @@ def simulate(
     return detect, false_flags
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(
     args: argparse.Namespace,
     distinct: int,
@@ -164,8 +160,8 @@ def report(
         table.add_row(
             label,
             f"{statistics.fmean(g):.3f}",
-            f"{pct(g, 0.5):.3f}",
-            f"{pct(g, 0.99):.3f}",
+            f"{quantile(g, 0.5):.3f}",
+            f"{quantile(g, 0.99):.3f}",
             f"{max(g):.3f}",
             f"{statistics.fmean(r[1] for r in rows):.1%}",
         )
@@ -187,7 +183,7 @@ def report(
     rules.add_row("cheater detected", f"{len(detect)}/{args.runs} runs")
     if detect:
         counts = [float(d) for d in detect]
-        spread = f"{pct(counts, 0.5):.0f}, {pct(counts, 0.99):.0f}, {max(detect)}"
+        spread = f"{quantile(counts, 0.5):.0f}, {quantile(counts, 0.99):.0f}, {max(detect)}"
         rules.add_row("cheater canaries to detection (median, p99, max)", spread)
     rules.add_row("honest workers flagged (false positives)", f"{false_flags} of {2 * args.runs}")
     tokens = statistics.fmean(r[2] for r in honest)

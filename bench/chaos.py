@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 
@@ -138,11 +139,6 @@ async def main(args: argparse.Namespace) -> None:
     report(Console(width=140), tally, args)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def report(console: Console, tally: Tally, args: argparse.Namespace) -> None:
     done = len(tally.clean) + len(tally.moved)
     baseline = statistics.median(tally.clean) if tally.clean else float("nan")
@@ -162,10 +158,10 @@ def report(console: Console, tally: Tally, args: argparse.Namespace) -> None:
         str(tally.kills),
         str(len(tally.moved)),
         f"{baseline:.3f}",
-        f"{pct(extra, 0.5):.3f}",
-        f"{pct(extra, 0.99):.3f}",
-        f"{pct(tally.stalls, 0.5):.3f}",
-        f"{pct(tally.stalls, 0.99):.3f}",
+        f"{quantile(extra, 0.5):.3f}",
+        f"{quantile(extra, 0.99):.3f}",
+        f"{quantile(tally.stalls, 0.5):.3f}",
+        f"{quantile(tally.stalls, 0.99):.3f}",
     )
     console.print(summary)
     memory = Table(title="proxy memory over time")

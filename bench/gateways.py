@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 from starlette.applications import Starlette
@@ -172,8 +173,7 @@ class Row:
         return len(self.latencies) / self.seconds
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return quantile(self.latencies, q, scale=1000)
 
 
 async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, object]) -> None:

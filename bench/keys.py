@@ -23,16 +23,12 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 import gateways  # its load generator and /proc CPU reader
+from quantiles import quantile
 
 from cocoon.client.keys import KeyStore
 from cocoon.local import LocalNetwork, free_port
 
 console = Console()
-
-
-def pct(latencies: list[float], q: float) -> float:
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 Row = tuple[str, int, float, float, float, float]  # path, streams, req/s, p50 ms, p99 ms, sidecar CPU ms/req
@@ -53,7 +49,8 @@ async def measure(net: LocalNetwork, home: Path, args: argparse.Namespace) -> li
             before = gateways.cpu_seconds(sidecar)
             latencies, seconds = await gateways.load(url, streams, args.seconds, args.chunks, secret)
             cpu_ms = 1000 * (gateways.cpu_seconds(sidecar) - before) / len(latencies)
-            rows.append((path, streams, len(latencies) / seconds, pct(latencies, 0.5), pct(latencies, 0.99), cpu_ms))
+            p50, p99 = (quantile(latencies, q, scale=1000) for q in (0.5, 0.99))
+            rows.append((path, streams, len(latencies) / seconds, p50, p99, cpu_ms))
     return rows
 
 

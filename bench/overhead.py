@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 from llama_cpp._utils import suppress_stdout_stderr
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 
@@ -59,11 +60,6 @@ class Sample:
 
 
 Run = Callable[[], Awaitable[Sample]]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(run: Run, requests: int, concurrency: int) -> tuple[list[Sample], float]:
@@ -286,7 +282,7 @@ async def main() -> None:
             path,
             str(c),
             f"{statistics.median(ttft):.1f}",
-            f"{pct(ttft, 0.99):.1f}",
+            f"{quantile(ttft, 0.99):.1f}",
             f"{statistics.median(ttft) - base_ttft:+.1f}",
             f"{statistics.median(decode):.1f}",
             f"{aggregate:.1f}",

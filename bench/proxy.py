@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import msgpack
 import websockets
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.server import ServerConnection, serve
@@ -55,8 +56,7 @@ class Level:
         return self.done / self.seconds
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return quantile(self.latencies, q, scale=1000)
 
 
 def payload_bytes(tokens: int) -> bytes:

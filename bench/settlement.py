@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from pytoniq_core.boc.address import Address
+from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
 
@@ -137,7 +138,7 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
         ("requests/s end to end (receipt verified, voucher stored)", f"{requests / elapsed:,.0f}"),
         (
             "time of one paid request, sent -> paid: p50 / p99",
-            f"{pct(latencies, 0.5):.1f} / {pct(latencies, 0.99):.1f} ms",
+            f"{quantile(latencies, 0.5, scale=1000):.1f} / {quantile(latencies, 0.99, scale=1000):.1f} ms",
         ),
         ("on-chain ops: client deposits (channel deploys)", str(deposits)),
         ("on-chain ops: proxy settlement (claims + worker fundings)", str(settlement)),
@@ -159,12 +160,6 @@ async def main(args: argparse.Namespace, net: LocalNetwork) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-def pct(seconds: list[float], q: float) -> float:
-    """The ``q`` quantile of ``seconds``, in milliseconds."""
-    ordered = sorted(seconds)
-    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def voucher_latency_ms(net: LocalNetwork) -> float:
