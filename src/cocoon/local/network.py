@@ -335,7 +335,7 @@ class LocalNetwork:
             if port_in_use(port):
                 raise ConfigError(
                     f"port {port} (the {role}'s) is already in use on 127.0.0.1; stop what holds it or pass "
-                    "another --port-base (the proxy listens at +620, the devnet at +710)"
+                    f"another --port-base (the proxy listens at +{PROXY_OFFSET}, the devnet at +{DEVNET_OFFSET})"
                 )
 
     def _verify(self) -> ssl.SSLContext | bool:

@@ -32,3 +32,15 @@ def test_a_bad_amount_is_a_clear_error_not_a_traceback() -> None:
     result = runner.invoke(app, ["client", "deposit", "--amount", "0.0000000001"])
     assert result.exit_code == 2
     assert "not a positive whole number of nanoton" in result.output
+
+
+def test_up_tells_the_ports_it_derives_from_its_port_base() -> None:
+    """The help spells the offsets out (the CLI imports no ``cocoon.local`` to start fast): they must be the
+    ones ``LocalNetwork`` listens at."""
+    import typing
+
+    from cocoon.cli.network import up
+    from cocoon.local.processes import DEVNET_OFFSET, PROXY_OFFSET
+
+    option = typing.get_type_hints(up, include_extras=True)["port_base"].__metadata__[0]
+    assert f"proxy at +{PROXY_OFFSET}, devnet at +{DEVNET_OFFSET}" in option.help

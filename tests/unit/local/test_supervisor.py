@@ -17,7 +17,7 @@ import pytest
 from cocoon.errors import ChildDied, ConfigError
 from cocoon.local import LocalNetwork, free_port, spawn
 from cocoon.local.network import default_home
-from cocoon.local.processes import port_in_use
+from cocoon.local.processes import DEVNET_OFFSET, PROXY_OFFSET, port_in_use
 from cocoon.local.supervisor import Supervisor
 from tests.helpers.network import wait_for
 
@@ -87,8 +87,9 @@ def test_a_port_in_use_is_one_clear_error_before_anything_starts(tmp_path: Path)
         assert port_in_use(port + 620)
         net = LocalNetwork(port_base=port, home=tmp_path, workers=1, model_path=Path("unused.gguf"))
         started = time.monotonic()
-        with pytest.raises(ConfigError, match=f"port {port + 620} \\(the proxy's\\) is already in use"):
+        with pytest.raises(ConfigError, match=f"port {port + 620} \\(the proxy's\\) is already in use") as refused:
             net.start()
+        assert f"the proxy listens at +{PROXY_OFFSET}, the devnet at +{DEVNET_OFFSET}" in str(refused.value)
         assert net.children == [] and time.monotonic() - started < 5
         net.stop()
     assert not port_in_use(port + 620)
