@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import socket
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -127,7 +129,31 @@ def serve(asgi: Any, host: str, port: int, log_level: str, tls: TlsServing | Non
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which settles the heap (``settle_heap``) once the app's startup has run."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
+
+
+def settle_heap() -> None:
+    """Move everything a role built to start (modules, its app, pydantic and SQLAlchemy schemas, its config)
+    out of the garbage collector's sight; call it once, when startup is done.
+
+    The problem: CPython's full collection walks every tracked object, and a started role holds ~125,000 of
+    them that live as long as it does. Measured under load (16 streams through sidecar → proxy → worker),
+    one full collection took 60–116 ms, a pause of the whole event loop that every stream in flight waited
+    out, and collections were ~5% of the sidecar's CPU. What this does: one ``gc.collect()`` (startup's
+    garbage goes now, not into the frozen set), then ``gc.freeze()``, so later collections walk only the
+    objects made since. Frozen objects are still freed by reference counting; only a reference cycle among
+    them would stay, and startup's are long-lived by nature.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def ton(nanoton: int) -> str:

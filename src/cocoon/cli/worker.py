@@ -25,6 +25,7 @@ from cocoon.cli.common import (
     role_group,
     role_runner,
     run_with_spinner,
+    settle_heap,
     ton,
 )
 from cocoon.config import WorkerSettings
@@ -51,6 +52,7 @@ def worker(
     async def main() -> None:
         node = WorkerNode(settings)
         await node.start()
+        settle_heap()
         task = asyncio.create_task(node.serve())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import typer
+import uvicorn
 
 from cocoon.chain import TON
 from cocoon.chain.pricing import parse_ton
+from cocoon.cli import common
 from cocoon.cli.common import load_settings, print_report, run_with_spinner, ton
 from cocoon.config import ProxySettings
 from cocoon.errors import ConfigError
@@ -134,3 +139,36 @@ def test_print_report_shows_amounts_also_in_ton(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "5000000000 (5 TON)" in out
     assert "1700000000 (" not in out  # a time, not an amount
+
+
+def test_a_served_role_settles_its_heap_once_its_startup_has_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a role built to start leaves the collector's sight after the app's startup, not before it: a full
+    collection then walks only what came later (``settle_heap``'s docstring has the pauses it saves)."""
+    events: list[str] = []
+    built: list[object] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while (await receive())["type"] != "lifespan.shutdown":
+            built.append([object() for _ in range(100)])  # what a role's startup builds
+            events.append("startup")
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    real = common.settle_heap
+
+    def settled() -> None:
+        events.append("settled")
+        real()
+        server.should_exit = True  # startup is done: the test has seen what it came for
+
+    monkeypatch.setattr(common, "settle_heap", settled)
+    server = common._Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="on", log_level="error"))
+
+    try:
+        asyncio.run(server.serve())
+        assert events == ["startup", "settled"]
+        assert gc.get_freeze_count() > 0
+        assert not any(o is built[0] for o in gc.get_objects())  # frozen: no longer what collections walk
+    finally:
+        gc.unfreeze()
