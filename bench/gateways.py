@@ -6,7 +6,9 @@ worker with the ``openai_upstream`` engine -> upstream, every hop a real local s
 to end); and LiteLLM's proxy in front of the same upstream (installed by this script in its own venv, or
 skipped with a message if that fails). Latency is request sent -> ``[DONE]`` read; a gateway's CPU per request
 (from /proc, each of its processes, the upstream's not counted) says what it costs where latency is noisy.
-Usage: ``python bench/gateways.py [--seconds 4] [--chunks 16] [--levels 1,16] [--no-litellm]``.
+The requests come from ``bench/loadgen.py`` (``--client httpx``: from an ``httpx.AsyncClient``, whose own CPU
+capped the upstream-alone row near 370 requests/s here; see loadgen's docstring).
+Usage: ``python bench/gateways.py [--seconds 4] [--chunks 16] [--levels 1,16] [--client lean] [--no-litellm]``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from loadgen import StreamLoad
 from quantiles import quantile
 from rich.console import Console
 from rich.table import Table
@@ -187,7 +190,12 @@ async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, object])
             raise RuntimeError(f"{url} ended its stream without [DONE]")
 
 
-async def load(url: str, streams: int, seconds: float, chunks: int, key: str = "") -> tuple[list[float], float]:
+async def load(
+    url: str, streams: int, seconds: float, chunks: int, key: str = "", client: str = "lean"
+) -> tuple[list[float], float]:
+    """``streams`` lanes of streamed completions to ``url`` for ``seconds`` (after half a second's warm-up): the
+    latencies and the seconds measured. ``client`` is ``lean`` (``loadgen.StreamLoad``, light enough not to be
+    the bottleneck) or ``httpx`` (an ``httpx.AsyncClient``, as an application would send them)."""
     body: dict[str, object] = {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": "benchmark the gateway"}],
@@ -195,6 +203,14 @@ async def load(url: str, streams: int, seconds: float, chunks: int, key: str = "
         "stream": True,
     }
     latencies: list[float] = []
+    if client == "lean":
+        generator = StreamLoad(url, body, key)
+        await generator.run(streams, time.monotonic() + 0.5, [])
+        t0 = time.monotonic()
+        await generator.run(streams, t0 + seconds, latencies)
+        return latencies, time.monotonic() - t0
+    if client != "httpx":
+        raise ValueError(f"the load generator is lean or httpx, not {client}")
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     headers = {"authorization": f"Bearer {key}"} if key else None
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
@@ -227,7 +243,9 @@ async def measure(
                 key = LITELLM_KEY if path == "LiteLLM proxy" else ""
                 own = processes.get(path, {})
                 before = {name: cpu_seconds(pid) for name, pid in own.items()}
-                latencies, seconds = await load(f"{url}/chat/completions", streams, args.seconds, args.chunks, key)
+                latencies, seconds = await load(
+                    f"{url}/chat/completions", streams, args.seconds, args.chunks, key, args.client
+                )
                 spent = {name: cpu_seconds(pid) - before[name] for name, pid in own.items()}
                 yield Row(path, streams, latencies, seconds, spent)
 
@@ -285,7 +303,8 @@ def print_table(rows: list[Row], paths: list[str], args: argparse.Namespace) -> 
     if cpu_lines:
         console.print("CPU µs per request by process: " + "; ".join(cpu_lines))
     console.print(
-        f"{os.cpu_count()} cores shared by the client, the upstream and every gateway process; one uvicorn worker each."
+        f"{os.cpu_count()} cores shared by the client ({args.client} load generator), the upstream and every gateway "
+        "process; one uvicorn worker each."
     )
 
 
@@ -350,6 +369,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all paths, interleaved")
     parser.add_argument("--chunks", type=int, default=16, help="content chunks per streamed completion")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
+    parser.add_argument(
+        "--client",
+        choices=("lean", "httpx"),
+        default="lean",
+        help="load generator: lean (bench/loadgen.py, light enough not to be the bottleneck) or httpx",
+    )
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV, help="where LiteLLM is installed")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
